@@ -1,0 +1,67 @@
+# gpufleet.inference: the two commands are `make run` and `make test` (README).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+BUILD := .build
+# The collection seen through its namespace path (a link to this checkout).
+COLL_ROOT := $(BUILD)/collections
+COLL_LINK := $(COLL_ROOT)/ansible_collections/gpufleet/inference
+INVENTORY ?= inventory/localhost.yml
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PYTHONPATH := $(CURDIR)/$(COLL_ROOT)
+
+.PHONY: help setup venv link run test lint sanity unit build clean
+
+help:
+	@echo "make run    gather GPU facts on the inventory (INVENTORY=$(INVENTORY)) and print a summary"
+	@echo "make test   lint, ansible-test sanity, unit and integration tests"
+
+setup: venv link
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/test.txt requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/test.txt -c requirements/constraints.txt
+	touch $@
+
+link:
+	mkdir -p $(dir $(COLL_LINK))
+	ln -sfn $(CURDIR) $(COLL_LINK)
+
+run: setup
+	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/gpu_summary.yml
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+clean:
+	rm -rf $(BUILD) $(VENV)
+
+# ---- lint, sanity, tests -------------------------------------------------------------
+SANITY_ROOT := $(BUILD)/sanity
+SANITY_COLL := $(SANITY_ROOT)/ansible_collections/gpufleet/inference
+PIP_BOOTSTRAP := $(HOME)/.ansible/test/cache/get_pip_24_2.py
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint --offline
+
+# ansible-test wants the collection under ansible_collections/<ns>/<name>: copy the files git
+# tracks or would track. Its pip bootstrap comes from a host we cannot reach: see
+# tests/sanity/get_pip_offline.py.
+sanity: setup
+	mkdir -p $(dir $(PIP_BOOTSTRAP))
+	ls $(dir $(PIP_BOOTSTRAP))pip-24.2-*.whl >/dev/null 2>&1 || \
+	  $(BIN)/pip download --quiet --disable-pip-version-check --no-deps -d $(dir $(PIP_BOOTSTRAP)) pip==24.2
+	install -m 644 tests/sanity/get_pip_offline.py $(PIP_BOOTSTRAP)
+	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_COLL)
+	git ls-files -co --exclude-standard | tar -T - -cf - | tar -xf - -C $(SANITY_COLL)
+	cd $(SANITY_COLL) && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --color no
+
+# The last command of `make test` is pytest over every test layer: its summary line closes the run.
+test: lint sanity
+	$(BIN)/pytest tests

@@ -1,0 +1,300 @@
+#!/usr/bin/python
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: gpu_facts
+short_description: Read every GPU of a host, with live memory use and the processes holding it
+version_added: 0.1.0
+description:
+  - Returns C(ansible_facts.gpus), one entry per GPU (NVIDIA, AMD, Intel; dedicated or unified
+    memory; MIG devices), and C(ansible_facts.gpu_summary) with the recommended inference profile.
+  - Values a backend cannot tell are V(null), never V(0) or V(N/A).
+  - A host without a GPU driver or library returns RV(ansible_facts.gpus=[]) and a warning, and the module
+    succeeds unless O(fail_on_missing=true).
+  - One GPU failing (for example I(GPU is lost)) marks that GPU C(healthy=false) with the error and
+    keeps the others.
+author:
+  - gpufleet.inference contributors (@gpufleet)
+options:
+  backend:
+    description:
+      - Where to read GPUs from.
+      - V(auto) reads NVIDIA GPUs through V(nvml), else V(nvidia-smi); AMD GPUs through
+        V(amd-smi), else V(rocm-smi), else V(sysfs); Intel GPUs through V(sysfs). The backends
+        that answered are in RV(ansible_facts.gpu_summary.backend).
+      - V(nvml) needs the Python library nvidia-ml-py on the host.
+    type: str
+    choices: [auto, nvml, nvidia-smi, amd-smi, rocm-smi, sysfs]
+    default: auto
+  timeout:
+    description:
+      - Seconds a vendor tool or the NVML library may take before it is stopped and the read fails
+        with a message saying so. nvidia-smi can take about 30 seconds on multi-GPU VMs without
+        the persistence daemon.
+    type: int
+    default: 60
+  fail_on_missing:
+    description:
+      - Fail when no backend is available (no driver, no library, no tool) instead of returning
+        an empty list with a warning.
+    type: bool
+    default: false
+  sysfs_root:
+    description:
+      - Root under which C(sys/class/drm) and C(proc/meminfo) are read. Only useful to read a
+        copied or simulated tree.
+    type: path
+    default: /
+extends_documentation_fragment:
+  - gpufleet.inference.attributes
+  - gpufleet.inference.attributes.facts
+attributes:
+  check_mode:
+    support: full
+    details: Reading facts changes nothing.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+  idempotent:
+    support: full
+requirements:
+  - nvidia-ml-py for O(backend=nvml) (and for the first choice of O(backend=auto)).
+notes:
+  - PCI bus ids are normalised to the Linux form C(0000:01:00.0) whatever the tool printed.
+  - Indexes are each vendor's own (NVML and nvidia-smi enumerate in PCI bus order). Use the UUID
+    to pin a service to a GPU.
+seealso:
+  - module: gpufleet.inference.gpu_placement
+"""
+
+EXAMPLES = r"""
+- name: Gather GPU facts
+  gpufleet.inference.gpu_facts:
+
+- name: Read through nvidia-smi only, waiting at most 10 seconds
+  gpufleet.inference.gpu_facts:
+    backend: nvidia-smi
+    timeout: 10
+
+- name: Show the recommended profile
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts.gpu_summary.recommended_profile }}"
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: GPU facts of the host.
+  returned: always
+  type: complex
+  contains:
+    gpus:
+      description: One entry per GPU, in the backend's index order.
+      returned: always
+      type: list
+      elements: dict
+      sample:
+        - index: 0
+          uuid: GPU-5b5d9ab2-8d59-7bd6-2b3a-1c7b4c3a6f10
+          name: NVIDIA RTX A5500
+          vendor: nvidia
+          pci_bus_id: "0000:01:00.0"
+          memory_total_mib: 24564
+          memory_used_mib: 19304
+          memory_free_mib: 4930
+          memory_reserved_mib: 330
+          memory_kind: dedicated
+          compute_capability: "8.6"
+          driver_version: "590.48.01"
+          cuda_driver_version: "13.1"
+          mig_mode: disabled
+          mig_devices: []
+          power_limit_w: 230.0
+          temperature_c: 45
+          utilization_pct: 12
+          processes:
+            - pid: 4242
+              name: /usr/bin/ollama
+              used_memory_mib: 18974
+          healthy: true
+          errors: []
+    gpu_summary:
+      description: Counts, memory and the recommended profile.
+      returned: always
+      type: dict
+      contains:
+        count:
+          description: Number of GPUs found, healthy or not.
+          type: int
+        healthy_count:
+          description: Number of GPUs that answered without error.
+          type: int
+        vendors:
+          description: Vendors found, sorted.
+          type: list
+          elements: str
+        total_memory_mib:
+          description: Memory of the healthy GPUs, in MiB.
+          type: int
+        free_memory_mib:
+          description: Free memory of the healthy GPUs, in MiB.
+          type: int
+        backend:
+          description: The backends that answered, joined by C(+); V(null) when none did.
+          type: str
+        backends_tried:
+          description: Every backend tried, with its outcome (V(ok), V(unavailable), V(error)).
+          type: list
+          elements: dict
+        driver_version:
+          description: The driver version the first answering backend reported.
+          type: str
+        recommended_profile:
+          description: V(cpu), V(single-gpu), V(dual-gpu) or V(multi-gpu), from the healthy GPUs.
+          type: str
+        warnings:
+          description: Everything worth a look, one sentence each.
+          type: list
+          elements: str
+"""
+
+import os
+import threading
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import (
+    _amd_smi,
+    _gpu_facts,
+    _nvidia_smi,
+    _nvml,
+    _sysfs,
+)
+
+try:
+    import pynvml
+except ImportError:
+    HAS_PYNVML = False
+    PYNVML_IMP_ERR = traceback.format_exc()
+else:
+    HAS_PYNVML = True
+    PYNVML_IMP_ERR = None
+
+
+class Readers:
+    """The backend readers, bound to one module run (commands, timeout, roots)."""
+
+    def __init__(self, module):
+        self.module = module
+        self.timeout = module.params["timeout"]
+        self.root = module.params["sysfs_root"]
+        self.memory_mib = _gpu_facts.read_meminfo_mib(
+            os.path.join(self.root, "proc", "meminfo"))
+
+    def mapping(self):
+        return {
+            "nvml": self.nvml,
+            "nvidia-smi": lambda: self.tool("nvidia-smi", _nvidia_smi.collect),
+            "amd-smi": lambda: self.tool("amd-smi", _amd_smi.collect_amd_smi),
+            "rocm-smi": lambda: self.tool("rocm-smi", _amd_smi.collect_rocm_smi),
+            "sysfs": self.sysfs,
+        }
+
+    def nvml(self):
+        if not HAS_PYNVML:
+            raise _gpu_facts.BackendUnavailable("the Python library nvidia-ml-py is not installed")
+        box = {}
+
+        def work():
+            try:
+                box["result"] = _nvml.read_gpus(pynvml, system_memory_mib=self.memory_mib)
+            except BaseException as exc:  # handed to the caller's thread below
+                box["error"] = exc
+
+        thread = threading.Thread(target=work, name="nvml", daemon=True)
+        thread.start()
+        thread.join(self.timeout)
+        if thread.is_alive():
+            raise _gpu_facts.BackendError(
+                "nvml", "the NVML library did not answer within %d seconds" % self.timeout)
+        error = box.get("error")
+        if isinstance(error, _nvml.NvmlUnavailable):
+            raise _gpu_facts.BackendUnavailable(str(error))
+        if error is not None:
+            raise _gpu_facts.BackendError("nvml", "%s: %s" % (type(error).__name__, error))
+        return box["result"]
+
+    def tool(self, name, collect):
+        path = self.module.get_bin_path(name)
+        if path is None:
+            raise _gpu_facts.BackendUnavailable("%s is not on PATH" % name)
+        timeout_bin = self.module.get_bin_path("timeout", required=True)
+
+        def run(argv):
+            command = [timeout_bin, "--kill-after=2", str(self.timeout), path, *argv[1:]]
+            rc, out, err = self.module.run_command(
+                command, environ_update={"LANG": "C", "LC_ALL": "C"})
+            if rc in (124, 137):
+                raise _gpu_facts.BackendError(
+                    name, "%s did not answer within %d seconds and was stopped"
+                    % (" ".join([name, *argv[1:]]), self.timeout))
+            return rc, out, err
+
+        try:
+            return collect(run, system_memory_mib=self.memory_mib)
+        except ValueError as exc:
+            raise _gpu_facts.BackendError(name, str(exc)) from exc
+
+    def sysfs(self):
+        try:
+            result = _sysfs.collect_sysfs(root=self.root, system_memory_mib=self.memory_mib)
+        except ValueError as exc:
+            raise _gpu_facts.BackendError("sysfs", str(exc)) from exc
+        if result is None:
+            raise _gpu_facts.BackendUnavailable("no /sys/class/drm on this host")
+        return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            backend=dict(type="str", default="auto", choices=list(_gpu_facts.BACKENDS)),
+            timeout=dict(type="int", default=60),
+            fail_on_missing=dict(type="bool", default=False),
+            sysfs_root=dict(type="path", default="/"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["timeout"] < 1:
+        module.fail_json(msg="timeout must be >= 1 second; got: %d" % params["timeout"])
+    if params["backend"] == "nvml" and not HAS_PYNVML:
+        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMP_ERR)
+
+    try:
+        collected = _gpu_facts.gather(params["backend"], Readers(module).mapping())
+    except _gpu_facts.BackendError as exc:
+        module.fail_json(msg="Reading GPUs failed: %s" % exc, backend=exc.backend)
+
+    gpus = collected["gpus"]
+    warnings = collected["warnings"]
+    if not collected["answered"]:
+        detail = "; ".join("%s: %s" % (t["backend"], t["detail"]) for t in collected["tried"])
+        if params["fail_on_missing"]:
+            module.fail_json(msg="No GPU backend is available on this host (%s)" % detail)
+        warnings.append("No GPU found: no GPU driver, library or tool answered (%s)" % detail)
+
+    summary = _gpu_facts.summarize(gpus, collected["answered"], collected["driver_version"],
+                                   warnings)
+    summary["backends_tried"] = collected["tried"]
+    for warning in summary["warnings"]:
+        module.warn(warning)
+    module.exit_json(changed=False, ansible_facts={"gpus": gpus, "gpu_summary": summary})
+
+
+if __name__ == "__main__":
+    main()
