@@ -27,7 +27,7 @@ def test_new_gpu_has_every_key_and_safe_defaults():
 
 
 def test_new_gpu_refuses_unknown_keys():
-    with pytest.raises(ValueError, match="unknown GPU fact key.*vram"):
+    with pytest.raises(ValueError, match=r"unknown GPU fact key.*vram"):
         new_gpu(vram=1)
 
 
