@@ -1,0 +1,44 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ansible-doc renders every module and filter of the collection, with its options."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from .conftest import BIN, REPO, ansible_env
+
+MODULES = sorted(p.stem for p in (REPO / "plugins/modules").glob("*.py") if p.stem != "__init__")
+
+
+def _doc(kind, name):
+    proc = subprocess.run([str(BIN / "ansible-doc"), "-t", kind, "--json", name],
+                          capture_output=True, text=True, check=False, env=ansible_env())
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)[name]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_doc_renders(module):
+    name = "gpufleet.inference.%s" % module
+    doc = _doc("module", name)
+    assert doc["doc"]["module"] == module
+    assert doc["doc"]["short_description"]
+    assert doc["examples"].strip()
+    assert doc["return"]
+    text = subprocess.run([str(BIN / "ansible-doc"), name], capture_output=True, text=True,
+                          check=False, env=ansible_env())
+    assert text.returncode == 0 and "EXAMPLES" in text.stdout
+
+
+def test_every_filter_has_docs():
+    listing = subprocess.run([str(BIN / "ansible-doc"), "-t", "filter", "-l", "--json",
+                              "gpufleet.inference"], capture_output=True, text=True,
+                             check=False, env=ansible_env())
+    assert listing.returncode == 0, listing.stderr
+    for name in json.loads(listing.stdout):
+        doc = _doc("filter", name)
+        assert doc["doc"]["short_description"], name
