@@ -11,6 +11,7 @@ COLL_LINK := $(COLL_ROOT)/ansible_collections/gpufleet/inference
 INVENTORY ?= inventory/localhost.yml
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/$(COLL_ROOT)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup venv link run test lint sanity unit build clean
 

@@ -141,7 +141,7 @@ def summarize(gpus, backend, driver_version, warnings):
         if not gpu.get("healthy"):
             summary_warnings.append(
                 "GPU %s (%s) is unhealthy: %s"
-                % (gpu.get("index"), gpu.get("uuid") or gpu.get("pci_bus_id"),
+                % (gpu.get("index"), gpu.get("uuid") or gpu.get("pci_bus_id") or "identity unknown",
                    "; ".join(gpu.get("errors") or ["no detail"]))
             )
     return {
