@@ -42,8 +42,6 @@ clean:
 	rm -rf $(BUILD) $(VENV)
 
 # ---- lint, sanity, tests -------------------------------------------------------------
-SANITY_ROOT := $(BUILD)/sanity
-SANITY_COLL := $(SANITY_ROOT)/ansible_collections/gpufleet/inference
 PIP_BOOTSTRAP := $(HOME)/.ansible/test/cache/get_pip_24_2.py
 
 lint: setup
@@ -51,17 +49,18 @@ lint: setup
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --offline
 
-# ansible-test wants the collection under ansible_collections/<ns>/<name>: copy the files git
-# tracks or would track. Its pip bootstrap comes from a host we cannot reach: see
-# tests/sanity/get_pip_offline.py.
+# ansible-test wants the collection under ansible_collections/<ns>/<name>, outside any other git
+# work tree: copy the files git tracks or would track into a temporary one. Its pip bootstrap
+# comes from a host we cannot reach: see tests/sanity/get_pip_offline.py.
 sanity: setup
 	mkdir -p $(dir $(PIP_BOOTSTRAP))
 	ls $(dir $(PIP_BOOTSTRAP))pip-24.2-*.whl >/dev/null 2>&1 || \
 	  $(BIN)/pip download --quiet --disable-pip-version-check --no-deps -d $(dir $(PIP_BOOTSTRAP)) pip==24.2
 	install -m 644 tests/sanity/get_pip_offline.py $(PIP_BOOTSTRAP)
-	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_COLL)
-	git ls-files -co --exclude-standard | tar -T - -cf - | tar -xf - -C $(SANITY_COLL)
-	cd $(SANITY_COLL) && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --color no
+	root=$$(mktemp -d /tmp/gpufleet-sanity.XXXXXX); dest=$$root/ansible_collections/gpufleet/inference; \
+	mkdir -p $$dest; git ls-files -co --exclude-standard | tar -T - -cf - | tar -xf - -C $$dest; \
+	rc=0; (cd $$dest && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --color no) || rc=$$?; \
+	rm -rf $$root; exit $$rc
 
 # The last command of `make test` is pytest over every test layer: its summary line closes the run.
 test: lint sanity

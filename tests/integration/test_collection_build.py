@@ -25,7 +25,7 @@ def test_build_install_and_run(tmp_path):
 
     install_root = tmp_path / "installed"
     install = subprocess.run(
-        [str(BIN / "ansible-galaxy"), "collection", "install", str(tarballs[0]), "-p",
+        [str(BIN / "ansible-galaxy"), "collection", "install", "--force", str(tarballs[0]), "-p",
          str(install_root)], capture_output=True, text=True, check=False, env=ansible_env())
     assert install.returncode == 0, install.stderr
     assert (install_root / "ansible_collections/gpufleet/inference/MANIFEST.json").is_file()

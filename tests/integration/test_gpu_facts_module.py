@@ -167,3 +167,82 @@ def test_bad_options_name_the_field(args, message):
     rc, result = run_module("gpufleet.inference.gpu_facts", args, env={"PATH": BARE_PATH})
     assert rc != 0
     assert message in result["msg"]
+
+
+# ---- the same module through the stand-in vendor tools (real captured outputs) -----------
+
+FIXTURES = REPO / "tests" / "fixtures"
+H100 = FIXTURES / "nvidia-smi-captures" / "linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01.txt"
+T4_XML = FIXTURES / "nvidia-smi-xml" / "telegraf-tesla-t4.xml"
+
+
+def _tool_env(tmp_path, tools=("nvidia-smi", "amd-smi", "rocm-smi"), **extra):
+    """PATH with only the given stand-in tools, as on a host with that vendor's tools.
+
+    No NVML library can load (empty LD_LIBRARY_PATH dir, no state file).
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in tools:
+        (bin_dir / tool).symlink_to(STAND_IN_BIN / tool)
+    env = {"PATH": "%s:%s" % (bin_dir, BARE_PATH), "LD_LIBRARY_PATH": str(tmp_path)}
+    env.update(extra)
+    return env
+
+
+def test_auto_falls_back_to_nvidia_smi_on_a_real_h100_capture(tmp_path):
+    rc, result = run_module("gpufleet.inference.gpu_facts", "sysfs_root=%s" % tmp_path,
+                            env=_tool_env(tmp_path, ("nvidia-smi",),
+                                          GPUFLEET_FIXTURE_NVIDIA_SMI_CAPTURE=H100))
+    assert rc == 0, result
+    gpus, summary = _facts(result)
+    assert summary["backend"] == "nvidia-smi"
+    assert [t["outcome"] for t in summary["backends_tried"]][:2] == ["unavailable", "ok"]
+    assert len(gpus) == 1
+    assert gpus[0]["name"] == "NVIDIA H100 80GB HBM3"
+    assert gpus[0]["memory_total_mib"] == 81559
+    assert gpus[0]["compute_capability"] == "9.0"
+    assert summary["recommended_profile"] == "single-gpu"
+
+
+def test_hung_nvidia_smi_is_stopped_after_timeout(tmp_path):
+    rc, result = run_module(
+        "gpufleet.inference.gpu_facts", "backend=nvidia-smi timeout=2",
+        env=_tool_env(tmp_path, GPUFLEET_FIXTURE_NVIDIA_SMI_XML=T4_XML,
+                      GPUFLEET_STANDIN_HANG="30"), timeout=60)
+    assert rc != 0
+    assert result["msg"].startswith("Reading GPUs failed: nvidia-smi: nvidia-smi ")
+    assert "did not answer within 2 seconds and was stopped" in result["msg"]
+
+
+def test_garbage_output_fails_naming_the_backend(tmp_path):
+    rc, result = run_module(
+        "gpufleet.inference.gpu_facts", "backend=nvidia-smi",
+        env=_tool_env(tmp_path, GPUFLEET_STANDIN_GARBAGE="Segmentation fault (core dumped)"))
+    assert rc != 0
+    assert result["msg"].startswith("Reading GPUs failed: nvidia-smi: ")
+    assert result["backend"] == "nvidia-smi"
+
+
+def test_amd_gpus_through_rocm_smi(tmp_path):
+    rocm = FIXTURES / "rocm-smi-json" / "telegraf-mi100_rocm571.json"
+    rc, result = run_module("gpufleet.inference.gpu_facts", "backend=rocm-smi",
+                            env=_tool_env(tmp_path, GPUFLEET_FIXTURE_ROCM_SMI_JSON=rocm))
+    assert rc == 0, result
+    gpus, summary = _facts(result)
+    assert summary["vendors"] == ["amd"]
+    assert summary["backend"] == "rocm-smi"
+    assert all(gpu["vendor"] == "amd" and gpu["memory_total_mib"] for gpu in gpus)
+
+
+def test_driver_without_devices_is_no_gpu_not_a_failure(tmp_path):
+    rc, result = run_module("gpufleet.inference.gpu_facts", "sysfs_root=%s" % tmp_path,
+                            env=_tool_env(tmp_path, ("nvidia-smi",),
+                                          GPUFLEET_STANDIN_FAIL="6:No devices were found"))
+    assert rc == 0, result
+    gpus, summary = _facts(result)
+    assert gpus == []
+    assert summary["recommended_profile"] == "cpu"
+    assert summary["backends_tried"][1] == {
+        "backend": "nvidia-smi", "outcome": "unavailable",
+        "detail": "nvidia-smi: No devices were found"}
