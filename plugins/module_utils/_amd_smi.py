@@ -59,7 +59,7 @@ def load_json(text, what):
     decoder = json.JSONDecoder()
     for match in re.finditer(r"[\[{]", text):
         try:
-            value, _ = decoder.raw_decode(text, match.start())
+            value = decoder.raw_decode(text, match.start())[0]
         except ValueError:
             continue
         if isinstance(value, (dict, list)):
@@ -333,7 +333,7 @@ def parse_rocm_smi(text):
     if pids:
         warnings.append(
             "rocm-smi lists processes without their GPU (%s); processes are not attributed"
-            % ", ".join("%s %s" % (pid[3:], str(system[pid]).split(",")[0]) for pid in pids)
+            % ", ".join("%s %s" % (pid[3:], str(system[pid]).split(",", maxsplit=1)[0]) for pid in pids)
         )
     return {"gpus": gpus, "driver_version": driver_version, "cuda_driver_version": None,
             "warnings": warnings}

@@ -60,8 +60,8 @@ def _pci_bus_id(device):
     if _PCI_RE.match(name):
         return normalize_pci_bus_id(name)
     for line in (_read(os.path.join(device, "uevent")) or "").splitlines():
-        key, _, value = line.partition("=")
-        if key == "PCI_SLOT_NAME":
+        key, sep, value = line.partition("=")
+        if sep and key == "PCI_SLOT_NAME":
             return normalize_pci_bus_id(value)
     return None
 

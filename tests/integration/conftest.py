@@ -45,7 +45,7 @@ def run_module(module, args="", env=None, check=False, collections_path=None, py
     proc = subprocess.run(command, env=run_env, capture_output=True, text=True,
                           timeout=timeout, check=False, cwd=str(REPO))
     # minimal prints "localhost | SUCCESS => {...}" (or FAILED!): the JSON follows "=> ".
-    _, sep, document = proc.stdout.partition(" => ")
+    sep, document = proc.stdout.partition(" => ")[1:]
     try:
         result = json.loads(document) if sep else None
     except ValueError:

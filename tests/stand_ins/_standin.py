@@ -37,7 +37,7 @@ def misbehave(args):
         time.sleep(float(hang))
     fail = os.environ.get("GPUFLEET_STANDIN_FAIL")
     if fail:
-        rc, _, message = fail.partition(":")
+        rc, message = fail.split(":", 1) if ":" in fail else (fail, "")
         sys.stdout.write(message + "\n")
         sys.exit(int(rc))
     garbage = os.environ.get("GPUFLEET_STANDIN_GARBAGE")

@@ -65,5 +65,3 @@ def _lines(values):
         for item in value if isinstance(value, list) else [value]:
             lines.append("%s %s" % (key, item))
     return lines
-
-

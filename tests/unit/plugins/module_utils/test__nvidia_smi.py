@@ -229,8 +229,8 @@ def test_parse_list_reads_mig_uuids():
 
 @pytest.mark.parametrize(("capture", "phase", "used", "free", "util", "temp", "mig"),
                          CSV_CASES, ids=[_csv_id(c) for c in CSV_CASES])
-def test_collect_reads_every_capture_through_the_stand_in(capture, phase, used, free, util,
-                                                           temp, mig):
+def test_collect_reads_every_capture_through_the_stand_in(
+        capture, phase, used, free, util, temp, mig):
     run = stand_in_run(GPUFLEET_FIXTURE_NVIDIA_SMI_CAPTURE=capture,
                        GPUFLEET_FIXTURE_NVIDIA_SMI_PHASE=phase)
     result = _nvidia_smi.collect(run)

@@ -146,7 +146,7 @@ def test_second_call_sees_the_new_state(nvml, nvml_state):
     assert first == [EXPECTED_A5500, EXPECTED_A400]
     assert second == [
         _with(EXPECTED_A5500, memory_used_mib=12000, memory_free_mib=24564 - 309 - 12000,
-                  processes=[new_process(4242, "/usr/bin/python3 -m vllm", 11990)]),
+              processes=[new_process(4242, "/usr/bin/python3 -m vllm", 11990)]),
         EXPECTED_A400,
     ]
 
@@ -212,7 +212,7 @@ def test_registered_process_release(nvml, nvml_state, released_ago, counted):
         pytest.param(
             _with(A400, fail="nvmlDeviceGetTemperature 15"),
             _with(EXPECTED_A400, temperature_c=None, utilization_pct=None, healthy=False,
-                      errors=["nvmlDeviceGetTemperature failed: GPU is lost (NVML error 15)"]),
+                  errors=["nvmlDeviceGetTemperature failed: GPU is lost (NVML error 15)"]),
             id="lost-while-reading",
         ),
         pytest.param(
@@ -362,7 +362,7 @@ def test_driver_and_cuda_version_failures_are_warnings(nvml, nvml_state):
         "nvmlSystemGetCudaDriverVersion failed: Not Supported (NVML error 3)",
     ]
     assert result["gpus"] == [_with(EXPECTED_A400, index=0, driver_version=None,
-                                        cuda_driver_version=None)]
+                                    cuda_driver_version=None)]
 
 
 class _OldBindings(types.ModuleType):

@@ -120,8 +120,8 @@ def test_amd_without_optional_files_reports_none_never_zero(tmp_path):
     add_card(tmp_path, 4, "0x1002", "0000:c1:00.0",
              {"mem_info_vram_total": 64 * GIB}, link=False)
     [gpu] = collect_sysfs(root=str(tmp_path))["gpus"]
-    assert (gpu["index"], gpu["pci_bus_id"], gpu["memory_total_mib"]) == (4, "0000:c1:00.0",
-                                                                           65536)
+    assert (gpu["index"], gpu["pci_bus_id"], gpu["memory_total_mib"]) == (
+        4, "0000:c1:00.0", 65536)
     for key in ("memory_used_mib", "memory_free_mib", "utilization_pct", "temperature_c",
                 "power_limit_w", "name", "uuid", "driver_version"):
         assert gpu[key] is None, "%s; got: %r" % (key, gpu[key])
