@@ -22,6 +22,7 @@ import re
 from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import (
     clean_text,
     fill_free,
+    first_line,
     new_gpu,
     new_process,
     normalize_pci_bus_id,
@@ -44,14 +45,6 @@ _CARD_RE = re.compile(r"^card(\d+)$")
 _KERNEL_VERSION_RE = re.compile(r"^Linuxversion([0-9][^(\s]*)\(")
 
 
-def _first_line(text, limit=120):
-    for raw in (text or "").splitlines():
-        line = raw.strip()
-        if line:
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return "(no output)"
-
-
 def load_json(text, what):
     """The JSON document in a tool's output, skipping any warning lines before it."""
     if text is None or not text.strip():
@@ -64,7 +57,7 @@ def load_json(text, what):
             continue
         if isinstance(value, (dict, list)):
             return value
-    raise ValueError("%s: no JSON in the output (line 1: %r)" % (what, _first_line(text)))
+    raise ValueError("%s: no JSON in the output (line 1: %r)" % (what, first_line(text)))
 
 
 def _value(item):
@@ -229,7 +222,7 @@ def _optional(run, argv, parse, warnings, missing):
     rc, out, err = _run(run, argv)
     command = " ".join(argv)
     if rc != 0:
-        warnings.append("%s exited %d: %s; %s" % (command, rc, _first_line(out or err), missing))
+        warnings.append("%s exited %d: %s; %s" % (command, rc, first_line(out or err), missing))
         return {}
     return parse(out)
 
@@ -250,7 +243,7 @@ def collect_amd_smi(run, system_memory_mib=None):
     rc, out, err = _run(run, AMD_SMI_STATIC)
     if rc != 0:
         raise ValueError("%s exited %d: %s" % (" ".join(AMD_SMI_STATIC), rc,
-                                               _first_line(out or err)))
+                                               first_line(out or err)))
     result = parse_amd_smi_static(out)
     warnings = result["warnings"]
     listed = _optional(run, AMD_SMI_LIST, parse_amd_smi_list, warnings,
@@ -333,7 +326,8 @@ def parse_rocm_smi(text):
     if pids:
         warnings.append(
             "rocm-smi lists processes without their GPU (%s); processes are not attributed"
-            % ", ".join("%s %s" % (pid[3:], str(system[pid]).split(",", maxsplit=1)[0]) for pid in pids)
+            % ", ".join("%s %s" % (pid[3:], str(system[pid]).split(",", maxsplit=1)[0])
+                        for pid in pids)
         )
     return {"gpus": gpus, "driver_version": driver_version, "cuda_driver_version": None,
             "warnings": warnings}
@@ -347,5 +341,5 @@ def collect_rocm_smi(run, system_memory_mib=None):
     del system_memory_mib
     rc, out, err = _run(run, ROCM_SMI)
     if rc != 0:
-        raise ValueError("rocm-smi --json exited %d: %s" % (rc, _first_line(out or err)))
+        raise ValueError("rocm-smi --json exited %d: %s" % (rc, first_line(out or err)))
     return parse_rocm_smi(out)

@@ -194,6 +194,15 @@ def normalize_pci_bus_id(value):
     return "%04x:%02x:%02x.%s" % (domain, int(bus, 16), int(device, 16), function)
 
 
+def first_line(text, limit=120):
+    """The first non-blank line of a tool's output, cut to ``limit``: for error messages."""
+    for raw in (text or "").splitlines():
+        line = raw.strip()
+        if line:
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return "(no output)"
+
+
 def fill_free(gpu):
     """Derive free from total - used - reserved when the tool did not report it."""
     total, used = gpu.get("memory_total_mib"), gpu.get("memory_used_mib")

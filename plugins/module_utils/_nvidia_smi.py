@@ -24,6 +24,7 @@ import xml.etree.ElementTree as ET
 from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import (
     clean_text,
     fill_free,
+    first_line,
     new_gpu,
     new_mig_device,
     new_process,
@@ -76,14 +77,6 @@ class InvalidField(ValueError):
         self.field = field
 
 
-def _first_line(text, limit=120):
-    for raw in (text or "").splitlines():
-        line = raw.strip()
-        if line:
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return "(no output)"
-
-
 def _error_of(value):
     """The failure text when a value reads 'GPU is lost' / 'Unknown Error', else None."""
     if not isinstance(value, str):
@@ -133,7 +126,7 @@ def _parse_csv(text, what, free_text_field=None):
         header = _HEADER_RE.match(cell.strip())
         if not header:
             raise ValueError(
-                "%s: not CSV with a header (line 1: %r)" % (what, _first_line(rest[0]))
+                "%s: not CSV with a header (line 1: %r)" % (what, first_line(rest[0]))
             )
         names.append(header.group(1))
     rows = []
@@ -147,7 +140,7 @@ def _parse_csv(text, what, free_text_field=None):
         if len(cells) != len(names):
             raise ValueError(
                 "%s: line %d has %d values for %d columns: %r"
-                % (what, number, len(cells), len(names), _first_line(line))
+                % (what, number, len(cells), len(names), first_line(line))
             )
         row = {}
         errors = []
@@ -249,7 +242,7 @@ def parse_list(text):
             gpus[-1]["mig_devices"].append(
                 {"index": int(mig.group(2)), "name": mig.group(1), "uuid": mig.group(3)})
             continue
-        raise ValueError("nvidia-smi -L: unexpected line %d: %r" % (number, _first_line(line)))
+        raise ValueError("nvidia-smi -L: unexpected line %d: %r" % (number, first_line(line)))
     return gpus
 
 
@@ -380,7 +373,7 @@ def parse_xml(text, system_memory_mib=None):
         if lost:
             body = None
         else:
-            raise ValueError("nvidia-smi -q -x: not XML (line 1: %r)" % _first_line(text))
+            raise ValueError("nvidia-smi -q -x: not XML (line 1: %r)" % first_line(text))
     else:
         body = "\n".join(lines[start:])
     driver_version = cuda_version = None
@@ -392,7 +385,7 @@ def parse_xml(text, system_memory_mib=None):
             line_no = exc.position[0] + (start or 0)
             bad = lines[line_no - 1] if 0 < line_no <= len(lines) else ""
             raise ValueError(
-                "nvidia-smi -q -x: not XML (line %d: %r)" % (line_no, _first_line(bad))
+                "nvidia-smi -q -x: not XML (line %d: %r)" % (line_no, first_line(bad))
             ) from None
         if root.tag != "nvidia_smi_log":
             raise ValueError(
@@ -479,9 +472,9 @@ def _read(run, argv, parse, warnings):
     except ValueError:
         if rc == 0:
             raise
-        return None, "%s exited %d: %s" % (command, rc, _first_line(out or err))
+        return None, "%s exited %d: %s" % (command, rc, first_line(out or err))
     if rc != 0:
-        warnings.append("%s exited %d: %s" % (command, rc, _first_line(out or err)))
+        warnings.append("%s exited %d: %s" % (command, rc, first_line(out or err)))
     return result, None
 
 

@@ -12,8 +12,8 @@ description:
   - Returns C(ansible_facts.gpus), one entry per GPU (NVIDIA, AMD, Intel; dedicated or unified
     memory; MIG devices), and C(ansible_facts.gpu_summary) with the recommended inference profile.
   - Values a backend cannot tell are V(null), never V(0) or V(N/A).
-  - A host without a GPU driver or library returns RV(ansible_facts.gpus=[]) and a warning, and the module
-    succeeds unless O(fail_on_missing=true).
+  - A host without a GPU driver or library returns RV(ansible_facts.gpus=[]) and a warning, and
+    the module succeeds unless O(fail_on_missing=true).
   - One GPU failing (for example I(GPU is lost)) marks that GPU C(healthy=false) with the error and
     keeps the others.
 author:

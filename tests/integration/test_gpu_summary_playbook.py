@@ -30,4 +30,5 @@ def test_summary_lists_each_gpu_and_the_profile(tmp_path):
     assert "GPU 0  NVIDIA RTX A5500" in out and "24564 MiB total" in out
     assert "UNHEALTHY: " in out and "GPU is lost" in out
     assert "GPU 1  -" in out and "None" not in out
-    assert "warning: GPU 1 (identity unknown) is unhealthy: nvmlDeviceGetHandleByIndex failed" in out
+    assert ("warning: GPU 1 (identity unknown) is unhealthy: "
+            "nvmlDeviceGetHandleByIndex failed") in out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -19,32 +18,14 @@ import pytest
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _amd_smi
 from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import GPU_KEYS
+from tests.support.stand_in_tools import pick, stand_in_run
 
 TESTS = Path(__file__).resolve().parents[3]
 FIXTURES = TESTS / "fixtures"
 MI210_STATIC = FIXTURES / "amd-smi-json" / "device-metrics-exporter-mi210-static.json"
 ROCM = FIXTURES / "rocm-smi-json"
-STAND_INS = TESTS / "stand_ins"
 
 
-def stand_in_run(timeout=20, **env):
-    base = {key: value for key, value in os.environ.items() if not key.startswith("GPUFLEET_")}
-    base["PATH"] = str(STAND_INS / "bin") + os.pathsep + base.get("PATH", "")
-    base.update({key: str(value) for key, value in env.items()})
-    calls = []
-
-    def run(argv):
-        calls.append(list(argv))
-        done = subprocess.run(argv, env=base, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-        return done.returncode, done.stdout, done.stderr
-
-    run.calls = calls
-    return run
-
-
-def pick(gpu, keys):
-    return {key: gpu[key] for key in keys}
 
 
 # --------------------------------------------------------------------------- amd-smi static

@@ -9,7 +9,6 @@ the stand-in executables in tests/stand_ins/bin through subprocess.
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _nvidia_smi
 from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import GPU_KEYS
+from tests.support.stand_in_tools import pick, stand_in_run
 
 TESTS = Path(__file__).resolve().parents[3]
 FIXTURES = TESTS / "fixtures"
@@ -42,25 +42,6 @@ def section(capture, phase, prefix):
     return body
 
 
-def stand_in_run(timeout=20, **env):
-    """A ``run(argv)`` executing the stand-ins with the given GPUFLEET_* variables."""
-    base = {key: value for key, value in os.environ.items() if not key.startswith("GPUFLEET_")}
-    base["PATH"] = str(STAND_INS / "bin") + os.pathsep + base.get("PATH", "")
-    base.update({key: str(value) for key, value in env.items()})
-    calls = []
-
-    def run(argv):
-        calls.append(list(argv))
-        done = subprocess.run(argv, env=base, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-        return done.returncode, done.stdout, done.stderr
-
-    run.calls = calls
-    return run
-
-
-def pick(gpu, keys):
-    return {key: gpu[key] for key in keys}
 
 
 # --------------------------------------------------------------------------- XML fixtures
