@@ -1,0 +1,1243 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private module_utils of gpufleet.inference: placing services on GPUs.
+
+Not a public API: the leading underscore says so. Pure functions, stdlib only, no
+AnsibleModule: the ``gpu_placement`` module and filter wrap :func:`place` and
+:func:`place_fleet`. Bad input raises ValueError naming the field and its value
+(``services[2].vram_mib must be > 0; got: -5``). The same input always gives the same
+output: every choice ends in a total order (the GPU's position), nothing is random.
+
+Vocabulary
+  unit       what a service is placed on: a GPU, or one MIG device of a GPU in MIG mode.
+  usable     total - headroom - reserve - memory held by processes we do not manage.
+  budget     the VRAM a service may take: ``vram_budget_mib``, else ``vram_mib``, else the
+             estimate from its ``model`` (``_vram``). Cut to ``usable`` when a unit is smaller
+             (``adjusted``), never silently.
+
+Every strategy honours pins first (``gpu``: index, ``i:j`` for MIG device j of GPU i, or a
+UUID), then places the other services one by one, each on the unit with the smallest key:
+
+    (compute capability too low?, exclusivity broken?, does not fit?, [dedicated host
+     unused?,] strategy key..., position)
+
+so hard wishes are only given up when no unit grants them, and each give-up is a warning
+("warn but allow", seed 001). Strategies (seed 001, "Assignment Strategies"):
+  manual             pins only; an unpinned service goes where vram_based would put it, with
+                     a warning.
+  vram_based         largest budget first, onto the unit with the most free memory.
+  latency_optimized  latency-critical services and LLMs first, onto the fastest unit (compute
+                     capability, then memory, then power limit); the others onto the other
+                     units first, keeping the fastest free for the critical path.
+  isolation_first    each LLM alone on the largest empty unit; the others share the rest,
+                     and only move next to an LLM when nothing else has room (warning).
+  balanced           largest budget first, onto the unit whose utilisation after placement is
+                     lowest; then moves and swaps that lower the variance of utilisation.
+manual, vram_based and balanced care about memory only: when their pass leaves a service
+without room but a best-fit pass (fullest unit with room first) places everything, the
+best-fit placement is kept (``summary.repaired``; balanced then evens it out).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import math
+import re
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
+
+STRATEGIES = ("manual", "vram_based", "latency_optimized", "isolation_first", "balanced")
+DEFAULT_STRATEGY = "vram_based"
+ENGINES = ("ollama", "vllm", "other")
+LIVE_USAGE = ("account", "ignore")
+VISIBLE_DEVICES_BY = ("uuid", "index")
+# Kept free on every unit: the CUDA context of each process and allocator fragmentation.
+# 512 MiB turns seed 001's 4 GB RTX A400 (4,094 MiB) into its 3.5 GB budget.
+DEFAULT_HEADROOM_MIB = 512
+# How many runners-up an explanation lists (all of them are counted).
+EXPLAIN_LIMIT = 8
+# Balanced: local search only while services x units stays below this (it is O(S x U) a pass).
+LOCAL_SEARCH_LIMIT = 200000
+LOCAL_SEARCH_PASSES = 100
+SWAP_LIMIT = 64
+
+SERVICE_KEYS = (
+    "name", "vram_mib", "model", "engine", "role", "latency_critical", "exclusive", "gpu",
+    "min_compute_capability", "vram_budget_mib", "context_length", "parallel", "host",
+    "node_selector",
+)
+HOST_KEYS = ("name", "gpus", "labels", "dedicated")
+
+_CC_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*$")
+_MIG_KEY_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+# ---- small helpers ----------------------------------------------------------------------
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def gb(mib):
+    """MiB as the seeds write GB (GiB): 6963 -> '6.8', 4094 -> '4', 3582 -> '3.5'."""
+    text = "%.1f" % (mib / 1024.0)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _parse_cc(value):
+    if value is None:
+        return None
+    match = _CC_RE.match(str(value))
+    if not match:
+        return None
+    return (int(match.group(1)), int(match.group(2) or 0))
+
+
+def _cc_text(cc):
+    return None if cc is None else "%d.%d" % cc
+
+
+class _Unit:
+    """One placeable unit (GPU or MIG device) and what has been put on it."""
+
+    __slots__ = (
+        "assigned",
+        "cc",
+        "dedicated",
+        "exclusive",
+        "foreign",
+        "headroom",
+        "host",
+        "index",
+        "key",
+        "labels",
+        "llms",
+        "mig_index",
+        "name",
+        "order",
+        "placeable",
+        "power",
+        "reason",
+        "services",
+        "speed_rank",
+        "total",
+        "usable",
+        "uuid",
+        "vendor",
+    )
+
+    def __init__(self, **values):
+        for slot in self.__slots__:
+            setattr(self, slot, values.get(slot))
+        self.assigned = 0
+        self.services = []
+        self.exclusive = None
+        self.llms = 0
+
+    @property
+    def label(self):
+        text = "GPU %s" % self.index
+        if self.mig_index is not None:
+            text += " MIG %s" % self.mig_index
+        if self.host is not None:
+            text = "%s %s" % (self.host, text)
+        return text
+
+    @property
+    def remaining(self):
+        return self.usable - self.assigned
+
+
+class _Service:
+    __slots__ = (
+        "adjusted",
+        "budget",
+        "context_length",
+        "engine",
+        "estimate",
+        "exclusive",
+        "explanation",
+        "fallback",
+        "host",
+        "is_llm",
+        "latency_critical",
+        "min_cc",
+        "model",
+        "name",
+        "need",
+        "node_selector",
+        "override",
+        "parallel",
+        "pin",
+        "pinned",
+        "pos",
+        "requested",
+        "role",
+        "unit",
+    )
+
+    def __init__(self, **values):
+        for slot in self.__slots__:
+            setattr(self, slot, values.get(slot))
+        self.adjusted = False
+        self.pinned = False
+        self.fallback = False
+
+    @property
+    def critical(self):
+        return self.latency_critical or self.is_llm
+
+    def reset(self):
+        self.budget = self.requested
+        self.unit = self.explanation = None
+        self.adjusted = self.pinned = self.fallback = False
+
+
+# ---- input checks -----------------------------------------------------------------------
+
+def _check_options(*, strategy, headroom_mib, reserve_mib, live_usage, managed_processes,
+                   visible_devices_by):
+    if strategy not in STRATEGIES:
+        raise ValueError("strategy must be one of %s; got: %r" % (", ".join(STRATEGIES), strategy))
+    if not _is_int(headroom_mib) or headroom_mib < 0:
+        raise ValueError("headroom_mib must be an integer >= 0; got: %r" % (headroom_mib,))
+    reserve = {}
+    if reserve_mib is not None:
+        if not isinstance(reserve_mib, dict):
+            raise ValueError("reserve_mib must be a dict of GPU index or UUID -> MiB; got: %r"
+                             % (reserve_mib,))
+        for key, value in reserve_mib.items():
+            if not _is_int(value) or value < 0:
+                raise ValueError("reserve_mib[%r] must be an integer >= 0; got: %r" % (key, value))
+            reserve[str(key).strip().lower()] = value
+    if live_usage not in LIVE_USAGE:
+        raise ValueError("live_usage must be one of %s; got: %r"
+                         % (", ".join(LIVE_USAGE), live_usage))
+    patterns = managed_processes or []
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError("managed_processes must be a list of process name patterns; got: %r"
+                         % (managed_processes,))
+    if visible_devices_by not in VISIBLE_DEVICES_BY:
+        raise ValueError("visible_devices_by must be one of %s; got: %r"
+                         % (", ".join(VISIBLE_DEVICES_BY), visible_devices_by))
+    return {
+        "strategy": strategy, "headroom_mib": headroom_mib, "reserve_mib": reserve,
+        "live_usage": live_usage, "managed_processes": [p.lower() for p in patterns],
+        "visible_devices_by": visible_devices_by,
+    }
+
+
+def _optional_mib(gpu, key, where):
+    value = gpu.get(key)
+    if value is not None and (not _is_int(value) or value < 0):
+        raise ValueError("%s.%s must be an integer >= 0 or null; got: %r" % (where, key, value))
+    return value
+
+
+def _check_gpus(gpus, where):
+    if not isinstance(gpus, list):
+        raise ValueError("%s must be a list of GPU facts; got: %r" % (where, gpus))
+    seen = {}
+    for i, gpu in enumerate(gpus):
+        at = "%s[%d]" % (where, i)
+        if not isinstance(gpu, dict):
+            raise ValueError("%s must be a dict; got: %r" % (at, gpu))
+        index = gpu.get("index")
+        if not _is_int(index) or index < 0:
+            raise ValueError("%s.index must be an integer >= 0; got: %r" % (at, index))
+        if index in seen:
+            raise ValueError("%s.index duplicates %s[%d]; got: %r"
+                             % (at, where, seen[index], index))
+        seen[index] = i
+        for key in ("memory_total_mib", "memory_used_mib", "memory_free_mib",
+                    "memory_reserved_mib"):
+            _optional_mib(gpu, key, at)
+        uuid = gpu.get("uuid")
+        if uuid is not None and not isinstance(uuid, str):
+            raise ValueError("%s.uuid must be a string or null; got: %r" % (at, uuid))
+        healthy = gpu.get("healthy")
+        if healthy is not None and not isinstance(healthy, bool):
+            raise ValueError("%s.healthy must be a boolean; got: %r" % (at, healthy))
+        for key in ("processes", "mig_devices"):
+            if gpu.get(key) is not None and not isinstance(gpu[key], list):
+                raise ValueError("%s.%s must be a list; got: %r" % (at, key, gpu[key]))
+        for j, mig in enumerate(gpu.get("mig_devices") or []):
+            if not isinstance(mig, dict):
+                raise ValueError("%s.mig_devices[%d] must be a dict; got: %r" % (at, j, mig))
+            _optional_mib(mig, "memory_total_mib", "%s.mig_devices[%d]" % (at, j))
+            _optional_mib(mig, "memory_free_mib", "%s.mig_devices[%d]" % (at, j))
+    return gpus
+
+
+def _positive_int(service, key, where):
+    value = service.get(key)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise ValueError("%s.%s must be an integer; got: %r" % (where, key, value))
+    if value <= 0:
+        raise ValueError("%s.%s must be > 0; got: %r" % (where, key, value))
+    return value
+
+
+def _bool(service, key, where):
+    value = service.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError("%s.%s must be a boolean; got: %r" % (where, key, value))
+    return value
+
+
+def _check_services(services, catalog, fleet):
+    if not isinstance(services, list):
+        raise ValueError("services must be a list; got: %r" % (services,))
+    result = []
+    names = {}
+    for i, service in enumerate(services):
+        at = "services[%d]" % i
+        if not isinstance(service, dict):
+            raise ValueError("%s must be a dict; got: %r" % (at, service))
+        unknown = sorted(set(service) - set(SERVICE_KEYS))
+        if unknown:
+            raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
+        name = service.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("%s.name must be a non-empty string; got: %r" % (at, name))
+        if name in names:
+            raise ValueError("%s.name duplicates services[%d]; got: %r" % (at, names[name], name))
+        names[name] = i
+        engine = service.get("engine")
+        if engine is None:
+            engine = "other"
+        if engine not in ENGINES:
+            raise ValueError("%s.engine must be one of %s; got: %r"
+                             % (at, ", ".join(ENGINES), engine))
+        vram = _positive_int(service, "vram_mib", at)
+        override = _positive_int(service, "vram_budget_mib", at)
+        context = _positive_int(service, "context_length", at)
+        parallel = _positive_int(service, "parallel", at)
+        model = service.get("model")
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
+        if vram is None and model is None and override is None:
+            raise ValueError("%s needs vram_mib, model or vram_budget_mib; got none of them" % at)
+        estimate = None
+        entry = None
+        if model is not None:
+            entry = _vram.lookup(catalog, model)
+            try:
+                estimate = _vram.estimate(model, catalog, engine=engine, context_length=context,
+                                          parallel=parallel, what="%s.model" % at)
+            except ValueError:
+                if vram is None and override is None:
+                    raise
+        role = service.get("role")
+        if role is None:
+            if entry is not None and entry.get("role"):
+                role = entry["role"]
+            else:
+                role = "llm" if engine in ("ollama", "vllm") else "other"
+        if not isinstance(role, str) or not role.strip():
+            raise ValueError("%s.role must be a non-empty string; got: %r" % (at, role))
+        pin = service.get("gpu")
+        if pin is not None:
+            bad = isinstance(pin, bool) or not isinstance(pin, (int, str))
+            bad = bad or (isinstance(pin, int) and pin < 0)
+            if bad or (isinstance(pin, str) and not pin.strip()):
+                raise ValueError("%s.gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: %r"
+                                 % (at, pin))
+            if fleet and not service.get("host") and _pin_is_index(pin):
+                raise ValueError("%s.gpu is an index, which is ambiguous across hosts: give "
+                                 "%s.host too, or pin by UUID; got: %r" % (at, at, pin))
+        min_cc = service.get("min_compute_capability")
+        parsed_cc = None
+        if min_cc is not None:
+            parsed_cc = _parse_cc(min_cc) if isinstance(min_cc, (str, int, float)) \
+                and not isinstance(min_cc, bool) else None
+            if parsed_cc is None:
+                raise ValueError("%s.min_compute_capability must look like '8.0'; got: %r"
+                                 % (at, min_cc))
+        host = service.get("host")
+        if host is not None and (not isinstance(host, str) or not host.strip()):
+            raise ValueError("%s.host must be a non-empty string; got: %r" % (at, host))
+        selector = service.get("node_selector") or {}
+        if not isinstance(selector, dict):
+            raise ValueError("%s.node_selector must be a dict of label -> value; got: %r"
+                             % (at, selector))
+        need = vram if vram is not None else (estimate["total_mib"] if estimate else None)
+        budget = override if override is not None else need
+        result.append(_Service(
+            pos=i, name=name, engine=engine, role=role.strip(), is_llm=role.strip() == "llm",
+            latency_critical=_bool(service, "latency_critical", at),
+            exclusive=_bool(service, "exclusive", at), pin=pin, min_cc=parsed_cc,
+            need=need, budget=budget, requested=budget, override=override is not None,
+            estimate=estimate, context_length=context, parallel=parallel, host=host,
+            node_selector={str(k): str(v) for k, v in sorted(selector.items())},
+            model=model,
+        ))
+    return result
+
+
+def _pin_is_index(pin):
+    return _is_int(pin) or (isinstance(pin, str) and pin.strip().isdigit())
+
+
+# ---- units ------------------------------------------------------------------------------
+
+def _managed(process, patterns):
+    name = str(process.get("name") or "").lower()
+    base = name.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(base, p) for p in patterns)
+
+
+def _foreign_mib(gpu, total, opts):
+    """Memory held by processes we do not manage (0 with live_usage=ignore)."""
+    if opts["live_usage"] == "ignore" or total is None:
+        return 0
+    if gpu.get("memory_free_mib") is not None:
+        unavailable = total - gpu["memory_free_mib"]
+    else:
+        unavailable = (gpu.get("memory_used_mib") or 0) + (gpu.get("memory_reserved_mib") or 0)
+    managed = sum(p.get("used_memory_mib") or 0 for p in gpu.get("processes") or []
+                  if isinstance(p, dict) and _managed(p, opts["managed_processes"]))
+    return max(unavailable - managed, 0)
+
+
+def _reserve(opts, index, uuid):
+    reserve = opts["reserve_mib"]
+    if uuid and uuid.lower() in reserve:
+        return reserve[uuid.lower()]
+    return reserve.get(str(index), 0)
+
+
+def _units(gpus, opts, host=None, labels=None, dedicated=None):
+    units = []
+    for gpu in sorted(gpus, key=lambda g: g["index"]):
+        common = {
+            "host": host, "index": gpu["index"], "vendor": gpu.get("vendor") or "nvidia",
+            "cc": _parse_cc(gpu.get("compute_capability")),
+            "power": gpu.get("power_limit_w") or 0, "labels": labels or {},
+            "dedicated": dedicated or [],
+        }
+        healthy = gpu.get("healthy") is not False
+        mig_on = str(gpu.get("mig_mode") or "").strip().lower() == "enabled"
+        total = gpu.get("memory_total_mib")
+        reason = None
+        if not healthy:
+            reason = "unhealthy: %s" % ("; ".join(str(e) for e in gpu.get("errors") or [])
+                                        or "no detail")
+        elif mig_on:
+            reason = "MIG mode is enabled: services go on its MIG devices"
+            if not gpu.get("mig_devices"):
+                reason = "MIG mode is enabled and it has no MIG devices"
+        elif total is None:
+            reason = "memory size unknown"
+        units.append(_make_unit(common, opts, key=str(gpu["index"]), mig_index=None,
+                                uuid=gpu.get("uuid"), name=gpu.get("name"), total=total,
+                                foreign=_foreign_mib(gpu, total, opts), reason=reason))
+        if mig_on and healthy:
+            for mig in sorted(gpu.get("mig_devices") or [],
+                              key=lambda m: (m.get("index") is None, m.get("index") or 0)):
+                mig_total = mig.get("memory_total_mib")
+                mig_index = mig.get("index")
+                foreign = 0
+                if opts["live_usage"] == "account" and mig_total is not None \
+                        and mig.get("memory_free_mib") is not None:
+                    foreign = max(mig_total - mig["memory_free_mib"], 0)
+                units.append(_make_unit(
+                    common, opts, key="%s:%s" % (gpu["index"], mig_index), mig_index=mig_index,
+                    uuid=mig.get("uuid"), name=mig.get("name"), total=mig_total,
+                    foreign=foreign,
+                    reason=None if mig_total is not None else "memory size unknown"))
+    return units
+
+
+def _make_unit(common, opts, *, key, mig_index, uuid, name, total, foreign, reason):
+    headroom = opts["headroom_mib"] + _reserve(opts, key, uuid)
+    usable = max((total or 0) - headroom - foreign, 0)
+    return _Unit(key=key, mig_index=mig_index, uuid=uuid, name=name, total=total,
+                 foreign=foreign, headroom=headroom, usable=usable,
+                 placeable=reason is None, reason=reason, **common)
+
+
+def _rank_speed(units):
+    """Dense rank, 0 = fastest: compute capability, then memory, then power limit."""
+    def speed(u):
+        return (u.cc or (0, 0), u.total or 0, u.power or 0)
+    keys = sorted({speed(u) for u in units if u.placeable}, reverse=True)
+    rank = {key: i for i, key in enumerate(keys)}
+    for position, unit in enumerate(units):
+        unit.order = position
+        unit.speed_rank = rank.get(speed(unit), len(keys))
+
+
+# ---- choosing ---------------------------------------------------------------------------
+
+def _hard_reject(service, unit):
+    """Why ``unit`` can never take ``service``, or None."""
+    if not unit.placeable:
+        return unit.reason
+    if service.host is not None and unit.host != service.host:
+        return "on host %s; the service asks for host %s" % (unit.host, service.host)
+    for label, value in service.node_selector.items():
+        if str(unit.labels.get(label)) != value:
+            return "host %s has %s=%s; node_selector wants %s" % (
+                unit.host, label, unit.labels.get(label), value)
+    if unit.dedicated and not _allowed_on_dedicated(service, unit):
+        return "host %s is dedicated to %s" % (unit.host, ", ".join(unit.dedicated))
+    return None
+
+
+def _allowed_on_dedicated(service, unit):
+    return bool({service.engine, service.role, service.name} & set(unit.dedicated))
+
+
+def _cc_rank(service, unit):
+    if service.min_cc is None:
+        return 0
+    if unit.cc is None:
+        return 1
+    return 2 if unit.cc < service.min_cc else 0
+
+
+def _exclusive_conflict(service, unit):
+    if unit.exclusive is not None and unit.exclusive != service.name:
+        return 1
+    return 1 if service.exclusive and unit.services else 0
+
+
+def _mode(strategy, service, repair=False):
+    """Which scoring rule a service is placed by under ``strategy``."""
+    if repair:
+        return "best_fit"
+    if strategy == "latency_optimized":
+        return "critical" if service.critical else "noncritical"
+    if strategy == "isolation_first":
+        return "isolated" if service.is_llm else "shared"
+    if strategy == "balanced":
+        return "balanced"
+    return "most_free"
+
+
+def _score(mode, service, unit, fits):
+    remaining = unit.remaining
+    if mode == "balanced":
+        if fits and unit.usable > 0:
+            return ((unit.assigned + service.budget) / float(unit.usable),)
+        return (float(-remaining),)
+    if mode == "best_fit":
+        if fits and unit.usable > 0:
+            return (-(unit.assigned + service.budget) / float(unit.usable),)
+        return (float(-remaining),)
+    if mode == "critical":
+        return (unit.speed_rank, -remaining)
+    if mode == "noncritical":
+        return (1 if unit.speed_rank == 0 else 0, -remaining)
+    if mode == "isolated":
+        return (1 if unit.services else 0, -unit.usable)
+    if mode == "shared":
+        return (1 if unit.llms else 0, -remaining)
+    return (-remaining,)
+
+
+def _key(mode, service, unit, fleet_dedicated):
+    fits = service.budget <= unit.remaining
+    prefix = (_cc_rank(service, unit), _exclusive_conflict(service, unit), 0 if fits else 1)
+    if fleet_dedicated:
+        prefix += (0 if unit.dedicated else 1,)
+    return prefix + _score(mode, service, unit, fits) + (unit.order,)
+
+
+_RULES = {
+    "most_free": "the unit with the most free memory (largest budgets placed first)",
+    "balanced": "the unit with the lowest utilisation after placement (largest budgets first)",
+    "best_fit": "best fit, the fullest unit that still has room (largest budgets first): the "
+                "strategy's own rule left a service without room, best fit places them all",
+    "critical": "latency-critical or LLM: the fastest unit with room (compute capability, "
+                "memory, power limit)",
+    "noncritical": "not latency-critical: the most free memory, keeping the fastest unit for "
+                   "the critical path",
+    "isolated": "LLM: the largest unit holding nothing else",
+    "shared": "not an LLM: the most free memory on a unit without an LLM",
+}
+
+
+def _why_not(service, unit, keys, mode, fleet_dedicated):
+    """One sentence: why ``unit`` lost to the chosen unit; ``keys`` = (its key, the best key)."""
+    key, best_key = keys
+    if key[0] > best_key[0]:
+        if key[0] == 1:
+            return "compute capability unknown; %s needs %s" % (service.name,
+                                                                _cc_text(service.min_cc))
+        return "compute capability %s < %s required" % (_cc_text(unit.cc),
+                                                        _cc_text(service.min_cc))
+    if key[1] > best_key[1]:
+        if unit.exclusive is not None:
+            return "held exclusively by %s" % unit.exclusive
+        return "%s wants a unit of its own; this one holds %s" % (
+            service.name, ", ".join(s.name for s in unit.services))
+    if key[2] > best_key[2]:
+        return "not enough room: needs %d MiB, %d MiB left" % (service.budget, unit.remaining)
+    offset = 3
+    if fleet_dedicated:
+        if key[3] > best_key[3]:
+            return "a dedicated host that admits %s comes first" % service.name
+        offset = 4
+    if mode == "balanced":
+        return "utilisation after placement %.3f, higher" % key[offset] if key[2] == 0 \
+            else "less room left (%d MiB)" % unit.remaining
+    if mode == "best_fit":
+        return "utilisation after placement %.3f, lower" % -key[offset] if key[2] == 0 \
+            else "less room left (%d MiB)" % unit.remaining
+    if mode == "critical" and key[offset] > best_key[offset]:
+        return "slower (speed rank %d)" % unit.speed_rank
+    if mode == "noncritical" and key[offset] > best_key[offset]:
+        return "the fastest unit, kept for latency-critical services"
+    if mode == "isolated" and key[offset] > best_key[offset]:
+        return "already holds %s" % ", ".join(s.name for s in unit.services)
+    if mode == "isolated":
+        return "smaller (%d MiB usable)" % unit.usable
+    if mode == "shared" and key[offset] > best_key[offset]:
+        return "holds an LLM, kept isolated"
+    if key[:-1] == best_key[:-1]:
+        return "same score; the earlier unit wins"
+    return "less free memory (%d MiB left)" % unit.remaining
+
+
+def _choose(service, units, mode, fleet_dedicated):
+    """The best unit for ``service`` and the explanation of the choice, or (None, expl)."""
+    hard = []
+    scored = []
+    for unit in units:
+        reason = _hard_reject(service, unit)
+        if reason is not None:
+            hard.append((unit, reason))
+            continue
+        scored.append((_key(mode, service, unit, fleet_dedicated), unit))
+    if not scored:
+        return None, {"rejected": [{"gpu": u.label, "reason": r} for u, r in hard[:EXPLAIN_LIMIT]],
+                      "rejected_total": len(hard)}
+    top = heapq.nsmallest(EXPLAIN_LIMIT + 1, scored, key=lambda item: item[0])
+    best_key, best = top[0]
+    rejected = [
+        {"gpu": u.label, "reason": _why_not(service, u, (k, best_key), mode, fleet_dedicated)}
+        for k, u in top[1:]
+    ]
+    room = max(EXPLAIN_LIMIT - len(rejected), 0)
+    rejected += [{"gpu": u.label, "reason": r} for u, r in hard[:room]]
+    explanation = {
+        "rule": _RULES[mode], "best_key": best_key,
+        "rejected": rejected, "rejected_total": len(scored) - 1 + len(hard),
+    }
+    return best, explanation
+
+
+# ---- assigning --------------------------------------------------------------------------
+
+class _State:
+    def __init__(self, opts, units, fleet):
+        self.opts = opts
+        self.units = units
+        self.fleet = fleet
+        self.issues = []
+
+    def issue(self, code, message, service=None, unit=None):
+        self.issues.append({
+            "code": code, "service": None if service is None else service.name,
+            "gpu": None if unit is None else unit.label, "message": message,
+        })
+
+
+def _describe(unit):
+    text = unit.label
+    if unit.name:
+        text += " (%s)" % unit.name
+    return text
+
+
+def _assign(state, service, unit, explanation):
+    remaining_before = unit.remaining
+    notes = explanation.setdefault("notes", [])
+    if service.budget > unit.usable and unit.usable > 0:
+        service.adjusted = True
+        detail = "%d MiB total - %d MiB headroom" % (unit.total, unit.headroom)
+        if unit.foreign:
+            detail += " - %d MiB used by other processes" % unit.foreign
+        if service.budget > unit.total:
+            head = "%s VRAM budget (%s GB) exceeds %s (%s GB)." % (
+                service.name, gb(service.budget), unit.label, gb(unit.total))
+        else:
+            head = "%s VRAM budget (%s GB) exceeds what %s (%s GB) has left for it." % (
+                service.name, gb(service.budget), unit.label, gb(unit.total))
+        state.issue("budget_exceeds_gpu", "%s Auto-adjusted to %s GB (%s); some models may not "
+                    "load." % (head, gb(unit.usable), detail), service, unit)
+        notes.append("budget cut from %d to %d MiB to fit %s" % (service.budget, unit.usable,
+                                                                 unit.label))
+        service.budget = unit.usable
+    elif service.budget > unit.usable:
+        state.issue("budget_exceeds_gpu", "%s VRAM budget (%s GB) exceeds %s: it has no usable "
+                    "memory (%d MiB total, %d MiB headroom, %d MiB used by other processes)."
+                    % (service.name, gb(service.budget), unit.label, unit.total or 0,
+                       unit.headroom, unit.foreign), service, unit)
+    if service.is_llm and service.need is not None and service.need > unit.usable:
+        larger = [u for u in state.units if u.placeable and u.usable > unit.usable
+                  and _hard_reject(service, u) is None]
+        message = "%s: %s requires ~%s GB, %s only has %s GB" % (
+            service.name, service.model or "the LLM", gb(service.need), unit.label,
+            gb(unit.usable))
+        if larger:
+            big = max(larger, key=lambda u: (u.usable, -u.order))
+            message += "; %s (%s GB) is larger" % (big.label, gb(big.usable))
+        state.issue("llm_on_small_gpu", message + ".", service, unit)
+    cc_rank = _cc_rank(service, unit)
+    if cc_rank == 2:
+        state.issue("compute_capability_too_low", "%s needs compute capability %s; %s has %s."
+                    % (service.name, _cc_text(service.min_cc), _describe(unit),
+                       _cc_text(unit.cc)), service, unit)
+    elif cc_rank == 1:
+        state.issue("compute_capability_unknown", "%s needs compute capability %s; %s does not "
+                    "report one." % (service.name, _cc_text(service.min_cc), _describe(unit)),
+                    service, unit)
+    if _exclusive_conflict(service, unit):
+        holder = unit.exclusive or service.name
+        others = [s.name for s in unit.services if s.name != holder] + \
+            ([service.name] if service.name != holder else [])
+        state.issue("exclusive_not_possible", "%s asks for %s alone, but it shares it with %s."
+                    % (holder, unit.label, ", ".join(others)), service, unit)
+    service.unit = unit
+    unit.assigned += service.budget
+    unit.services.append(service)
+    if service.exclusive and unit.exclusive is None:
+        unit.exclusive = service.name
+    if service.is_llm:
+        unit.llms += 1
+    explanation.update(
+        gpu=unit.label, host=unit.host, remaining_before_mib=remaining_before,
+        usable_mib=unit.usable,
+    )
+    service.explanation = explanation
+
+
+def _resolve_pin(service, units):
+    """(unit, None) or (None, why the pin cannot be honoured)."""
+    pin = service.pin
+    candidates = [u for u in units if service.host is None or u.host == service.host]
+    text = str(pin).strip()
+    if _pin_is_index(pin):
+        found = [u for u in candidates if u.mig_index is None and u.key == str(int(text))]
+    elif _MIG_KEY_RE.match(text):
+        major, minor = _MIG_KEY_RE.match(text).groups()
+        found = [u for u in candidates if u.key == "%d:%d" % (int(major), int(minor))]
+    else:
+        found = [u for u in candidates if u.uuid and u.uuid.lower() == text.lower()]
+    if not found:
+        known = ", ".join(u.key if u.host is None else "%s:%s" % (u.host, u.key)
+                          for u in candidates) or "none"
+        return None, "which does not exist (GPUs: %s)" % known
+    unit = found[0]
+    if not unit.placeable:
+        return None, "which cannot take services (%s)" % unit.reason
+    reason = _hard_reject(service, unit)
+    if reason is not None:
+        return None, "which it may not use (%s)" % reason
+    return unit, None
+
+
+def _order(strategy, services):
+    def key(service):
+        if strategy == "latency_optimized":
+            group = (0 if service.critical else 1, 0 if service.exclusive else 1)
+        elif strategy == "isolation_first":
+            group = (0 if service.is_llm else 1, 0 if service.exclusive else 1)
+        else:
+            group = (0 if service.exclusive else 1,)
+        return (*group, -service.budget, service.pos)
+    return sorted(services, key=key)
+
+
+def _place_all(state, services):
+    strategy = state.opts["strategy"]
+    units = state.units
+    fleet_dedicated = any(u.dedicated for u in units)
+    pending = []
+    for service in services:
+        if service.pin is None:
+            pending.append(service)
+            continue
+        unit, problem = _resolve_pin(service, units)
+        if unit is None:
+            service.fallback = problem
+            pending.append(service)
+            continue
+        service.pinned = True
+        _assign(state, service, unit, {
+            "rule": "pinned to %s by its gpu field" % unit.label, "rejected": [],
+            "rejected_total": 0,
+        })
+    for service in _order(strategy, pending):
+        mode = _mode(strategy, service, state.repair)
+        unit, explanation = _choose(service, units, mode, fleet_dedicated)
+        if unit is None:
+            reasons = "; ".join("%s: %s" % (r["gpu"], r["reason"])
+                                for r in explanation["rejected"]) or "no GPU at all"
+            state.issue("unplaced", "%s was not placed: no GPU can take it (%s)."
+                        % (service.name, reasons), service)
+            explanation.update(rule="not placed", gpu=None, host=None)
+            service.explanation = explanation
+            continue
+        best_key = explanation.pop("best_key")
+        if best_key[2]:
+            explanation.setdefault("notes", []).append(
+                "fits on no unit: placed where the overflow is smallest")
+        _assign(state, service, unit, explanation)
+        if service.fallback:
+            state.issue("pin_not_found", "%s is pinned to GPU %s, %s; fell back to %s."
+                        % (service.name, service.pin, service.fallback, _describe(unit)),
+                        service, unit)
+            explanation["rule"] = "pin not usable, fell back to " + explanation["rule"]
+        elif strategy == "manual":
+            message = "%s has no gpu pin under strategy manual; placed on %s, the unit with " \
+                "the most free memory." % (service.name, _describe(unit))
+            state.issue("unpinned_in_manual", message, service, unit)
+        if mode == "critical" and unit.speed_rank != 0:
+            state.issue("latency_not_fastest", "%s is latency-critical but the fastest GPU has "
+                        "no room; placed on %s." % (service.name, _describe(unit)),
+                        service, unit)
+    if strategy == "balanced":
+        _improve_balance(state, [s for s in services if s.unit is not None and not s.pinned
+                                 and not s.adjusted])
+
+
+# ---- balanced: local search --------------------------------------------------------------
+
+def _variance_parts(units):
+    utils = [u.assigned / float(u.usable) for u in units]
+    return sum(utils), sum(x * x for x in utils)
+
+
+def _movable(service, unit):
+    return (_hard_reject(service, unit) is None and _cc_rank(service, unit) <= _cc_rank(
+        service, service.unit) and unit.exclusive is None and not service.exclusive)
+
+
+def _improve_balance(state, services):
+    units = [u for u in state.units if u.placeable and u.usable > 0]
+    n = len(units)
+    if n < 2 or len(services) * n > LOCAL_SEARCH_LIMIT:
+        return
+    moves = 0
+    for _pass in range(LOCAL_SEARCH_PASSES):
+        total, squares = _variance_parts(units)
+        current = squares / n - (total / n) ** 2
+        best = None
+        for service in services:
+            source = service.unit
+            if source not in units:
+                continue
+            du = service.budget / float(source.usable)
+            su = source.assigned / float(source.usable)
+            for target in units:
+                if target is source or service.budget > target.remaining or \
+                        not _movable(service, target):
+                    continue
+                dv = service.budget / float(target.usable)
+                sv = target.assigned / float(target.usable)
+                new_total = total - du + dv
+                new_squares = squares - su * su + (su - du) ** 2 - sv * sv + (sv + dv) ** 2
+                gain = current - (new_squares / n - (new_total / n) ** 2)
+                if gain > 1e-12 and (best is None or gain > best[0] + 1e-12):
+                    best = (gain, "move", service, target)
+        if len(services) <= SWAP_LIMIT:
+            best = _best_swap(services, units, (total, squares, current), best)
+        if best is None:
+            break
+        moves += 1
+        if best[1] == "move":
+            _move(best[2], best[3])
+        else:
+            first, second = best[2], best[3]
+            one, two = first.unit, second.unit
+            _move(first, two)
+            _move(second, one)
+    if moves:
+        for service in services:
+            service.explanation["gpu"] = service.unit.label
+            service.explanation["host"] = service.unit.host
+        state.balance_moves = moves
+
+
+def _best_swap(services, units, variance, best):
+    n = len(units)
+    total, squares, current = variance
+    for i, first in enumerate(services):
+        for second in services[i + 1:]:
+            one, two = first.unit, second.unit
+            if one is two or one not in units or two not in units:
+                continue
+            delta = second.budget - first.budget  # what ``one`` gains
+            if one.assigned + delta > one.usable or two.assigned - delta > two.usable:
+                continue
+            if not (_movable(first, two) and _movable(second, one)):
+                continue
+            s1, s2 = one.assigned / float(one.usable), two.assigned / float(two.usable)
+            n1, n2 = s1 + delta / float(one.usable), s2 - delta / float(two.usable)
+            new_total = total - s1 - s2 + n1 + n2
+            new_squares = squares - s1 * s1 - s2 * s2 + n1 * n1 + n2 * n2
+            gain = current - (new_squares / n - (new_total / n) ** 2)
+            if gain > 1e-12 and (best is None or gain > best[0] + 1e-12):
+                best = (gain, "swap", first, second)
+    return best
+
+
+def _move(service, target):
+    source = service.unit
+    source.assigned -= service.budget
+    source.services.remove(service)
+    if service.is_llm:
+        source.llms -= 1
+    target.assigned += service.budget
+    target.services.append(service)
+    target.services.sort(key=lambda s: s.pos)
+    if service.is_llm:
+        target.llms += 1
+    service.unit = target
+    service.explanation.setdefault("notes", []).append(
+        "moved from %s to %s to even out utilisation" % (source.label, target.label))
+    service.explanation["remaining_before_mib"] = target.remaining + service.budget
+
+
+# ---- results ----------------------------------------------------------------------------
+
+_START_GROUP = {"other": 0, "ollama": 1, "vllm": 2}
+
+
+def _start_order(unit):
+    """Others first, then Ollama (preloading, kept loaded), vLLM last on settled memory."""
+    return sorted(unit.services, key=lambda s: (_START_GROUP[s.engine], s.pos))
+
+
+def _visible(state, service, unit):
+    by_uuid = state.opts["visible_devices_by"] == "uuid"
+    if by_uuid and unit.uuid:
+        value, by_index = unit.uuid, False
+    else:
+        value, by_index = unit.key, True
+        if by_uuid:
+            state.issue("no_uuid", "%s reports no UUID: %s is given its index %s, with "
+                        "CUDA_DEVICE_ORDER=PCI_BUS_ID." % (unit.label, service.name, unit.key),
+                        service, unit)
+    if unit.vendor == "amd":
+        env = {"ROCR_VISIBLE_DEVICES": value}
+    elif unit.vendor == "intel":
+        env = {"ZE_AFFINITY_MASK": value}
+    else:
+        env = {"CUDA_VISIBLE_DEVICES": value}
+        if by_index:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    return value, env
+
+
+def _engine_settings(state, service, unit, started_before):
+    """Engine knobs matching the budget; ``started_before`` are co-tenants started earlier."""
+    budget = service.budget
+    free_at_start = (unit.total or 0) - unit.foreign - sum(s.budget for s in started_before)
+    shared = len(unit.services) > 1
+    if service.engine == "vllm":
+        total = unit.total or 0
+        util = math.floor(budget * 100.0 / total) / 100.0 if total else 0.0
+        settings = {"gpu_memory_utilization": util}
+        if service.context_length:
+            settings["max_model_len"] = service.context_length
+        if service.parallel:
+            settings["max_num_seqs"] = service.parallel
+        needed = math.ceil(util * total)
+        if util <= 0:
+            state.issue("vllm_start_rule", "%s: a budget of %d MiB is under 1 %% of %s; vLLM "
+                        "cannot start with gpu_memory_utilization 0." % (
+                            service.name, budget, unit.label), service, unit)
+        elif needed > free_at_start:
+            state.issue("vllm_start_rule", "%s: vLLM starts only when free memory >= "
+                        "gpu_memory_utilization x total (%.2f x %d = %d MiB), but %s will have "
+                        "%d MiB free when it starts (%d MiB used by other processes%s)."
+                        % (service.name, util, total, needed, unit.label, free_at_start,
+                           unit.foreign, "".join(", %d MiB by %s" % (s.budget, s.name)
+                                                 for s in started_before)), service, unit)
+        return settings
+    if service.engine == "ollama":
+        bounded = shared or service.override
+        overhead = max(free_at_start - budget, 0) if bounded else unit.headroom
+        settings = {"OLLAMA_GPU_OVERHEAD": overhead * _vram.MIB}
+        if shared:
+            settings["OLLAMA_MAX_LOADED_MODELS"] = 1
+        if any(s.engine == "vllm" for s in unit.services):
+            settings["OLLAMA_KEEP_ALIVE"] = "-1"
+        if service.context_length:
+            settings["OLLAMA_CONTEXT_LENGTH"] = service.context_length
+        if service.parallel:
+            settings["OLLAMA_NUM_PARALLEL"] = service.parallel
+        return settings
+    return {"VRAM_BUDGET_MIB": budget, "VRAM_BUDGET_GB": gb(budget)}
+
+
+def _finish(state, services):
+    strategy = state.opts["strategy"]
+    settings = {}
+    for unit in state.units:
+        if not unit.services:
+            continue
+        if len(unit.services) > 1 and unit.assigned > unit.usable:
+            names = ", ".join(s.name for s in unit.services)
+            state.issue("combined_exceeds_gpu", "Combined VRAM (~%s GB: %s) exceeds %s capacity "
+                        "(%s GB; %s GB usable after %d MiB headroom and %d MiB used by other "
+                        "processes)." % (gb(unit.assigned), names, unit.label,
+                                         gb(unit.total or 0), gb(unit.usable), unit.headroom,
+                                         unit.foreign), unit=unit)
+        if strategy == "isolation_first" and unit.llms and len(unit.services) > 1:
+            llms = [s.name for s in unit.services if s.is_llm]
+            others = [s.name for s in unit.services if s.name not in llms]
+            state.issue("isolation_not_kept", "isolation_first: %s shares %s with %s (no room "
+                        "left elsewhere)." % (", ".join(llms), unit.label,
+                                              ", ".join(others) or "another LLM"), unit=unit)
+        order = _start_order(unit)
+        for i, service in enumerate(order):
+            settings[service.name] = _engine_settings(state, service, unit, order[:i])
+        vllms = [s.name for s in order if s.engine == "vllm"]
+        if vllms and len(order) > 1:
+            for service in order:
+                service.explanation.setdefault("notes", []).append(
+                    "%s shares %s with vLLM (%s): start order %s; vLLM starts last on settled "
+                    "memory and co-tenants stay loaded, since memory freed while vLLM profiles "
+                    "aborts its start" % (service.name, unit.label, ", ".join(vllms),
+                                          ", ".join(s.name for s in order)))
+    assignments = []
+    explanations = {}
+    for service in services:
+        unit = service.unit
+        explanation = service.explanation
+        if service.estimate is not None:
+            explanation["estimate"] = service.estimate
+        if service.override and service.need is not None and service.requested < service.need:
+            explanation.setdefault("notes", []).append(
+                "vram_budget_mib %d is below the estimated need of %d MiB"
+                % (service.requested, service.need))
+        explanation.setdefault("notes", [])
+        explanations[service.name] = explanation
+        entry = {
+            "service": service.name, "host": None, "engine": service.engine,
+            "role": service.role, "model": service.model, "gpu_index": None, "gpu": None,
+            "gpu_uuid": None, "gpu_name": None, "vram_need_mib": service.need,
+            "vram_requested_mib": service.requested, "vram_budget_mib": service.budget,
+            "adjusted": service.adjusted, "pinned": service.pinned,
+            "fallback": bool(service.fallback), "device_id": None, "environment": {},
+            "engine_settings": {},
+        }
+        if unit is not None:
+            device, env = _visible(state, service, unit)
+            entry.update(host=unit.host, gpu_index=unit.index, gpu=unit.key,
+                         gpu_uuid=unit.uuid, gpu_name=unit.name, device_id=device,
+                         environment=env, engine_settings=settings[service.name])
+        assignments.append(entry)
+    return assignments, explanations
+
+
+def _gpu_table(units):
+    table = []
+    for unit in units:
+        table.append({
+            "host": unit.host, "gpu": unit.key, "index": unit.index, "uuid": unit.uuid,
+            "name": unit.name, "placeable": unit.placeable, "reason": unit.reason,
+            "total_mib": unit.total, "foreign_mib": unit.foreign,
+            "headroom_mib": unit.headroom, "usable_mib": unit.usable,
+            "budget_mib": unit.assigned, "free_after_mib": unit.usable - unit.assigned,
+            "utilization": round(unit.assigned / float(unit.usable), 4) if unit.usable else None,
+            "speed_rank": unit.speed_rank if unit.placeable else None,
+            "services": [s.name for s in sorted(unit.services, key=lambda s: s.pos)],
+            "start_order": [s.name for s in _start_order(unit)],
+        })
+    return table
+
+
+def _summary(units, services, issues):
+    used = [u for u in units if u.placeable and u.usable > 0]
+    utils = [u.assigned / float(u.usable) for u in used]
+    mean = sum(utils) / len(utils) if utils else 0.0
+    spread = math.sqrt(sum((x - mean) ** 2 for x in utils) / len(utils)) if utils else 0.0
+    return {
+        "services": len(services),
+        "placed": sum(1 for s in services if s.unit is not None),
+        "unplaced": [s.name for s in services if s.unit is None],
+        "adjusted": [s.name for s in services if s.adjusted],
+        "overcommitted_gpus": [u.label for u in units if u.services and u.assigned > u.usable],
+        "gpus_used": sum(1 for u in units if u.services),
+        "utilization_mean": round(mean, 4),
+        "utilization_stddev": round(spread, 4),
+        "fits": all(s.unit is not None and not s.adjusted for s in services)
+        and not any(u.services and u.assigned > u.usable for u in units),
+        "warning_count": len(issues),
+    }
+
+
+def _gpu_assignments(strategy, services, fleet):
+    """Seed 001's config/gpu-assignments.yml shape (without a timestamp: outputs are stable)."""
+    assignments = {}
+    for service in services:
+        unit = service.unit
+        entry = {
+            "gpu": None if unit is None else (unit.index if unit.mig_index is None else unit.key),
+            "vram_budget": float(gb(service.budget))
+            if service.budget is not None and (service.adjusted or service.override) else None,
+        }
+        if fleet:
+            entry = {"host": None if unit is None else unit.host, **entry}
+        assignments[service.name] = entry
+    return {"strategy": strategy, "assignments": assignments}
+
+
+# Strategies whose rule is about memory only: when their greedy pass leaves a service
+# without room, a best-fit pass is tried and kept if it places everything.
+REPAIRABLE = ("manual", "vram_based", "balanced")
+
+
+def _fits(units, services):
+    return all(s.unit is not None and not s.adjusted for s in services) and \
+        not any(u.services and u.assigned > u.usable for u in units)
+
+
+def _attempt(make_units, services, opts, fleet, repair):
+    units = make_units()
+    _rank_speed(units)
+    for unit in units:
+        if not unit.placeable:
+            unit.speed_rank = None
+    for service in services:
+        service.reset()
+    state = _State(opts, units, fleet)
+    state.balance_moves = 0
+    state.repair = repair
+    _place_all(state, services)
+    return state
+
+
+def _solve(make_units, services, opts, fleet):
+    state = _attempt(make_units, services, opts, fleet, repair=False)
+    if opts["strategy"] in REPAIRABLE and not _fits(state.units, services) and \
+            any(s.pin is None or s.fallback for s in services):
+        retry = _attempt(make_units, services, opts, fleet, repair=True)
+        if _fits(retry.units, services):
+            state = retry
+        else:
+            state = _attempt(make_units, services, opts, fleet, repair=False)
+    units = state.units
+    assignments, explanations = _finish(state, services)
+    return {
+        "strategy": opts["strategy"],
+        "headroom_mib": opts["headroom_mib"],
+        "assignments": assignments,
+        "warnings": [issue["message"] for issue in state.issues],
+        "issues": state.issues,
+        "explanations": explanations,
+        "gpus": _gpu_table(units),
+        "summary": dict(_summary(units, services, state.issues),
+                        balance_moves=state.balance_moves, repaired=state.repair),
+        "gpu_assignments": _gpu_assignments(opts["strategy"], services, fleet),
+    }
+
+
+# ---- public entry points ----------------------------------------------------------------
+
+def place(gpus, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFAULT_HEADROOM_MIB,
+          reserve_mib=None, live_usage="account", managed_processes=None,
+          visible_devices_by="uuid", catalog=None):
+    """Place ``services`` on the GPUs of one host (``ansible_facts.gpus`` as is).
+
+    Returns ``{strategy, headroom_mib, assignments, warnings, issues, explanations, gpus,
+    summary, gpu_assignments}``; raises ValueError naming the bad field and its value.
+    """
+    opts = _check_options(strategy=strategy, headroom_mib=headroom_mib, reserve_mib=reserve_mib,
+                          live_usage=live_usage, managed_processes=managed_processes,
+                          visible_devices_by=visible_devices_by)
+    _check_gpus(gpus, "gpus")
+    checked = _check_services(services, _vram.build_catalog(catalog), fleet=False)
+    for service in checked:
+        if service.host is not None or service.node_selector:
+            raise ValueError("services[%d] has host or node_selector, which only place_fleet "
+                             "(the hosts option) uses; got: %r"
+                             % (service.pos, service.host or service.node_selector))
+    return _solve(lambda: _units(gpus, opts), checked, opts, fleet=False)
+
+
+def _check_hosts(hosts):
+    if not isinstance(hosts, list):
+        raise ValueError("hosts must be a list of {name, gpus, labels, dedicated}; got: %r"
+                         % (hosts,))
+    seen = {}
+    checked = []
+    for i, host in enumerate(hosts):
+        at = "hosts[%d]" % i
+        if not isinstance(host, dict):
+            raise ValueError("%s must be a dict; got: %r" % (at, host))
+        unknown = sorted(set(host) - set(HOST_KEYS))
+        if unknown:
+            raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
+        name = host.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("%s.name must be a non-empty string; got: %r" % (at, name))
+        if name in seen:
+            raise ValueError("%s.name duplicates hosts[%d]; got: %r" % (at, seen[name], name))
+        seen[name] = i
+        labels = host.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise ValueError("%s.labels must be a dict; got: %r" % (at, labels))
+        dedicated = host.get("dedicated") or []
+        if isinstance(dedicated, str):
+            dedicated = [dedicated]
+        if not isinstance(dedicated, list) or not all(isinstance(d, str) and d
+                                                      for d in dedicated):
+            raise ValueError("%s.dedicated must be a list of engines, roles or service names; "
+                             "got: %r" % (at, host.get("dedicated")))
+        gpus = _check_gpus(host.get("gpus") if host.get("gpus") is not None else [],
+                           "%s.gpus" % at)
+        checked.append((name, gpus, {str(k): str(v) for k, v in labels.items()},
+                        sorted(dedicated)))
+    return checked
+
+
+def place_fleet(hosts, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFAULT_HEADROOM_MIB,
+                reserve_mib=None, live_usage="account", managed_processes=None,
+                visible_devices_by="uuid", catalog=None):
+    """Place ``services`` across hosts: host and GPU per service.
+
+    ``hosts`` is a list of ``{name, gpus, labels, dedicated}``: ``gpus`` each host's
+    ``ansible_facts.gpus``; ``labels`` matched by a service's ``node_selector``; ``dedicated``
+    the engines, roles or service names a host is reserved for (seed 002: khelben runs only
+    vLLM), which then prefer it. A service may name its ``host``. ``reserve_mib`` keys are
+    GPU UUIDs here. Same result shape as :func:`place`, plus ``by_host``.
+    """
+    opts = _check_options(strategy=strategy, headroom_mib=headroom_mib, reserve_mib=reserve_mib,
+                          live_usage=live_usage, managed_processes=managed_processes,
+                          visible_devices_by=visible_devices_by)
+    checked_hosts = _check_hosts(hosts)
+
+    def make_units():
+        units = []
+        for name, gpus, labels, dedicated in checked_hosts:
+            units.extend(_units(gpus, opts, host=name, labels=labels, dedicated=dedicated))
+        return units
+
+    checked = _check_services(services, _vram.build_catalog(catalog), fleet=True)
+    names = [name for name, _gpus, _labels, _dedicated in checked_hosts]
+    for service in checked:
+        if service.host is not None and service.host not in names:
+            raise ValueError("services[%d].host is not one of the hosts (%s); got: %r"
+                             % (service.pos, ", ".join(sorted(names)) or "none", service.host))
+    result = _solve(make_units, checked, opts, fleet=True)
+    by_host = {}
+    for name in names:
+        by_host[name] = {
+            "assignments": [a for a in result["assignments"] if a["host"] == name],
+            "gpus": [g for g in result["gpus"] if g["host"] == name],
+        }
+    result["by_host"] = by_host
+    return result
