@@ -26,8 +26,6 @@ MI210_STATIC = FIXTURES / "amd-smi-json" / "device-metrics-exporter-mi210-static
 ROCM = FIXTURES / "rocm-smi-json"
 
 
-
-
 # --------------------------------------------------------------------------- amd-smi static
 
 MI210 = dict(index=0, name="AMD Instinct MI210", vendor="amd", memory_total_mib=65520,

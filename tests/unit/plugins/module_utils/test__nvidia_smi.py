@@ -42,8 +42,6 @@ def section(capture, phase, prefix):
     return body
 
 
-
-
 # --------------------------------------------------------------------------- XML fixtures
 
 XML_CASES = {
