@@ -13,13 +13,21 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/$(COLL_ROOT)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup venv link run test lint sanity unit build clean
+.PHONY: help setup system-deps venv link run test lint sanity unit build clean
 
 help:
 	@echo "make run    gather GPU facts on the inventory (INVENTORY=$(INVENTORY)) and print a summary"
 	@echo "make test   lint, ansible-test sanity, unit and integration tests"
 
 setup: venv link
+
+# Debian packages the checks need beyond the base machine (ansible-test's shellcheck test).
+SYSTEM_PACKAGES := shellcheck
+system-deps:
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 venv: $(VENV)/.installed
 
@@ -52,7 +60,7 @@ lint: setup
 # ansible-test wants the collection under ansible_collections/<ns>/<name>, outside any other git
 # work tree: copy the files git tracks or would track into a temporary one. Its pip bootstrap
 # comes from a host we cannot reach: see tests/sanity/get_pip_offline.py.
-sanity: setup
+sanity: setup system-deps
 	mkdir -p $(dir $(PIP_BOOTSTRAP))
 	ls $(dir $(PIP_BOOTSTRAP))pip-24.2-*.whl >/dev/null 2>&1 || \
 	  $(BIN)/pip download --quiet --disable-pip-version-check --no-deps -d $(dir $(PIP_BOOTSTRAP)) pip==24.2
@@ -62,6 +70,9 @@ sanity: setup
 	rc=0; (cd $$dest && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --color no) || rc=$$?; \
 	rm -rf $$root; exit $$rc
 
-# The last command of `make test` is pytest over every test layer: its summary line closes the run.
-test: lint sanity
+# The last command of `make test` is pytest over every test layer (unit, integration, lab): its
+# summary line closes the run.
+test: lint sanity lab-setup
 	$(BIN)/pytest tests
+
+include lab/lab.mk

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The outer Docker engine the lab's simulated hosts run on.
 #
-#   lab/engine.sh ensure   print the DOCKER_HOST to use (start our own engine only if needed)
+#   lab/engine.sh ensure   print the DOCKER_HOST to use (start our own engine only if needed;
+#                          never with GPUFLEET_LAB_NO_START=1: exit 3 instead)
 #   lab/engine.sh stop     stop the engine this script started (by its recorded PID), nothing else
 #   lab/engine.sh status   say which engine the lab uses
 #
@@ -76,6 +77,10 @@ ensure() {
         # Somebody else's engine: use it, do not touch it.
         echo "${DOCKER_HOST:-unix:///var/run/docker.sock}"
         return
+    fi
+    if [[ ${GPUFLEET_LAB_NO_START:-0} == 1 ]]; then
+        echo "lab/engine.sh: no Docker engine answers (and GPUFLEET_LAB_NO_START=1)" >&2
+        exit 3
     fi
     start_own
     echo "$OWN_HOST"

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Build the lab's images locally, without any container registry (lab/README.md, "Images").
+#
+#   gpufleet-lab/host-base:<hash>   mmdebstrap minbase + systemd + docker.io ... (packages-host.txt)
+#   gpufleet-lab/runtime:<hash>      mmdebstrap minbase + python3, the base of the inner images
+#                                    (saved to .build/lab/runtime-<hash>.tar for `docker load` in hosts)
+#   gpufleet-lab/host:<hash>         host-base + stand-in hook, NVML stand-in, nvidia-ml-py,
+#                                    Compose v2 plugin, stand-in servers (host.Dockerfile)
+#
+# Each tag is a content hash of its inputs: an image whose tag exists is not rebuilt.
+# The Debian mirror is the one apt already uses on this machine, read at run time.
+# Prints the host image tag and the runtime tar path on stdout (two lines: KEY=VALUE).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+LAB=$(cd "$HERE/.." && pwd)
+ROOT=$(cd "$LAB/.." && pwd)
+BUILD=${GPUFLEET_LAB_BUILD:-$ROOT/.build/lab}
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+SUITE=${GPUFLEET_LAB_SUITE:-bookworm}
+mkdir -p "$BUILD"
+
+export DOCKER_HOST=${DOCKER_HOST:-$("$LAB/engine.sh" ensure)}
+log() { echo "lab/image/build.sh: $*" >&2; }
+
+hash_inputs() {  # files, directories or "text:..." strings -> one short sha256
+    local f
+    for f in "$@"; do
+        if [[ $f == text:* ]]; then
+            echo "$f"
+        elif [[ -d $f ]]; then
+            (cd "$f" && find . -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | sort -z \
+                | xargs -0 -r sha256sum | sed "s#^#${f#"$ROOT"/} #")
+        elif [[ -e $f ]]; then
+            echo "${f#"$ROOT"/} $(sha256sum <"$f" | cut -d' ' -f1)"
+        else
+            echo "absent ${f#"$ROOT"/}"
+        fi
+    done | sha256sum | cut -c1-16
+}
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+mirror_source() {
+    # The sources apt uses here (deb822 or one-line); mmdebstrap pastes a file given as MIRROR.
+    local f
+    for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
+        if [[ -s $f ]] && grep -qv '^\s*#' "$f"; then
+            echo "$f"
+            return
+        fi
+    done
+    log "no apt sources found in /etc/apt (debian.sources or sources.list)"
+    exit 1
+}
+
+packages() { grep -v '^\s*#' "$1" | grep -v '^\s*$' | paste -sd, -; }
+
+debootstrap_import() {  # $1 package list file, $2 tag, $3 extra customize hook, $4.. docker import changes
+    local list=$1 tag=$2 hook=$3
+    shift 3
+    local changes=()
+    local c
+    for c in "$@"; do changes+=(-c "$c"); done
+    command -v mmdebstrap >/dev/null || { log "mmdebstrap missing: apt-get install -y mmdebstrap"; exit 1; }
+    log "building $tag with mmdebstrap from $(mirror_source)"
+    # shellcheck disable=SC2016 # "$1" in a hook is the chroot, expanded by mmdebstrap
+    mmdebstrap --quiet --variant=minbase --include="$(packages "$list")" \
+        --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+        --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/doc/*' \
+        --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        --dpkgopt='path-exclude=/usr/share/info/*' \
+        --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/etc/machine-id; : > "$1"/etc/machine-id' \
+        --customize-hook="$hook" \
+        "$SUITE" - "$(mirror_source)" 2>"$BUILD/mmdebstrap-${tag//[:\/]/_}.log" \
+        | docker import "${changes[@]}" - "$tag" >/dev/null \
+        || { log "mmdebstrap failed; see $BUILD/mmdebstrap-${tag//[:\/]/_}.log"; tail -20 "$BUILD/mmdebstrap-${tag//[:\/]/_}.log" >&2; exit 1; }
+}
+
+# 1. host-base and 2. runtime (base of the inner stand-in images), built side by side ------
+# Bump RECIPE when the mmdebstrap recipe above changes (the base hashes do not cover build.sh,
+# so that editing step 3 does not rebuild the slow bases).
+RECIPE=1
+BASE_HASH=$(hash_inputs "$HERE/packages-host.txt" "text:recipe $RECIPE")
+BASE_TAG=gpufleet-lab/host-base:$BASE_HASH
+RT_HASH=$(hash_inputs "$HERE/packages-runtime.txt" "text:recipe $RECIPE")
+RT_TAG=gpufleet-lab/runtime:$RT_HASH
+RT_TAR=$BUILD/runtime-$RT_HASH.tar
+rt_pid=
+if ! have_image "$RT_TAG"; then
+    (
+        t0=$SECONDS
+        debootstrap_import "$HERE/packages-runtime.txt" "$RT_TAG" 'true' 'CMD ["/usr/bin/python3"]'
+        log "built $RT_TAG in $((SECONDS - t0)) s"
+    ) &
+    rt_pid=$!
+fi
+if ! have_image "$BASE_TAG"; then
+    t0=$SECONDS
+    # shellcheck disable=SC2016 # "$1" in a hook is the chroot, expanded by mmdebstrap
+    debootstrap_import "$HERE/packages-host.txt" "$BASE_TAG" \
+        'chroot "$1" systemctl enable docker.service containerd.service >/dev/null 2>&1;
+         chroot "$1" systemctl mask getty@tty1.service console-getty.service systemd-logind.service \
+             systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket \
+             systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
+             e2scrub_all.timer fstrim.timer >/dev/null 2>&1; true' \
+        'CMD ["/sbin/init"]'
+    log "built $BASE_TAG in $((SECONDS - t0)) s"
+fi
+if [[ -n $rt_pid ]] && ! wait "$rt_pid"; then
+    log "building $RT_TAG failed"
+    exit 1
+fi
+if [[ ! -s $RT_TAR ]]; then
+    docker save "$RT_TAG" -o "$RT_TAR.tmp"
+    mv "$RT_TAR.tmp" "$RT_TAR"
+fi
+
+# 3. host = host-base + the lab's own files -------------------------------------------------
+SITE=$("$PY" -c 'import pynvml, os; print(os.path.dirname(pynvml.__file__))')
+COMPOSE_BIN=$("$PY" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
+NVML_SRC=$LAB/nvml/libnvidia-ml.c
+HOST_HASH=$(hash_inputs "$HERE/host.Dockerfile" "$HERE/rootfs" "$HERE/inner" "$LAB/hook" "$LAB/servers" \
+    "$LAB/nvml/build.sh" "$NVML_SRC" "$SITE/pynvml.py" "$COMPOSE_BIN" "$HERE/build.sh" "text:$BASE_TAG $RT_TAG")
+HOST_TAG=gpufleet-lab/host:$HOST_HASH
+if ! have_image "$HOST_TAG"; then
+    t0=$SECONDS
+    ctx=$BUILD/context-host
+    rm -rf "$ctx"
+    mkdir -p "$ctx/usr/libexec/docker/cli-plugins" "$ctx/usr/local/lib/python3.11/dist-packages" \
+        "$ctx/opt/gpufleet-lab/servers" "$ctx/opt/gpufleet-lab/inner" "$ctx/opt/gpufleet-lab/hook" \
+        "$ctx/opt/gpufleet-lab/nvml"
+    cp -a "$HERE/rootfs/." "$ctx/"
+    # Hook and NVML library wait under /opt: lab/lab.py links them in on hosts that have GPUs
+    # (a CPU-only host has neither, as a real one would not).
+    install -m755 "$LAB/hook/nvidia-container-runtime-hook" "$ctx/opt/gpufleet-lab/hook/"
+    install -m644 "$LAB/hook/stand_in_hook.py" "$ctx/opt/gpufleet-lab/hook/"
+    install -m755 "$COMPOSE_BIN" "$ctx/usr/libexec/docker/cli-plugins/docker-compose"
+    cp "$SITE/pynvml.py" "$ctx/usr/local/lib/python3.11/dist-packages/"
+    cp -a "$SITE"/nvidia_ml_py-*.dist-info "$ctx/usr/local/lib/python3.11/dist-packages/" 2>/dev/null || true
+    cp -a "$LAB/servers/." "$ctx/opt/gpufleet-lab/servers/"
+    cp "$SITE/pynvml.py" "$ctx/opt/gpufleet-lab/inner/"
+    cp -a "$HERE/inner/." "$ctx/opt/gpufleet-lab/inner/"
+    find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
+    if [[ -f $NVML_SRC ]]; then
+        command -v gcc >/dev/null || { log "gcc missing: apt-get install -y gcc libc6-dev"; exit 1; }
+        # Same Debian release as the image: a library built here links against the same glibc.
+        sh "$LAB/nvml/build.sh" "$ctx/opt/gpufleet-lab/nvml" >&2
+    else
+        log "WARNING: $NVML_SRC not there yet: the host image has no NVML stand-in"
+    fi
+    cp "$HERE/host.Dockerfile" "$ctx/Dockerfile"
+    printf 'Dockerfile\n.dockerignore\n' > "$ctx/.dockerignore"
+    DOCKER_BUILDKIT=0 docker build --quiet --build-arg "BASE=$BASE_TAG" --build-arg "RUNTIME_TAG=$RT_TAG" \
+        -t "$HOST_TAG" "$ctx" >/dev/null 2> >(grep -v -i 'deprecated\|legacy builder\|buildx\|buildkit\|environment-variable\|^\s*$' >&2)
+    log "built $HOST_TAG in $((SECONDS - t0)) s"
+fi
+
+# Older builds of our own repositories only (gpufleet-lab/*): keep the disk tidy.
+for repo_tag in "gpufleet-lab/host-base:$BASE_HASH" "gpufleet-lab/runtime:$RT_HASH" "gpufleet-lab/host:$HOST_HASH"; do
+    repo=${repo_tag%%:*}
+    docker image ls "$repo" --format '{{.Repository}}:{{.Tag}}' | grep -vx "$repo_tag" \
+        | xargs -r docker rmi >/dev/null 2>&1 || true
+done
+find "$BUILD" -maxdepth 1 -name 'runtime-*.tar' ! -name "runtime-$RT_HASH.tar" -delete
+
+echo "HOST_IMAGE=$HOST_TAG"
+echo "RUNTIME_TAR=$RT_TAR"
+echo "RUNTIME_IMAGE=$RT_TAG"

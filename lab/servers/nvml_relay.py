@@ -1,0 +1,210 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The simulated driver's per-container side (lab stand-in, not NVIDIA code; stdlib only).
+
+The real NVIDIA toolkit gives a container only the GPUs it asked for, renumbered from 0,
+while memory used stays device-wide. The stand-in hook (lab/hook/) creates, for each GPU
+container, a directory /run/gpufleet-nvml/containers/<id>/ with:
+
+  container.json   {"id", "init_pid" (host pid), "visible": [host GPU indexes]}
+  state            an NVML state file with only the visible GPUs; memory_used_mib = what
+                   everybody else holds on that GPU (static + the host's registrations)
+  state.d/         where the container's processes register (gpu<i>-<pid>, container pids)
+
+and binds it at /run/nvidia-stand-in in the container. This relay (a systemd unit of the
+host, `gpufleet-nvml-relay.service`) keeps that view fresh and copies each registration of
+the container to the host's process directory under the host's GPU index and the host pid,
+so the host's NVML (our facts, nvidia-smi, drain waits) sees container VRAM too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpuview
+
+CONTAINERS = "/run/gpufleet-nvml/containers"
+RELAY_PREFIX = "relay-"  # host copies are named gpu<h>-<hostpid>; we remember them in relayed.json
+GPU_KEYS_DROPPED = ("process", "memory_used_mib")
+
+
+def _pidns(pid):
+    try:
+        return os.readlink("/proc/%d/ns/pid" % pid)
+    except OSError:
+        return None
+
+
+def host_pid_of(container_pid, init_pid, cache):
+    """The host pid of ``container_pid`` in the pid namespace of ``init_pid`` (NSpid)."""
+    known = cache.get(container_pid)
+    if known and _nspid_last(known) == container_pid:
+        return known
+    namespace = _pidns(init_pid)
+    if namespace is None:
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if _nspid_last(pid) == container_pid and _pidns(pid) == namespace:
+            cache[container_pid] = pid
+            return pid
+    return None
+
+
+def _nspid_last(pid):
+    try:
+        with open("/proc/%d/status" % pid, encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def render_view(cdir, host_state=gpuview.HOST_STATE, info=None):
+    """Write <cdir>/state: the visible GPUs of the host state, used = everybody else's MiB."""
+    if info is None:
+        with open(os.path.join(cdir, "container.json"), encoding="utf-8") as handle:
+            info = json.load(handle)
+    state = gpuview.parse_state(host_state)
+    glob = state["globals"]
+    drain = float(gpuview._num(glob.get("drain_delay"), 0))
+    regs = gpuview.registrations(glob["procs_dir"], drain)
+    own = set(_relayed(cdir).values())
+    lines = [
+        "# view of container %s (written by the lab's nvml relay; do not edit)" % info["id"][:12]
+    ]
+    for key, value in glob.items():
+        if key in ("procs_dir", "fails"):
+            continue
+        lines.append("%s %s" % (key, value))
+    for fail in glob.get("fails", []):
+        lines.append("fail %s" % fail)
+    for index in info["visible"]:
+        gpu = state["gpus"][index]
+        others = sum(r["mib"] for r in regs if r["gpu"] == index and r["file"] not in own)
+        static = int(gpuview._num(gpu.get("memory_used_mib"), 0))
+        lines.append("gpu")
+        for key, value in gpu["lines"]:
+            if key not in GPU_KEYS_DROPPED:
+                lines.append("  %s %s" % (key, value))
+        lines.append("  memory_used_mib %d" % (static + others))
+    text = "\n".join(lines) + "\n"
+    path = os.path.join(cdir, "state")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return False
+    except OSError:
+        pass
+    gpuview.atomic_write(path, text)
+    return True
+
+
+def _relayed(cdir):
+    try:
+        with open(os.path.join(cdir, "relayed.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def relay(cdir, host_procs, pid_cache):
+    """Copy the container's registrations to the host's procs dir (host index, host pid)."""
+    with open(os.path.join(cdir, "container.json"), encoding="utf-8") as handle:
+        info = json.load(handle)
+    relayed = _relayed(cdir)  # container file name -> host file name
+    cprocs = os.path.join(cdir, "state.d")
+    try:
+        names = [n for n in os.listdir(cprocs) if n.startswith("gpu") and ".tmp." not in n]
+    except OSError:
+        names = []
+    os.makedirs(host_procs, exist_ok=True)
+    changed = False
+    for name in names:
+        head, _sep, tail = name[3:].partition("-")
+        if not (head.isdigit() and tail.isdigit()) or int(head) >= len(info["visible"]):
+            continue
+        reg = gpuview.read_registration(os.path.join(cprocs, name))
+        if reg is None:
+            continue
+        content = reg[2]
+        target = relayed.get(name)
+        if target is None:
+            hpid = host_pid_of(int(tail), info["init_pid"], pid_cache)
+            if hpid is None:
+                continue  # gone before we saw it: nothing to relay
+            target = "gpu%d-%d" % (info["visible"][int(head)], hpid)
+            relayed[name] = target
+            changed = True
+        hpath = os.path.join(host_procs, target)
+        current = gpuview.read_registration(hpath)
+        # The host saw the process die (dead_since in its copy): tell the container's copy too.
+        if current is not None and "dead_since" in current[1]:
+            if "dead_since" not in reg[1] and "released_at" not in reg[1]:
+                gpuview.atomic_write(os.path.join(cprocs, name), current[2])
+            continue
+        if current is None or current[2] != content:
+            gpuview.atomic_write(hpath, content)
+    for name in list(relayed):
+        if name not in names:  # unregistered in the container: gone at once on the host too
+            try:
+                os.unlink(os.path.join(host_procs, relayed.pop(name)))
+            except OSError:
+                pass
+            changed = True
+    if changed:
+        gpuview.atomic_write(os.path.join(cdir, "relayed.json"), json.dumps(relayed))
+    return info
+
+
+def sweep(host_state=gpuview.HOST_STATE, containers=CONTAINERS, pid_cache=None):
+    if pid_cache is None:
+        pid_cache = {}
+    if not os.path.exists(host_state):
+        return
+    state = gpuview.parse_state(host_state)
+    host_procs = state["globals"]["procs_dir"]
+    drain = float(gpuview._num(state["globals"].get("drain_delay"), 0))
+    # Like a driver, notice a dead process at once (not at the next NVML call): dead_since.
+    gpuview.registrations(host_procs, drain)
+    try:
+        cdirs = sorted(os.listdir(containers))
+    except OSError:
+        return
+    for cid in cdirs:
+        cdir = os.path.join(containers, cid)
+        try:
+            info = relay(cdir, host_procs, pid_cache.setdefault(cid, {}))
+            if not gpuview.pid_alive(info["init_pid"]):
+                ended = info.get("ended_at") or time.time()
+                if "ended_at" not in info:
+                    info["ended_at"] = ended
+                    gpuview.atomic_write(os.path.join(cdir, "container.json"), json.dumps(info))
+                if time.time() > ended + drain + 5:
+                    shutil.rmtree(cdir, ignore_errors=True)
+                    pid_cache.pop(cid, None)
+                continue
+            render_view(cdir, host_state, info)
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            print("nvml-relay: %s: %s" % (cid, exc), file=sys.stderr)
+
+
+def main():
+    period = float(os.environ.get("GPUFLEET_NVML_RELAY_PERIOD", "0.1"))
+    cache = {}
+    while True:
+        sweep(pid_cache=cache)
+        time.sleep(period)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fixtures of the lab tests: the simulated hosts they need, started once per session.
+
+The hosts come from inventory/lab through lab/lab.py (engine and images as lab/README.md
+says); they are removed at the end unless GPUFLEET_LAB_KEEP=1. Nothing here is skipped:
+without a Docker engine and mmdebstrap the session fails, as it should in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB = os.path.join(ROOT, "lab")
+HOSTS = ("lab-ws", "lab-cpu")
+
+
+def _docker_host():
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    out = subprocess.run(
+        [os.path.join(LAB, "engine.sh"), "ensure"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+class Host:
+    """One simulated host: run shell or Python inside it."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def sh(self, script, check=True, timeout=120, input=None):
+        proc = subprocess.run(
+            ["docker", "exec", "-i", self.name, "sh", "-ec", script],
+            input=input,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                "%s: script failed (rc %d)\n%s\nstdout: %s\nstderr: %s"
+                % (self.name, proc.returncode, script, proc.stdout, proc.stderr)
+            )
+        return proc
+
+    def py(self, code, *args, timeout=120):
+        proc = subprocess.run(
+            ["docker", "exec", "-i", self.name, "python3", "-", *args],
+            input=code,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                "%s: python failed (rc %d)\n%s" % (self.name, proc.returncode, proc.stderr)
+            )
+        return proc.stdout
+
+    def used_mib(self):
+        """Used MiB per GPU as the real nvidia-ml-py reads them from the stand-in NVML."""
+        return json.loads(self.py(USED_MIB))
+
+    def wait_used(self, gpu, predicate, timeout=15.0):
+        deadline = time.time() + timeout
+        while True:
+            used = self.used_mib()
+            if predicate(used[gpu]):
+                return used, time.time()
+            if time.time() > deadline:
+                raise AssertionError(
+                    "%s GPU %d used MiB never matched; last: %s" % (self.name, gpu, used)
+                )
+            time.sleep(0.1)
+
+    def http(self, url, body=None, timeout=30):
+        """(status, parsed JSON or text) of an HTTP call made inside the host."""
+        out = self.py(
+            HTTP,
+            url,
+            json.dumps(body) if body is not None else "",
+            str(timeout),
+            timeout=timeout + 10,
+        )
+        status, _sep, text = out.partition("\n")
+        try:
+            return int(status), json.loads(text)
+        except ValueError:
+            return int(status), text
+
+    def wait_http(self, url, timeout=30.0):
+        deadline = time.time() + timeout
+        while True:
+            status, payload = self.http(url, timeout=5)
+            if status == 200:
+                return payload
+            if time.time() > deadline:
+                raise AssertionError(
+                    "%s: %s never answered 200 (last %s %s)" % (self.name, url, status, payload)
+                )
+            time.sleep(0.2)
+
+
+USED_MIB = """
+import json, pynvml
+pynvml.nvmlInit()
+out = []
+for i in range(pynvml.nvmlDeviceGetCount()):
+    h = pynvml.nvmlDeviceGetHandleByIndex(i)
+    out.append(pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2).used // 2**20)
+print(json.dumps(out))
+"""
+
+HTTP = """
+import sys, urllib.request, urllib.error
+url, body, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+req = urllib.request.Request(url, data=body.encode() if body else None,
+                             headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=timeout) as answer:
+        print(answer.status); print(answer.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.code); print(exc.read().decode())
+except (urllib.error.URLError, ConnectionError, OSError) as exc:
+    print(0); print(exc)
+"""
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """Start lab-ws and lab-cpu (parallel), yield {name: Host}, remove them afterwards."""
+    os.environ["DOCKER_HOST"] = _docker_host()
+    cmd = [sys.executable, os.path.join(LAB, "lab.py"), "up", "--hosts", ",".join(HOSTS)]
+    t0 = time.time()
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, "lab up failed:\n%s\n%s" % (proc.stdout, proc.stderr)
+    sys.stderr.write("lab up (%s) in %.1f s\n" % (", ".join(HOSTS), time.time() - t0))
+    yield {name: Host(name) for name in HOSTS}
+    if os.environ.get("GPUFLEET_LAB_KEEP") != "1":
+        subprocess.run(
+            [sys.executable, os.path.join(LAB, "lab.py"), "down", "--hosts", ",".join(HOSTS)],
+            check=False,
+            capture_output=True,
+            timeout=300,
+        )
+
+
+@pytest.fixture()
+def ws(lab):
+    """lab-ws with nothing on its GPUs: what earlier tests held has drained."""
+    host = lab["lab-ws"]
+    host.wait_used(0, lambda used: used == 0)
+    host.wait_used(1, lambda used: used == 0)
+    return host
+
+
+@pytest.fixture()
+def cpu(lab):
+    return lab["lab-cpu"]

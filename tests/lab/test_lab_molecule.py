@@ -1,0 +1,53 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Molecule's collection-level scenarios, run against the lab hosts, counted by pytest."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SCENARIOS = sorted(
+    d
+    for d in os.listdir(os.path.join(ROOT, "molecule"))
+    if os.path.exists(os.path.join(ROOT, "molecule", d, "molecule.yml"))
+)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(lab, scenario):
+    bindir = os.path.dirname(sys.executable)
+    env = dict(
+        os.environ,
+        PATH=bindir + os.pathsep + os.environ["PATH"],
+        NO_COLOR="1",
+        TERM="dumb",
+        ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+        PYTHONPATH=os.path.join(ROOT, ".build", "collections"),
+    )
+    proc = subprocess.run(
+        [
+            os.path.join(bindir, "molecule"),
+            "--base-config",
+            "molecule/shared/base.yml",
+            "test",
+            "-s",
+            scenario,
+        ],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    for step in ("converge", "idempotence", "check", "verify"):
+        assert re.search(r"%s \S+ %s: Executed: Successful" % (scenario, step), out), out[-3000:]
