@@ -21,6 +21,26 @@ AUTO_FAMILIES = (
 PROFILES = ("cpu", "single-gpu", "dual-gpu", "multi-gpu")
 
 
+# What the vendor tools print when there is no driver or no GPU to read: not a fault of the tool,
+# the same outcome as a missing library (nvidia-smi exits 9 and 6 with these).
+_NO_GPU_MARKERS = (
+    "No devices were found",
+    "couldn't communicate with the NVIDIA driver",
+    "Driver not initialized",
+    "amdgpu not found in modules",
+)
+
+
+def no_gpu_reason(rc, output):
+    """The tool's own words when a failed call means "no driver / no GPU here", else None."""
+    if rc == 0:
+        return None
+    for line in output.splitlines():
+        if any(marker in line for marker in _NO_GPU_MARKERS):
+            return line.strip()
+    return None
+
+
 class BackendUnavailable(Exception):
     """The backend's library or tool is not on this host (a normal outcome on CPU hosts)."""
 

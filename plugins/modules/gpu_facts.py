@@ -242,9 +242,10 @@ class Readers:
                 raise _gpu_facts.BackendError(
                     name, "%s did not answer within %d seconds and was stopped"
                     % (" ".join([name, *argv[1:]]), self.timeout))
-            if rc != 0 and "No devices were found" in out + err:
-                # A driver without a GPU of its vendor: nothing to read, not a fault.
-                raise _gpu_facts.BackendUnavailable("%s: No devices were found" % name)
+            said = _gpu_facts.no_gpu_reason(rc, out + err)
+            if said:
+                # No driver loaded, or a driver without a GPU: nothing to read, not a fault.
+                raise _gpu_facts.BackendUnavailable("%s: %s" % (name, said))
             return rc, out, err
 
         try:

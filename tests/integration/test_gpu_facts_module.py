@@ -246,3 +246,15 @@ def test_driver_without_devices_is_no_gpu_not_a_failure(tmp_path):
     assert summary["backends_tried"][1] == {
         "backend": "nvidia-smi", "outcome": "unavailable",
         "detail": "nvidia-smi: No devices were found"}
+
+
+def test_nvidia_smi_without_a_driver_is_no_gpu(tmp_path):
+    message = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+               "Make sure that the latest NVIDIA driver is installed and running.")
+    rc, result = run_module("gpufleet.inference.gpu_facts", "sysfs_root=%s" % tmp_path,
+                            env=_tool_env(tmp_path, ("nvidia-smi",),
+                                          GPUFLEET_STANDIN_FAIL="9:" + message))
+    assert rc == 0, result
+    gpus, summary = _facts(result)
+    assert gpus == [] and summary["recommended_profile"] == "cpu"
+    assert summary["backends_tried"][1]["detail"] == "nvidia-smi: " + message

@@ -10,6 +10,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_facts impo
     BackendError,
     BackendUnavailable,
     gather,
+    no_gpu_reason,
     read_meminfo_mib,
     recommend_profile,
     summarize,
@@ -165,3 +166,21 @@ def test_read_meminfo(tmp_path):
     meminfo.write_text("MemTotal:       131072000 kB\nMemFree: 1 kB\n")
     assert read_meminfo_mib(str(meminfo)) == 128000
     assert read_meminfo_mib(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize(
+    ("rc", "output", "reason"),
+    [
+        (6, "No devices were found\n", "No devices were found"),
+        (9, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+            "Make sure that the latest NVIDIA driver is installed and running.\n",
+         "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+         "Make sure that the latest NVIDIA driver is installed and running."),
+        (2, "WARNING: x\nERROR:root:Driver not initialized (amdgpu not found in modules)\n",
+         "ERROR:root:Driver not initialized (amdgpu not found in modules)"),
+        (0, "No devices were found\n", None),
+        (1, "Segmentation fault\n", None),
+    ],
+)
+def test_no_gpu_reason(rc, output, reason):
+    assert no_gpu_reason(rc, output) == reason
