@@ -13,7 +13,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/$(COLL_ROOT)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup system-deps venv link run test lint sanity unit build clean
+.PHONY: help setup system-deps venv link collections run test lint sanity unit build clean
 
 help:
 	@echo "make run    gather GPU facts on the inventory (INVENTORY=$(INVENTORY)) and print a summary"
@@ -40,6 +40,10 @@ link:
 	mkdir -p $(dir $(COLL_LINK))
 	ln -sfn $(CURDIR) $(COLL_LINK)
 
+# community.docker and friends, from the pinned PyPI ansible wheel (Galaxy is unreachable).
+collections: venv
+	PYTHON=$(CURDIR)/$(BIN)/python lab/vendor-collections.sh
+
 run: setup
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/gpu_summary.yml
 
@@ -52,7 +56,7 @@ clean:
 # ---- lint, sanity, tests -------------------------------------------------------------
 PIP_BOOTSTRAP := $(HOME)/.ansible/test/cache/get_pip_24_2.py
 
-lint: setup
+lint: setup collections
 	$(BIN)/ruff check .
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --offline
