@@ -21,8 +21,9 @@ help:
 
 setup: venv link
 
-# Debian packages the checks need beyond the base machine (ansible-test's shellcheck test).
-SYSTEM_PACKAGES := shellcheck
+# Debian packages the checks need beyond the base machine: ansible-test's shellcheck test, and
+# systemd-analyze for the rendered units.
+SYSTEM_PACKAGES := shellcheck systemd
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
@@ -31,9 +32,10 @@ system-deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements/test.txt requirements/constraints.txt
+$(VENV)/.installed: requirements/test.txt requirements/render.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/test.txt -c requirements/constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/test.txt \
+	  -r requirements/render.txt -c requirements/constraints.txt
 	touch $@
 
 link:

@@ -31,7 +31,24 @@ def test_molecule_scenario(lab, scenario):
         ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
         PYTHONPATH=os.path.join(ROOT, ".build", "collections"),
     )
-    proc = subprocess.run(
+    try:
+        proc = _molecule(bindir, scenario, env)
+    finally:
+        # Molecule's destroy removes the hosts it used; the session's other lab tests rely on
+        # them, so bring back the ones the lab fixture started.
+        restore = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "lab", "lab.py"), "up", "--hosts",
+             ",".join(sorted(lab))],
+            capture_output=True, text=True, check=False, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    for step in ("converge", "idempotence", "check", "verify"):
+        assert re.search(r"%s \S+ %s: Executed: Successful" % (scenario, step), out), out[-3000:]
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+
+
+def _molecule(bindir, scenario, env):
+    return subprocess.run(
         [
             os.path.join(bindir, "molecule"),
             "--base-config",
@@ -47,7 +64,3 @@ def test_molecule_scenario(lab, scenario):
         text=True,
         timeout=900,
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    for step in ("converge", "idempotence", "check", "verify"):
-        assert re.search(r"%s \S+ %s: Executed: Successful" % (scenario, step), out), out[-3000:]

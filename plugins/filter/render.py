@@ -1,0 +1,49 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters that turn the service catalog and one placement into what runs the services.
+
+services_catalog_check, services_placement_input, services_plan, compose_document,
+dotenv_merge, gpu_assignments_document, systemd_instances and k8s_manifests: thin wrappers of
+module_utils/_render.py, one documentation file per filter name next to this file (as
+ansible-doc looks them up). The roles services, compose, systemd_units and k8s_manifests use
+them so that their templates stay thin.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _render
+
+
+def _wrap(name, function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise AnsibleFilterError("%s: %s" % (name, exc)) from exc
+
+    return wrapper
+
+
+def services_catalog_check(catalog, extra_profiles=None):
+    """``services_catalog | gpufleet.inference.services_catalog_check(services_extra_profiles)``."""
+    return _render.check_catalog(catalog, extra_profiles)
+
+
+class FilterModule:
+    def filters(self):
+        functions = {
+            "services_catalog_check": services_catalog_check,
+            "services_placement_input": _render.placement_input,
+            "services_plan": _render.plan,
+            "compose_document": _render.compose_document,
+            "dotenv_merge": _render.dotenv_merge,
+            "gpu_assignments_document": _render.gpu_assignments_document,
+            "systemd_instances": _render.systemd_instances,
+            "k8s_manifests": _render.k8s_manifests,
+        }
+        return {name: _wrap(name, function) for name, function in functions.items()}
