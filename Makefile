@@ -32,10 +32,11 @@ system-deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements/test.txt requirements/render.txt requirements/constraints.txt
+$(VENV)/.installed: requirements/test.txt requirements/render.txt requirements/router.txt \
+                    requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/test.txt \
-	  -r requirements/render.txt -c requirements/constraints.txt
+	  -r requirements/render.txt -r requirements/router.txt -c requirements/constraints.txt
 	touch $@
 
 link:

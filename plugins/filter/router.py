@@ -1,0 +1,38 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters of the router role: thin wrappers of module_utils/_router.py.
+
+router_config, router_llm_yaml_with_keys and router_litellm_env, one documentation file per
+filter name next to this file (as ansible-doc looks them up). The last two handle API keys:
+use them only in tasks with no_log.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _router
+
+
+def _wrap(name, function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (TypeError, ValueError) as exc:
+            # No exception chaining: the chained message could carry an argument (a key).
+            raise AnsibleFilterError("%s: %s" % (name, exc)) from None
+
+    return wrapper
+
+
+class FilterModule:
+    def filters(self):
+        functions = {
+            "router_config": _router.router_config,
+            "router_llm_yaml_with_keys": _router.apply_api_keys,
+            "router_litellm_env": _router.litellm_env,
+        }
+        return {name: _wrap(name, function) for name, function in functions.items()}

@@ -1,0 +1,502 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private module_utils of gpufleet.inference: the LLM router's configuration.
+
+Not a public API: the leading underscore says so. Pure functions, stdlib only, no
+AnsibleModule; the router role's filters wrap them. From the ``services_plan`` fact (the
+services role) and what was reachable, :func:`router_config` builds
+
+  llm_yaml   seed 000's ``config/llm.yaml``: ``backends`` (``type: openai_compat``,
+             ``base_url``, ``model: __auto__``), ``fallback_order`` and
+             ``research_fallback_order``, and, when asked, seed 004's ``task_routes``.
+  litellm    a LiteLLM proxy config: ``model_list`` (one model group per backend),
+             ``router_settings`` (fallbacks, cooldowns, retries).
+
+Secrets never enter these: a backend with an API key gets ``api_key: ''`` in llm_yaml and
+``os.environ/<VAR>`` in the LiteLLM config; :func:`apply_api_keys` and :func:`litellm_env`
+fill them in at the last moment, in tasks that run with no_log. Bad input raises ValueError
+naming the field and its value; an API key's value is never quoted.
+
+Vocabulary
+  backend     something the router sends requests to: an active LLM service of the plan
+              (engine ollama or vllm), an alias of one (seed 000's ``vllm_research`` is
+              ``vllm`` under a second name), or an extra backend (a remote or cloud API).
+  routing     ``docker``: the router runs in the services' compose network and reaches a
+              container by its service name and container port (``http://ollama:11434/v1``);
+              a service in ``adopted`` runs on the host and is reached through the host
+              gateway and its published port (``http://host.docker.internal:8000/v1``).
+              ``host``: the router runs on the host and reaches every service at
+              ``host_address`` and the published port.
+"""
+
+from __future__ import annotations
+
+import re
+
+ROUTINGS = ("docker", "host")
+UNREACHABLE = ("omit", "last")
+TASK_CLASSES = ("simple", "moderate", "complex")
+SIZES = ("small", "large")
+LLM_ENGINES = ("ollama", "vllm")
+EXTRA_KEYS = ("base_url", "type", "model", "litellm_model", "supports_images")
+TASK_MODEL_KEYS = ("backend", "model")
+# LiteLLM provider prefix per engine: vLLM has its own, Ollama speaks OpenAI under /v1.
+LITELLM_PROVIDER = {"ollama": "openai", "vllm": "hosted_vllm"}
+# What LiteLLM's OpenAI client sends when a local backend needs no key (it insists on one).
+NO_KEY = "none"
+
+DEFAULTS = {
+    "routing": "docker",
+    "host_address": "127.0.0.1",
+    "docker_host_gateway": "host.docker.internal",
+    "adopted": [],
+    "aliases": {"vllm": ["vllm_research"]},
+    "extra_backends": {},
+    "fallback_order": ["ollama", "vllm"],
+    "research_fallback_order": ["vllm_research", "ollama_research"],
+    "unreachable": "last",
+    "task_routes": {},
+    "task_models": {"small": {"backend": "ollama_research"}, "large": {"backend": "ollama"}},
+    "keyed": [],
+    "cooldown_time": 5,
+    "allowed_fails": 3,
+    "num_retries": 2,
+    "timeout": 600,
+    "key_env_prefix": "GPUFLEET_ROUTER_",
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ENV_PREFIX_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _name_list(value, where, allow_empty=True):
+    if not isinstance(value, list) or (not value and not allow_empty):
+        raise ValueError("%s must be a list of backend names; got: %r" % (where, value))
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not _NAME_RE.match(item):
+            raise ValueError("%s[%d] must be a backend name; got: %r" % (where, i, item))
+    if len(set(value)) != len(value):
+        raise ValueError("%s lists a name twice; got: %r" % (where, value))
+    return list(value)
+
+
+def _url(value, where):
+    if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+        raise ValueError("%s must be an http(s) URL; got: %r" % (where, value))
+    return value.rstrip("/")
+
+
+def check_options(options):
+    """The options with defaults filled in; ValueError names the bad one."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ValueError("options must be a dict; got: %r" % (options,))
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError("options has unknown key(s): %s" % ", ".join(unknown))
+    opts = dict(DEFAULTS)
+    opts.update({k: v for k, v in options.items() if v is not None})
+    if opts["routing"] not in ROUTINGS:
+        raise ValueError("router_routing must be one of %s; got: %r"
+                         % (", ".join(ROUTINGS), opts["routing"]))
+    if opts["unreachable"] not in UNREACHABLE:
+        raise ValueError("router_unreachable must be one of %s; got: %r"
+                         % (", ".join(UNREACHABLE), opts["unreachable"]))
+    for key in ("host_address", "docker_host_gateway"):
+        value = opts[key]
+        if not isinstance(value, str) or not value.strip() or any(c.isspace() or c in "/:"
+                                                                  for c in value):
+            raise ValueError("router_%s must be a host name or IPv4 address; got: %r"
+                             % (key, value))
+    opts["adopted"] = _name_list(opts["adopted"], "router_adopted_services")
+    opts["keyed"] = _name_list(opts["keyed"], "router_api_keys")
+    opts["fallback_order"] = _name_list(opts["fallback_order"], "router_fallback_order")
+    opts["research_fallback_order"] = _name_list(opts["research_fallback_order"],
+                                                 "router_research_fallback_order")
+    aliases = opts["aliases"]
+    if not isinstance(aliases, dict):
+        raise ValueError("router_aliases must be a dict of service: [alias, ...]; got: %r"
+                         % (aliases,))
+    for service, names in aliases.items():
+        _name_list(names, "router_aliases.%s" % service)
+    for key in ("cooldown_time", "allowed_fails", "num_retries", "timeout"):
+        value = opts[key]
+        if not _is_int(value) or value < 0:
+            raise ValueError("router_%s must be an integer >= 0; got: %r" % (key, value))
+    if not isinstance(opts["key_env_prefix"], str) or \
+            not _ENV_PREFIX_RE.match(opts["key_env_prefix"]):
+        raise ValueError("key_env_prefix must be upper case letters, digits and '_'; got: %r"
+                         % (opts["key_env_prefix"],))
+    return opts
+
+
+def _check_extra(extra):
+    if not isinstance(extra, dict):
+        raise ValueError("router_extra_backends must be a dict of name: backend; got: %r"
+                         % (extra,))
+    checked = {}
+    for name, entry in extra.items():
+        at = "router_extra_backends.%s" % name
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError("router_extra_backends has a bad backend name; got: %r" % (name,))
+        if not isinstance(entry, dict):
+            raise ValueError("%s must be a dict; got: %r" % (at, entry))
+        unknown = sorted(set(entry) - set(EXTRA_KEYS))
+        if unknown:
+            raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
+        model = entry.get("model", "__auto__")
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
+        litellm_model = entry.get("litellm_model")
+        if litellm_model is None and model != "__auto__":
+            litellm_model = "openai/%s" % model
+        if litellm_model is not None and (not isinstance(litellm_model, str)
+                                          or "/" not in litellm_model):
+            raise ValueError("%s.litellm_model must be provider/model (openai/gpt-4o-mini); "
+                             "got: %r" % (at, litellm_model))
+        kind = entry.get("type", "openai_compat")
+        if not isinstance(kind, str) or not kind.strip():
+            raise ValueError("%s.type must be a non-empty string; got: %r" % (at, kind))
+        images = entry.get("supports_images", False)
+        if not isinstance(images, bool):
+            raise ValueError("%s.supports_images must be a boolean; got: %r" % (at, images))
+        checked[name] = {"base_url": _url(entry.get("base_url"), at + ".base_url"),
+                         "type": kind, "model": model, "litellm_model": litellm_model,
+                         "supports_images": images}
+    return checked
+
+
+def _check_reachable(reachable):
+    if reachable is None:
+        return {}
+    if not isinstance(reachable, dict):
+        raise ValueError("reachable must be a dict of backend name: true/false; got: %r"
+                         % (reachable,))
+    for name, value in reachable.items():
+        if value is not None and not isinstance(value, bool):
+            raise ValueError("reachable.%s must be true, false or null; got: %r" % (name, value))
+    return reachable
+
+
+def _plan_services(services_plan):
+    if not isinstance(services_plan, dict) or not isinstance(services_plan.get("services"), list):
+        raise ValueError("services_plan must be the fact set by the gpufleet.inference.services "
+                         "role; got: %r" % (services_plan,))
+    result = []
+    for i, service in enumerate(services_plan["services"]):
+        at = "services_plan.services[%d]" % i
+        if not isinstance(service, dict) or not isinstance(service.get("name"), str):
+            raise ValueError("%s must be a service with a name; got: %r" % (at, service))
+        if service.get("engine") not in LLM_ENGINES:
+            continue
+        result.append(service)
+    return result
+
+
+def _local_backend(service, opts):
+    name = service["name"]
+    at = "services_catalog.%s" % name
+    ports = service.get("ports") or []
+    if not ports or not isinstance(ports[0], dict):
+        raise ValueError("%s.ports must give the port the router reaches; got: %r"
+                         % (at, service.get("ports")))
+    host_port, container_port = ports[0].get("host"), ports[0].get("container")
+    if not _is_int(host_port) or not _is_int(container_port):
+        raise ValueError("%s.ports[0] must have host and container ports; got: %r"
+                         % (at, ports[0]))
+    model = service.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError("%s.model must name the model LiteLLM asks for; got: %r" % (at, model))
+    if opts["routing"] == "host":
+        base = "http://%s:%d" % (opts["host_address"], host_port)
+    elif name in opts["adopted"]:
+        base = "http://%s:%d" % (opts["docker_host_gateway"], host_port)
+    else:
+        base = "http://%s:%d" % (name, container_port)
+    return {
+        "name": name, "service": name, "engine": service["engine"], "type": "openai_compat",
+        "base_url": base + "/v1", "model": "__auto__", "supports_images": False,
+        "litellm_model": "%s/%s" % (LITELLM_PROVIDER[service["engine"]], model),
+        "probe_url": "http://%s:%d/v1/models" % (opts["host_address"], host_port),
+    }
+
+
+def _backends(services_plan, opts):
+    """Every known backend name, and the present ones (active services, aliases, extras)."""
+    services = _plan_services(services_plan)
+    extra = _check_extra(opts["extra_backends"])
+    known = {}
+    present = []
+    names = {s["name"] for s in services}
+    for service, aliases in opts["aliases"].items():
+        if service not in names and service not in extra:
+            raise ValueError("router_aliases has a key that is no LLM service of services_plan "
+                             "nor an extra backend (%s); got: %r"
+                             % (", ".join(sorted(names | set(extra))) or "none", service))
+        for alias in aliases:
+            if alias in names or alias in extra:
+                raise ValueError("router_aliases.%s names an existing backend; got: %r"
+                                 % (service, alias))
+    for service in services:
+        known[service["name"]] = service["name"]
+        for alias in opts["aliases"].get(service["name"], []):
+            known[alias] = service["name"]
+        if not service.get("active"):
+            continue
+        backend = _local_backend(service, opts)
+        present.append(backend)
+        for alias in opts["aliases"].get(service["name"], []):
+            present.append(dict(backend, name=alias))
+    for name, entry in extra.items():
+        if name in known:
+            raise ValueError("router_extra_backends.%s has the name of a service or alias; "
+                             "got: %r" % (name, name))
+        known[name] = name
+        backend = dict(entry, name=name, service=name, engine="remote", probe_url=None)
+        present.append(backend)
+        for alias in opts["aliases"].get(name, []):
+            known[alias] = name
+            present.append(dict(backend, name=alias))
+    for name in opts["adopted"]:
+        if name not in names:
+            raise ValueError("router_adopted_services names no LLM service of services_plan "
+                             "(%s); got: %r" % (", ".join(sorted(names)) or "none", name))
+    return known, present
+
+
+def _order(names, where, known, present, reachable, opts):
+    for name in names:
+        if name not in known:
+            raise ValueError("%s names no service, alias or extra backend (%s); got: %r"
+                             % (where, ", ".join(sorted(known)) or "none", name))
+    by_name = {b["name"]: b for b in present}
+    live = [n for n in names if n in by_name and reachable.get(n) is not False]
+    down = [n for n in names if n in by_name and reachable.get(n) is False]
+    return live + (down if opts["unreachable"] == "last" else [])
+
+
+def _task_routes(opts, present, order):
+    routes = opts["task_routes"]
+    if not isinstance(routes, dict):
+        raise ValueError("router_task_routes must be a dict of class: small or large; got: %r"
+                         % (routes,))
+    models = opts["task_models"]
+    if not isinstance(models, dict):
+        raise ValueError("router_task_models must be a dict of small/large: {backend, model}; "
+                         "got: %r" % (models,))
+    by_name = {b["name"]: b for b in present}
+    result = {}
+    warnings = []
+    for task, size in routes.items():
+        if task not in TASK_CLASSES:
+            raise ValueError("router_task_routes has an unknown class (%s); got: %r"
+                             % (", ".join(TASK_CLASSES), task))
+        if size not in SIZES:
+            raise ValueError("router_task_routes.%s must be one of %s; got: %r"
+                             % (task, ", ".join(SIZES), size))
+        target = models.get(size)
+        at = "router_task_models.%s" % size
+        if not isinstance(target, dict) or not isinstance(target.get("backend"), str):
+            raise ValueError("%s must be a dict with backend; got: %r" % (at, target))
+        unknown = sorted(set(target) - set(TASK_MODEL_KEYS))
+        if unknown:
+            raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
+        model = target.get("model")
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
+        backend = target["backend"]
+        if backend not in by_name:
+            if not order:
+                warnings.append("task class %s: %s is not available and no backend is left; "
+                                "the route is left out" % (task, backend))
+                continue
+            warnings.append("task class %s: %s (%s model) is not available here; routed to %s"
+                            % (task, backend, size, order[0]))
+            backend, model = order[0], None
+        route = {"size": size, "backend": backend, "model": model or "__auto__"}
+        litellm_model = by_name[backend]["litellm_model"]
+        if model and litellm_model:
+            litellm_model = litellm_model.split("/", 1)[0] + "/" + model
+        route["litellm_model"] = litellm_model
+        result[task] = route
+    return result, warnings
+
+
+def key_env_name(backend, prefix=DEFAULTS["key_env_prefix"]):
+    """The environment variable holding a backend's API key: GPUFLEET_ROUTER_<NAME>_API_KEY."""
+    return "%s%s_API_KEY" % (prefix, re.sub(r"[^A-Z0-9]", "_", backend.upper()))
+
+
+def router_config(services_plan, reachable=None, options=None):
+    """The router's configuration, without secrets.
+
+    Returns ``{llm_yaml, litellm, backends, left_out, secrets, warnings}``: ``backends`` one
+    entry per backend written (with ``probe_url`` and ``reachable``), ``left_out`` the
+    unreachable backends removed under ``unreachable=omit``, ``secrets`` backend -> ``{key,
+    env}`` (the key's name in the API key map and its variable; never a value).
+    """
+    opts = check_options(options)
+    reachable = _check_reachable(reachable)
+    known, present = _backends(services_plan, opts)
+    for name in opts["keyed"]:
+        if name not in known:
+            raise ValueError("router_api_keys has a key for no backend (%s); got: %r"
+                             % (", ".join(sorted(known)) or "none", name))
+    reach = {}
+    for backend in present:
+        value = reachable.get(backend["name"])
+        if value is None:
+            value = reachable.get(backend["service"])
+        reach[backend["name"]] = value
+    left_out = [b["name"] for b in present if reach[b["name"]] is False
+                and opts["unreachable"] == "omit"]
+    present = [b for b in present if b["name"] not in left_out]
+    main = _order(opts["fallback_order"], "router_fallback_order", known, present, reach, opts)
+    research = _order(opts["research_fallback_order"], "router_research_fallback_order", known,
+                      present, reach, opts)
+    listed = set(main) | set(research)
+    # Backends named in no order still get a model group, after the ordered ones.
+    ordered = [b for n in main + research for b in present if b["name"] == n]
+    rest = [b for b in present if b["name"] not in listed]
+    if opts["unreachable"] == "last":
+        rest.sort(key=lambda b: reach[b["name"]] is False)
+    backends = []
+    for backend in ordered + rest:
+        if backend not in backends:
+            backends.append(backend)
+    secrets = {}
+    for backend in backends:
+        key = backend["name"] if backend["name"] in opts["keyed"] else (
+            backend["service"] if backend["service"] in opts["keyed"] else None)
+        if key is not None:
+            secrets[backend["name"]] = {"key": key,
+                                        "env": key_env_name(key, opts["key_env_prefix"])}
+    tasks, warnings = _task_routes(opts, backends, main or [b["name"] for b in backends])
+    for name in left_out:
+        warnings.append("backend %s is unreachable and left out" % name)
+    for backend in backends:
+        if reach[backend["name"]] is False:
+            warnings.append("backend %s is unreachable and ordered last" % backend["name"])
+    llm_yaml = {"backends": {}}
+    for backend in backends:
+        llm_yaml["backends"][backend["name"]] = {
+            "api_key": "", "base_url": backend["base_url"], "enabled": True,
+            "model": backend["model"], "supports_images": backend["supports_images"],
+            "type": backend["type"],
+        }
+    llm_yaml["fallback_order"] = main
+    llm_yaml["research_fallback_order"] = research
+    if tasks:
+        llm_yaml["task_routes"] = {task: {"size": r["size"], "backend": r["backend"],
+                                          "model": r["model"]} for task, r in tasks.items()}
+    return {
+        "llm_yaml": llm_yaml,
+        "litellm": _litellm(backends, main, research, tasks, secrets, opts, warnings),
+        "backends": [{"name": b["name"], "service": b["service"], "engine": b["engine"],
+                      "base_url": b["base_url"], "probe_url": b["probe_url"],
+                      "reachable": reach[b["name"]]} for b in backends],
+        "left_out": left_out,
+        "secrets": secrets,
+        "warnings": warnings,
+    }
+
+
+def _litellm(backends, main, research, tasks, secrets, opts, warnings):
+    model_list = []
+    groups = []
+    by_name = {}
+    for backend in backends:
+        if backend["litellm_model"] is None:
+            warnings.append("backend %s has no litellm_model (its model is __auto__): it is "
+                            "not in the LiteLLM config" % backend["name"])
+            continue
+        params = {"model": backend["litellm_model"], "api_base": backend["base_url"]}
+        if backend["name"] in secrets:
+            params["api_key"] = "os.environ/%s" % secrets[backend["name"]]["env"]
+        elif backend["litellm_model"].startswith(("openai/", "hosted_vllm/")):
+            params["api_key"] = NO_KEY
+        by_name[backend["name"]] = params
+        groups.append(backend["name"])
+        model_list.append({"model_name": backend["name"], "litellm_params": params})
+    for task, route in tasks.items():
+        if route["backend"] not in by_name:
+            continue
+        params = dict(by_name[route["backend"]], model=route["litellm_model"])
+        model_list.append({"model_name": "task-%s" % task, "litellm_params": params})
+    fallbacks = []
+    done = set()
+    for order in (main, research):
+        chain = [n for n in order if n in by_name]
+        for i, name in enumerate(chain):
+            if name in done or not chain[i + 1:]:
+                continue
+            done.add(name)
+            fallbacks.append({name: chain[i + 1:]})
+    for task, route in tasks.items():
+        if route["backend"] not in by_name:
+            continue
+        chain = [n for n in main if n in by_name]
+        if route["backend"] in chain:
+            chain = chain[chain.index(route["backend"]):]
+        else:
+            chain = [route["backend"], *chain]
+        fallbacks.append({"task-%s" % task: chain})
+    return {
+        "model_list": model_list,
+        "router_settings": {
+            "routing_strategy": "simple-shuffle",
+            "fallbacks": fallbacks,
+            "allowed_fails": opts["allowed_fails"],
+            "cooldown_time": opts["cooldown_time"],
+            "num_retries": opts["num_retries"],
+            "timeout": opts["timeout"],
+        },
+        "litellm_settings": {"drop_params": True},
+    }
+
+
+def _check_keys(api_keys, config):
+    if api_keys is None:
+        return {}
+    if not isinstance(api_keys, dict):
+        raise ValueError("router_api_keys must be a dict of backend name: key (value hidden)")
+    for name, value in api_keys.items():
+        if not isinstance(value, str):
+            raise ValueError("router_api_keys.%s must be a string; got: a %s (value hidden)"
+                             % (name, type(value).__name__))
+        if not value or any(c in value for c in "\r\n\0"):
+            raise ValueError("router_api_keys.%s must be one non-empty line; got: a string of "
+                             "%d characters (value hidden)" % (name, len(value)))
+    if not isinstance(config, dict) or not isinstance(config.get("secrets"), dict):
+        raise ValueError("config must be the result of router_config; got: %r" % (config,))
+    return api_keys
+
+
+def apply_api_keys(config, api_keys):
+    """``config['llm_yaml']`` with each keyed backend's ``api_key`` filled in (for no_log use)."""
+    keys = _check_keys(api_keys, config)
+    llm_yaml = dict(config["llm_yaml"])
+    llm_yaml["backends"] = {name: dict(entry) for name, entry in llm_yaml["backends"].items()}
+    for name, secret in config["secrets"].items():
+        if secret["key"] not in keys:
+            raise ValueError("router_api_keys.%s is missing; got: keys for %s"
+                             % (secret["key"], ", ".join(sorted(keys)) or "none"))
+        llm_yaml["backends"][name]["api_key"] = keys[secret["key"]]
+    return llm_yaml
+
+
+def litellm_env(config, api_keys):
+    """``{VAR: key}`` for the LiteLLM container's env file (for no_log use)."""
+    keys = _check_keys(api_keys, config)
+    env = {}
+    for secret in config["secrets"].values():
+        if secret["key"] not in keys:
+            raise ValueError("router_api_keys.%s is missing; got: keys for %s"
+                             % (secret["key"], ", ".join(sorted(keys)) or "none"))
+        env[secret["env"]] = keys[secret["key"]]
+    return dict(sorted(env.items()))

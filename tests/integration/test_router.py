@@ -1,0 +1,149 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The router playbook renders llm.yaml and a LiteLLM config that LiteLLM itself loads."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from .litellm_loader import load_litellm_config, read_env_file
+from .playbook_helpers import gpu, run_playbook
+
+SECRET = "sk-planted-9f8e7d6c5b4a"
+
+MODES = {
+    "ollama": {
+        "backends": ["ollama", "ollama_research"],
+        "fallback_order": ["ollama"],
+        "research_fallback_order": ["ollama_research"],
+        "fallbacks": [],
+    },
+    "vllm": {
+        "backends": ["ollama", "vllm", "vllm_research"],
+        "fallback_order": ["ollama", "vllm"],
+        "research_fallback_order": ["vllm_research"],
+        "fallbacks": [{"ollama": ["vllm"]}],
+    },
+    "mixed": {
+        "backends": ["ollama", "vllm", "vllm_research", "ollama_research"],
+        "fallback_order": ["ollama", "vllm"],
+        "research_fallback_order": ["vllm_research", "ollama_research"],
+        "fallbacks": [{"ollama": ["vllm"]}, {"vllm_research": ["ollama_research"]}],
+    },
+}
+
+
+def router_vars(tmp_path, mode, **extra):
+    values = {
+        "services_gather_gpu_facts": False,
+        "services_gpus": [gpu(0), gpu(1)],
+        "services_dual_gpu_mode": mode,
+        "router_config_dir": str(tmp_path / "config"),
+        "router_probe": False,
+    }
+    values.update(extra)
+    return values
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_each_mode_renders_and_litellm_loads_it(tmp_path, mode):
+    want = MODES[mode]
+    rc, output, _recap = run_playbook("router.yml", tmp_path, router_vars(tmp_path, mode))
+    assert rc == 0, output
+    llm = yaml.safe_load((tmp_path / "config/llm.yaml").read_text())
+    assert list(llm["backends"]) == want["backends"]
+    for name, backend in llm["backends"].items():
+        service = "vllm" if name == "vllm_research" else name
+        port = 8000 if service == "vllm" else 11434
+        assert backend == {"api_key": "", "base_url": "http://%s:%d/v1" % (service, port),
+                           "enabled": True, "model": "__auto__", "supports_images": False,
+                           "type": "openai_compat"}
+    assert llm["fallback_order"] == want["fallback_order"]
+    assert llm["research_fallback_order"] == want["research_fallback_order"]
+    loaded = load_litellm_config(tmp_path / "config/litellm.yaml")
+    assert loaded["model_names"] == want["backends"]
+    assert loaded["fallbacks"] == want["fallbacks"]
+    assert (loaded["cooldown_time"], loaded["allowed_fails"]) == (5, 3)
+    if "vllm" in want["backends"]:
+        assert loaded["deployments"]["vllm_research"] == loaded["deployments"]["vllm"] == {
+            "model": "hosted_vllm/Qwen/Qwen2.5-1.5B-Instruct",
+            "api_base": "http://vllm:8000/v1", "api_key": "none"}
+    assert not (tmp_path / "config/litellm.env").exists()
+
+
+def test_host_routing_adopted_services_and_task_routes(tmp_path):
+    values = router_vars(tmp_path, "mixed", router_adopted_services=["vllm"],
+                         router_task_routes={"simple": "small", "moderate": "large",
+                                             "complex": "large"})
+    rc, output, _recap = run_playbook("router.yml", tmp_path, values)
+    assert rc == 0, output
+    llm = yaml.safe_load((tmp_path / "config/llm.yaml").read_text())
+    assert llm["backends"]["vllm"]["base_url"] == "http://host.docker.internal:8000/v1"
+    assert llm["backends"]["vllm_research"]["base_url"] == "http://host.docker.internal:8000/v1"
+    assert llm["backends"]["ollama"]["base_url"] == "http://ollama:11434/v1"
+    assert llm["task_routes"] == {
+        "simple": {"size": "small", "backend": "ollama_research", "model": "__auto__"},
+        "moderate": {"size": "large", "backend": "ollama", "model": "__auto__"},
+        "complex": {"size": "large", "backend": "ollama", "model": "__auto__"}}
+    loaded = load_litellm_config(tmp_path / "config/litellm.yaml")
+    assert loaded["model_names"][-3:] == ["task-simple", "task-moderate", "task-complex"]
+    assert {"task-simple": ["ollama_research", "ollama", "vllm"]} in loaded["fallbacks"]
+    rc, output, _recap = run_playbook("router.yml", tmp_path,
+                                      router_vars(tmp_path, "mixed", router_routing="host"))
+    assert rc == 0, output
+    llm = yaml.safe_load((tmp_path / "config/llm.yaml").read_text())
+    assert llm["backends"]["ollama_research"]["base_url"] == "http://127.0.0.1:11435/v1"
+
+
+def test_unreachable_backends_are_probed_then_ordered_last_or_left_out(tmp_path):
+    # Nothing listens on the published ports here: every probe fails.
+    values = router_vars(tmp_path, "mixed", router_probe=True,
+                         router_reachable={"ollama": True, "ollama_research": True})
+    rc, output, _recap = run_playbook("router.yml", tmp_path, values)
+    assert rc == 0, output
+    llm = yaml.safe_load((tmp_path / "config/llm.yaml").read_text())
+    assert llm["fallback_order"] == ["ollama", "vllm"]
+    assert llm["research_fallback_order"] == ["ollama_research", "vllm_research"]
+    assert "backend vllm is unreachable and ordered last" in output
+    rc, output, _recap = run_playbook("router.yml", tmp_path,
+                                      dict(values, router_unreachable="omit"))
+    assert rc == 0, output
+    llm = yaml.safe_load((tmp_path / "config/llm.yaml").read_text())
+    assert list(llm["backends"]) == ["ollama", "ollama_research"]
+    assert llm["research_fallback_order"] == ["ollama_research"]
+    loaded = load_litellm_config(tmp_path / "config/litellm.yaml")
+    assert loaded["model_names"] == ["ollama", "ollama_research"]
+
+
+def test_api_key_stays_out_of_logs_and_diffs(tmp_path):
+    values = router_vars(tmp_path, "mixed", router_api_keys={"vllm": SECRET})
+    outputs = []
+    for check in (True, False, True, False):
+        rc, output, recap = run_playbook("router.yml", tmp_path, values, check=check,
+                                         diff=True, verbosity=3)
+        assert rc == 0, output
+        outputs.append(output)
+        if check is False and len(outputs) == 4:
+            assert recap["changed"] == 0
+    assert all(SECRET not in output for output in outputs)
+    config = tmp_path / "config"
+    assert oct((config / "llm.yaml").stat().st_mode & 0o777) == "0o600"
+    assert oct((config / "litellm.env").stat().st_mode & 0o777) == "0o600"
+    assert oct((config / "litellm.yaml").stat().st_mode & 0o777) == "0o640"
+    llm = yaml.safe_load((config / "llm.yaml").read_text())
+    assert llm["backends"]["vllm"]["api_key"] == llm["backends"]["vllm_research"]["api_key"] \
+        == SECRET
+    assert SECRET not in (config / "litellm.yaml").read_text()
+    env = read_env_file(config / "litellm.env")
+    assert env == {"GPUFLEET_ROUTER_VLLM_API_KEY": SECRET}
+    loaded = load_litellm_config(config / "litellm.yaml", env)
+    assert loaded["deployments"]["vllm"]["api_key"] == SECRET
+    assert loaded["deployments"]["ollama"]["api_key"] == "none"
+
+
+def test_file_mode_must_keep_keys_private(tmp_path):
+    rc, output, _recap = run_playbook("router.yml", tmp_path,
+                                      router_vars(tmp_path, "ollama", router_file_mode="0644"))
+    assert rc != 0
+    assert "router_file_mode" in output and "0644" in output
