@@ -9,25 +9,14 @@ module_utils/_placement.py, the function the gpu_placement module runs too.
 
 from __future__ import annotations
 
-from ansible.errors import AnsibleFilterError
-
 from ansible_collections.gpufleet.inference.plugins.module_utils import _placement
+from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import filter_function
 
 
-def gpu_placement(gpus, services, **options):
-    """``ansible_facts.gpus | gpufleet.inference.gpu_placement(services, strategy=...)``."""
-    try:
-        return _placement.place(gpus, services, **options)
-    except (TypeError, ValueError) as exc:
-        raise AnsibleFilterError("gpu_placement: %s" % exc) from exc
-
-
-def gpu_fleet_placement(hosts, services, **options):
-    """``hosts | gpufleet.inference.gpu_fleet_placement(services, strategy=...)``."""
-    try:
-        return _placement.place_fleet(hosts, services, **options)
-    except (TypeError, ValueError) as exc:
-        raise AnsibleFilterError("gpu_fleet_placement: %s" % exc) from exc
+# ansible_facts.gpus | gpufleet.inference.gpu_placement(services, strategy=...)
+gpu_placement = filter_function("gpu_placement", _placement.place)
+# hosts | gpufleet.inference.gpu_fleet_placement(services, strategy=...)
+gpu_fleet_placement = filter_function("gpu_fleet_placement", _placement.place_fleet)
 
 
 class FilterModule:

@@ -8,22 +8,8 @@ file per filter name next to this file (as ansible-doc looks them up).
 
 from __future__ import annotations
 
-import functools
-
-from ansible.errors import AnsibleFilterError
-
 from ansible_collections.gpufleet.inference.plugins.module_utils import _preflight
-
-
-def _wrap(name, function):
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise AnsibleFilterError("%s: %s" % (name, exc)) from exc
-
-    return wrapper
+from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import filter_function
 
 
 def dual_gpu_mode_plan(gpus, existing_text, default="ollama", remote=False):
@@ -47,4 +33,4 @@ class FilterModule:
             "preflight_service_ports": _preflight.service_ports,
             "preflight_report": report,
         }
-        return {name: _wrap(name, function) for name, function in functions.items()}
+        return {name: filter_function(name, function) for name, function in functions.items()}

@@ -11,22 +11,8 @@ them so that their templates stay thin.
 
 from __future__ import annotations
 
-import functools
-
-from ansible.errors import AnsibleFilterError
-
 from ansible_collections.gpufleet.inference.plugins.module_utils import _render
-
-
-def _wrap(name, function):
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise AnsibleFilterError("%s: %s" % (name, exc)) from exc
-
-    return wrapper
+from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import filter_function
 
 
 def services_catalog_check(catalog, extra_profiles=None):
@@ -46,4 +32,4 @@ class FilterModule:
             "systemd_instances": _render.systemd_instances,
             "k8s_manifests": _render.k8s_manifests,
         }
-        return {name: _wrap(name, function) for name, function in functions.items()}
+        return {name: filter_function(name, function) for name, function in functions.items()}

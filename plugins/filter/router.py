@@ -9,23 +9,8 @@ use them only in tasks with no_log.
 
 from __future__ import annotations
 
-import functools
-
-from ansible.errors import AnsibleFilterError
-
 from ansible_collections.gpufleet.inference.plugins.module_utils import _router
-
-
-def _wrap(name, function):
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (TypeError, ValueError) as exc:
-            # No exception chaining: the chained message could carry an argument (a key).
-            raise AnsibleFilterError("%s: %s" % (name, exc)) from None
-
-    return wrapper
+from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import filter_function
 
 
 class FilterModule:
@@ -35,4 +20,4 @@ class FilterModule:
             "router_llm_yaml_with_keys": _router.apply_api_keys,
             "router_litellm_env": _router.litellm_env,
         }
-        return {name: _wrap(name, function) for name, function in functions.items()}
+        return {name: filter_function(name, function) for name, function in functions.items()}
