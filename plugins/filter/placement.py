@@ -12,7 +12,6 @@ from __future__ import annotations
 from ansible_collections.gpufleet.inference.plugins.module_utils import _placement
 from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import filter_function
 
-
 # ansible_facts.gpus | gpufleet.inference.gpu_placement(services, strategy=...)
 gpu_placement = filter_function("gpu_placement", _placement.place)
 # hosts | gpufleet.inference.gpu_fleet_placement(services, strategy=...)
