@@ -1,0 +1,112 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private module_utils of gpufleet.inference: wait until GPU memory has really drained.
+
+Not a public API: the leading underscore says so. Pure logic: the reader of the GPUs
+(``read() -> [gpu facts]``, as ``_nvml.read_gpus`` returns them), the clock and the sleep
+are injected, so tests drive it with a fake driver and a fake clock.
+
+Drained means, on the watched GPUs: no process of the given PIDs or names is listed any
+more, used memory is at or below ``target_used_mib`` (plus the tolerance) when a target is
+given, and used memory has not moved by more than ``tolerance_mib`` for ``settle_s``
+seconds. No fixed sleep: the wait ends at the first sample that satisfies all three.
+"""
+
+from __future__ import annotations
+
+
+def _positive(name, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("%s must be a number; got: %r" % (name, value))
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError("%s must be %s 0; got: %r" % (name, ">=" if allow_zero else ">", value))
+    return value
+
+
+def _selected(gpus, wanted):
+    """The GPUs whose index or UUID is in ``wanted`` (all of them when it is empty)."""
+    if not wanted:
+        return list(gpus)
+    keys = {str(key) for key in wanted}
+    chosen = [g for g in gpus if str(g.get("index")) in keys or g.get("uuid") in keys]
+    found = {str(g.get("index")) for g in chosen} | {g.get("uuid") for g in chosen}
+    missing = sorted(keys - found)
+    if missing:
+        raise ValueError("gpus names GPUs this host does not have: %s" % ", ".join(missing))
+    return chosen
+
+
+def sample(gpus, pids=(), names=()):
+    """One reading: used MiB per GPU and the watched processes still listed."""
+    pids = {int(pid) for pid in pids}
+    used, left = {}, []
+    for gpu in gpus:
+        used[str(gpu.get("index"))] = gpu.get("memory_used_mib")
+        for proc in gpu.get("processes") or []:
+            name = proc.get("name") or ""
+            if proc.get("pid") in pids or any(n and n in name for n in names):
+                left.append(dict(gpu=gpu.get("index"), pid=proc.get("pid"), name=name,
+                                 used_memory_mib=proc.get("used_memory_mib")))
+    known = [value for value in used.values() if value is not None]
+    total = sum(known) if len(known) == len(used) else None
+    return dict(used_mib=used, total_used_mib=total, processes=left)
+
+
+def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib=None,
+                 settle_s=5.0, tolerance_mib=64, timeout_s=120.0, interval_s=0.5,
+                 max_samples=50):
+    """Poll ``read()`` until drained; return the outcome (never raises on a timeout).
+
+    Returns ``drained`` (bool), ``waited_s``, ``reason`` (why it is not drained, or None),
+    ``last`` (the last sample) and ``samples`` (at most ``max_samples``, the latest kept,
+    each with ``t`` seconds since the start).
+    """
+    _positive("settle_s", settle_s, allow_zero=True)
+    _positive("tolerance_mib", tolerance_mib, allow_zero=True)
+    _positive("timeout_s", timeout_s)
+    _positive("interval_s", interval_s)
+    if target_used_mib is not None:
+        _positive("target_used_mib", target_used_mib, allow_zero=True)
+    for i, pid in enumerate(pids):
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ValueError("pids[%d] must be a positive integer; got: %r" % (i, pid))
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("names[%d] must be a non-empty string; got: %r" % (i, name))
+
+    start = clock()
+    samples = []
+    stable_since, stable_total = None, None
+    while True:
+        now = clock()
+        current = sample(_selected(read(), gpus), pids, names)
+        current["t"] = round(now - start, 3)
+        samples.append(current)
+        del samples[:-max_samples]
+        total = current["total_used_mib"]
+
+        if current["processes"]:
+            reason = "processes still on the GPU: %s" % ", ".join(
+                "%s (pid %s, GPU %s)" % (p["name"] or "?", p["pid"], p["gpu"])
+                for p in current["processes"])
+            stable_since = None
+        elif target_used_mib is not None and (total is None or
+                                              total > target_used_mib + tolerance_mib):
+            reason = "used memory %s MiB is still above the target %d MiB (+%d)" % (
+                total, target_used_mib, tolerance_mib)
+            stable_since = None
+        else:
+            if (stable_since is None or total is None or stable_total is None
+                    or abs(total - stable_total) > tolerance_mib):
+                stable_since, stable_total = now, total
+            if now - stable_since >= settle_s:
+                return dict(drained=True, waited_s=round(now - start, 3), reason=None,
+                            last=current, samples=samples)
+            reason = "used memory has been stable for %.1f s of %.1f s" % (
+                now - stable_since, settle_s)
+
+        if now - start >= timeout_s:
+            return dict(drained=False, waited_s=round(now - start, 3),
+                        reason="GPU memory did not drain within %s s: %s" % (timeout_s, reason),
+                        last=current, samples=samples)
+        sleep(interval_s)

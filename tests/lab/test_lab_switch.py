@@ -1,0 +1,313 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Seed 003 on lab-spark: exclusive modes (chat = Ollama, ingestion = vLLM + Docling).
+
+The naive switch (stop Ollama, start vLLM at once) crashes vLLM in its memory profiling;
+playbooks/switch_mode.yml waits for the drain and does not; a drain that never ends rolls
+back to the previous mode; status.yml warns on two modes at once; health.yml's exit status.
+
+Only lab-spark is used (started and removed by this module's fixture). The tests run in
+file order and share the host's state: each one leaves the host in chat mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import Host, _docker_host
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB = os.path.join(ROOT, "lab")
+HOST = "lab-spark"
+PROJECT = "/srv/gpufleet/modes"
+
+DRAIN = 4.0  # seconds the driver still counts freed memory (a realistic GB10 teardown)
+# vLLM timings: snapshot 0.5 s after start, then weights, then a 6 s profiling window, so
+# that a drain of DRAIN seconds that began just before the start ends inside the window.
+# The stand-in servers in containers read their timings from the environment (the host's
+# /etc/gpufleet-lab/standin.env is not visible inside containers), so they go to compose.
+VLLM_ENV = {
+    "GPUFLEET_STANDIN_VLLM_STARTUP_SECONDS": "0.5",
+    "GPUFLEET_STANDIN_VLLM_LOAD_SECONDS": "0.5",
+    "GPUFLEET_STANDIN_VLLM_PROFILE_SECONDS": "6",
+}
+# A small model: its weights (about 1 GiB) are less than what Ollama's qwen2.5:7b frees
+# (about 4.9 GiB), so free memory grows while vLLM profiles, as in the seed.
+VLLM_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+VLLM_COMMAND = [VLLM_MODEL, "--gpu-memory-utilization", "0.5"]
+PROFILING = re.compile(
+    r"AssertionError: Error in memory profiling\. Initial free memory (\d+\.\d+) GiB, "
+    r"current free memory (\d+\.\d+) GiB\."
+)
+RECAP = re.compile(
+    r"^%s\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)" % HOST, re.M
+)
+
+COUNTED_MIB = """
+import os, sys
+sys.path.insert(0, "/opt/gpufleet-lab/servers")
+os.environ["GPUFLEET_NVML_STATE"] = "/etc/gpufleet-nvml/state"
+import gpuview
+print(sum(r["mib"] for r in gpuview.View().regs))
+"""
+
+
+def lab_py(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(LAB, "lab.py"), *args, "--hosts", HOST],
+        check=False, capture_output=True, text=True, timeout=600,
+    )
+
+
+def set_drain_delay(host, seconds):
+    """Rewrite the host's NVML state drain_delay line through a temp file and a rename."""
+    host.sh(
+        "s=/etc/gpufleet-nvml/state; sed 's/^drain_delay .*/drain_delay %s/' $s > $s.tmp; "
+        "mv $s.tmp $s; grep -qx 'drain_delay %s' $s" % (seconds, seconds)
+    )
+
+
+def set_standin_env(host, env):
+    """The host's stand-in settings (host processes), replaced atomically."""
+    text = "".join("%s=%s\n" % kv for kv in sorted(env.items()))
+    host.sh("f=/etc/gpufleet-lab/standin.env; cat > $f.tmp; mv $f.tmp $f", input=text)
+
+
+def counted_mib(host):
+    """MiB the simulated driver counts as used now (live and still-draining registrations)."""
+    return int(host.py(COUNTED_MIB))
+
+
+def wait_counted(host, predicate, timeout=30.0):
+    deadline = time.time() + timeout
+    while True:
+        value = counted_mib(host)
+        if predicate(value):
+            return value
+        assert time.time() < deadline, "%s: counted MiB never matched; last %s" % (HOST, value)
+        time.sleep(0.2)
+
+
+def services(host):
+    """Compose services of the modes project that run now."""
+    out = host.sh(
+        "docker ps --filter label=com.docker.compose.project=gpufleet-modes "
+        "--format '{{.Label \"com.docker.compose.service\"}}'"
+    ).stdout
+    return sorted(out.split())
+
+
+def running(host, container):
+    state = host.sh("docker inspect -f '{{.State.Running}}' %s" % container).stdout
+    return state.strip() == "true"
+
+
+def mode_json(host):
+    return json.loads(host.sh("cat /etc/gpufleet/mode.json").stdout)
+
+
+def playbook(name, *extra):
+    """(rc, output, recap) of one playbook run against lab-spark."""
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+        "-i", os.path.join(ROOT, "inventory", "lab"),
+        os.path.join(ROOT, "playbooks", name), "--limit", HOST, *extra,
+    ]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False, capture_output=True, text=True,
+                          timeout=900)
+    out = proc.stdout + proc.stderr
+    sys.stderr.write("%s %s: rc %d in %.1f s\n" % (name, " ".join(extra), proc.returncode,
+                                                   time.time() - t0))
+    match = RECAP.search(out)
+    assert match, "no PLAY RECAP for %s:\n%s" % (HOST, out)
+    recap = dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups())))
+    return proc.returncode, out, recap
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory):
+    """lab-spark, fresh, with a DRAIN-second drain delay; removed at the end."""
+    os.environ["DOCKER_HOST"] = _docker_host()
+    lab_py("down")
+    proc = lab_py("up")
+    assert proc.returncode == 0, "lab up failed:\n%s\n%s" % (proc.stdout, proc.stderr)
+    host = Host(HOST)
+    set_drain_delay(host, DRAIN)
+    set_standin_env(host, VLLM_ENV)
+    yield host
+    if os.environ.get("GPUFLEET_LAB_KEEP") != "1":
+        lab_py("down")
+
+
+@pytest.fixture(scope="module")
+def switch_vars(tmp_path_factory):
+    """-e @file: the role's default services with the vLLM timings in its environment."""
+    with open(os.path.join(ROOT, "roles", "mode_switch", "defaults", "main.yml")) as handle:
+        defaults = yaml.safe_load(handle)
+    svcs = defaults["mode_switch_services"]
+    svcs["vllm"]["environment"] = VLLM_ENV
+    svcs["vllm"]["command"] = VLLM_COMMAND
+    path = tmp_path_factory.mktemp("switch") / "vars.json"
+    path.write_text(json.dumps({"mode_switch_services": svcs}))
+    return "@%s" % path
+
+
+NAIVE = """
+name: naive
+services:
+  ollama:
+    image: ollama/ollama:latest
+    ports: ["127.0.0.1:11500:11434"]
+    deploy: &gpu
+      resources:
+        reservations:
+          devices: [{driver: nvidia, device_ids: ["0"], capabilities: [gpu]}]
+  vllm:
+    image: vllm/vllm-openai:latest
+    command: %s
+    ports: ["127.0.0.1:8100:8000"]
+    environment: %s
+    deploy: *gpu
+""" % (json.dumps(VLLM_COMMAND), json.dumps(VLLM_ENV))
+
+
+def test_naive_stop_then_start_crashes_vllm_in_memory_profiling(spark):
+    """Seed 003's old script without its sleep: vLLM profiles while Ollama's memory drains."""
+    spark.sh("mkdir -p /srv/naive && cat > /srv/naive/compose.yml", input=NAIVE)
+    try:
+        spark.sh("cd /srv/naive && docker compose up -d ollama")
+        spark.wait_http("http://127.0.0.1:11500/api/version")
+        status, body = spark.http("http://127.0.0.1:11500/api/generate",
+                                  {"model": "qwen2.5:7b", "keep_alive": -1})
+        assert status == 200, body
+        held = wait_counted(spark, lambda mib: mib > 1000)
+        spark.sh("cd /srv/naive && docker compose stop ollama && docker compose up -d vllm")
+        assert counted_mib(spark) >= held, "Ollama's memory must still drain when vLLM starts"
+        deadline = time.time() + 40
+        while running(spark, "naive-vllm-1"):
+            assert time.time() < deadline, "vLLM should have crashed in memory profiling"
+            time.sleep(0.3)
+        code = spark.sh("docker inspect -f '{{.State.ExitCode}}' naive-vllm-1").stdout.strip()
+        log = spark.sh("docker logs naive-vllm-1 2>&1").stdout
+        match = PROFILING.search(log)
+        assert code != "0" and match, log
+        assert float(match.group(2)) > float(match.group(1))
+        assert spark.http("http://127.0.0.1:8100/health", timeout=2)[0] != 200
+    finally:
+        spark.sh("cd /srv/naive && docker compose down -t 5", check=False)
+    wait_counted(spark, lambda mib: mib == 0)
+
+
+def test_switch_chat_ingestion_chat_waits_for_the_drain(spark, switch_vars):
+    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=chat", "-e", switch_vars)
+    assert rc == 0 and recap["failed"] == 0, out
+    assert services(spark) == ["ollama"]
+    assert mode_json(spark)["mode"] == "chat"
+    wait_counted(spark, lambda mib: mib > 1000)  # the preloaded model holds its memory
+
+    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=ingestion",
+                              "-e", switch_vars)
+    assert rc == 0 and recap["failed"] == 0 and recap["changed"] > 0, out
+    assert services(spark) == ["docling", "vllm"]
+    assert spark.wait_http("http://127.0.0.1:8000/health", timeout=5) is not None
+    models = spark.http("http://127.0.0.1:8000/v1/models")[1]
+    assert [m["id"] for m in models["data"]] == [VLLM_MODEL]
+    spark.wait_http("http://127.0.0.1:5001/health", timeout=5)
+    log = spark.sh("docker logs gpufleet-modes-vllm-1 2>&1").stdout
+    assert "Error in memory profiling" not in log, log
+    assert "Application startup complete." in log, log
+    state = mode_json(spark)
+    outcome = (state["mode"], state["previous"], state["outcome"])
+    assert outcome == ("ingestion", "chat", "switched"), state
+    assert state["failure"] is None
+    assert sorted(state["services"]) == ["docling", "vllm"]
+    # the drain wait covered the driver's teardown, and the downtime includes it
+    assert float(state["drain_s"]) >= DRAIN
+    assert float(state["downtime_s"]) > float(state["drain_s"])
+    prom = spark.sh("cat /etc/gpufleet/mode_switch.prom").stdout
+    assert 'gpufleet_mode_switch_downtime_seconds{mode="ingestion",outcome="switched"} %s' % (
+        state["downtime_s"]) in prom, prom
+
+    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=chat", "-e", switch_vars)
+    assert rc == 0 and recap["failed"] == 0, out
+    assert services(spark) == ["ollama"]
+    tags = spark.wait_http("http://127.0.0.1:11434/api/tags", timeout=5)
+    assert "models" in tags
+    ps = spark.http("http://127.0.0.1:11434/api/ps")[1]
+    assert [m["name"] for m in ps["models"]] == ["qwen2.5:7b"]
+    state = mode_json(spark)
+    outcome = (state["mode"], state["previous"], state["outcome"])
+    assert outcome == ("chat", "ingestion", "switched"), state
+    assert float(state["drain_s"]) >= DRAIN
+
+    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=chat", "-e", switch_vars)
+    assert rc == 0 and recap["changed"] == 0 and recap["failed"] == 0, out
+    assert mode_json(spark)["switched_at"] == state["switched_at"]
+
+
+def test_drain_that_never_ends_fails_and_restores_chat(spark, switch_vars):
+    assert services(spark) == ["ollama"]
+    # A process that still holds "ollama" memory and never lets go (a stuck runner).
+    spark.sh(
+        "systemctl reset-failed lab-stuck-runner 2>/dev/null || true; "
+        "systemd-run --quiet --unit lab-stuck-runner sleep 900"
+    )
+    pid = int(spark.sh("systemctl show -p MainPID --value lab-stuck-runner").stdout)
+    reg = "/run/gpufleet-nvml/procs/gpu0-%d" % pid
+    spark.sh("printf '3000\\nname ollama runner stuck\\n' > %s.tmp && mv %s.tmp %s"
+             % (reg, reg, reg))
+    try:
+        rc, out, recap = playbook(
+            "switch_mode.yml", "-e", "inference_mode=ingestion", "-e", switch_vars,
+            "-e", "mode_switch_drain_timeout=8",
+        )
+        assert rc != 0 and recap["failed"] == 1, out
+        assert "GPU memory did not drain within 8.0 s" in out, out
+        assert "ollama runner stuck (pid %d, GPU 0)" % pid in out, out
+        assert "previous mode chat restored and healthy" in out, out
+        assert services(spark) == ["ollama"]
+        assert "models" in spark.wait_http("http://127.0.0.1:11434/api/tags", timeout=5)
+        state = mode_json(spark)
+        assert (state["mode"], state["requested"], state["outcome"]) == (
+            "chat", "ingestion", "rolled_back")
+        assert "did not drain within 8.0 s" in state["failure"]
+    finally:
+        spark.sh("systemctl stop lab-stuck-runner 2>/dev/null || true; "
+                 "systemctl reset-failed lab-stuck-runner 2>/dev/null || true")
+
+
+def test_status_warns_when_both_modes_run(spark):
+    assert services(spark) == ["ollama"]
+    spark.sh("cd %s && docker compose --profile ingestion up -d docling" % PROJECT)
+    try:
+        assert services(spark) == ["docling", "ollama"]
+        rc, out, recap = playbook("status.yml")
+        assert rc == 0 and recap["failed"] == 0, out
+        assert "WARNING: EXCLUSIVE MODES RUN AT ONCE on lab-spark: chat + ingestion" in out, out
+        assert '"conflict": true' in out, out
+        assert '"recorded_mode": "chat"' in out, out
+    finally:
+        spark.sh("cd %s && docker compose --profile ingestion rm -sf docling" % PROJECT)
+    assert services(spark) == ["ollama"]
+
+
+def test_health_exit_status_follows_the_services(spark):
+    rc, out, recap = playbook("health.yml")
+    assert rc == 0 and recap["failed"] == 0, out
+    assert "lab-spark: HEALTHY" in out, out
+    assert re.search(r"ollama\s+ollama\s+healthy\s+\d+", out), out
+    spark.sh("cd %s && docker compose --profile chat stop ollama" % PROJECT)
+    rc, out, recap = playbook("health.yml")
+    assert rc != 0 and recap["failed"] == 1, out
+    assert "lab-spark: UNHEALTHY" in out, out
+    assert re.search(r"ollama\s+ollama\s+UNHEALTHY", out), out
+    assert "unhealthy on lab-spark: ollama" in out, out

@@ -1,0 +1,114 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Drain wait: a fake driver (a timeline of readings) and a fake clock, no sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _drain
+
+
+def gpu(used, *procs, index=0):
+    return {"index": index, "uuid": "GPU-%d" % index, "memory_used_mib": used,
+            "processes": [{"pid": pid, "name": name, "used_memory_mib": mib}
+                          for pid, name, mib in procs]}
+
+
+class Fake:
+    """A clock advanced only by sleep(); read() returns the reading for the current time."""
+
+    def __init__(self, timeline):
+        self.now = 0.0
+        self.timeline = timeline  # [(from_t, [gpus])], ascending
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+    def read(self):
+        current = self.timeline[0][1]
+        for start, gpus in self.timeline:
+            if self.now >= start:
+                current = gpus
+        return current
+
+
+OLLAMA = (4242, "ollama runner qwen2.5:7b", 4683)
+
+CASES = [
+    # id, timeline, kwargs, drained, waited_s
+    ("drains", [(0, [gpu(5000, OLLAMA)]), (1.0, [gpu(5000)]), (3.0, [gpu(300)])],
+     dict(names=["ollama"], settle_s=2.0), True, 5.0),
+    ("already_empty", [(0, [gpu(0)])], dict(pids=[4242], settle_s=1.0), True, 1.0),
+    ("never_drains", [(0, [gpu(5000, OLLAMA)])], dict(names=["ollama"], timeout_s=10.0),
+     False, 10.0),
+    ("fluctuates_then_settles",
+     [(0, [gpu(900)]), (1, [gpu(400)]), (2, [gpu(800)]), (3, [gpu(300)]), (4, [gpu(310)])],
+     dict(settle_s=2.0, tolerance_mib=64), True, 5.0),
+    # The process left the list but the driver still holds its memory: the target waits.
+    ("gone_but_held", [(0, [gpu(5000)]), (6.0, [gpu(317)])],
+     dict(pids=[4242], target_used_mib=317, settle_s=1.0), True, 7.0),
+    ("held_forever_times_out", [(0, [gpu(5000)])],
+     dict(pids=[4242], target_used_mib=317, settle_s=1.0, timeout_s=4.0), False, 4.0),
+    ("pid_match_on_other_gpu_ignored",
+     [(0, [gpu(0), gpu(2000, (4242, "x", 2000), index=1)])],
+     dict(gpus=["0"], pids=[4242], settle_s=1.0), True, 1.0),
+    ("uuid_selects_gpu", [(0, [gpu(0, OLLAMA, index=0), gpu(10, index=1)])],
+     dict(gpus=["GPU-1"], names=["ollama"], settle_s=0.5), True, 0.5),
+]
+
+
+@pytest.mark.parametrize("timeline, kwargs, drained, waited",
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_wait_drained(timeline, kwargs, drained, waited):
+    fake = Fake(timeline)
+    kwargs.setdefault("interval_s", 0.5)
+    result = _drain.wait_drained(fake.read, fake.clock, fake.sleep, **kwargs)
+    assert result["drained"] is drained, result["reason"]
+    assert result["waited_s"] == pytest.approx(waited)
+    assert result["samples"][-1] == result["last"]
+    if not drained:
+        assert result["reason"].startswith("GPU memory did not drain within")
+
+
+def test_timeout_reason_names_the_process_left():
+    fake = Fake([(0, [gpu(5000, OLLAMA)])])
+    result = _drain.wait_drained(fake.read, fake.clock, fake.sleep, names=["ollama"],
+                                 timeout_s=2.0)
+    assert result["reason"] == ("GPU memory did not drain within 2.0 s: processes still on the "
+                                "GPU: ollama runner qwen2.5:7b (pid 4242, GPU 0)")
+    assert result["last"]["processes"][0]["used_memory_mib"] == 4683
+
+
+def test_samples_are_capped():
+    fake = Fake([(0, [gpu(5000, OLLAMA)])])
+    result = _drain.wait_drained(fake.read, fake.clock, fake.sleep, names=["ollama"],
+                                 timeout_s=100.0, max_samples=5)
+    assert len(result["samples"]) == 5 and result["samples"][-1]["t"] == 100.0
+
+
+def test_unknown_used_memory_never_meets_a_target():
+    fake = Fake([(0, [gpu(None)])])
+    result = _drain.wait_drained(fake.read, fake.clock, fake.sleep, target_used_mib=0,
+                                 timeout_s=1.0)
+    assert not result["drained"] and "None MiB" in result["reason"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(settle_s=-1), "settle_s must be >= 0; got: -1"),
+    (dict(timeout_s=0), "timeout_s must be > 0; got: 0"),
+    (dict(interval_s="1"), "interval_s must be a number; got: '1'"),
+    (dict(tolerance_mib=True), "tolerance_mib must be a number; got: True"),
+    (dict(target_used_mib=-5), "target_used_mib must be >= 0; got: -5"),
+    (dict(pids=[1, -3]), "pids[1] must be a positive integer; got: -3"),
+    (dict(names=["ollama", " "]), "names[1] must be a non-empty string; got: ' '"),
+    (dict(gpus=["7"]), "gpus names GPUs this host does not have: 7"),
+])
+def test_bad_input(kwargs, message):
+    fake = Fake([(0, [gpu(0)])])
+    with pytest.raises(ValueError) as err:
+        _drain.wait_drained(fake.read, fake.clock, fake.sleep, **kwargs)
+    assert str(err.value) == message

@@ -1,0 +1,78 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Health probes, verdicts and table."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _health
+
+OLLAMA = {"name": "ollama", "engine": "ollama", "port": 11434, "gpu": "0",
+          "process_names": ["ollama"], "vram_budget_mib": 6000}
+VLLM = {"name": "vllm", "engine": "vllm", "port": 8000, "request": True, "model": "m"}
+GPUS = [{"index": 0, "uuid": "GPU-0", "processes": [
+    {"pid": 9, "name": "ollama runner qwen2.5:7b", "used_memory_mib": 4683}]}]
+
+
+def ok(json=None):
+    return {"status": 200, "json": json}
+
+
+def test_probes_per_engine():
+    calls = _health.probes([OLLAMA, VLLM])
+    assert [(c["service"], c["check"], c["url"]) for c in calls] == [
+        ("ollama", "tags", "http://127.0.0.1:11434/api/tags"),
+        ("ollama", "ps", "http://127.0.0.1:11434/api/ps"),
+        ("vllm", "health", "http://127.0.0.1:8000/health"),
+        ("vllm", "models", "http://127.0.0.1:8000/v1/models"),
+        ("vllm", "request", "http://127.0.0.1:8000/v1/completions"),
+    ]
+    assert calls[-1]["body"] == {"model": "m", "prompt": "ping", "max_tokens": 1}
+
+
+@pytest.mark.parametrize("answers, gpus, healthy, failing", [
+    ([ok(), ok({"models": [{"name": "q", "size": 10, "size_vram": 10}]}), ok(),
+      ok({"data": [{"id": "m"}]}), ok()], GPUS, True, []),
+    ([ok(), ok({"models": [{"name": "q", "size": 10, "size_vram": 4}]}), ok(),
+      ok({"data": [{"id": "m"}]}), ok()], GPUS, False, ["ps"]),
+    ([ok(), ok({"models": []}), {"status": -1, "msg": "refused"},
+      ok({"data": []}), {"status": 503}], GPUS, False, ["health", "models", "request"]),
+    ([ok(), ok({"models": []}), ok(), ok({"data": [{"id": "m"}]}), ok()],
+     [{"index": 0, "processes": []}], False, ["gpu"]),
+])
+def test_report(answers, gpus, healthy, failing):
+    result = _health.report([OLLAMA, VLLM], answers, gpus)
+    assert result["healthy"] is healthy
+    bad = [c["check"] for r in result["services"] for c in r["checks"] if not c["ok"]]
+    assert bad == failing
+    table = _health.table(result, "lab-spark")
+    assert table[0] == "lab-spark: %s" % ("HEALTHY" if healthy else "UNHEALTHY")
+    assert table[1].startswith("SERVICE")
+
+
+def test_vram_over_budget():
+    svc = dict(OLLAMA, vram_budget_mib=4000)
+    result = _health.report([svc], [ok(), ok({"models": []})], GPUS)
+    assert result["services"][0]["checks"][-1] == {"check": "vram", "ok": False,
+                                                   "detail": "4683 of 4000 MiB"}
+
+
+@pytest.mark.parametrize("svc, message", [
+    ("x", "services[0] must be a dict; got: 'x'"),
+    (dict(OLLAMA, name=""), "services[0].name must be a non-empty string; got: ''"),
+    (dict(OLLAMA, engine="tgi"),
+     "services[0].engine must be one of docling, ollama, vllm; got: 'tgi'"),
+    (dict(OLLAMA, port=0), "services[0].port must be 1-65535; got: 0"),
+    (dict(OLLAMA, vram_budget_mib=-5), "services[0].vram_budget_mib must be > 0; got: -5"),
+    (dict(VLLM, model=None), "services[0].model is required with request: true; got: None"),
+])
+def test_bad_service(svc, message):
+    with pytest.raises(ValueError) as err:
+        _health.probes([svc])
+    assert str(err.value) == message
+
+
+def test_answers_must_match_probes():
+    with pytest.raises(ValueError, match="one entry per probe"):
+        _health.report([OLLAMA], [ok()], GPUS)
