@@ -7,36 +7,14 @@ Their documentation is in health_probes.yml, health_report.yml and health_table.
 
 from __future__ import annotations
 
-from ansible.errors import AnsibleFilterError
-
 from ansible_collections.gpufleet.inference.plugins.module_utils import _health
-
-
-def health_probes(services, host="127.0.0.1"):
-    try:
-        return _health.probes(services, host=host)
-    except (TypeError, ValueError) as exc:
-        raise AnsibleFilterError("health_probes: %s" % exc) from exc
-
-
-def health_report(services, answers, gpus):
-    try:
-        return _health.report(services, answers, gpus)
-    except (TypeError, ValueError) as exc:
-        raise AnsibleFilterError("health_report: %s" % exc) from exc
-
-
-def health_table(result, host=""):
-    try:
-        return _health.table(result, host=host)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AnsibleFilterError("health_table: %s" % exc) from exc
+from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import filter_function
 
 
 class FilterModule:
     def filters(self):
         return {
-            "health_probes": health_probes,
-            "health_report": health_report,
-            "health_table": health_table,
+            "health_probes": filter_function("health_probes", _health.probes),
+            "health_report": filter_function("health_report", _health.report),
+            "health_table": filter_function("health_table", _health.table),
         }

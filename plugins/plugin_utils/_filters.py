@@ -14,7 +14,7 @@ from ansible.errors import AnsibleFilterError
 
 
 def filter_function(name, function):
-    """``function`` as a filter: its ValueError/TypeError becomes AnsibleFilterError("name: ...").
+    """``function`` as a filter: its bad-input errors become AnsibleFilterError("name: ...").
 
     The original exception is not chained: a chained message could carry an argument's value
     (the router's filters get API keys).
@@ -24,7 +24,7 @@ def filter_function(name, function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise AnsibleFilterError("%s: %s" % (name, exc)) from None
 
     return wrapper
