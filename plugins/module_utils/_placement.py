@@ -966,8 +966,13 @@ def _engine_settings(state, service, unit, started_before):
                                                  for s in started_before)), service, unit)
         return settings
     if service.engine == "ollama":
+        # Ollama loads its models lazily, after a co-tenant vLLM has taken its share (seed 000's
+        # mixed mode starts vLLM before Ollama loads anything): count vLLM as resident.
+        free_at_load = free_at_start - sum(s.budget for s in unit.services
+                                           if s.engine == "vllm" and s is not service
+                                           and s not in started_before)
         bounded = shared or service.override
-        overhead = max(free_at_start - budget, 0) if bounded else unit.headroom
+        overhead = max(free_at_load - budget, 0) if bounded else unit.headroom
         settings = {"OLLAMA_GPU_OVERHEAD": overhead * _vram.MIB}
         if shared:
             settings["OLLAMA_MAX_LOADED_MODELS"] = 1

@@ -92,6 +92,9 @@ def write_scenario(root, hosts):
         "systemd_units_restart_changed": False,
         "systemd_units_ollama_bin": str(standin),
         "systemd_units_vllm_bin": str(standin),
+        # Render only: applying runs on the lab (tests/lab/test_lab_apply.py).
+        "compose_apply": False,
+        "systemd_units_apply": False,
     }, "hosts": hosts}}
     playbook = root / "render.yml"
     playbook.write_text(PLAYBOOK)

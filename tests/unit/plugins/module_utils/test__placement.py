@@ -354,8 +354,10 @@ def test_seed000_mixed_mode_vllm_and_ollama_share_gpu1():
     vllm = by_name["vllm"]
     assert vllm["engine_settings"] == {"gpu_memory_utilization": 0.5, "max_model_len": 8192}
     research = by_name["ollama_research"]["engine_settings"]
-    # Started before vLLM: everything free but its own budget is reserved from Ollama's view.
-    assert research["OLLAMA_GPU_OVERHEAD"] == (24564 - research_budget(by_name)) * 1048576
+    # Its server starts before vLLM, but its model loads after vLLM took its share: what is free
+    # then, less its own budget, is reserved from Ollama's view.
+    assert research["OLLAMA_GPU_OVERHEAD"] == (
+        24564 - 12288 - research_budget(by_name)) * 1048576
     assert research["OLLAMA_KEEP_ALIVE"] == "-1"
     assert research["OLLAMA_MAX_LOADED_MODELS"] == 1
     gpu1 = result["gpus"][1]
