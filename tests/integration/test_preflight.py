@@ -209,17 +209,3 @@ def test_missing_toolkit_fails_unless_warn_only(tmp_path):
         base_vars(tmp_path, preflight_warn_only=["toolkit", "runtime"]), env=env)
     assert rc == 0, output
     assert "WARN  NVIDIA container toolkit not found" in output
-
-
-@pytest.mark.parametrize("role", ["preflight", "router"])
-def test_role_layout_follows_the_house_style(role):
-    defaults = yaml.safe_load((REPO / "roles" / role / "defaults/main.yml").read_text())
-    specs = yaml.safe_load((REPO / "roles" / role / "meta/argument_specs.yml").read_text())
-    options = specs["argument_specs"]["main"]["options"]
-    assert sorted(options) == sorted(defaults)
-    assert all(k.startswith(role + "_") for k in defaults)
-    assert all("type" in o for o in options.values())
-    private = yaml.safe_load((REPO / "roles" / role / "vars/main.yml").read_text())
-    assert all(k.startswith("_%s_" % role) for k in private)
-    for template in (REPO / "roles" / role).glob("templates/*.j2"):
-        assert template.read_text().startswith("{{ ansible_managed | comment }}\n"), template

@@ -27,7 +27,6 @@ from .render_support import (
     tree,
 )
 
-ROLES = ("services", "compose", "systemd_units", "k8s_manifests")
 PROFILES = ("remote", "cpu", "single-gpu", "dual-gpu")
 MODES = ("ollama", "vllm", "mixed")
 # Seed 000: what runs per profile (and dual-gpu mode); docling is the ingestion sidecar.
@@ -387,22 +386,3 @@ def test_renderer_without_plan_says_what_to_run(tmp_path):
     rc, output = run_playbook(playbook, inventory)
     assert rc != 0
     assert "services_plan is not set; run the gpufleet.inference.services role" in output
-
-
-# ---- role layout (STYLE.md) ----------------------------------------------------------------
-
-@pytest.mark.parametrize("role", ROLES)
-def test_argument_specs_keys_equal_defaults(role):
-    defaults = yaml.safe_load((REPO / "roles" / role / "defaults/main.yml").read_text())
-    specs = yaml.safe_load((REPO / "roles" / role / "meta/argument_specs.yml").read_text())
-    options = specs["argument_specs"]["main"]["options"]
-    assert sorted(options) == sorted(defaults)
-    assert all(k.startswith(role + "_") for k in defaults)
-    assert all("type" in o for o in options.values())
-
-
-@pytest.mark.parametrize("template", sorted(
-    str(p.relative_to(REPO)) for role in ROLES for p in (REPO / "roles" / role).glob(
-        "templates/*.j2")))
-def test_templates_start_with_ansible_managed(template):
-    assert (REPO / template).read_text().startswith("{{ ansible_managed | comment }}\n")
