@@ -1,8 +1,8 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters health_probes, health_report and health_table over module_utils/_health.py.
+"""Filters health_probes, health_report, health_table and health_services over module_utils/_health.py.
 
-Their documentation is in health_probes.yml, health_report.yml and health_table.yml.
+Their documentation is in health_probes.yml, health_report.yml, health_table.yml and health_services.yml.
 """
 
 from __future__ import annotations
@@ -17,4 +17,5 @@ class FilterModule:
             "health_probes": filter_function("health_probes", _health.probes),
             "health_report": filter_function("health_report", _health.report),
             "health_table": filter_function("health_table", _health.table),
+            "health_services": filter_function("health_services", _health.from_plan),
         }

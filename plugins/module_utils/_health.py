@@ -14,6 +14,8 @@ ENDPOINTS = {
     "ollama": (("tags", "GET", "/api/tags"), ("ps", "GET", "/api/ps")),
     "vllm": (("health", "GET", "/health"), ("models", "GET", "/v1/models")),
     "docling": (("health", "GET", "/health"),),
+    # Any other service: the health path its catalog entry names (services[].path).
+    "http": (("health", "GET", None),),
 }
 REQUESTS = {
     "ollama": ("/api/generate", lambda m: {"model": m, "prompt": "ping", "stream": False,
@@ -38,6 +40,9 @@ def _check_service(i, svc):
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
                                or budget <= 0):
         raise ValueError("services[%d].vram_budget_mib must be > 0; got: %r" % (i, budget))
+    path = svc.get("path")
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise ValueError("services[%d].path must start with '/'; got: %r" % (i, path))
     if svc.get("request") and svc.get("engine") in REQUESTS and not svc.get("model"):
         raise ValueError("services[%d].model is required with request: true; got: %r"
                          % (i, svc.get("model")))
@@ -50,12 +55,55 @@ def probes(services, host="127.0.0.1"):
         _check_service(i, svc)
         base = "http://%s:%d" % (svc.get("address") or host, svc["port"])
         for check, method, path in ENDPOINTS[svc["engine"]]:
+            path = path or svc.get("path") or "/health"
             out.append(dict(service=svc["name"], check=check, method=method, url=base + path,
                             body=None))
         if svc.get("request") and svc["engine"] in REQUESTS:
             path, body = REQUESTS[svc["engine"]]
             out.append(dict(service=svc["name"], check="request", method="POST",
                             url=base + path, body=body(svc["model"])))
+    return out
+
+
+def from_plan(services_plan, runtime="compose"):
+    """The services to check, from the ``services_plan`` fact of the services role.
+
+    Every active service that publishes its health port: its published port, the GPU its
+    placement gave it (UUID), the VRAM budget, and the names its processes carry on the GPU.
+    Under ``runtime`` systemd only the Ollama and vLLM instances run (sidecars are containers
+    of the compose path), so only they are checked.
+    """
+    if runtime not in ("compose", "systemd"):
+        raise ValueError("runtime must be compose or systemd; got: %r" % (runtime,))
+    if not isinstance(services_plan, dict) or not isinstance(services_plan.get("services"), list):
+        raise ValueError("services_plan must be the fact set by the gpufleet.inference.services "
+                         "role; got: %r" % (services_plan,))
+    out = []
+    for service in services_plan["services"]:
+        if not service.get("active"):
+            continue
+        engine = service.get("engine")
+        if runtime == "systemd" and engine not in ("ollama", "vllm"):
+            continue
+        health = service.get("health") or {}
+        ports = service.get("ports") or []
+        wanted = health.get("port")
+        published = [p["host"] for p in ports if wanted is None or p["container"] == wanted]
+        if not published:
+            continue
+        where = service.get("placement") or {}
+        gpu = where.get("gpu_uuid") or where.get("gpu_index")
+        item = {
+            "name": service["name"],
+            "engine": engine if engine in ("ollama", "vllm") else "http",
+            "port": published[0],
+            "path": health.get("path") or "/health",
+            "gpu": None if gpu is None else str(gpu),
+            "process_names": [engine if engine in ("ollama", "vllm") else service["name"]],
+        }
+        if where.get("vram_budget_mib"):
+            item["vram_budget_mib"] = int(where["vram_budget_mib"])
+        out.append(item)
     return out
 
 
