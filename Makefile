@@ -77,6 +77,11 @@ sanity: setup system-deps
 	rc=0; (cd $$dest && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --color no) || rc=$$?; \
 	rm -rf $$root; exit $$rc
 
+# Benchmarks (bench/README.md): results in bench/results/*.json, tables in bench/README.md.
+.PHONY: bench
+bench: setup lab-setup
+	$(BIN)/python bench/run.py
+
 # The last command of `make test` is pytest over every test layer (unit, integration, lab): its
 # summary line closes the run.
 test: lint sanity lab-setup

@@ -1,9 +1,11 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Benchmark of the placement engine: quality against an exact optimum, and speed at scale.
+"""Benchmark of the placement engine: quality against an exact optimum and the baselines,
+the seeds' reference cases, and speed at 10 / 100 / 1,000 GPUs.
 
-    python bench/placement.py            # the table in bench/README.md (about a minute)
-    python bench/placement.py --quick    # smoke run, a few seconds (a unit test runs it)
+    python bench/placement.py                  # the tables in bench/README.md (1-2 minutes)
+    python bench/placement.py --quick          # smoke run, about a second (a unit test runs it)
+    python bench/placement.py --json F --markdown M
 
 Quality: thousands of generated small instances (2-4 GPUs, 3-10 services, demand between
 half and just over the total usable memory). An exact solver (depth-first search over every
@@ -20,7 +22,11 @@ most-free GPU is too small), a binpack scorer (GPUStack: highest claim / allocat
 and a spread scorer (the lowest). latency_optimized and isolation_first pursue other goals
 (speed, isolation) by design: their balance numbers show the price, not a defect.
 
-Speed: 5,000 services over 1,000 GPUs (125 hosts x 8, place_fleet), each strategy.
+Reference cases: the seeds' boxes and stacks (bench/reference_cases.yml), each strategy and
+baseline against the exact optimum and against the seed's own layout.
+
+Speed: 5 services per GPU over 10, 100 and 1,000 GPUs (hosts of 2, 4 and 8 GPUs,
+place_fleet), each strategy and baseline; median of several runs where cheap.
 Deterministic: instances come from random.Random(seed).
 """
 
@@ -33,22 +39,25 @@ import random
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:
-    from ansible_collections.gpufleet.inference.plugins.module_utils import _placement
-except ImportError:
-    sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
-    try:
-        from ansible_collections.gpufleet.inference.plugins.module_utils import _placement
-    except ImportError:
-        sys.exit("bench/placement.py: the collection is not importable; run `make setup` "
-                 "(it links this checkout under .build/collections)")
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common
+
+_common.import_collection()
+from ansible_collections.gpufleet.inference.plugins.module_utils import _placement  # noqa: E402
 
 HEADROOM = _placement.DEFAULT_HEADROOM_MIB
 GPU_SIZES = (4094, 8192, 12288, 16384, 24564, 40960, 49152, 81559)
 # Seed sizes (catalog totals in MiB) mixed with uniform draws.
 SEED_SIZES = (650, 1229, 1536, 1717, 2963, 4482, 6963, 13351, 20027, 22221)
 TOLERANCE = 0.005
+BASELINES = ("seed001", "binpack", "spread")
+REFERENCE_CASES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "reference_cases.yml")
+# (GPUs, GPUs per host, repeats): services = 5 per GPU.
+SCALES = ((10, 2, 5), (100, 4, 3), (1000, 8, 1))
+QUICK_SCALES = ((10, 2, 1), (40, 4, 1))
 
 
 def spread(loads, caps):
@@ -73,18 +82,20 @@ def instance(rng):
 
 
 def exact(caps, sizes):
-    """(a complete fit exists, lowest spread of one) by exhaustive search."""
-    order = sorted(sizes, reverse=True)
+    """(a complete fit exists, lowest spread, GPU of each service) by exhaustive search."""
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
     loads = [0] * len(caps)
-    best = [None]
+    where = [None] * len(sizes)
+    best = [None, None]
 
     def dfs(k):
         if k == len(order):
             value = spread(loads, caps)
             if best[0] is None or value < best[0]:
-                best[0] = value
+                best[0], best[1] = value, list(where)
             return
-        size = order[k]
+        service = order[k]
+        size = sizes[service]
         seen = set()
         for g, cap in enumerate(caps):
             state = (cap, loads[g])
@@ -92,32 +103,36 @@ def exact(caps, sizes):
                 continue
             seen.add(state)
             loads[g] += size
+            where[service] = g
             dfs(k + 1)
             loads[g] -= size
+        where[service] = None
 
     dfs(0)
-    return best[0] is not None, best[0]
+    return best[0] is not None, best[0], best[1]
 
 
 def baseline(kind, caps, sizes):
-    """(fits, spread) of a simple rule placing the largest first."""
+    """(fits, spread, GPU of each service) of a simple rule placing the largest first."""
     loads = [0] * len(caps)
-    for size in sorted(sizes, reverse=True):
+    where = [None] * len(sizes)
+    for service in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        size = sizes[service]
         if kind == "seed001":
             g = max(range(len(caps)), key=lambda i: (caps[i] - loads[i], -i))
             if loads[g] + size > caps[g]:
-                return False, None
+                return False, None, where
         else:
             fitting = [i for i in range(len(caps)) if loads[i] + size <= caps[i]]
             if not fitting:
-                return False, None
-            score = {i: (loads[i] + size) / float(caps[i]) for i in fitting}
+                return False, None, where
             if kind == "binpack":
-                g = max(fitting, key=lambda i: (score[i], -i))
+                g = max(fitting, key=lambda i: ((loads[i] + size) / float(caps[i]), -i))
             else:
                 g = min(fitting, key=lambda i: (loads[i] / float(caps[i]), i))
         loads[g] += size
-    return True, spread(loads, caps)
+        where[service] = g
+    return True, spread(loads, caps), where
 
 
 def engine(strategy, totals, sizes, roles, critical):
@@ -132,12 +147,14 @@ def engine(strategy, totals, sizes, roles, critical):
     return True, spread([g["budget_mib"] for g in table], [g["usable_mib"] for g in table])
 
 
+# ---- 1. quality on generated instances ---------------------------------------------------
+
 def quality(count, seed):
     rng = random.Random(seed)
     contenders = [(s, lambda inst, s=s: engine(s, inst[0], inst[2], inst[3], inst[4]))
                   for s in _placement.STRATEGIES]
-    contenders += [("baseline: " + k, lambda inst, k=k: baseline(k, inst[1], inst[2]))
-                   for k in ("seed001", "binpack", "spread")]
+    contenders += [("baseline: " + k, lambda inst, k=k: baseline(k, inst[1], inst[2])[:2])
+                   for k in BASELINES]
     stats = {name: {"fits": 0, "optimal": 0, "gap": 0.0, "seconds": 0.0, "wrong": 0}
              for name, _run in contenders}
     possible = 0
@@ -145,7 +162,7 @@ def quality(count, seed):
     for _instance in range(count):
         inst = instance(rng)
         started = time.perf_counter()
-        feasible, optimum = exact(inst[1], inst[2])
+        feasible, optimum, _where = exact(inst[1], inst[2])
         exact_seconds += time.perf_counter() - started
         possible += feasible
         for name, run in contenders:
@@ -158,8 +175,93 @@ def quality(count, seed):
                 stats[name]["fits"] += 1
                 stats[name]["gap"] += value - optimum
                 stats[name]["optimal"] += value - optimum <= TOLERANCE
-    return possible, exact_seconds, stats
+    rows = []
+    for name, row in stats.items():
+        fits = row["fits"]
+        rows.append({
+            "contender": name, "fits": fits, "possible": possible,
+            "fit_ratio": fits / float(possible) if possible else None,
+            "optimal_share": row["optimal"] / float(fits) if fits else None,
+            "mean_gap": row["gap"] / fits if fits else None,
+            "ms_per_instance": 1000.0 * row["seconds"] / count,
+            "wrong_fits": row["wrong"],
+        })
+    return {"instances": count, "seed": seed, "possible": possible,
+            "exact_ms_per_instance": 1000.0 * exact_seconds / count, "rows": rows}
 
+
+# ---- 2. the seeds' reference cases -------------------------------------------------------
+
+def _layout(names, where, count):
+    """'GPU0: a, b; GPU1: c' (unplaced services listed apart)."""
+    parts = []
+    for g in range(count):
+        on = [n for n, w in zip(names, where) if w == g]
+        parts.append("GPU%d: %s" % (g, ", ".join(on) if on else "-"))
+    left = [n for n, w in zip(names, where) if w is None]
+    if left:
+        parts.append("unplaced: " + ", ".join(left))
+    return "; ".join(parts)
+
+
+def _engine_row(result, names):
+    summary = result["summary"]
+    by_name = {a["service"]: a["gpu_index"] for a in result["assignments"]}
+    where = [by_name.get(n) for n in names]
+    table = result["gpus"]
+    value = spread([g["budget_mib"] for g in table], [g["usable_mib"] for g in table])
+    return {"fits": summary["fits"], "spread": value if summary["fits"] else None,
+            "where": where, "warnings": summary["warning_count"],
+            "overcommitted": summary["overcommitted_gpus"], "adjusted": summary["adjusted"]}
+
+
+def reference_cases(path=REFERENCE_CASES):
+    with open(path, encoding="utf-8") as handle:
+        cases = yaml.safe_load(handle)["cases"]
+    out = []
+    for case in cases:
+        gpus = [dict(g, index=i, uuid="GPU-ref-%d" % i) for i, g in enumerate(case["gpus"])]
+        names = [s["name"] for s in case["services"]]
+        probe = _placement.place(gpus, case["services"], strategy="vram_based",
+                                 live_usage="ignore")
+        sizes = {a["service"]: a["vram_requested_mib"] for a in probe["assignments"]}
+        sizes = [sizes[n] for n in names]
+        caps = [g["usable_mib"] for g in probe["gpus"]]
+        feasible, optimum, best = exact(caps, sizes)
+        seed_layout = case.get("seed_layout") or {}
+        pinned = [dict(s, gpu=seed_layout[s["name"]]) if s["name"] in seed_layout else s
+                  for s in case["services"]]
+        rows = [dict(_engine_row(_placement.place(gpus, pinned, strategy="manual",
+                                                  live_usage="ignore"), names),
+                     contender="seed's own layout")]
+        for strategy in _placement.STRATEGIES:
+            result = _placement.place(gpus, case["services"], strategy=strategy,
+                                      live_usage="ignore")
+            rows.append(dict(_engine_row(result, names), contender=strategy))
+        for kind in BASELINES:
+            fits, value, where = baseline(kind, caps, sizes)
+            rows.append({"contender": "baseline: " + kind, "fits": fits, "spread": value,
+                         "where": where, "warnings": None, "overcommitted": None,
+                         "adjusted": None})
+        for row in rows:
+            row["layout"] = _layout(names, row.pop("where"), len(gpus))
+            row["gap"] = (row["spread"] - optimum) if row["fits"] and feasible and \
+                row["spread"] is not None else None
+            row["seed_layout"] = row["layout"] == _layout(
+                names, [seed_layout.get(n) for n in names], len(gpus))
+        out.append({
+            "case": case["name"], "source": case["source"],
+            "gpus": ["%s (%d MiB, %d usable)" % (g["name"], g["memory_total_mib"], c)
+                     for g, c in zip(case["gpus"], caps)],
+            "services": dict(zip(names, sizes)), "demand_mib": sum(sizes),
+            "usable_mib": sum(caps), "exact_fits": feasible, "exact_spread": optimum,
+            "exact_layout": _layout(names, best, len(gpus)) if feasible else None,
+            "rows": rows,
+        })
+    return out
+
+
+# ---- 3. speed at 10 / 100 / 1,000 GPUs ---------------------------------------------------
 
 def fleet(hosts, per_host, services, seed):
     rng = random.Random(seed)
@@ -174,49 +276,137 @@ def fleet(hosts, per_host, services, seed):
     return fleet_hosts, demand
 
 
-def speed(hosts, per_host, services, seed):
-    fleet_hosts, demand = fleet(hosts, per_host, services, seed)
-    rows = []
-    for strategy in _placement.STRATEGIES:
+def _timed(run, repeats):
+    times = []
+    result = None
+    for _repeat in range(repeats):
         started = time.perf_counter()
-        result = _placement.place_fleet(fleet_hosts, demand, strategy=strategy,
-                                        live_usage="ignore")
-        rows.append((strategy, time.perf_counter() - started, result["summary"]))
-    return rows
+        result = run()
+        times.append(time.perf_counter() - started)
+    return _common.median(times), times, result
+
+
+def scale(sizes, seed):
+    out = []
+    for gpus, per_host, repeats in sizes:
+        hosts = gpus // per_host
+        fleet_hosts, demand = fleet(hosts, per_host, 5 * gpus, seed)
+        rows = []
+        for strategy in _placement.STRATEGIES:
+            seconds, times, result = _timed(
+                lambda s=strategy, h=fleet_hosts, d=demand: _placement.place_fleet(
+                    h, d, strategy=s, live_usage="ignore"), repeats)
+            summary = result["summary"]
+            rows.append({"contender": strategy, "seconds": seconds, "runs": times,
+                         "placed": summary["placed"], "services": summary["services"],
+                         "fits": summary["fits"], "spread": summary["utilization_stddev"],
+                         "warnings": summary["warning_count"]})
+        caps = [g["memory_total_mib"] - HEADROOM for h in fleet_hosts for g in h["gpus"]]
+        sizes_mib = [d["vram_mib"] for d in demand]
+        for kind in BASELINES:
+            seconds, times, result = _timed(
+                lambda k=kind, c=caps, m=sizes_mib: baseline(k, c, m), repeats)
+            fits, value, where = result
+            rows.append({"contender": "baseline: " + kind, "seconds": seconds, "runs": times,
+                         "placed": sum(w is not None for w in where),
+                         "services": len(demand), "fits": fits,
+                         "spread": round(value, 4) if value is not None else None,
+                         "warnings": None})
+        reference = next(r["seconds"] for r in rows if r["contender"] == "vram_based")
+        for row in rows:
+            row["ratio_to_vram_based"] = _common.ratio(row["seconds"], reference)
+        out.append({"gpus": gpus, "hosts": hosts, "gpus_per_host": per_host,
+                    "services": len(demand), "repeats": repeats, "rows": rows})
+    for smaller, larger in zip(out, out[1:]):
+        for row in larger["rows"]:
+            before = next(r for r in smaller["rows"] if r["contender"] == row["contender"])
+            row["growth_vs_previous"] = _common.ratio(row["seconds"], before["seconds"])
+    return out
+
+
+# ---- output ------------------------------------------------------------------------------
+
+def _pct(value):
+    return _common.fmt(None if value is None else 100.0 * value, "%.1f %%")
+
+
+def markdown(result):
+    f = _common.fmt
+    q = result["quality"]
+    parts = ["### Quality: %d generated instances, a complete fit exists in %d "
+             "(exact solver %.1f ms each)" % (q["instances"], q["possible"],
+                                              q["exact_ms_per_instance"]), ""]
+    parts.append(_common.table(
+        ["strategy", "fits found / possible", "optimal spread", "mean gap", "ms / instance"],
+        [[r["contender"], "%d / %d (%s)" % (r["fits"], r["possible"], _pct(r["fit_ratio"])),
+          _pct(r["optimal_share"]), f(r["mean_gap"], "%.4f"), f(r["ms_per_instance"])]
+         for r in q["rows"]]))
+    parts += ["", "### Reference cases (the seeds' boxes, `bench/reference_cases.yml`)", ""]
+    for case in result["references"]:
+        parts.append("**%s** (%s). GPUs: %s. Demand %d MiB of %d usable: %s. Exact: %s." % (
+            case["case"], case["source"], "; ".join(case["gpus"]), case["demand_mib"],
+            case["usable_mib"], ", ".join("%s %d" % kv for kv in case["services"].items()),
+            ("fits, best spread %.4f (%s)" % (case["exact_spread"], case["exact_layout"]))
+            if case["exact_fits"] else "no placement fits every service"))
+        parts.append("")
+        parts.append(_common.table(
+            ["strategy", "fits", "spread", "gap to optimum", "seed's layout", "warnings",
+             "layout"],
+            [[r["contender"], "yes" if r["fits"] else "no", f(r["spread"], "%.4f"),
+              f(r["gap"], "%.4f"), "same" if r["seed_layout"] else "differs",
+              f(r["warnings"], "%d"), r["layout"]] for r in case["rows"]]))
+        parts.append("")
+    parts += ["### Speed: 5 services per GPU at %s GPUs (`place_fleet`; baselines over the "
+              "flat GPU list)" % " / ".join("{:,}".format(s["gpus"]) for s in result["scale"]),
+              ""]
+    headers = ["strategy"]
+    for s in result["scale"]:
+        headers.append("{:,} GPUs s (x vram_based)".format(s["gpus"]))
+    headers += ["growth per 10x GPUs", "fits at %s" % "{:,}".format(result["scale"][-1]["gpus"]),
+                "spread at largest", "warnings at largest"]
+    rows = []
+    for i, row in enumerate(result["scale"][0]["rows"]):
+        cells = [row["contender"]]
+        for s in result["scale"]:
+            r = s["rows"][i]
+            cells.append("%s (%s)" % (f(r["seconds"], "%.3f"),
+                                      f(r["ratio_to_vram_based"], "%.2f")))
+        last = result["scale"][-1]["rows"][i]
+        growth = [s["rows"][i].get("growth_vs_previous") for s in result["scale"][1:]]
+        cells += [" / ".join(f(g, "%.0fx") for g in growth),
+                  "%s (%d / %d)" % ("yes" if last["fits"] else "no", last["placed"],
+                                    last["services"]),
+                  f(last["spread"], "%.4f"), f(last["warnings"], "%d")]
+        rows.append(cells)
+    parts.append(_common.table(headers, rows))
+    parts += ["", "Runs per size (median): %s. Measured on %s CPUs (load average %s), Python %s, "
+              "commit %s, %s." % (
+        ", ".join("%d at %s GPUs" % (s["repeats"], "{:,}".format(s["gpus"]))
+                  for s in result["scale"]),
+        result["machine"]["cpus"], result["machine"]["load"], result["machine"]["python"],
+        result["machine"]["commit"],
+        result["machine"]["date"])]
+    return "\n".join(parts)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run (a few seconds)")
-    parser.add_argument("--instances", type=int, help="small instances (default 5000)")
+    parser.add_argument("--quick", action="store_true", help="smoke run (about a second)")
+    parser.add_argument("--instances", type=int, help="generated instances (default 5000)")
     parser.add_argument("--seed", type=int, default=20250123)
+    _common.add_output_args(parser)
     args = parser.parse_args(argv)
     count = args.instances or (60 if args.quick else 5000)
-    hosts, per_host, services = (10, 4, 200) if args.quick else (125, 8, 5000)
-
-    possible, exact_seconds, stats = quality(count, args.seed)
-    print("### Quality: %d instances, a complete fit exists in %d (exact solver %.1f ms each)"
-          % (count, possible, 1000.0 * exact_seconds / count))
-    print()
-    print("| strategy | fits found / possible | optimal spread | mean gap | ms / instance |")
-    print("|---|---|---|---|---|")
-    for name, row in stats.items():
-        fits = row["fits"]
-        print("| %s | %d / %d (%.1f %%) | %.1f %% | %.4f | %.2f |" % (
-            name, fits, possible, 100.0 * fits / max(possible, 1),
-            100.0 * row["optimal"] / max(fits, 1), row["gap"] / max(fits, 1),
-            1000.0 * row["seconds"] / count))
-    wrong = sum(row["wrong"] for row in stats.values())
-    print()
-    print("### Speed: %d services over %d GPUs (%d hosts x %d), place_fleet"
-          % (services, hosts * per_host, hosts, per_host))
-    print()
-    print("| strategy | seconds | placed | fits | utilisation spread | warnings |")
-    print("|---|---|---|---|---|---|")
-    for strategy, seconds, summary in speed(hosts, per_host, services, args.seed):
-        print("| %s | %.2f | %d / %d | %s | %.4f | %d |" % (
-            strategy, seconds, summary["placed"], summary["services"], summary["fits"],
-            summary["utilization_stddev"], summary["warning_count"]))
+    started = time.perf_counter()
+    result = {
+        "benchmark": "placement", "quick": args.quick, "machine": _common.machine(),
+        "quality": quality(count, args.seed),
+        "references": reference_cases(),
+        "scale": scale(QUICK_SCALES if args.quick else SCALES, args.seed),
+    }
+    result["seconds"] = time.perf_counter() - started
+    _common.write_outputs(args, result, markdown(result))
+    wrong = sum(r["wrong_fits"] for r in result["quality"]["rows"])
     if wrong:
         print("\nERROR: %d fits reported where the exact solver found none" % wrong)
         return 1

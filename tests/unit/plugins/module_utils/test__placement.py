@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -629,12 +630,18 @@ def test_gb_formats_like_the_seeds():
     assert [gb(v) for v in (6963, 4094, 3582, 22221, 650)] == ["6.8", "4", "3.5", "21.7", "0.6"]
 
 
-def test_the_benchmark_quick_mode_runs():
-    """bench/placement.py --quick, so the benchmark cannot rot (the full run is not a test)."""
+def test_the_benchmarks_quick_modes_run():
+    """bench/run.py --quick: every benchmark's smoke mode, no lab, so none can rot (the full
+    runs are `make bench`, not tests)."""
     root = pathlib.Path(__file__).parents[4]
-    done = subprocess.run([sys.executable, str(root / "bench" / "placement.py"), "--quick"],
+    done = subprocess.run([sys.executable, str(root / "bench" / "run.py"), "--quick"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("placement", "switch", "facts"):
+        assert re.search(r"^%s\s+rc 0 " % name, done.stdout, re.M), done.stdout
     assert "| balanced |" in done.stdout
     assert "| baseline: binpack |" in done.stdout
+    assert "| seed's own layout | yes |" in done.stdout
+    assert "script 1 of 2 switches to ingestion" in done.stdout
+    assert re.search(r"^\| collector nvidia-smi \| 2 \| \d+\.\d \|", done.stdout, re.M)
     assert "ERROR" not in done.stdout
