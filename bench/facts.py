@@ -2,24 +2,25 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmark of the cost of facts per host: gpu_facts against setup, NVML against nvidia-smi.
 
-    python bench/facts.py              # lab-spark, the table in bench/README.md (1-2 minutes)
+    python bench/facts.py              # the table in bench/README.md (2-3 minutes)
     python bench/facts.py --runs 30    # more runs per kind
-    python bench/facts.py --quick      # no lab: both collectors in-process on the stand-ins
+    python bench/facts.py --quick      # no lab, no Ansible: both collectors in-process
 
-On the lab host (the real Ansible, the docker connection, the host's own python3):
+On lab host lab-spark (the real Ansible, the docker connection, the host's own python3):
+gpu_facts with backend nvml, setup (default subsets) and setup with gather_subset=min. The
+lab's nvidia-smi stand-in answers -L and --query-gpu but not -q -x, which gpu_facts reads, so
+the NVML / nvidia-smi comparison runs on this machine (connection local), on the stand-ins
+the integration tests use: the stand-in libnvidia-ml.so.1 (lab/nvml) and tests/stand_ins'
+nvidia-smi replaying a real H100 capture, one H100 each ("local:" rows).
   wall    one task as the controller times it (ansible.posix.json callback: task start to
           end), connection and module transfer included. The kinds are interleaved in one
           playbook, so drift on a noisy machine hits them alike.
-  module  the module alone on the host: the AnsiballZ file Ansible left there
-          (ANSIBLE_KEEP_REMOTE_FILES=1) run with the host's python3, timed on the host;
+  module  the module alone: the AnsiballZ file Ansible left behind
+          (ANSIBLE_KEEP_REMOTE_FILES=1) run with the same python, timed where it runs;
           interpreter start-up included, connection and controller excluded.
-Kinds: gpu_facts with backend nvml, gpu_facts with backend nvidia-smi (the lab's stand-in
-nvidia-smi, which prints what NVML reads), setup (default subsets) and setup with
-gather_subset=min.
 
---quick (no lab, a few seconds): the two collectors in-process, `_nvml.read_gpus` on the
-stand-in libnvidia-ml.so.1 (built with lab/nvml/build.sh) and `_nvidia_smi.collect` running
-the stand-in tool of tests/stand_ins on a real H100 capture, one H100 each.
+--quick (a few seconds): the two collectors in-process, `_nvml.read_gpus` on the stand-in
+library and `_nvidia_smi.collect` running the stand-in tool, one H100 each.
 """
 
 from __future__ import annotations
@@ -41,23 +42,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common
 
 HOST = "lab-spark"
-KINDS = (
+LAB_KINDS = (
     ("gpu_facts nvml", "gpufleet.inference.gpu_facts", {"backend": "nvml"}),
-    ("gpu_facts nvidia-smi", "gpufleet.inference.gpu_facts", {"backend": "nvidia-smi"}),
     ("setup", "ansible.builtin.setup", {}),
     ("setup min", "ansible.builtin.setup", {"gather_subset": ["min"]}),
 )
+LOCAL_KINDS = (
+    ("local: gpu_facts nvml", "gpufleet.inference.gpu_facts", {"backend": "nvml"}),
+    ("local: gpu_facts nvidia-smi", "gpufleet.inference.gpu_facts", {"backend": "nvidia-smi"}),
+)
+H100_CAPTURE = os.path.join(_common.ROOT, "tests", "fixtures", "nvidia-smi-captures",
+                            "linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01.txt")
+H100 = {"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559,
+        "uuid": "GPU-00000000-0000-0000-0000-000000000000", "pci_bus_id": "00000000:01:00.0",
+        "compute_capability": "9.0", "memory_used_mib": 0}
 REMOTE_TMP = "/root/.ansible/tmp"
 
 TIMER = r"""
 import json, subprocess, sys, time
-runs = int(sys.argv[1])
+runs, python = int(sys.argv[1]), sys.argv[2]
 out = {}
-for path in sys.argv[2:]:
+for path in sys.argv[3:]:
     times = []
     for _run in range(runs):
         started = time.perf_counter()
-        done = subprocess.run(["/usr/bin/python3", path], capture_output=True, text=True)
+        done = subprocess.run([python, path], capture_output=True, text=True)
         times.append(time.perf_counter() - started)
         result = json.loads(done.stdout[done.stdout.index("{"):])
         if done.returncode != 0 or result.get("failed"):
@@ -67,24 +76,24 @@ print(json.dumps(out))
 """
 
 
-def _playbook(directory, runs):
+def _playbook(directory, name, runs, kinds, play):
     tasks = []
     for run in range(1, runs + 1):
-        for label, module, args in KINDS:
+        for label, module, args in kinds:
             tasks.append({"name": "%s #%d" % (label, run), module: args})
-    path = os.path.join(directory, "facts-%d.yml" % runs)
+    path = os.path.join(directory, "%s-%d.yml" % (name, runs))
     with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump([{"name": "Facts cost", "hosts": HOST, "gather_facts": False,
-                         "tasks": tasks}], handle, sort_keys=False)
+        yaml.safe_dump([dict(play, name="Facts cost", gather_facts=False, tasks=tasks)],
+                       handle, sort_keys=False)
     return path
 
 
-def _ansible(playbook, **env):
+def _ansible(playbook, inventory, **env):
     run_env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(_common.ROOT, "ansible.cfg"),
                    ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", **env)
     done = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i",
-         os.path.join(_common.ROOT, "inventory", "lab"), playbook],
+        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
+         playbook],
         cwd=_common.ROOT, env=run_env, capture_output=True, text=True, check=False, timeout=600)
     if done.returncode != 0:
         raise RuntimeError("ansible-playbook %s failed (rc %d):\n%s\n%s" % (
@@ -98,45 +107,94 @@ def _seconds(duration):
     return (parse(duration["end"]) - parse(duration["start"])).total_seconds()
 
 
-def lab(runs):
-    with _common.lab_host(HOST), tempfile.TemporaryDirectory() as directory:
-        # 1. wall time per task, the kinds interleaved
-        report = _ansible(_playbook(directory, runs))
-        wall = {label: [] for label, _module, _args in KINDS}
-        size = {}
-        for task in report["plays"][0]["tasks"]:
-            label = task["task"]["name"].rsplit(" #", 1)[0]
-            result = task["hosts"][HOST]
-            if result.get("failed"):
-                raise RuntimeError("%s failed: %s" % (task["task"]["name"], result.get("msg")))
-            wall[label].append(_seconds(task["task"]["duration"]))
-            size[label] = len(json.dumps(result.get("ansible_facts", {}), sort_keys=True))
-        # 2. the modules alone: the AnsiballZ files of one run of each kind, in task order
-        _common.host_sh(HOST, "rm -rf %s/ansible-tmp-*" % REMOTE_TMP)
-        _ansible(_playbook(directory, 1), ANSIBLE_KEEP_REMOTE_FILES="1")
-        files = _common.host_sh(
-            HOST, "ls -1tr -d %s/ansible-tmp-*/AnsiballZ_*.py" % REMOTE_TMP).stdout.split()
-        if len(files) != len(KINDS):
-            raise RuntimeError("expected %d AnsiballZ files on %s, found %r"
-                               % (len(KINDS), HOST, files))
-        timed = json.loads(_common.host_sh(
-            HOST, "python3 - %d %s" % (runs, " ".join(files)), input_text=TIMER).stdout)
-        module = {label: timed[path] for (label, _m, _a), path in zip(KINDS, files)}
-        _common.host_sh(HOST, "rm -rf %s/ansible-tmp-*" % REMOTE_TMP)
+def _measure(directory, name, runs, kinds, play, inventory, host_name, shell, remote_tmp,
+             python):
+    """Rows of wall and module times of ``kinds`` on one host.
+
+    ``shell(script, input_text)`` runs a bash script where the modules run (the lab host, or
+    this machine); ``remote_tmp`` is where Ansible leaves the AnsiballZ files there.
+    """
+    # 1. wall time per task, the kinds interleaved
+    report = _ansible(_playbook(directory, name, runs, kinds, play), inventory,
+                      ANSIBLE_REMOTE_TMP=remote_tmp)
+    wall = {label: [] for label, _module, _args in kinds}
+    size = {}
+    for task in report["plays"][0]["tasks"]:
+        label = task["task"]["name"].rsplit(" #", 1)[0]
+        result = task["hosts"][host_name]
+        if result.get("failed"):
+            raise RuntimeError("%s failed: %s" % (task["task"]["name"], result.get("msg")))
+        wall[label].append(_seconds(task["task"]["duration"]))
+        size[label] = len(json.dumps(result.get("ansible_facts", {}), sort_keys=True))
+    # 2. the modules alone: the AnsiballZ files of one run of each kind, in task order
+    shell("rm -rf %s/ansible-tmp-*" % remote_tmp, None)
+    _ansible(_playbook(directory, name, 1, kinds, play), inventory,
+             ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=remote_tmp)
+    files = shell("ls -1tr -d %s/ansible-tmp-*/AnsiballZ_*.py" % remote_tmp, None).split()
+    if len(files) != len(kinds):
+        raise RuntimeError("expected %d AnsiballZ files in %s, found %r"
+                           % (len(kinds), remote_tmp, files))
+    timed = json.loads(shell("%s - %d %s %s" % (python, runs, python, " ".join(files)), TIMER))
+    shell("rm -rf %s/ansible-tmp-*" % remote_tmp, None)
     rows = []
-    for label, name, args in KINDS:
-        rows.append({"kind": label, "module": name, "args": args, "runs": len(wall[label]),
+    for (label, module, args), path in zip(kinds, files):
+        rows.append({"kind": label, "module": module, "args": args, "runs": len(wall[label]),
                      "wall_s": _common.median(wall[label]), "wall_runs": wall[label],
-                     "module_s": _common.median(module[label]), "module_runs": module[label],
+                     "module_s": _common.median(timed[path]), "module_runs": timed[path],
                      "facts_bytes": size.get(label)})
+    return rows
+
+
+def _lab_rows(directory, runs):
+    def shell(script, input_text):
+        return _common.host_sh(HOST, script, input_text=input_text).stdout
+    return _measure(directory, "lab", runs, LAB_KINDS, {"hosts": HOST},
+                    os.path.join(_common.ROOT, "inventory", "lab"), HOST, shell,
+                    REMOTE_TMP, "/usr/bin/python3")
+
+
+def _local_rows(directory, runs):
+    """gpu_facts through Ansible on this machine, on the stand-ins the integration tests
+    use: the stand-in libnvidia-ml.so.1 and tests/stand_ins' nvidia-smi, one H100 each."""
+    standin = _standin()
+    state = standin.NvmlState(os.path.join(directory, "nvml.state"))
+    state.write_gpus([H100], drain_delay=0)
+    lib_dir = os.path.join(directory, "lib")
+    standin.build_standin(lib_dir)
+    env = {"PATH": "%s:/usr/bin:/bin" % os.path.join(_common.ROOT, "tests", "stand_ins", "bin"),
+           "LD_LIBRARY_PATH": lib_dir, "GPUFLEET_NVML_STATE": state.path,
+           "GPUFLEET_FIXTURE_NVIDIA_SMI_CAPTURE": H100_CAPTURE}
+    remote_tmp = os.path.join(directory, "remote-tmp")
+    os.makedirs(remote_tmp)
+
+    def shell(script, input_text):
+        return subprocess.run(["bash", "-c", script], input=input_text, capture_output=True,
+                              text=True, check=True, timeout=600,
+                              env=dict(os.environ, **env)).stdout
+    play = {"hosts": "localhost", "connection": "local", "environment": env,
+            "vars": {"ansible_python_interpreter": sys.executable}}
+    return _measure(directory, "local", runs, LOCAL_KINDS, play, "localhost,", "localhost",
+                    shell, remote_tmp, sys.executable)
+
+
+def _standin():
+    sys.path.insert(0, _common.ROOT)
+    return importlib.import_module("tests.support.nvml_standin")
+
+
+def lab(runs):
+    with tempfile.TemporaryDirectory() as directory:
+        rows = _local_rows(directory, runs)
+        with _common.lab_host(HOST):
+            rows = _lab_rows(directory, runs) + rows
     setup = next(r for r in rows if r["kind"] == "setup")
-    nvml = next(r for r in rows if r["kind"] == "gpu_facts nvml")
     for row in rows:
         row["wall_x_setup"] = _common.ratio(row["wall_s"], setup["wall_s"])
         row["module_x_setup"] = _common.ratio(row["module_s"], setup["module_s"])
-        row["wall_x_nvml"] = _common.ratio(row["wall_s"], nvml["wall_s"])
-        row["module_x_nvml"] = _common.ratio(row["module_s"], nvml["module_s"])
-    return {"where": "lab host %s" % HOST, "rows": rows}
+        peer = rows[0] if not row["kind"].startswith("local") else rows[len(LAB_KINDS)]
+        row["wall_x_nvml"] = _common.ratio(row["wall_s"], peer["wall_s"])
+        row["module_x_nvml"] = _common.ratio(row["module_s"], peer["module_s"])
+    return {"where": "lab host %s, and this machine for the local: rows" % HOST, "rows": rows}
 
 
 def local(runs):
@@ -148,20 +206,15 @@ def local(runs):
     utils = "ansible_collections.gpufleet.inference.plugins.module_utils."
     _nvml = importlib.import_module(utils + "_nvml")
     _nvidia_smi = importlib.import_module(utils + "_nvidia_smi")
-    standin = importlib.import_module("tests.support.nvml_standin")
-    NvmlState, build_standin = standin.NvmlState, standin.build_standin
+    standin = _standin()
 
     stand_ins = os.path.join(_common.ROOT, "tests", "stand_ins", "bin")
-    capture = os.path.join(_common.ROOT, "tests", "fixtures", "nvidia-smi-captures",
-                           "linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01.txt")
+    capture = H100_CAPTURE
     with tempfile.TemporaryDirectory() as directory:
-        state = NvmlState(os.path.join(directory, "nvml.state"))
-        state.write_gpus([{"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559,
-                           "uuid": "GPU-00000000-0000-0000-0000-000000000000",
-                           "pci_bus_id": "00000000:01:00.0", "compute_capability": "9.0",
-                           "memory_used_mib": 0}], drain_delay=0)
+        state = standin.NvmlState(os.path.join(directory, "nvml.state"))
+        state.write_gpus([H100], drain_delay=0)
         os.environ["GPUFLEET_NVML_STATE"] = state.path
-        pynvml.nvmlLib = ctypes.CDLL(build_standin(directory))
+        pynvml.nvmlLib = ctypes.CDLL(standin.build_standin(directory))
         env = dict(os.environ, GPUFLEET_FIXTURE_NVIDIA_SMI_CAPTURE=capture, LANG="C")
 
         def run(argv):
@@ -211,10 +264,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true",
                         help="no lab: the collectors in-process on the stand-ins")
-    parser.add_argument("--runs", type=int, help="runs per kind (default 15, quick 2)")
+    parser.add_argument("--runs", type=int, help="runs per kind (default 7, quick 2)")
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
-    runs = args.runs or (2 if args.quick else 15)
+    runs = args.runs or (2 if args.quick else 7)
     started = time.perf_counter()
     data = local(runs) if args.quick else lab(runs)
     result = {"benchmark": "facts", "quick": args.quick, "machine": _common.machine(),

@@ -61,6 +61,7 @@ PROFILING = re.compile(r"AssertionError: Error in memory profiling")
 DRAINS = (0.5, 2.0, 5.0, 10.0, 15.0)
 STARTUPS = (0.5, 5.0)
 ROLE_DRAINS = (0.5, 15.0)
+BUDGET_S = 540
 
 PROBE = r"""
 import os, sys, time, urllib.request
@@ -211,6 +212,11 @@ def markdown(result):
                       result["machine"]["cpus"], result["machine"]["load"],
                       result["machine"]["commit"],
                       result["machine"]["date"], result.get("seconds") or 0))]
+    if result.get("skipped"):
+        parts += ["", "Not run, the time budget (%.0f s) being spent: %s." % (
+            result["settings"]["budget_s"], "; ".join(
+                "%s at start %g s, drain %g s" % (c["approach"], c["startup_s"], c["drain_s"])
+                for c in result["skipped"]))]
     return "\n".join(parts)
 
 
@@ -323,7 +329,9 @@ def cycle(approach, extra_vars, startup, drain, run):
 
 
 def run_lab(args):
-    legs = []
+    """The legs run, and the cycles left out because the time budget was spent."""
+    legs, skipped = [], []
+    deadline = time.time() + args.budget
     with _common.lab_host(HOST), tempfile.TemporaryDirectory() as directory:
         sh("cat > /root/bench-probe.py", input_text=PROBE)
         sh("rm -f /root/bench-probe.log; nohup python3 /root/bench-probe.py "
@@ -340,12 +348,17 @@ def run_lab(args):
                 for drain in args.drains:
                     set_drain_delay(drain)
                     for run in range(1, args.runs + 1):
-                        if drain in args.role_drains:
-                            legs += cycle("role", extra, startup, drain, run)
-                        legs += cycle("script", extra, startup, drain, run)
+                        approaches = (["role"] if drain in args.role_drains else []) + \
+                            ["script"]
+                        for approach in approaches:
+                            if time.time() > deadline:
+                                skipped.append({"approach": approach, "startup_s": startup,
+                                                "drain_s": drain, "run": run})
+                                continue
+                            legs += cycle(approach, extra, startup, drain, run)
         finally:
             sh("kill $(cat /root/bench-probe.log.pid) 2>/dev/null || true", check=False)
-    return legs
+    return legs, skipped
 
 
 # ---- smoke: a recorded timeline, no lab ---------------------------------------------------
@@ -398,18 +411,21 @@ def main(argv=None):
                         help="drain delays at which the role runs too (default %s)"
                         % ",".join(map(str, ROLE_DRAINS)))
     parser.add_argument("--runs", type=int, default=1, help="cycles per cell (default 1)")
+    parser.add_argument("--budget", type=float, default=BUDGET_S,
+                        help="seconds after which no new cycle starts (default %d); the "
+                        "cycles left out are listed" % BUDGET_S)
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    legs = smoke() if args.quick else run_lab(args)
+    legs, skipped = (smoke(), []) if args.quick else run_lab(args)
     result = {"benchmark": "switch", "quick": args.quick, "host": HOST,
               "machine": _common.machine(),
               "settings": {"drains": list(args.drains), "startups": list(args.startups),
                            "role_drains": list(args.role_drains), "runs": args.runs,
                            "vllm_command": VLLM_COMMAND, "vllm_load_s": LOAD_S,
                            "vllm_profile_s": PROFILE_S, "script_sleep_s": SCRIPT_SLEEP_S,
-                           "probe_interval_s": PROBE_INTERVAL},
-              "legs": legs, "cells": summarize(legs)}
+                           "probe_interval_s": PROBE_INTERVAL, "budget_s": args.budget},
+              "legs": legs, "cells": summarize(legs), "skipped": skipped}
     result["seconds"] = time.perf_counter() - started
     _common.write_outputs(args, result, markdown(result))
     return 0
