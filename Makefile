@@ -21,9 +21,10 @@ help:
 
 setup: venv link
 
-# Debian packages the checks need beyond the base machine: ansible-test's shellcheck test, and
-# systemd-analyze for the rendered units.
-SYSTEM_PACKAGES := shellcheck systemd
+# Debian packages the checks need beyond the base machine: ansible-test's shellcheck test,
+# systemd-analyze for the rendered units, and chromium with its driver for the fleet report's
+# browser test.
+SYSTEM_PACKAGES := shellcheck systemd chromium chromium-driver
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
@@ -33,10 +34,11 @@ system-deps:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements/test.txt requirements/render.txt requirements/router.txt \
-                    requirements/constraints.txt
+                    requirements/report.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/test.txt \
-	  -r requirements/render.txt -r requirements/router.txt -c requirements/constraints.txt
+	  -r requirements/render.txt -r requirements/router.txt -r requirements/report.txt \
+	  -c requirements/constraints.txt
 	touch $@
 
 link:
