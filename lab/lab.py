@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The simulated GPU lab: start, show and remove its hosts (lab/README.md).
@@ -7,6 +8,9 @@
   lab/lab.py down   [--hosts a,b]                                stop and remove hosts
   lab/lab.py image                                               build the images only
   lab/lab.py write-state HOST                                    rewrite a host's driver state
+  lab/lab.py up|down|status --fleet N      the generated fleet lab-fleet-01..N (beside the rest)
+  lab/lab.py inventory [--host H]          the running lab hosts as Ansible inventory JSON
+  ansible-playbook -i lab/lab.py ...       the same, as a script inventory (--list / --host)
 
 Each host is a container of the image lab/image/build.sh makes, named like the inventory
 host and labelled org.gpufleet.lab=<host>; only containers and volumes with that label are
@@ -170,6 +174,121 @@ def standin_env(hvars):
     return "".join("%s=%s\n" % (k, v) for k, v in sorted(timings.items()))
 
 
+# --- the generated fleet (lab.py up --fleet N) -----------------------------------------------
+
+FLEET_PREFIX = "lab-fleet-"
+FLEET_GROUP = "lab_fleet"
+# Small boxes as a fleet has them, cycled over lab-fleet-01..N: (GPU name, MiB as nvidia-smi
+# reports it, compute capability), or None for a CPU box.
+FLEET_BOXES = (
+    ("NVIDIA L4", 23034, "8.9"),
+    ("NVIDIA GeForce RTX 4090", 24564, "8.9"),
+    ("NVIDIA A10", 23028, "8.6"),
+    None,
+    ("Tesla T4", 15360, "7.5"),
+    ("NVIDIA RTX A4000", 16376, "8.6"),
+    ("NVIDIA L4", 23034, "8.9"),
+    ("NVIDIA GeForce RTX 4090", 24564, "8.9"),
+)
+FLEET_MAX = 64
+
+
+def fleet_name(index):
+    return "%s%02d" % (FLEET_PREFIX, index)
+
+
+def fleet_host_vars(name):
+    """The lab_gpus of a generated fleet host, from its number (the same on every call)."""
+    suffix = name[len(FLEET_PREFIX):] if name.startswith(FLEET_PREFIX) else ""
+    if not suffix.isdigit() or not 1 <= int(suffix) <= FLEET_MAX:
+        raise LabError("not a fleet host name (%s01..%02d): %s" % (FLEET_PREFIX, FLEET_MAX, name))
+    index = int(suffix)
+    box = FLEET_BOXES[(index - 1) % len(FLEET_BOXES)]
+    if box is None:
+        return {"lab_gpus": []}
+    gpu_name, memory_mib, capability = box
+    return {"lab_gpus": [{
+        "name": gpu_name,
+        "memory_mib": memory_mib,
+        "uuid": "GPU-f1ee7000-0000-4000-8000-%012d" % index,
+        "compute_capability": capability,
+        "pci_bus_id": "00000000:01:00.0",
+        "memory_reserved_mib": 256,
+    }]}
+
+
+def fleet_hosts(inv_dir, count):
+    """{host: vars} of lab-fleet-01..count, with the lab group's variables like every lab host."""
+    if not 1 <= count <= FLEET_MAX:
+        raise LabError("--fleet must be 1-%d; got: %d" % (FLEET_MAX, count))
+    hosts = {}
+    for index in range(1, count + 1):
+        merged = fleet_host_vars(fleet_name(index))
+        for group in ("lab", "all"):
+            _merge_group_vars(inv_dir, group, merged)
+        hosts[fleet_name(index)] = merged
+    return hosts
+
+
+def _group_vars(inv_dir, group):
+    merged = {}
+    _merge_group_vars(inv_dir, group, merged)
+    return merged
+
+
+def _gpu_group(gpu_name):
+    """gpu_<model>, the group of that GPU's hosts: NVIDIA GeForce RTX 4090 -> gpu_geforce_rtx_4090."""
+    slug = "".join(c if c.isalnum() else "_" for c in gpu_name.lower()).strip("_")
+    while "__" in slug:
+        slug = slug.replace("__", "_")
+    if slug.startswith("nvidia_"):
+        slug = slug[len("nvidia_"):]
+    return "gpu_" + slug
+
+
+def expected_gpus(lab_gpus):
+    """What a lab host declares (gpufleet_expected_gpus): the GPUs the lab gave it."""
+    return {
+        "count": len(lab_gpus),
+        "names": [gpu["name"] for gpu in lab_gpus],
+        "min_memory_mib": min((int(gpu["memory_mib"]) for gpu in lab_gpus), default=0),
+    }
+
+
+def inventory_json(inv_dir, running):
+    """Ansible's script-inventory JSON (--list) of the running lab hosts.
+
+    Groups: lab (every host, with inventory/lab/group_vars/lab.yml), lab_fleet (the generated
+    hosts), gpu_<model> for each GPU model and gpu_none for hosts without a GPU. Host
+    variables: lab_gpus and gpufleet_expected_gpus (what the lab gave the host).
+    """
+    static = load_inventory(inv_dir)
+    groups = {"lab": [], FLEET_GROUP: []}
+    hostvars = {}
+    for host in sorted(running):
+        if host in static:
+            lab_gpus = static[host].get("lab_gpus") or []
+        elif host.startswith(FLEET_PREFIX):
+            lab_gpus = fleet_host_vars(host)["lab_gpus"]
+            groups[FLEET_GROUP].append(host)
+        else:
+            continue  # a lab container this inventory does not describe
+        groups["lab"].append(host)
+        hostvars[host] = {"lab_gpus": lab_gpus, "gpufleet_expected_gpus": expected_gpus(lab_gpus)}
+        for group in sorted({_gpu_group(gpu["name"]) for gpu in lab_gpus} or {"gpu_none"}):
+            groups.setdefault(group, []).append(host)
+    out = {"_meta": {"hostvars": hostvars}, "all": {"children": sorted(groups)}}
+    for group, hosts in sorted(groups.items()):
+        out[group] = {"hosts": hosts}
+    out["lab"]["vars"] = dict(_group_vars(inv_dir, "all"), **_group_vars(inv_dir, "lab"))
+    return out
+
+
+def running_lab_hosts():
+    proc = docker("ps", "--filter", "label=%s" % LABEL, "--format", "{{.Names}}")
+    return sorted(proc.stdout.decode().split())
+
+
 # --- the hosts ---------------------------------------------------------------------------------
 
 
@@ -215,6 +334,15 @@ def write_file(host, path, text, mode="0644"):
     )
 
 
+LAB_UNIT_ACCESS = """
+getent group render >/dev/null || groupadd -r render
+for unit in ollama vllm; do
+  mkdir -p /etc/systemd/system/$unit@.service.d
+  printf '[Service]\\nReadWritePaths=-%s\\n' > /etc/systemd/system/$unit@.service.d/gpufleet-lab.conf
+done
+""" % HOST_PROCS
+
+
 def configure(host, hvars):
     """Driver state, stand-in settings, NVML library and hook (GPU hosts only), then the engine."""
     gpus = hvars.get("lab_gpus") or []
@@ -225,11 +353,12 @@ def configure(host, hvars):
             host,
             """
             mkdir -p %s
+            chgrp video %s && chmod 1775 %s
             ln -sf /opt/gpufleet-lab/nvml/libnvidia-ml.so.1 /usr/lib/x86_64-linux-gnu/
             ln -sf /opt/gpufleet-lab/hook/nvidia-container-runtime-hook /usr/local/bin/
             ldconfig
         """
-            % HOST_PROCS,
+            % (HOST_PROCS, HOST_PROCS, HOST_PROCS),
         )
     else:
         dexec(
@@ -237,6 +366,10 @@ def configure(host, hvars):
             "rm -f %s /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 "
             "/usr/local/bin/nvidia-container-runtime-hook; ldconfig" % STATE,
         )
+    # What a real GPU box has for the hardened units (systemd_units role): a `render` group, and
+    # (stand-in driver only) write access for the video group where it counts VRAM; a real
+    # driver needs /dev/nvidia*, which ProtectSystem=strict leaves alone.
+    dexec(host, LAB_UNIT_ACCESS)
     dexec(host, "touch /etc/gpufleet-lab/configured; systemctl start docker.service")
 
 
@@ -392,18 +525,29 @@ def parallel(fn, items):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["--list"], ["--host"]):
+        # Called as a script inventory (ansible -i lab/lab.py): --list, or --host HOST.
+        argv = ["inventory", *argv]
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
-    parser.add_argument("command", choices=["up", "down", "status", "image", "write-state"])
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "image", "write-state", "inventory"]
+    )
     parser.add_argument("host", nargs="?")
     parser.add_argument("--inventory", default=os.path.join(ROOT, "inventory", "lab"))
     parser.add_argument("--hosts", help="comma-separated subset of the inventory's hosts")
+    parser.add_argument(
+        "--fleet", type=int, default=0, help="up/down/status: the generated hosts lab-fleet-01..N"
+    )
     parser.add_argument("--recreate", action="store_true", help="up: replace running hosts")
     parser.add_argument("--json", action="store_true", help="status: JSON")
+    parser.add_argument("--list", action="store_true", help="inventory: every running host")
+    parser.add_argument("--host", dest="inventory_host", help="inventory: one host's variables")
     args = parser.parse_args(argv)
 
     if "DOCKER_HOST" not in os.environ:
-        # Looking (status, down) never starts an engine; up and image may.
-        looking = args.command in ("status", "down")
+        # Looking (status, down, inventory) never starts an engine; up and image may.
+        looking = args.command in ("status", "down", "inventory")
         engine = subprocess.run(
             [os.path.join(LAB, "engine.sh"), "ensure"],
             check=False,
@@ -412,14 +556,33 @@ def main(argv=None):
             env=dict(os.environ, GPUFLEET_LAB_NO_START="1" if looking else "0"),
         )
         if engine.returncode == 3:
-            print("engine: none running: the lab is down")
+            if args.command == "inventory":
+                print(json.dumps({} if args.inventory_host else {"_meta": {"hostvars": {}}}))
+            else:
+                print("engine: none running: the lab is down")
             return 0
         if engine.returncode != 0:
             print("lab: %s" % engine.stderr.strip(), file=sys.stderr)
             return 1
         os.environ["DOCKER_HOST"] = engine.stdout.strip()
+    if args.command == "inventory":
+        try:
+            out = inventory_json(args.inventory, running_lab_hosts())
+        except LabError as exc:
+            print("lab: %s" % exc, file=sys.stderr)
+            return 1
+        if args.inventory_host:
+            out = out["_meta"]["hostvars"].get(args.inventory_host, {})
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return 0
     inventory = load_inventory(args.inventory)
-    chosen = args.hosts.split(",") if args.hosts else sorted(inventory)
+    try:
+        fleet = fleet_hosts(args.inventory, args.fleet) if args.fleet else {}
+    except LabError as exc:
+        print("lab: %s" % exc, file=sys.stderr)
+        return 1
+    inventory.update(fleet)
+    chosen = args.hosts.split(",") if args.hosts else sorted(fleet or inventory)
     unknown = [h for h in chosen if h not in inventory]
     try:
         if unknown and args.command in ("up", "write-state"):
@@ -442,13 +605,17 @@ def main(argv=None):
                 % (len(chosen), time.time() - t0, os.environ["DOCKER_HOST"])
             )
         elif args.command == "down":
-            hosts = chosen if args.hosts else sorted(set(lab_containers()) | set(inventory))
+            hosts = (
+                chosen
+                if args.hosts or fleet
+                else sorted(set(lab_containers()) | set(inventory))
+            )
             done, errors = parallel(down_host, [(h,) for h in hosts])
             print("lab down: %s" % (", ".join(sorted(done)) or "nothing to remove"))
             if errors:
                 raise LabError("; ".join(errors))
         elif args.command == "status":
-            hosts = sorted(set(lab_containers()) | set(chosen))
+            hosts = chosen if fleet else sorted(set(lab_containers()) | set(chosen))
             rows, errors = parallel(host_status, [(h,) for h in hosts])
             rows.sort(key=lambda r: r["host"])
             if args.json:

@@ -25,7 +25,15 @@ FIELDS = {
     "memory.used": lambda i, h: mem(h, "used"),
     "memory.free": lambda i, h: mem(h, "free"),
     "driver_version": lambda i, h: pynvml.nvmlSystemGetDriverVersion(),
+    "persistence_mode": lambda i, h: persistence(h),
 }
+
+
+def persistence(handle):
+    try:
+        return "Enabled" if pynvml.nvmlDeviceGetPersistenceMode(handle) else "Disabled"
+    except pynvml.NVMLError:
+        return "[N/A]"
 
 
 def mem(handle, key):
@@ -57,6 +65,10 @@ def main(argv):
     elif query:
         fmt = ",".join(a.split("=", 1)[1] for a in argv if a.startswith("--format="))
         keys = [k.strip() for k in query[0].split(",")]
+        unknown = [k for k in keys if k not in FIELDS]
+        if unknown:  # what the real tool says (and its exit status)
+            print('Field "%s" is not a valid field to query.' % unknown[0])
+            return 2
         if "noheader" not in fmt:
             print(
                 ", ".join(

@@ -107,7 +107,7 @@ def from_plan(services_plan, runtime="compose"):
     return out
 
 
-def _detail(check, answer):
+def _detail(check, answer, on_gpu=True):
     status = answer.get("status")
     if status != 200:
         return False, ("HTTP %s %s" % (status, (answer.get("msg") or "")[:80])).strip()
@@ -115,6 +115,8 @@ def _detail(check, answer):
     if check == "ps":
         models = (body or {}).get("models") or []
         partial = [m["name"] for m in models if m.get("size_vram", 0) < m.get("size", 0)]
+        if not on_gpu:  # no GPU placed: the models run on the CPU, as they should
+            return True, "%d loaded (CPU)" % len(models)
         if partial:
             return False, "partly on CPU: %s" % ", ".join(partial)
         return True, "%d loaded" % len(models)
@@ -143,7 +145,7 @@ def report(services, answers, gpus):
         checks = []
         for call, answer in zip(calls, answers):
             if call["service"] == svc["name"]:
-                ok, detail = _detail(call["check"], answer)
+                ok, detail = _detail(call["check"], answer, svc.get("gpu") is not None)
                 checks.append(dict(check=call["check"], ok=ok, detail=detail))
         held = None
         if svc.get("gpu") is not None:

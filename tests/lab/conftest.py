@@ -168,3 +168,29 @@ def ws(lab):
 @pytest.fixture()
 def cpu(lab):
     return lab["lab-cpu"]
+
+
+DUAL_HOSTS = ("lab-dual", "lab-cpu")
+
+
+@pytest.fixture(scope="session")
+def dual_lab():
+    """Start lab-dual and lab-cpu, yield {name: Host}; remove them afterwards.
+
+    The tests of apply.yml and site.yml use them (never lab-ws or lab-spark, which other
+    tests use).
+    """
+    os.environ["DOCKER_HOST"] = _docker_host()
+    hosts = ",".join(DUAL_HOSTS)
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, os.path.join(LAB, "lab.py"), "up", "--hosts", hosts],
+                          check=False, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, "lab up failed:\n%s\n%s" % (proc.stdout, proc.stderr)
+    sys.stderr.write("lab up (%s) in %.1f s\n" % (hosts, time.time() - t0))
+    dual = Host("lab-dual")
+    # The catalog's vision image is gpufleet/vision; the lab ships it as gpufleet-lab/vision.
+    dual.sh("docker tag gpufleet-lab/vision:latest gpufleet/vision:latest")
+    yield {name: Host(name) for name in DUAL_HOSTS}
+    if os.environ.get("GPUFLEET_LAB_KEEP") != "1":
+        subprocess.run([sys.executable, os.path.join(LAB, "lab.py"), "down", "--hosts", hosts],
+                       check=False, capture_output=True, timeout=300)

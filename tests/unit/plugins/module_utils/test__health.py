@@ -127,3 +127,11 @@ def test_from_plan_systemd_checks_only_the_instances():
 def test_from_plan_bad_input(plan, runtime, message):
     with pytest.raises(ValueError, match=message):
         _health.from_plan(plan, runtime)
+
+
+def test_ollama_without_a_gpu_may_run_its_models_on_the_cpu():
+    svc = dict(OLLAMA, gpu=None)
+    result = _health.report([svc], [ok(), ok({"models": [{"name": "q", "size": 10,
+                                                           "size_vram": 0}]})], GPUS)
+    assert result["healthy"], result
+    assert result["services"][0]["checks"][1]["detail"] == "1 loaded (CPU)"

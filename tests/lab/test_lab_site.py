@@ -1,0 +1,121 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""site.yml from the repository root on the lab's dual box and CPU box (issue: operations).
+
+`ansible-playbook site.yml -e dual_gpu_mode=<mode>` converges lab-dual in each seed-000 mode
+(preflight summary, placement, compose apply and verify, health table, router config); a second
+run changes nothing; the mode is remembered in the host's .env; lab-cpu converges in the same
+runs (profile cpu, whatever the mode).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from dual import MODES, PROJECT, apply, assert_compose_state, clear_systemd
+
+SITE = "site.yml"
+LIMIT = "lab-dual,lab-cpu"
+# Planted in the router's keys: it may appear only in the 0600 files that hold keys.
+SECRET = "sk-gpufleet-planted-7d1c2f9a"
+
+
+def host_json(host, path):
+    return json.loads(host.sh("cat %s" % path).stdout)
+
+
+def run_site(tmp_path, extra, *args):
+    """site.yml on both boxes at once; asserts it succeeded; returns (output, recap)."""
+    rc, out, recap = apply(tmp_path, LIMIT, extra, *args, playbook=SITE)
+    assert rc == 0, out
+    assert set(recap) == {"lab-dual", "lab-cpu"}, out
+    return out, recap
+
+
+@pytest.mark.parametrize("mode", ["vllm", "ollama", "mixed"])
+def test_site_converges_the_dual_and_the_cpu_box(dual_lab, tmp_path, mode):
+    """First run, then a second one that changes nothing (and in mixed: without -e, the mode
+    comes from the host's .env; then check mode). The vllm run plants a router key."""
+    dual, cpu = dual_lab["lab-dual"], dual_lab["lab-cpu"]
+    clear_systemd(dual)
+    extra = {"dual_gpu_mode": mode}
+    if mode == "vllm":
+        extra["router_api_keys"] = {"ollama": SECRET}
+    out, recap = run_site(tmp_path, extra, *(("-v", "--diff") if mode == "vllm" else ()))
+    assert_first_run(out, dual, mode)
+    if mode == "vllm":
+        assert_secret_kept(out, dual)
+    again, recap = run_site(tmp_path, {} if mode == "mixed" else extra)
+    assert [recap[name][1] for name in ("lab-dual", "lab-cpu")] == [0, 0], again
+    if mode == "mixed":
+        assert "DUAL_GPU_MODE=mixed" in again
+        again, recap = run_site(tmp_path, extra, "--check")
+        assert [recap[name][1] for name in ("lab-dual", "lab-cpu")] == [0, 0], again
+        assert_vllm_loaded_before_ollama(dual)
+    assert_compose_state(dual, MODES[mode])
+    assert_cpu_box(cpu, out)
+
+
+def assert_first_run(out, host, mode):
+    # Preflight: one summary block with the download total of this profile and mode.
+    assert "Profile: dual-gpu (recommended: dual-gpu, 2 GPU(s)), DUAL_GPU_MODE=%s" % mode in out
+    total = re.search(r"Total first-run: ~([\d.]+) GB", out)
+    assert total, out
+    # vLLM's image (10 GB) is downloaded only in the modes that run it (seed 000's table).
+    assert (float(total.group(1)) > 10) == (mode != "ollama"), total.group(0)
+    # Health: the table of every service of the plan, all healthy.
+    assert "lab-dual: HEALTHY" in out, out
+    for name in MODES[mode]:
+        assert re.search(r"\b%s\s+\S+\s+healthy\b" % name, out), (name, out)
+    env = host.sh("cat %s/.env" % PROJECT).stdout
+    assert "DUAL_GPU_MODE=%s" % mode in env
+    assert "COMPOSE_PROFILES=dual-gpu,dual-gpu-%s" % mode in env
+    record = host_json(host, "/etc/gpufleet/apply.json")
+    assert record["result"] == "ok" and record["runtime"] == "compose"
+    assert record["services"] == sorted(MODES[mode]), record
+    # Router: seed 000's llm.yaml follows the mode (vllm_research only where vLLM runs).
+    text = json.dumps(yaml.safe_load(host.sh("cat /opt/gpufleet/config/llm.yaml").stdout))
+    assert ("vllm_research" in text) == (mode != "ollama"), text
+    assert ("ollama_research" in text) == (mode != "vllm"), text
+
+
+def assert_secret_kept(out, host):
+    """The planted key is in no output (-v --diff) and only in files of mode 0600/0640."""
+    assert SECRET not in out
+    holders = host.sh("grep -rlF %s /opt/gpufleet /etc/gpufleet /etc/systemd/system || true"
+                      % SECRET).stdout.split()
+    assert holders, "the key was written nowhere"
+    for path in holders:
+        mode = host.sh("stat -c %%a %s" % path).stdout.strip()
+        assert mode in ("600", "640"), (path, mode)
+
+
+def assert_vllm_loaded_before_ollama(host):
+    """Mixed: Ollama next to vLLM keeps its model (no unload in vLLM's profiling window), and
+    vLLM finished profiling before Ollama loaded on GPU 1 (docker's own log timestamps)."""
+    info = json.loads(host.sh("docker inspect gpufleet-ollama_research-1").stdout)[0]
+    assert "OLLAMA_KEEP_ALIVE=-1" in info["Config"]["Env"], info["Config"]["Env"]
+    vllm_ready = first_log_stamp(host, "gpufleet-vllm-1", "Application startup complete")
+    ollama_loaded = first_log_stamp(host, "gpufleet-ollama_research-1", "loaded model")
+    assert vllm_ready < ollama_loaded, (vllm_ready, ollama_loaded)
+
+
+def first_log_stamp(host, container, needle):
+    """RFC 3339 time (docker logs -t) of the first log line of container holding needle."""
+    lines = host.sh("docker logs -t %s 2>&1" % container).stdout.splitlines()
+    stamps = [line.split()[0] for line in lines if needle in line]
+    assert stamps, (container, needle, lines[-20:])
+    return stamps[0]
+
+
+def assert_cpu_box(host, out):
+    assert "Profile: cpu (recommended: cpu, 0 GPU(s))" in out, out
+    assert "lab-cpu: HEALTHY" in out, out
+    running = set(host.sh("docker ps --format '{{.Names}}'").stdout.split())
+    assert running == {"gpufleet-ollama-1", "gpufleet-docling-1"}
+    status, payload = host.http("http://127.0.0.1:11434/api/ps")
+    assert status == 200, payload
+    assert [(m["name"], m["size_vram"]) for m in payload["models"]] == [("llama3.2:3b", 0)]
