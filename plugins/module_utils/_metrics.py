@@ -103,8 +103,9 @@ def samples(entry):
         out.append(("gpufleet_mode_info", (("mode", mode["mode"]),
                                            ("outcome", mode["outcome"] or "")), 1))
     if entry["profile"]:
+        dual = entry["dual_gpu_mode"] if entry["profile"] == "dual-gpu" else None
         out.append(("gpufleet_profile_info", (("profile", entry["profile"]),
-                                              ("dual_gpu_mode", entry["dual_gpu_mode"] or "")), 1))
+                                              ("dual_gpu_mode", dual or "")), 1))
     if mode:
         if mode["downtime_s"] is not None:
             out.append(("gpufleet_last_switch_duration_seconds", (), mode["downtime_s"]))

@@ -393,8 +393,10 @@ def _host_badges(entry):
 
 
 def _facts(entry):
-    items = [("mode", _mode_word(entry))]
+    items = []
     mode = entry["mode"]
+    if mode and mode["mode"]:
+        items.append(("mode", mode["mode"]))
     if mode:
         if mode["outcome"]:
             items.append(("last switch", mode["outcome"]))
@@ -406,13 +408,15 @@ def _facts(entry):
             items.append(("drain", "%.1f s" % mode["drain_s"]))
     if entry["profile"]:
         items.append(("profile", entry["profile"]))
-    if entry["dual_gpu_mode"]:
+    if entry["dual_gpu_mode"] and entry["profile"] == "dual-gpu":
         items.append(("dual-GPU mode", entry["dual_gpu_mode"]))
     applied = entry["apply"]
     if applied["finished_at"]:
         items.append(("applied at", applied["finished_at"]))
     if applied["runtime"]:
         items.append(("runtime", applied["runtime"]))
+    if not items:
+        return ""
     return '<p class="facts">%s</p>' % " &middot; ".join(
         "%s <b>%s</b>" % (_e(k), _e(v)) for k, v in items)
 
@@ -429,7 +433,7 @@ def _service_rows(services):
         budget = _mib(s["vram_budget_mib"]) if s["placed"] else "-"
         if s["adjusted"]:
             budget += " (cut)"
-        held = _mib(s["vram_used_mib"])
+        held = "-" if s["vram_used_mib"] is None and not s["placed"] else _mib(s["vram_used_mib"])
         if s["over_budget"]:
             held += " over budget"
         rows.append('<tr class="service%s" data-service="%s"><td>%s</td><td>%s</td><td>%s</td>'

@@ -1,0 +1,223 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet report's model, text table and HTML page, on data shaped as the lab gives it."""
+
+from __future__ import annotations
+
+import copy
+import html.parser
+import json
+import pathlib
+import re
+
+import pytest
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _report
+
+FIXTURE = pathlib.Path(__file__).parents[2] / "fixtures" / "report" / "fleet.json"
+HOSTS = json.loads(FIXTURE.read_text())["hosts"]
+
+
+def hosts():
+    return copy.deepcopy(HOSTS)
+
+
+def by_host(model):
+    return {entry["host"]: entry for entry in model["hosts"]}
+
+
+class _Page(html.parser.HTMLParser):
+    """Collects the text and the attributes of the page, and checks that tags balance."""
+
+    VOID = {"meta", "br", "img", "hr", "input", "link"}
+
+    def __init__(self):
+        super().__init__()
+        self.text, self.attrs, self.stack = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.attrs.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, "unbalanced </%s> in %s" % (tag, self.stack)
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(page):
+    parser = _Page()
+    parser.feed(page)
+    parser.close()
+    assert parser.stack == []
+    return parser
+
+
+def test_model_splits_each_gpu_into_ours_others_and_free():
+    ws = by_host(_report.fleet(hosts()))["lab-ws"]
+    a5500, a400 = ws["gpus"]
+    # ollama 2500 + vision 1800 are ours; Xorg 250 and the driver's reserved 309 are others'.
+    assert (a5500["ours_mib"], a5500["others_mib"], a5500["memory_free_mib"]) == (4300, 559, 19705)
+    assert a5500["ours_mib"] + a5500["others_mib"] + a5500["memory_free_mib"] == 24564
+    assert a5500["services"] == ["ollama", "vision"] and a5500["budgets_mib"] == 2963 + 2315
+    assert (a400["ours_mib"], a400["others_mib"], a400["memory_free_mib"]) == (3100, 90, 904)
+    assert a400["services"] == ["ollama_research"]
+
+
+def test_model_of_the_recorded_mode_and_apply():
+    ws = by_host(_report.fleet(hosts()))["lab-ws"]
+    assert ws["mode"] == {"mode": "chat", "outcome": "switched",
+                          "switched_at": "2026-11-22T08:40:12.512345+00:00",
+                          "downtime_s": 7.42, "drain_s": 3.1}
+    assert ws["apply"]["result"] == "ok" and ws["apply"]["changed"] is True
+    cpu = by_host(_report.fleet(hosts()))["lab-cpu"]
+    assert cpu["mode"] is None and cpu["apply"]["changed"] is None
+
+
+def test_over_budget_service_is_flagged_and_warned():
+    ws = by_host(_report.fleet(hosts()))["lab-ws"]
+    research = next(s for s in ws["services"] if s["name"] == "ollama_research")
+    assert research["over_budget"] and research["failed_checks"] == ["vram: 3100 of 2963 MiB"]
+    assert "ollama_research holds 3100 MiB, over its budget of 2963 MiB" in ws["warnings"]
+    assert ws["healthy"] is False and ws["unhealthy"] == ["ollama_research"]
+
+
+def test_over_committed_gpu_is_warned():
+    data = hosts()
+    for service in data[0]["plan"]["services"]:
+        if service["name"] == "ollama_research":
+            service["placement"]["vram_budget_mib"] = 5000
+    ws = by_host(_report.fleet(data))["lab-ws"]
+    assert ws["gpus"][1]["overcommitted"]
+    assert ("GPU 1 (NVIDIA RTX A400) is over-committed: budgets 5000 MiB > total 4094 MiB"
+            in ws["warnings"])
+
+
+def test_cpu_host_has_no_gpu_and_its_services_are_unplaced():
+    cpu = by_host(_report.fleet(hosts()))["lab-cpu"]
+    assert cpu["gpus"] == [] and cpu["profile"] == "cpu"
+    assert [(s["name"], s["placed"], s["healthy"]) for s in cpu["services"]] == [
+        ("ollama", False, True), ("docling", False, True)]
+    assert cpu["warnings"][0].startswith("No GPU found")
+
+
+def test_failed_and_unreachable_hosts_are_kept():
+    model = _report.fleet(hosts())
+    entries = by_host(model)
+    assert entries["lab-dual"]["status"] == "failed"
+    assert "vram_budget_mib must be > 0" in entries["lab-dual"]["error"]
+    assert entries["lab-gone"]["status"] == "unreachable"
+    assert entries["lab-gone"]["apply"]["result"] == "unknown"
+    assert model["totals"] == {"hosts": 4, "reachable": 2, "gpus": 2,
+                               "memory_total_mib": 24564 + 4094,
+                               "memory_free_mib": 19705 + 904,
+                               "unhealthy_hosts": ["lab-ws", "lab-dual", "lab-gone"]}
+
+
+def test_unknown_memory_gives_no_split():
+    data = [{"host": "odd", "gpus": [{"index": 0, "name": "GPU", "memory_total_mib": None,
+                                      "memory_used_mib": None, "memory_free_mib": None}]}]
+    gpu = _report.fleet(data)["hosts"][0]["gpus"][0]
+    assert (gpu["held_mib"], gpu["others_mib"], gpu["memory_free_mib"]) == (None, None, None)
+    assert "ours 0 + others ?, free ? of ? MiB" in "\n".join(_report.table(data))
+    assert 'style="width:0.00%"' in _report.html_page(data)
+
+
+def test_failed_apply_is_a_warning():
+    data = hosts()
+    data[1]["apply"] = {"result": "rolled_back", "finished_at": None, "runtime": "compose"}
+    assert "last apply rolled back" in by_host(_report.fleet(data))["lab-cpu"]["warnings"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda h: h.__setitem__(0, "lab-ws"), "hosts[0] must be a dict; got: 'lab-ws'"),
+    (lambda h: h[0].__setitem__("host", ""), "hosts[0].host must be a non-empty string; got: ''"),
+    (lambda h: h[1].__setitem__("status", "down"),
+     "hosts[1].status must be one of ok, failed, unreachable; got: 'down'"),
+    (lambda h: h[0]["gpus"][1].__setitem__("memory_total_mib", "4 GB"),
+     "hosts[0].gpus[1].memory_total_mib must be a number or null; got: '4 GB'"),
+    (lambda h: h[0].__setitem__("apply", {"result": "maybe"}),
+     "hosts[0].apply.result must be one of ok, rolled_back, failed, unknown; got: 'maybe'"),
+    (lambda h: h[0]["mode"].__setitem__("downtime_s", "slow"),
+     "hosts[0].mode.downtime_s must be a number or null; got: 'slow'"),
+    (lambda h: h[0].__setitem__("managed_processes", "ollama"),
+     "hosts[0].managed_processes must be a list of patterns; got: 'ollama'"),
+    (lambda h: h[1].__setitem__("host", "lab-ws"),
+     "hosts must name each host once; got twice: lab-ws"),
+])
+def test_bad_input_names_the_field(mutate, message):
+    data = hosts()
+    mutate(data)
+    with pytest.raises(ValueError) as err:
+        _report.fleet(data)
+    assert str(err.value) == message
+
+
+def test_hosts_must_be_a_list():
+    with pytest.raises(ValueError, match=r"^hosts must be a list of host entries; got: 'lab-ws'$"):
+        _report.fleet("lab-ws")
+
+
+def test_table():
+    lines = _report.table(hosts())
+    assert re.match(r"^HOST\s+STATE\s+HEALTH\s+MODE\s+APPLY\s+GPUS\s+WARNINGS$", lines[0])
+    assert re.match(r"^lab-ws\s+ok\s+UNHEALTHY\s+chat\s+ok\s+2\s+1$", lines[1])
+    assert lines[2] == ("  GPU 0 NVIDIA RTX A5500: ours 4300 + others 559, free 19705 of 24564 "
+                        "MiB; ollama 2963, vision 2315")
+    assert lines[3] == ("  GPU 1 NVIDIA RTX A400: ours 3100 + others 90, free 904 of 4094 MiB; "
+                        "ollama_research 2963")
+    assert lines[4] == "  no GPU: docling"
+    assert re.match(r"^lab-gone\s+unreachable\s+UNREACHABLE\s+-\s+unknown\s+0\s+0$", lines[-3])
+    assert lines[-1] == ("4 host(s), 2 reachable, 2 GPU(s), 20609 of 28658 MiB free; needing "
+                         "attention: lab-ws, lab-dual, lab-gone")
+    # The model itself is accepted too.
+    assert _report.table(_report.fleet(hosts())) == lines
+
+
+def test_page_is_self_contained_and_lists_every_host_and_gpu():
+    page = _report.html_page(hosts(), generated_at="2026-11-22T09:00:00+00:00")
+    parsed = parse(page)
+    tags = {tag for tag, _attrs in parsed.attrs}
+    assert "script" not in tags and "link" not in tags and "img" not in tags
+    assert not re.search(r"(src|href)=|url\(|@import|https?://", page)
+    sections = [a["data-host"] for tag, a in parsed.attrs if a.get("class") == "host"]
+    assert sections == ["lab-ws", "lab-cpu", "lab-dual", "lab-gone"]
+    bars = [(a["data-host"], a["data-gpu"]) for tag, a in parsed.attrs
+            if a.get("class") == "vram-bar"]
+    assert bars == [("lab-ws", "0"), ("lab-ws", "1")]
+    widths = [a["style"] for tag, a in parsed.attrs if a.get("class", "").startswith("seg ")]
+    # 4300, 559 and 19705 of 24564 MiB; 3100, 90 and 904 of 4094 MiB.
+    assert widths == ["width:17.51%", "width:2.28%", "width:80.22%",
+                      "width:75.72%", "width:2.20%", "width:22.08%"]
+    text = " ".join(parsed.text)
+    assert "generated 2026-11-22T09:00:00+00:00" in text
+    assert "3100 over budget" in text and "unhealthy: vram: 3100 of 2963 MiB" in text
+    assert "no GPU" in text and "unreachable" in text
+
+
+def test_everything_from_hosts_is_escaped():
+    data = hosts()
+    evil = '<script>alert("x")</script>&'
+    data[0]["host"] = "ws<b>"
+    data[0]["gpus"][0]["name"] = evil
+    data[0]["gpu_warnings"] = [evil]
+    data[0]["plan"]["services"][0]["name"] = '"><img src=x onerror=alert(1)>'
+    data[0]["health"]["services"][0]["service"] = '"><img src=x onerror=alert(1)>'
+    data[2]["error"] = "</div><script>steal()</script>"
+    data[0]["mode"]["mode"] = "<i>chat</i>"
+    page = _report.html_page(data, title="<title>")
+    parsed = parse(page)
+    assert {tag for tag, _attrs in parsed.attrs} <= {
+        "html", "head", "meta", "title", "style", "body", "h1", "p", "span", "i", "main",
+        "section", "h2", "div", "h3", "small", "table", "tr", "th", "td", "ul", "li", "b"}
+    assert not any(tag == "i" and not a for tag, a in parsed.attrs)  # only the legend's <i>
+    assert "<script>" not in page and "<img" not in page and "<b>\"" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page
+    assert 'data-host="ws&lt;b&gt;"' in page
+    assert "&lt;/div&gt;&lt;script&gt;steal()&lt;/script&gt;" in page
+    assert "&lt;title&gt;" in page
+    text = "".join(parsed.text)
+    assert evil in text and "</div><script>steal()</script>" in text
