@@ -85,8 +85,11 @@ bench: setup lab-setup
 	$(BIN)/python bench/run.py
 
 # The last command of `make test` is pytest over every test layer (unit, integration, lab): its
-# summary line closes the run.
+# summary line closes the run. Each group of lab hosts runs in one pytest-xdist worker, beside the
+# other groups and the unit and integration tests (tests/lab/conftest.py); the lab's engine is
+# settled once, before the workers start.
+TEST_WORKERS ?= 4
 test: lint sanity lab-setup
-	$(BIN)/pytest tests
+	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup tests
 
 include lab/lab.mk

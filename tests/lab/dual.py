@@ -17,7 +17,7 @@ import time
 
 from conftest import ROOT
 
-HOSTS = ("lab-dual", "lab-cpu")
+HOSTS = ("lab-dual", "lab-edge")
 GPU0 = "GPU-d0a1e2f3-0000-4000-8000-309000000000"
 GPU1 = "GPU-d0a1e2f3-0000-4000-8000-309000000001"
 PROJECT = "/opt/gpufleet"

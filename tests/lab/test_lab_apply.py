@@ -9,6 +9,7 @@ environment, the processes NVML reports on each GPU.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -16,6 +17,8 @@ import pytest
 import yaml
 from conftest import ROOT
 from dual import (
+    GPU0,
+    GPU1,
     HEALTH,
     MODES,
     apply,
@@ -28,34 +31,71 @@ from dual import (
 )
 
 
-def test_compose_rollback_restores_files_and_services(dual_lab, tmp_path):
-    host = dual_lab["lab-dual"]
-    clear_systemd(host)
-    rc, out, recap = apply(tmp_path, "lab-dual", {"services_dual_gpu_mode": "ollama"})
-    assert rc == 0, out
-    before = sha256s(host)
+def broken_vllm_catalog():
+    """The default catalog with a vLLM that cannot start: two-way tensor parallelism on the
+    one GPU it is given."""
     with open(os.path.join(ROOT, "roles", "services", "defaults", "main.yml")) as handle:
         catalog = yaml.safe_load(handle)["services_catalog"]
-    # A vLLM that cannot start: two-way tensor parallelism on the one GPU it is given.
     catalog["vllm"]["command"] = ["--tensor-parallel-size", "2"]
+    return catalog
+
+
+def test_compose_rollback_restores_files_and_services(dual_lab, tmp_path):
+    """site.yml: the broken vLLM fails verify; the files come back byte for byte, the previous
+    services run again, the apply record says rolled_back, health and router do not run."""
+    host = dual_lab["lab-dual"]
+    clear_systemd(host)
+    rc, out, recap = apply(tmp_path, "lab-dual", {"dual_gpu_mode": "ollama"}, playbook="site.yml")
+    assert rc == 0, out
+    before = sha256s(host)
     rc, out, recap = apply(tmp_path, "lab-dual", {
-        "services_dual_gpu_mode": "vllm", "services_catalog": catalog,
-        "compose_verify_timeout": 15})
+        "dual_gpu_mode": "vllm", "services_catalog": broken_vllm_catalog(),
+        "compose_verify_timeout": 15}, playbook="site.yml")
     assert rc != 0, out
     assert recap["lab-dual"][2] == 1, out
     assert re.search(r"compose: Wait for the health endpoint of each service: vllm: .*"
                      r"rolled back to the previous files and services "
                      r"\(docling, ollama, ollama_research, vision\)", out), out
+    assert "gpufleet.inference.health :" not in out and "gpufleet.inference.router :" not in out
     assert sha256s(host) == before
     assert_compose_state(host, MODES["ollama"])
+    record = json.loads(host.sh("cat /etc/gpufleet/apply.json").stdout)
+    assert record["result"] == "rolled_back", record
 
 
-@pytest.mark.parametrize("mode", ["ollama", "vllm"])
+def test_assigned_gpu_lost_at_apply_time_falls_back_with_a_warning(dual_lab, tmp_path):
+    """GPU 1 falls off the bus before the run: ollama_research (pinned to GPU 1) goes to GPU 0
+    with a warning and really runs there; the run still converges."""
+    host = dual_lab["lab-dual"]
+    clear_systemd(host)
+    host.sh(LOSE_GPU1)
+    try:
+        rc, out, _recap = apply(tmp_path, "lab-dual", {"services_dual_gpu_mode": "ollama"})
+        assert rc == 0, out
+        assert re.search(r"WARNING\]: .*ollama_research.*GPU 1", out), out
+        assert_compose_state(host, dict(MODES["ollama"], ollama_research=GPU0))
+    finally:
+        host.sh(FIND_GPU1)
+
+
+# The stand-in driver's state (lab/nvml/README.md): GPU 1 answers GPU_IS_LOST, as after an Xid 79.
+LOSE_GPU1 = """
+f=/etc/gpufleet-nvml/state
+awk '{print} $1=="uuid" && $2=="%s" {print "lost 1"}' $f > $f.tmp && mv $f.tmp $f
+grep -q '^lost 1' $f
+""" % GPU1
+FIND_GPU1 = """
+f=/etc/gpufleet-nvml/state
+grep -v '^lost 1$' $f > $f.tmp && mv $f.tmp $f
+"""
+
+
+@pytest.mark.parametrize("mode", ["ollama", "vllm", "mixed"])
 def test_systemd_dual_gpu_mode(dual_lab, tmp_path, mode):
     host = dual_lab["lab-dual"]
     clear_compose(host)
     converge(tmp_path, "lab-dual", {"gpufleet_runtime": "systemd",
-                                    "services_dual_gpu_mode": mode})
+                                    "services_dual_gpu_mode": mode}, check=mode == "mixed")
     expected = {name: uuid for name, uuid in MODES[mode].items()
                 if name in ("ollama", "ollama_research", "vllm")}
     units = host.sh("systemctl list-units --plain --no-legend --state=active"
@@ -79,3 +119,31 @@ def test_systemd_dual_gpu_mode(dual_lab, tmp_path, mode):
         models = payload["models"]
         assert len(models) == 1 and models[0]["size_vram"] == models[0]["size"], payload
         assert any("ollama.py runner" in p for p in procs[uuid]), (name, procs)
+
+
+SYSTEMD_FILES = "/etc/systemd/system/ollama@.service /etc/systemd/system/vllm@.service " \
+    "/etc/gpufleet/instances/*"
+
+
+def test_systemd_rollback_restores_units_and_instances(dual_lab, tmp_path):
+    host = dual_lab["lab-dual"]
+    clear_compose(host)
+    systemd = {"gpufleet_runtime": "systemd", "services_dual_gpu_mode": "ollama"}
+    rc, out, recap = apply(tmp_path, "lab-dual", systemd)
+    assert rc == 0, out
+    before = host.sh("sha256sum %s" % SYSTEMD_FILES).stdout
+    rc, out, recap = apply(tmp_path, "lab-dual", dict(
+        systemd, services_dual_gpu_mode="vllm", services_catalog=broken_vllm_catalog(),
+        systemd_units_verify_timeout=15))
+    assert rc != 0, out
+    assert recap["lab-dual"][2] == 1, out
+    assert re.search(r"systemd_units: .*vllm.*; rolled back to the last good files and instances "
+                     r"\(ollama@ollama.service, ollama@ollama_research.service\)", out), out
+    assert host.sh("sha256sum %s" % SYSTEMD_FILES).stdout == before
+    active = host.sh("systemctl list-units --plain --no-legend --state=active 'ollama@*' 'vllm@*'"
+                     ).stdout.split()
+    assert {u for u in active if u.endswith(".service")} == {
+        "ollama@ollama.service", "ollama@ollama_research.service"}, active
+    for name in ("ollama", "ollama_research"):
+        status, payload = host.http("http://127.0.0.1:%d/api/version" % HEALTH[name])
+        assert status == 200, (name, payload)

@@ -90,7 +90,7 @@ def read(libdir, tmp_path, host, hvars):
     return json.loads(out)
 
 
-@pytest.mark.parametrize("host", ["lab-ws", "lab-dual", "lab-spark", "lab-cpu"])
+@pytest.mark.parametrize("host", ["lab-ws", "lab-dual", "lab-spark", "lab-cpu", "lab-edge"])
 def test_default_lab_hosts_read_back_through_pynvml(libdir, tmp_path, host):
     hvars = lab_cli.load_inventory(os.path.join(ROOT, "inventory", "lab"))[host]
     gpus = read(libdir, tmp_path, host, hvars)

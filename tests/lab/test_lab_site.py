@@ -1,10 +1,10 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""site.yml from the repository root on the lab's dual box and CPU box (issue: operations).
+"""site.yml from the repository root on the lab's dual box and a CPU box, lab-edge.
 
 `ansible-playbook site.yml -e dual_gpu_mode=<mode>` converges lab-dual in each seed-000 mode
 (preflight summary, placement, compose apply and verify, health table, router config); a second
-run changes nothing; the mode is remembered in the host's .env; lab-cpu converges in the same
+run changes nothing; the mode is remembered in the host's .env; lab-edge converges in the same
 runs (profile cpu, whatever the mode).
 """
 
@@ -18,7 +18,7 @@ import yaml
 from dual import MODES, PROJECT, apply, assert_compose_state, clear_systemd
 
 SITE = "site.yml"
-LIMIT = "lab-dual,lab-cpu"
+LIMIT = "lab-dual,lab-edge"
 # Planted in the router's keys: it may appear only in the 0600 files that hold keys.
 SECRET = "sk-gpufleet-planted-7d1c2f9a"
 
@@ -31,7 +31,7 @@ def run_site(tmp_path, extra, *args):
     """site.yml on both boxes at once; asserts it succeeded; returns (output, recap)."""
     rc, out, recap = apply(tmp_path, LIMIT, extra, *args, playbook=SITE)
     assert rc == 0, out
-    assert set(recap) == {"lab-dual", "lab-cpu"}, out
+    assert set(recap) == {"lab-dual", "lab-edge"}, out
     return out, recap
 
 
@@ -39,7 +39,7 @@ def run_site(tmp_path, extra, *args):
 def test_site_converges_the_dual_and_the_cpu_box(dual_lab, tmp_path, mode):
     """First run, then a second one that changes nothing (and in mixed: without -e, the mode
     comes from the host's .env; then check mode). The vllm run plants a router key."""
-    dual, cpu = dual_lab["lab-dual"], dual_lab["lab-cpu"]
+    dual, cpu = dual_lab["lab-dual"], dual_lab["lab-edge"]
     clear_systemd(dual)
     extra = {"dual_gpu_mode": mode}
     if mode == "vllm":
@@ -49,11 +49,11 @@ def test_site_converges_the_dual_and_the_cpu_box(dual_lab, tmp_path, mode):
     if mode == "vllm":
         assert_secret_kept(out, dual)
     again, recap = run_site(tmp_path, {} if mode == "mixed" else extra)
-    assert [recap[name][1] for name in ("lab-dual", "lab-cpu")] == [0, 0], again
+    assert [recap[name][1] for name in ("lab-dual", "lab-edge")] == [0, 0], again
     if mode == "mixed":
         assert "DUAL_GPU_MODE=mixed" in again
         again, recap = run_site(tmp_path, extra, "--check")
-        assert [recap[name][1] for name in ("lab-dual", "lab-cpu")] == [0, 0], again
+        assert [recap[name][1] for name in ("lab-dual", "lab-edge")] == [0, 0], again
         assert_vllm_loaded_before_ollama(dual)
     assert_compose_state(dual, MODES[mode])
     assert_cpu_box(cpu, out)
@@ -62,7 +62,8 @@ def test_site_converges_the_dual_and_the_cpu_box(dual_lab, tmp_path, mode):
 def assert_first_run(out, host, mode):
     # Preflight: one summary block with the download total of this profile and mode.
     assert "Profile: dual-gpu (recommended: dual-gpu, 2 GPU(s)), DUAL_GPU_MODE=%s" % mode in out
-    total = re.search(r"Total first-run: ~([\d.]+) GB", out)
+    block = out[out.index("Preflight lab-dual"):]
+    total = re.search(r"Total first-run: ~([\d.]+) GB", block)
     assert total, out
     # vLLM's image (10 GB) is downloaded only in the modes that run it (seed 000's table).
     assert (float(total.group(1)) > 10) == (mode != "ollama"), total.group(0)
@@ -113,7 +114,7 @@ def first_log_stamp(host, container, needle):
 
 def assert_cpu_box(host, out):
     assert "Profile: cpu (recommended: cpu, 0 GPU(s))" in out, out
-    assert "lab-cpu: HEALTHY" in out, out
+    assert "lab-edge: HEALTHY" in out, out
     running = set(host.sh("docker ps --format '{{.Names}}'").stdout.split())
     assert running == {"gpufleet-ollama-1", "gpufleet-docling-1"}
     status, payload = host.http("http://127.0.0.1:11434/api/ps")
