@@ -384,8 +384,8 @@ def _host_badges(entry):
     if entry["status"] != "ok":
         out.append(_badge(entry["status"], "bad"))
     kind = {None: "unknown", True: "good", False: "bad"}[entry["healthy"]]
-    out.append(_badge("health: " + {None: "unknown", True: "healthy",
-                                     False: "unhealthy"}[entry["healthy"]], kind))
+    word = {None: "unknown", True: "healthy", False: "unhealthy"}[entry["healthy"]]
+    out.append(_badge("health: " + word, kind))
     result = entry["apply"]["result"]
     out.append(_badge("last apply: " + result.replace("_", " "),
                       {"ok": "good", "unknown": "unknown"}.get(result, "bad")))
@@ -448,7 +448,7 @@ def _gpu_block(host, gpu, services):
     segments = [("ours", gpu["ours_mib"], "used by our services"),
                 ("others", gpu["others_mib"], "used by others"),
                 ("free", gpu["memory_free_mib"], "free")]
-    bar = "".join(
+    drawn = "".join(
         '<div class="seg %s" style="width:%.2f%%" title="%s: %s MiB"></div>'
         % (kind, _pct(mib, total), label, _e(_mib(mib))) for kind, mib, label in segments)
     nums = "ours %s MiB &middot; others %s MiB &middot; free %s MiB &middot; total %s MiB" % (
@@ -469,7 +469,7 @@ def _gpu_block(host, gpu, services):
             % (_e(host), _e(gpu["index"]), _e(_mib(gpu["index"])), _e(gpu["name"]),
                _e(", ".join(sub)), _e(host), _e(gpu["index"]),
                _e("GPU %s memory: %s" % (gpu["index"], nums.replace(" &middot; ", ", "))),
-               bar, nums, _service_rows(placed)))
+               drawn, nums, _service_rows(placed)))
 
 
 def _host_block(entry):

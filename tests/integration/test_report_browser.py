@@ -54,18 +54,18 @@ def test_page_renders_every_host_and_gpu_bar(browser, tmp_path):
         ("lab-ws", "0"), ("lab-ws", "1")]
     expected = {"0": {"ours": 4300, "others": 559, "free": 19705, "total": 24564},
                 "1": {"ours": 3100, "others": 90, "free": 904, "total": 4094}}
-    for bar in bars:
-        assert bar.is_displayed()
-        width = bar.size["width"]
-        assert width > 300 and bar.size["height"] >= 20
-        want = expected[bar.get_attribute("data-gpu")]
+    for vram in bars:
+        assert vram.is_displayed()
+        width = vram.size["width"]
+        assert width > 300 and vram.size["height"] >= 20
+        want = expected[vram.get_attribute("data-gpu")]
         for kind in ("ours", "others", "free"):
-            segment = bar.find_element(By.CSS_SELECTOR, ".seg." + kind)
+            segment = vram.find_element(By.CSS_SELECTOR, ".seg." + kind)
             assert segment.is_displayed()
             # What the browser drew, in pixels, is the segment's share of the GPU's memory.
             share = segment.size["width"] / (width - 2)  # inside the 1px border
             assert abs(share - want[kind] / want["total"]) < 0.01, (kind, share)
-        colours = {bar.find_element(By.CSS_SELECTOR, ".seg." + k).value_of_css_property(
+        colours = {vram.find_element(By.CSS_SELECTOR, ".seg." + k).value_of_css_property(
             "background-color") for k in ("ours", "others", "free")}
         assert len(colours) == 3
 
