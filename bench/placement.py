@@ -342,20 +342,34 @@ def markdown(result):
           _pct(r["optimal_share"]), f(r["mean_gap"], "%.4f"), f(r["ms_per_instance"])]
          for r in q["rows"]]))
     parts += ["", "### Reference cases (the seeds' boxes, `bench/reference_cases.yml`)", ""]
-    for case in result["references"]:
-        parts.append("**%s** (%s). GPUs: %s. Demand %d MiB of %d usable: %s. Exact: %s." % (
-            case["case"], case["source"], "; ".join(case["gpus"]), case["demand_mib"],
-            case["usable_mib"], ", ".join("%s %d" % kv for kv in case["services"].items()),
-            ("fits, best spread %.4f (%s)" % (case["exact_spread"], case["exact_layout"]))
-            if case["exact_fits"] else "no placement fits every service"))
-        parts.append("")
-        parts.append(_common.table(
-            ["strategy", "fits", "spread", "gap to optimum", "seed's layout", "warnings",
-             "layout"],
-            [[r["contender"], "yes" if r["fits"] else "no", f(r["spread"], "%.4f"),
-              f(r["gap"], "%.4f"), "same" if r["seed_layout"] else "differs",
-              f(r["warnings"], "%d"), r["layout"]] for r in case["rows"]]))
-        parts.append("")
+    cases = result["references"]
+    headers = ["strategy"] + ["%s. %s" % (n, c["case"]) for n, c in enumerate(cases, 1)]
+    rows = []
+    for i, first in enumerate(cases[0]["rows"]):
+        cells = [first["contender"]]
+        for case in cases:
+            r = case["rows"][i]
+            cell = ("fits, gap %s" % f(r["gap"], "%.3f")) if r["fits"] else "no fit"
+            cells.append(cell + (", seed's layout" if r["seed_layout"] else ""))
+        rows.append(cells)
+    parts.append(_common.table(headers, rows))
+    parts.append("")
+    for n, case in enumerate(cases, 1):
+        layouts = {}
+        for r in case["rows"][1:]:
+            layouts.setdefault(r["layout"], []).append(r["contender"])
+        parts.append("%d. %s: %s. Demand %s MiB of %s usable (%s). Exact: %s. Seed: %s. "
+                     "Chosen: %s." % (
+                         n, case["source"], "; ".join(case["gpus"]),
+                         "{:,}".format(case["demand_mib"]), "{:,}".format(case["usable_mib"]),
+                         ", ".join("%s %d" % kv for kv in case["services"].items()),
+                         ("best spread %.4f with %s" % (case["exact_spread"],
+                                                        case["exact_layout"]))
+                         if case["exact_fits"] else "no placement fits every service",
+                         case["rows"][0]["layout"],
+                         " | ".join("%s (%s)" % (layout, ", ".join(who))
+                                    for layout, who in layouts.items())))
+    parts.append("")
     parts += ["### Speed: 5 services per GPU at %s GPUs (`place_fleet`; baselines over the "
               "flat GPU list)" % " / ".join("{:,}".format(s["gpus"]) for s in result["scale"]),
               ""]

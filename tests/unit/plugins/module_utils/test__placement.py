@@ -641,7 +641,7 @@ def test_the_benchmarks_quick_modes_run():
         assert re.search(r"^%s\s+rc 0 " % name, done.stdout, re.M), done.stdout
     assert "| balanced |" in done.stdout
     assert "| baseline: binpack |" in done.stdout
-    assert "| seed's own layout | yes |" in done.stdout
+    assert "| seed's own layout | no fit, seed's layout |" in done.stdout
     assert "script 1 of 2 switches to ingestion" in done.stdout
     assert re.search(r"^\| collector nvidia-smi \| 2 \| \d+\.\d \|", done.stdout, re.M)
     assert "ERROR" not in done.stdout
