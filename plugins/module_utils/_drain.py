@@ -14,6 +14,12 @@ seconds. No fixed sleep: the wait ends at the first sample that satisfies all th
 
 from __future__ import annotations
 
+import re
+
+# A day: beyond it a wait is a typo (seconds given as milliseconds), not a drain.
+MAX_WAIT_S = 86400
+_GPU_KEY_RE = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)$")
+
 
 def _positive(name, value, allow_zero=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -65,8 +71,20 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
     _positive("tolerance_mib", tolerance_mib, allow_zero=True)
     _positive("timeout_s", timeout_s)
     _positive("interval_s", interval_s)
+    if timeout_s > MAX_WAIT_S:
+        raise ValueError("timeout_s must be at most %d; got: %r" % (MAX_WAIT_S, timeout_s))
+    if interval_s > timeout_s:
+        raise ValueError("interval_s must not exceed timeout_s (%r); got: %r"
+                         % (timeout_s, interval_s))
+    if settle_s > timeout_s:
+        raise ValueError("settle_s must not exceed timeout_s (%r), or memory can never count "
+                         "as settled; got: %r" % (timeout_s, settle_s))
     if target_used_mib is not None:
         _positive("target_used_mib", target_used_mib, allow_zero=True)
+    for i, key in enumerate(gpus):
+        if isinstance(key, bool) or not _GPU_KEY_RE.match(str(key).strip()):
+            raise ValueError("gpus[%d] must be a GPU index or UUID (GPU-..., MIG-...); got: %r"
+                             % (i, key))
     for i, pid in enumerate(pids):
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             raise ValueError("pids[%d] must be a positive integer; got: %r" % (i, pid))

@@ -51,6 +51,9 @@ STRATEGIES = ("manual", "vram_based", "latency_optimized", "isolation_first", "b
 DEFAULT_STRATEGY = "vram_based"
 ENGINES = ("ollama", "vllm", "other")
 LIVE_USAGE = ("account", "ignore")
+# A pin to a GPU the facts do not list: fall back with a warning (seed 001's runtime fallback,
+# the default), or fail before anything is placed (a typo in inventory).
+PIN_NOT_FOUND = ("warn", "fail")
 VISIBLE_DEVICES_BY = ("uuid", "index")
 # Kept free on every unit: the CUDA context of each process and allocator fragmentation.
 # 512 MiB turns seed 001's 4 GB RTX A400 (4,094 MiB) into its 3.5 GB budget.
@@ -197,11 +200,17 @@ class _Service:
 # ---- input checks -----------------------------------------------------------------------
 
 def _check_options(*, strategy, headroom_mib, reserve_mib, live_usage, managed_processes,
-                   visible_devices_by):
+                   visible_devices_by, pin_not_found="warn"):
     if strategy not in STRATEGIES:
         raise ValueError("strategy must be one of %s; got: %r" % (", ".join(STRATEGIES), strategy))
     if not _is_int(headroom_mib) or headroom_mib < 0:
         raise ValueError("headroom_mib must be an integer >= 0; got: %r" % (headroom_mib,))
+    if headroom_mib > _vram.MAX_VRAM_MIB:
+        raise ValueError("headroom_mib must be at most %d; got: %r"
+                         % (_vram.MAX_VRAM_MIB, headroom_mib))
+    if pin_not_found not in PIN_NOT_FOUND:
+        raise ValueError("pin_not_found must be one of %s; got: %r"
+                         % (", ".join(PIN_NOT_FOUND), pin_not_found))
     reserve = {}
     if reserve_mib is not None:
         if not isinstance(reserve_mib, dict):
@@ -210,6 +219,9 @@ def _check_options(*, strategy, headroom_mib, reserve_mib, live_usage, managed_p
         for key, value in reserve_mib.items():
             if not _is_int(value) or value < 0:
                 raise ValueError("reserve_mib[%r] must be an integer >= 0; got: %r" % (key, value))
+            if value > _vram.MAX_VRAM_MIB:
+                raise ValueError("reserve_mib[%r] must be at most %d; got: %r"
+                                 % (key, _vram.MAX_VRAM_MIB, value))
             reserve[str(key).strip().lower()] = value
     if live_usage not in LIVE_USAGE:
         raise ValueError("live_usage must be one of %s; got: %r"
@@ -224,7 +236,7 @@ def _check_options(*, strategy, headroom_mib, reserve_mib, live_usage, managed_p
     return {
         "strategy": strategy, "headroom_mib": headroom_mib, "reserve_mib": reserve,
         "live_usage": live_usage, "managed_processes": [p.lower() for p in patterns],
-        "visible_devices_by": visible_devices_by,
+        "visible_devices_by": visible_devices_by, "pin_not_found": pin_not_found,
     }
 
 
@@ -278,7 +290,7 @@ def _positive_int(service, key, where):
         raise ValueError("%s.%s must be an integer; got: %r" % (where, key, value))
     if value <= 0:
         raise ValueError("%s.%s must be > 0; got: %r" % (where, key, value))
-    return value
+    return _vram.check_limit(value, key, where)
 
 
 def _bool(service, key, where):
@@ -321,6 +333,8 @@ def _check_services(services, catalog, fleet):
         model = service.get("model")
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
+        if model is not None:
+            _vram.check_model_name(model, "%s.model" % at)
         if vram is None and model is None and override is None:
             raise ValueError("%s needs vram_mib, model or vram_budget_mib; got none of them" % at)
         estimate = None
@@ -1154,7 +1168,7 @@ def _solve(make_units, services, opts, fleet):
 
 def place(gpus, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFAULT_HEADROOM_MIB,
           reserve_mib=None, live_usage="account", managed_processes=None,
-          visible_devices_by="uuid", catalog=None):
+          visible_devices_by="uuid", catalog=None, pin_not_found="warn"):
     """Place ``services`` on the GPUs of one host (``ansible_facts.gpus`` as is).
 
     Returns ``{strategy, headroom_mib, assignments, warnings, issues, explanations, gpus,
@@ -1162,7 +1176,7 @@ def place(gpus, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFAULT_HEA
     """
     opts = _check_options(strategy=strategy, headroom_mib=headroom_mib, reserve_mib=reserve_mib,
                           live_usage=live_usage, managed_processes=managed_processes,
-                          visible_devices_by=visible_devices_by)
+                          visible_devices_by=visible_devices_by, pin_not_found=pin_not_found)
     _check_gpus(gpus, "gpus")
     checked = _check_services(services, _vram.build_catalog(catalog), fleet=False)
     for service in checked:
@@ -1170,7 +1184,26 @@ def place(gpus, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFAULT_HEA
             raise ValueError("services[%d] has host or node_selector, which only place_fleet "
                              "(the hosts option) uses; got: %r"
                              % (service.pos, service.host or service.node_selector))
+    _check_pins(checked, _units(gpus, opts), opts)
     return _solve(lambda: _units(gpus, opts), checked, opts, fleet=False)
+
+
+def _check_pins(services, units, opts):
+    """With pin_not_found=fail, a pin to a GPU the facts do not list fails before placing.
+
+    A GPU that is listed but cannot take services (unhealthy, lost) still falls back with a
+    warning: that is a GPU missing at run time, not a typo.
+    """
+    if opts["pin_not_found"] != "fail":
+        return
+    for service in services:
+        if service.pin is None:
+            continue
+        unit, problem = _resolve_pin(service, units)
+        if unit is None and problem.startswith("which does not exist"):
+            raise ValueError("services[%d].gpu names a GPU this host does not have (%s); got: %r"
+                             % (service.pos, problem[len("which does not exist ("):-1],
+                                service.pin))
 
 
 def _check_hosts(hosts):
@@ -1211,7 +1244,7 @@ def _check_hosts(hosts):
 
 def place_fleet(hosts, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFAULT_HEADROOM_MIB,
                 reserve_mib=None, live_usage="account", managed_processes=None,
-                visible_devices_by="uuid", catalog=None):
+                visible_devices_by="uuid", catalog=None, pin_not_found="warn"):
     """Place ``services`` across hosts: host and GPU per service.
 
     ``hosts`` is a list of ``{name, gpus, labels, dedicated}``: ``gpus`` each host's
@@ -1222,7 +1255,7 @@ def place_fleet(hosts, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFA
     """
     opts = _check_options(strategy=strategy, headroom_mib=headroom_mib, reserve_mib=reserve_mib,
                           live_usage=live_usage, managed_processes=managed_processes,
-                          visible_devices_by=visible_devices_by)
+                          visible_devices_by=visible_devices_by, pin_not_found=pin_not_found)
     checked_hosts = _check_hosts(hosts)
 
     def make_units():
@@ -1237,6 +1270,7 @@ def place_fleet(hosts, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFA
         if service.host is not None and service.host not in names:
             raise ValueError("services[%d].host is not one of the hosts (%s); got: %r"
                              % (service.pos, ", ".join(sorted(names)) or "none", service.host))
+    _check_pins(checked, make_units(), opts)
     result = _solve(make_units, checked, opts, fleet=True)
     by_host = {}
     for name in names:

@@ -385,6 +385,24 @@ def gpu_memory_check(services_plan, gpus, managed_processes=("ollama", "*vllm*")
     return {"gpus": report, "warnings": warnings}
 
 
+# ---- the preflight_facts module's options -------------------------------------------------
+
+MAX_TOOL_TIMEOUT_S = 3600
+
+
+def check_facts_options(ports, paths, nvidia_smi_timeout):
+    """The options of preflight_facts, checked before anything is read."""
+    for i, port in enumerate(ports or []):
+        if not _is_int(port) or not 1 <= port <= 65535:
+            raise ValueError("ports[%d] must be 1-65535; got: %r" % (i, port))
+    for i, path in enumerate(paths or []):
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError("paths[%d] must be an absolute path; got: %r" % (i, path))
+    if not _is_int(nvidia_smi_timeout) or not 1 <= nvidia_smi_timeout <= MAX_TOOL_TIMEOUT_S:
+        raise ValueError("nvidia_smi_timeout must be 1-%d seconds; got: %r"
+                         % (MAX_TOOL_TIMEOUT_S, nvidia_smi_timeout))
+
+
 # ---- ports ------------------------------------------------------------------------------
 
 def _hex_ipv4(text):
@@ -563,11 +581,45 @@ def _check_report_options(options):
         raise ValueError("options has unknown key(s): %s" % ", ".join(unknown))
     opts = dict(REPORT_OPTIONS)
     opts.update({k: v for k, v in options.items() if v is not None})
+    if not isinstance(opts["warn_only"], list):
+        raise ValueError("preflight_warn_only must be a list of check names; got: %r"
+                         % (opts["warn_only"],))
     for i, name in enumerate(opts["warn_only"]):
         if name not in CHECKS:
             raise ValueError("preflight_warn_only[%d] must be one of %s; got: %r"
                              % (i, ", ".join(CHECKS), name))
+    if not isinstance(opts["remote"], bool):
+        raise ValueError("preflight_remote must be a boolean; got: %r" % (opts["remote"],))
+    if not _is_int(opts["disk_reserve_mib"]) or opts["disk_reserve_mib"] < 0:
+        raise ValueError("preflight_disk_reserve_mib must be an integer >= 0; got: %r"
+                         % (opts["disk_reserve_mib"],))
+    for key, where in (("ignore_port_processes", "preflight_ignore_port_processes"),
+                       ("managed_processes", "managed_processes"),
+                       ("toolkit_binaries", "toolkit_binaries"),
+                       ("runtime_binaries", "runtime_binaries")):
+        value = opts[key]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("%s must be a list of names; got: %r" % (where, value))
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                raise ValueError("%s[%d] must be a non-empty string; got: %r" % (where, i, item))
+    dirs = opts["dirs"]
+    if not isinstance(dirs, dict):
+        raise ValueError("preflight_dirs must be a dict of key: path; got: %r" % (dirs,))
+    for key, path in dirs.items():
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError("preflight_dirs.%s must be an absolute path; got: %r" % (key, path))
+    for i, entry in enumerate(check_size_table(opts["size_table"])):
+        if dirs and entry["dir"] not in dirs:
+            raise ValueError("preflight_size_table[%d].dir is not a key of preflight_dirs (%s); "
+                             "got: %r" % (i, ", ".join(sorted(dirs)), entry["dir"]))
     return opts
+
+
+def check_options(options):
+    """The preflight role's options, checked before the role reads or writes anything."""
+    _check_report_options(options)
+    return True
 
 
 def _check(checks, opts, name, ok, text):

@@ -21,7 +21,10 @@ Vocabulary (seed 000, "Compose Profile Architecture")
 
 from __future__ import annotations
 
+import ipaddress
 import re
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
 
 PROFILES = ("remote", "cpu", "single-gpu", "dual-gpu")
 GPU_PROFILES = ("single-gpu", "dual-gpu")
@@ -52,6 +55,15 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DOTENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:,@%+=-]*$")
+# An image reference: [registry[:port]/]path[:tag][@sha256:digest], path in lower case.
+_IMAGE_RE = re.compile(
+    r"^(?:[A-Za-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?$")
+# Published ports and inference instances listen on loopback unless a port's ``address`` (or
+# systemd_units_bind_address) asks for exposure (README of the services role, "Exposure").
+DEFAULT_BIND_ADDRESS = "127.0.0.1"
+PORT_KEYS = ("host", "container", "protocol", "address")
 
 
 # ---- small helpers ----------------------------------------------------------------------
@@ -86,7 +98,7 @@ def _optional_positive(entry, key, at):
         return None
     if not _is_int(value) or value <= 0:
         raise ValueError("%s.%s must be an integer > 0; got: %r" % (at, key, value))
-    return value
+    return _vram.check_limit(value, key, at)
 
 
 def _optional_bool(entry, key, at, default):
@@ -104,6 +116,30 @@ def _port_number(value, at):
     return value
 
 
+def check_bind_address(value, at):
+    """An IPv4 or IPv6 address to listen on (``127.0.0.1``, ``0.0.0.0``, ``::1``)."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError("%s must be an IP address to listen on (127.0.0.1 for this host only, "
+                         "0.0.0.0 for every interface); got: %r" % (at, value)) from None
+
+
+def check_image(value, at):
+    """An image reference (``ollama/ollama:latest``, ``quay.io/org/name@sha256:...``)."""
+    if not isinstance(value, str) or not _IMAGE_RE.match(value.strip()):
+        raise ValueError("%s must be an image reference like ollama/ollama:latest (repository "
+                         "in lower case); got: %r" % (at, value))
+    return value.strip()
+
+
+def _host_port(address, port):
+    """``address:port`` as OLLAMA_HOST wants it (an IPv6 address in brackets)."""
+    return ("[%s]:%d" if ":" in address else "%s:%d") % (address, port)
+
+
 def _check_ports(value, at):
     if value is None:
         return []
@@ -112,10 +148,13 @@ def _check_ports(value, at):
     ports = []
     for i, port in enumerate(value):
         where = "%s[%d]" % (at, i)
+        address = None
         if isinstance(port, dict):
-            unknown = sorted(set(port) - {"host", "container", "protocol"})
+            unknown = sorted(set(port) - set(PORT_KEYS))
             if unknown:
                 raise ValueError("%s has unknown key(s): %s" % (where, ", ".join(unknown)))
+            if port.get("address") is not None:
+                address = check_bind_address(port["address"], where + ".address")
             container = _port_number(port.get("container"), where + ".container")
             host = port.get("host", container)
             host = _port_number(host, where + ".host")
@@ -126,7 +165,8 @@ def _check_ports(value, at):
         else:
             host = container = _port_number(port, where)
             protocol = "tcp"
-        ports.append({"host": host, "container": container, "protocol": protocol})
+        ports.append({"host": host, "container": container, "protocol": protocol,
+                      "address": address})
     return ports
 
 
@@ -227,12 +267,12 @@ def _check_entry(name, entry, extra, at):
     engine = entry.get("engine") or "other"
     if engine not in ENGINES:
         raise ValueError("%s.engine must be one of %s; got: %r" % (at, ", ".join(ENGINES), engine))
-    image = entry.get("image")
-    if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
-        raise ValueError("%s.image must be an image reference; got: %r" % (at, image))
+    image = check_image(entry.get("image"), at + ".image")
     model = entry.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
+    if model is not None:
+        _vram.check_model_name(model, at + ".model")
     if engine == "vllm" and model is None:
         raise ValueError("%s.model must be set for engine vllm; got: None" % at)
     ports = _check_ports(entry.get("ports"), at + ".ports")
@@ -548,6 +588,7 @@ def _compose_base(service):
         doc["environment"] = dict(service["environment"])
     if service["ports"]:
         doc["ports"] = [{"target": p["container"], "published": str(p["host"]),
+                         "host_ip": p.get("address") or DEFAULT_BIND_ADDRESS,
                          "protocol": p["protocol"]} for p in service["ports"]]
     if service["volumes"]:
         doc["volumes"] = [{"type": "bind", "source": v["source"], "target": v["target"],
@@ -602,8 +643,8 @@ def compose_document(services_plan, kind="base", project=None):
     doc = {}
     if kind == "base" and project:
         if not _PROFILE_RE.match(str(project).replace("_", "-")):
-            raise ValueError("project must be a compose project name (lower case letters, "
-                             "digits, '_' and '-'); got: %r" % (project,))
+            raise ValueError("compose_project_name must be a compose project name (lower case "
+                             "letters, digits, '_' and '-'); got: %r" % (project,))
         doc["name"] = project
     doc["services"] = services
     return doc
@@ -684,21 +725,21 @@ def _systemd_env_value(value):
 
 
 def systemd_instances(services_plan, models_dir="/srv/gpufleet/models/ollama",
-                      bind_address="0.0.0.0"):
+                      bind_address=DEFAULT_BIND_ADDRESS):
     """One instance of ``ollama@.service`` or ``vllm@.service`` per active inference service.
 
     Returns ``[{service, template, unit, environment, env_lines}]``: ``environment`` is what
     the instance's EnvironmentFile holds (``CUDA_VISIBLE_DEVICES`` by UUID from the placement,
     ``OLLAMA_HOST`` with the published port, ``OLLAMA_MODELS`` the one shared model directory;
     vLLM's model, port and ``--gpu-memory-utilization``). Sidecars (engine ``other``) run as
-    containers only.
+    containers only. An instance listens on ``bind_address`` (loopback by default), or on the
+    ``address`` its first catalog port gives.
     """
     services_plan = _check_plan(services_plan)
     if not isinstance(models_dir, str) or not models_dir.startswith("/"):
-        raise ValueError("models_dir must be an absolute path; got: %r" % (models_dir,))
-    if not isinstance(bind_address, str) or not bind_address.strip() \
-            or any(c.isspace() for c in bind_address):
-        raise ValueError("bind_address must be an address; got: %r" % (bind_address,))
+        raise ValueError("systemd_units_models_dir must be an absolute path; got: %r"
+                         % (models_dir,))
+    bind_address = check_bind_address(bind_address, "systemd_units_bind_address")
     instances = []
     for service in services_plan["services"]:
         if not service["active"] or service["engine"] not in ("ollama", "vllm"):
@@ -708,10 +749,11 @@ def systemd_instances(services_plan, models_dir="/srv/gpufleet/models/ollama",
             raise ValueError("%s.ports must give the port a systemd instance listens on; "
                              "got: []" % at)
         port = service["ports"][0]["host"]
+        address = service["ports"][0].get("address") or bind_address
         where = service["placement"]
         env = dict(service["environment"])
         if service["engine"] == "ollama":
-            env["OLLAMA_HOST"] = "%s:%d" % (bind_address, port)
+            env["OLLAMA_HOST"] = _host_port(address, port)
             env["OLLAMA_MODELS"] = models_dir
             if service["model"]:
                 env.setdefault("DEFAULT_OLLAMA_MODEL", service["model"])
@@ -725,7 +767,7 @@ def systemd_instances(services_plan, models_dir="/srv/gpufleet/models/ollama",
                     utilization = args[i + 1]
                     del args[i:i + 2]
                 extra += args
-            env.update(VLLM_MODEL=service["model"], VLLM_HOST=bind_address,
+            env.update(VLLM_MODEL=service["model"], VLLM_HOST=address,
                        VLLM_PORT=str(port), VLLM_GPU_MEMORY_UTILIZATION=utilization,
                        VLLM_EXTRA_ARGS=" ".join(extra))
         if where is not None:

@@ -31,7 +31,11 @@ Vocabulary
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from urllib.parse import urlsplit
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
 
 ROUTINGS = ("docker", "host")
 UNREACHABLE = ("omit", "last")
@@ -67,6 +71,7 @@ DEFAULTS = {
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_PREFIX_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
 def _is_int(value):
@@ -84,9 +89,39 @@ def _name_list(value, where, allow_empty=True):
     return list(value)
 
 
+def is_host(value):
+    """A DNS host name (RFC 1123 labels) or an IPv4 address; not an all-numeric non-address."""
+    if not isinstance(value, str) or not value or len(value) > 253:
+        return False
+    try:
+        return ipaddress.ip_address(value).version == 4
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if all(label.isdigit() for label in labels):
+        return False  # 999.1.1.1: a mistyped address, not a name
+    return all(_LABEL_RE.match(label) for label in labels)
+
+
 def _url(value, where):
+    bad = "%s must be an http(s) URL with a valid host and port; got: %r" % (where, value)
     if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
         raise ValueError("%s must be an http(s) URL; got: %r" % (where, value))
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(bad) from None
+    host = parts.hostname or ""
+    if port == 0 or parts.username is not None or parts.password is not None:
+        raise ValueError(bad)
+    if host.startswith("[") or ":" in host:
+        try:
+            ipaddress.IPv6Address(host.strip("[]"))
+        except ValueError:
+            raise ValueError(bad) from None
+    elif not is_host(host):
+        raise ValueError(bad)
     return value.rstrip("/")
 
 
@@ -109,8 +144,7 @@ def check_options(options):
                          % (", ".join(UNREACHABLE), opts["unreachable"]))
     for key in ("host_address", "docker_host_gateway"):
         value = opts[key]
-        if not isinstance(value, str) or not value.strip() or any(c.isspace() or c in "/:"
-                                                                  for c in value):
+        if not is_host(value):
             raise ValueError("router_%s must be a host name or IPv4 address; got: %r"
                              % (key, value))
     opts["adopted"] = _name_list(opts["adopted"], "router_adopted_services")
@@ -152,6 +186,8 @@ def _check_extra(extra):
         model = entry.get("model", "__auto__")
         if not isinstance(model, str) or not model.strip():
             raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
+        if model != "__auto__":
+            _vram.check_model_name(model, at + ".model")
         litellm_model = entry.get("litellm_model")
         if litellm_model is None and model != "__auto__":
             litellm_model = "openai/%s" % model
@@ -309,6 +345,8 @@ def _task_routes(opts, present, order):
         model = target.get("model")
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
+        if model is not None:
+            _vram.check_model_name(model, at + ".model")
         backend = target["backend"]
         if backend not in by_name:
             if not order:

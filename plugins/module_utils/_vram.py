@@ -58,6 +58,21 @@ DEFAULT_CONTEXT_LENGTH = 4096
 DEFAULT_PARALLEL = 1
 KV_BYTES_PER_ELEMENT = 2  # f16 / bf16 KV cache
 
+# Beyond these a number is a typo, not a wish: no GPU or unified-memory box holds 2 TiB
+# (the largest, GB300 and MI355X, hold 288 GB); no model has a context of 16 M tokens; no
+# engine serves 4,096 sequences at once on one GPU.
+MAX_VRAM_MIB = 2 * 1024 * 1024
+MAX_CONTEXT_LENGTH = 16 * 1024 * 1024
+MAX_PARALLEL = 4096
+LIMITS = {"vram_mib": MAX_VRAM_MIB, "vram_budget_mib": MAX_VRAM_MIB,
+          "weights_mib": MAX_VRAM_MIB, "context_length": MAX_CONTEXT_LENGTH,
+          "parallel": MAX_PARALLEL}
+
+# A model name as Ollama (``llama3.2:3b``, ``hf.co/org/repo:Q4_K_M``), Hugging Face
+# (``Qwen/Qwen2.5-1.5B-Instruct``) or a local checkpoint path (``/models/qwen``) write it: no
+# spaces, quotes or shell characters (it lands in an EnvironmentFile and on a command line).
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9/][A-Za-z0-9._:/@+-]{0,254}$")
+
 ENTRY_KEYS = (
     "name", "aliases", "params_b", "quantization", "bits_per_weight", "weights_mib", "vram_mib",
     "layers", "kv_heads", "head_dim", "context_length", "role", "source",
@@ -79,6 +94,23 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def check_model_name(model, where):
+    """``model`` if it is a model name (see _MODEL_NAME_RE), else ValueError naming ``where``."""
+    if not isinstance(model, str) or not _MODEL_NAME_RE.match(model) or "//" in model:
+        raise ValueError("%s must be a model name like llama3.2:3b or Qwen/Qwen2.5-1.5B-Instruct "
+                         "(letters, digits and . _ : / @ + -, no spaces); got: %r"
+                         % (where, model))
+    return model
+
+
+def check_limit(value, key, where):
+    """``value`` when it is within the LIMITS of ``key``, else ValueError naming ``where``."""
+    limit = LIMITS.get(key)
+    if limit is not None and value > limit:
+        raise ValueError("%s.%s must be at most %d; got: %r" % (where, key, limit, value))
+    return value
+
+
 def check_entry(entry, where):
     """Return a clean copy of one catalog entry; raise ValueError naming ``where`` and the field."""
     if not isinstance(entry, dict):
@@ -90,6 +122,8 @@ def check_entry(entry, where):
     for key in _INT_KEYS:
         if key in clean and (not _is_int(clean[key]) or clean[key] <= 0):
             raise ValueError("%s.%s must be an integer > 0; got: %r" % (where, key, clean[key]))
+        if key in clean:
+            check_limit(clean[key], key, where)
     for key in ("params_b", "bits_per_weight"):
         if key in clean and (not _is_number(clean[key]) or clean[key] <= 0):
             raise ValueError("%s.%s must be a number > 0; got: %r" % (where, key, clean[key]))
@@ -146,7 +180,7 @@ def build_catalog(extra=None):
         name = clean.get("name")
         if not isinstance(name, str) or not name.strip():
             raise ValueError("%s.name must be a non-empty string; got: %r" % (where, name))
-        clean["name"] = name.strip()
+        clean["name"] = check_model_name(name.strip(), where + ".name")
         clean.setdefault("source", "inventory (catalog option)")
         if not entry.get("aliases") and clean["name"] in entries:  # keep the built-in aliases
             clean["aliases"] = entries[clean["name"]]["aliases"]

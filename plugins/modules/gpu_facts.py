@@ -34,6 +34,7 @@ options:
       - Seconds a vendor tool or the NVML library may take before it is stopped and the read fails
         with a message saying so. nvidia-smi can take about 30 seconds on multi-GPU VMs without
         the persistence daemon.
+      - 1 to 3600.
     type: int
     default: 60
   fail_on_missing:
@@ -184,6 +185,9 @@ else:
     HAS_PYNVML = True
     PYNVML_IMP_ERR = None
 
+# An hour: a longer wait on one tool is a typo, not a slow driver.
+MAX_TIMEOUT_S = 3600
+
 
 class Readers:
     """The backend readers, bound to one module run (commands, timeout, roots)."""
@@ -276,6 +280,9 @@ def main():
     params = module.params
     if params["timeout"] < 1:
         module.fail_json(msg="timeout must be >= 1 second; got: %d" % params["timeout"])
+    if params["timeout"] > MAX_TIMEOUT_S:
+        module.fail_json(msg="timeout must be at most %d seconds; got: %d"
+                         % (MAX_TIMEOUT_S, params["timeout"]))
     if params["backend"] == "nvml" and not HAS_PYNVML:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMP_ERR)
 

@@ -19,7 +19,8 @@ description:
   - Warns but allows (seed 001 of the design) when a budget is above a GPU's capacity (the
     budget is cut to what the GPU has, and said so), when combined budgets are above a GPU,
     when an LLM lands on a GPU too small for it, when a pin names a GPU that does not exist
-    (the service falls back to an available GPU), when a compute capability is too low.
+    (the service falls back to an available GPU; O(pin_not_found=fail) fails instead), when
+    a compute capability is too low.
     Every warning is also in RV(issues) with a code.
   - The same input always gives the same output.
 author:
@@ -176,6 +177,16 @@ options:
     type: str
     choices: [uuid, index]
     default: uuid
+  pin_not_found:
+    description:
+      - What a pin (O(services[].gpu)) to a GPU that O(gpus) does not list does.
+      - V(warn) places the service on an available GPU with a warning (the runtime fallback of
+        seed 001); V(fail) fails before placing anything, naming the service and the pin (a
+        typo in inventory). A pin to a listed GPU that cannot take services (unhealthy) always
+        falls back with a warning.
+    type: str
+    choices: [warn, fail]
+    default: warn
   catalog:
     description:
       - Models to add to, or replace in, the built-in catalog (the models of the design seeds).
@@ -451,6 +462,8 @@ def main():
             visible_devices_by=dict(type="str", default="uuid",
                                     choices=list(_placement.VISIBLE_DEVICES_BY)),
             catalog=dict(type="list", elements="dict", default=[], options=_CATALOG),
+            pin_not_found=dict(type="str", default="warn",
+                               choices=list(_placement.PIN_NOT_FOUND)),
         ),
         mutually_exclusive=[("gpus", "hosts")],
         required_one_of=[("gpus", "hosts")],
@@ -459,7 +472,8 @@ def main():
     params = module.params
     options = {key: params[key] for key in ("strategy", "headroom_mib", "reserve_mib",
                                             "live_usage", "managed_processes",
-                                            "visible_devices_by", "catalog")}
+                                            "visible_devices_by", "catalog",
+                                            "pin_not_found")}
     try:
         if params["hosts"] is not None:
             result = _placement.place_fleet(params["hosts"], params["services"], **options)

@@ -18,14 +18,14 @@ author:
   - gpufleet.inference contributors (@gpufleet)
 options:
   ports:
-    description: TCP ports to look up; each is reported held or free, with its holders.
+    description: TCP ports (1-65535) to look up; each is reported held or free, with its holders.
     type: list
     elements: int
     default: []
   paths:
     description:
-      - Directories whose filesystem's free space is reported. A path that does not exist yet
-        is measured at its nearest existing parent (where it will be created).
+      - Absolute paths of directories whose filesystem's free space is reported. A path that
+        does not exist yet is measured at its nearest existing parent (where it will be created).
     type: list
     elements: path
     default: []
@@ -39,6 +39,7 @@ options:
     description:
       - Seconds C(nvidia-smi) may take to report the persistence mode before it is stopped.
         Without the persistence daemon it can take about 30 seconds on multi-GPU VMs.
+      - 1 to 3600.
     type: int
     default: 10
   proc_root:
@@ -212,9 +213,11 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if params["nvidia_smi_timeout"] < 1:
-        module.fail_json(msg="nvidia_smi_timeout must be >= 1 second; got: %d"
-                         % params["nvidia_smi_timeout"])
+    try:
+        _preflight.check_facts_options(params["ports"], params["paths"],
+                                       params["nvidia_smi_timeout"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
     warnings = []
     listeners = []
     ports = []

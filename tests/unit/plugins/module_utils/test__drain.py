@@ -77,7 +77,7 @@ def test_wait_drained(timeline, kwargs, drained, waited):
 def test_timeout_reason_names_the_process_left():
     fake = Fake([(0, [gpu(5000, OLLAMA)])])
     result = _drain.wait_drained(fake.read, fake.clock, fake.sleep, names=["ollama"],
-                                 timeout_s=2.0)
+                                 settle_s=1.0, timeout_s=2.0)
     assert result["reason"] == ("GPU memory did not drain within 2.0 s: processes still on the "
                                 "GPU: ollama runner qwen2.5:7b (pid 4242, GPU 0)")
     assert result["last"]["processes"][0]["used_memory_mib"] == 4683
@@ -93,7 +93,7 @@ def test_samples_are_capped():
 def test_unknown_used_memory_never_meets_a_target():
     fake = Fake([(0, [gpu(None)])])
     result = _drain.wait_drained(fake.read, fake.clock, fake.sleep, target_used_mib=0,
-                                 timeout_s=1.0)
+                                 settle_s=0.5, timeout_s=1.0)
     assert not result["drained"] and "None MiB" in result["reason"]
 
 

@@ -153,7 +153,8 @@ BAD_CATALOGS = [
     (mutate(["vllm", "model"], KeyError),
      "services_catalog.vllm.model must be set for engine vllm; got: None"),
     (mutate(["vllm", "image"], ""),
-     "services_catalog.vllm.image must be an image reference; got: ''"),
+     "services_catalog.vllm.image must be an image reference like ollama/ollama:latest "
+     "(repository in lower case); got: ''"),
     (mutate(["vllm", "imag"], "x"), "services_catalog.vllm has unknown key(s): imag"),
     (mutate(["vllm", "gpu"], -1),
      "services_catalog.vllm.gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: -1"),
@@ -226,7 +227,7 @@ def test_bad_catalog_names_field_and_value(catalog, message):
      "k8s_manifests_node_placement has a service not in services_catalog (ollama, vision, "
      "ollama_research, vllm, docling, finetune); got: 'tgi'"),
     (lambda: _render.systemd_instances(make_plan(), models_dir="models"),
-     "models_dir must be an absolute path; got: 'models'"),
+     "systemd_units_models_dir must be an absolute path; got: 'models'"),
     (lambda: _render.dotenv_merge("", {"A-B": 1}), "owned has a bad variable name; got: 'A-B'"),
     (lambda: _render.gpu_assignments_document(make_plan(), None, None),
      "now must be a timestamp like 2025-01-23T10:30:00Z; got: None"),
@@ -275,7 +276,8 @@ def test_compose_base_has_every_service_with_its_profiles():
     assert doc["name"] == "gpufleet"
     assert list(doc["services"]) == list(CATALOG)
     research = doc["services"]["ollama_research"]
-    assert research["ports"] == [{"target": 11434, "published": "11435", "protocol": "tcp"}]
+    assert research["ports"] == [{"target": 11434, "published": "11435", "host_ip": "127.0.0.1",
+                                  "protocol": "tcp"}]
     assert research["volumes"][0]["source"] == doc["services"]["ollama"]["volumes"][0]["source"]
     assert research["profiles"] == ["dual-gpu-ollama", "dual-gpu-mixed"]
     assert doc["services"]["vllm"]["command"] == [
@@ -367,7 +369,7 @@ def test_systemd_instances_for_mixed_mode():
     assert [i["unit"] for i in instances.values()] == [
         "ollama@ollama.service", "ollama@ollama_research.service", "vllm@vllm.service"]
     research = instances["ollama_research"]["environment"]
-    assert research["OLLAMA_HOST"] == "0.0.0.0:11435"
+    assert research["OLLAMA_HOST"] == "127.0.0.1:11435"
     assert research["OLLAMA_MODELS"] == MODELS
     assert instances["ollama"]["environment"]["OLLAMA_MODELS"] == MODELS
     assert research["CUDA_VISIBLE_DEVICES"] == "GPU-0001"
