@@ -1,8 +1,10 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters health_probes, health_report, health_table and health_services over module_utils/_health.py.
+"""Filters health_probes, health_report, health_table and health_services over
+module_utils/_health.py.
 
-Their documentation is in health_probes.yml, health_report.yml, health_table.yml and health_services.yml.
+Their documentation is in health_probes.yml, health_report.yml, health_table.yml and
+health_services.yml.
 """
 
 from __future__ import annotations

@@ -54,8 +54,8 @@ def probes(services, host="127.0.0.1"):
     for i, svc in enumerate(services):
         _check_service(i, svc)
         base = "http://%s:%d" % (svc.get("address") or host, svc["port"])
-        for check, method, path in ENDPOINTS[svc["engine"]]:
-            path = path or svc.get("path") or "/health"
+        for check, method, endpoint in ENDPOINTS[svc["engine"]]:
+            path = endpoint or svc.get("path") or "/health"
             out.append(dict(service=svc["name"], check=check, method=method, url=base + path,
                             body=None))
         if svc.get("request") and svc["engine"] in REQUESTS:

@@ -9,8 +9,7 @@ import os
 import pytest
 import yaml
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _render
-from ansible_collections.gpufleet.inference.plugins.module_utils import _health
+from ansible_collections.gpufleet.inference.plugins.module_utils import _health, _render
 
 OLLAMA = {"name": "ollama", "engine": "ollama", "port": 11434, "gpu": "0",
           "process_names": ["ollama"], "vram_budget_mib": 6000}
