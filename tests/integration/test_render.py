@@ -279,8 +279,8 @@ def test_every_unit_passes_systemd_analyze_verify(rendered, profile, mode):
             assert env["CUDA_VISIBLE_DEVICES"] == PINNED[name]
         if unit.startswith("ollama@"):
             assert env["OLLAMA_MODELS"] == str(rendered["root"] / "models")
-            assert env["OLLAMA_HOST"] == "0.0.0.0:%d" % (11435 if name == "ollama_research"
-                                                         else 11434)
+            port = 11435 if name == "ollama_research" else 11434
+            assert env["OLLAMA_HOST"] == "127.0.0.1:%d" % port
         else:
             assert env["VLLM_PORT"] == "8000" and 0 < float(env["VLLM_GPU_MEMORY_UTILIZATION"]) < 1
     for template in ("ollama@.service", "vllm@.service"):
