@@ -134,6 +134,6 @@ def host_sh(host, script, *, check=True, timeout=600, input_text=None):
                           input=input_text, capture_output=True, text=True, check=False,
                           timeout=timeout)
     if check and done.returncode != 0:
-        raise RuntimeError("%s: %s failed (rc %d):\n%s%s" % (host, script[:200], done.returncode,
-                                                            done.stdout, done.stderr))
+        raise RuntimeError("%s: %s failed (rc %d):\n%s%s"
+                           % (host, script[:200], done.returncode, done.stdout, done.stderr))
     return done

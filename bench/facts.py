@@ -255,9 +255,9 @@ def markdown(result):
           "-" if r["facts_bytes"] is None else "{:,}".format(r["facts_bytes"])]
          for r in data["rows"]])
     return "### Facts cost per host (%s)\n\n%s\n\nMeasured on %s CPUs (load average %s), " \
-        "commit %s, %s, in %.0f s." % (data["where"], body, result["machine"]["cpus"],
-                                       result["machine"]["load"],
-                     result["machine"]["commit"], result["machine"]["date"], result["seconds"])
+        "commit %s, %s, in %.0f s." % (
+            data["where"], body, result["machine"]["cpus"], result["machine"]["load"],
+            result["machine"]["commit"], result["machine"]["date"], result["seconds"])
 
 
 def main(argv=None):

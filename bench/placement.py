@@ -393,13 +393,12 @@ def markdown(result):
                   f(last["spread"], "%.4f"), f(last["warnings"], "%d")]
         rows.append(cells)
     parts.append(_common.table(headers, rows))
+    machine = result["machine"]
+    runs = ", ".join("%d at %s GPUs" % (s["repeats"], "{:,}".format(s["gpus"]))
+                     for s in result["scale"])
     parts += ["", "Runs per size (median): %s. Measured on %s CPUs (load average %s), Python %s, "
-              "commit %s, %s." % (
-        ", ".join("%d at %s GPUs" % (s["repeats"], "{:,}".format(s["gpus"]))
-                  for s in result["scale"]),
-        result["machine"]["cpus"], result["machine"]["load"], result["machine"]["python"],
-        result["machine"]["commit"],
-        result["machine"]["date"])]
+              "commit %s, %s." % (runs, machine["cpus"], machine["load"], machine["python"],
+                                  machine["commit"], machine["date"])]
     return "\n".join(parts)
 
 

@@ -77,8 +77,8 @@ def main(argv=None):
     known = [b[0] for b in BENCHMARKS]
     unknown = sorted(set(args.names) - set(known))
     if unknown:
-        parser.error("unknown benchmark(s) %s; known: %s" % (", ".join(unknown),
-                                                            ", ".join(known)))
+        parser.error("unknown benchmark(s) %s; known: %s"
+                     % (", ".join(unknown), ", ".join(known)))
     chosen = [b for b in BENCHMARKS if not args.names or b[0] in args.names]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
