@@ -189,8 +189,8 @@ CASES = [
     ("catalog-relative-volume", check_catalog(
         (["ollama", "volumes"], [{"source": "models", "target": "/root/.ollama"}])),
      "services_catalog.ollama.volumes[0].source must be an absolute host path; got: 'models'"),
-    ("catalog-health-port-unknown", check_catalog((["vllm", "health"], {"path": "/health",
-                                                                         "port": 9000})),
+    ("catalog-health-port-unknown",
+     check_catalog((["vllm", "health"], {"path": "/health", "port": 9000})),
      "services_catalog.vllm.health.port must be one of the service's container ports (8000); "
      "got: 9000"),
     ("services-profile-unknown",
@@ -316,8 +316,8 @@ CASES = [
     ("router-key-for-unknown-backend", router(keyed=["openai"]),
      "router_api_keys has a key for no backend"),
     # ---- preflight_* ----------------------------------------------------------------------
-    ("preflight-size-negative", preflight(size_table=[{"name": "x", "kind": "image",
-                                                        "size_mb": -5}]),
+    ("preflight-size-negative",
+     preflight(size_table=[{"name": "x", "kind": "image", "size_mb": -5}]),
      "preflight_size_table[0].size_mb must be an integer >= 0; got: -5"),
     ("preflight-size-unknown-kind", preflight(size_table=[{"name": "x", "kind": "layer",
                                                            "size_mb": 5}]),
