@@ -40,7 +40,7 @@ ACTIVE = {
 }
 GPU0, GPU1 = DUAL_GPUS[0]["uuid"], DUAL_GPUS[1]["uuid"]
 PINNED = {"ollama": GPU0, "vision": GPU0, "ollama_research": GPU1, "vllm": GPU1}
-FOREIGN_ENV = "MY_TOKEN=abc\n# kept comment\nDUAL_GPU_MODE=stale\n"
+FOREIGN_ENV = "MY_TOKEN=abc\n# kept comment\nDUAL_GPU_MODE=vllm\n"
 
 PLAYBOOK = """---
 - name: Render every output of the services plan
@@ -213,7 +213,9 @@ def test_finetune_and_auto_profiles(rendered):
     assert set(config["services"]) == ACTIVE[("dual-gpu", "mixed")] | {"finetune"}
     assert config["services"]["finetune"]["deploy"]["resources"]["reservations"]["devices"]
     auto = rendered["root"] / "auto-one-gpu" / "compose"
+    # No mode given: the one the .env holds stays (and the role writes it back).
     assert "COMPOSE_PROFILES=single-gpu\n" in (auto / ".env").read_text()
+    assert "DUAL_GPU_MODE=vllm\n" in (auto / ".env").read_text()
     config = compose_config(auto, ["compose.yml", "compose.gpu.yml"], ["single-gpu"])
     assert set(config["services"]) == ACTIVE[("single-gpu", None)]
 

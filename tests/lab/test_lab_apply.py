@@ -64,13 +64,15 @@ def test_compose_rollback_restores_files_and_services(dual_lab, tmp_path):
 
 
 def test_assigned_gpu_lost_at_apply_time_falls_back_with_a_warning(dual_lab, tmp_path):
-    """GPU 1 falls off the bus before the run: ollama_research (pinned to GPU 1) goes to GPU 0
-    with a warning and really runs there; the run still converges."""
+    """GPU 1 falls off the bus before the run of a host set to dual-gpu: ollama_research (pinned
+    to GPU 1) goes to GPU 0 with a warning and really runs there (seed 001's runtime fallback).
+    With profile auto the host would be single-gpu, which runs no ollama_research."""
     host = dual_lab["lab-dual"]
     clear_systemd(host)
     host.sh(LOSE_GPU1)
     try:
-        rc, out, _recap = apply(tmp_path, "lab-dual", {"services_dual_gpu_mode": "ollama"})
+        rc, out, _recap = apply(tmp_path, "lab-dual", {"services_dual_gpu_mode": "ollama",
+                                                       "services_profile": "dual-gpu"})
         assert rc == 0, out
         assert re.search(r"WARNING\]: .*ollama_research.*GPU 1", out), out
         assert_compose_state(host, dict(MODES["ollama"], ollama_research=GPU0))
@@ -121,8 +123,10 @@ def test_systemd_dual_gpu_mode(dual_lab, tmp_path, mode):
         assert any("ollama.py runner" in p for p in procs[uuid]), (name, procs)
 
 
+# The units and the instances' environment files (not the timestamped backups, `*~`, that a
+# rewrite leaves beside them).
 SYSTEMD_FILES = "/etc/systemd/system/ollama@.service /etc/systemd/system/vllm@.service " \
-    "/etc/gpufleet/instances/*"
+    "$(find /etc/gpufleet/instances -maxdepth 1 -type f ! -name '*~' | sort)"
 
 
 def test_systemd_rollback_restores_units_and_instances(dual_lab, tmp_path):
