@@ -237,7 +237,10 @@ def _group_vars(inv_dir, group):
 
 
 def _gpu_group(gpu_name):
-    """gpu_<model>, the group of that GPU's hosts: NVIDIA GeForce RTX 4090 -> gpu_geforce_rtx_4090."""
+    """gpu_<model>, the group of that GPU's hosts.
+
+    NVIDIA GeForce RTX 4090 -> gpu_geforce_rtx_4090.
+    """
     slug = "".join(c if c.isalnum() else "_" for c in gpu_name.lower()).strip("_")
     while "__" in slug:
         slug = slug.replace("__", "_")
@@ -338,7 +341,8 @@ LAB_UNIT_ACCESS = """
 getent group render >/dev/null || groupadd -r render
 for unit in ollama vllm; do
   mkdir -p /etc/systemd/system/$unit@.service.d
-  printf '[Service]\\nReadWritePaths=-%s\\n' > /etc/systemd/system/$unit@.service.d/gpufleet-lab.conf
+  printf '[Service]\\nReadWritePaths=-%s\\n' \\
+    > /etc/systemd/system/$unit@.service.d/gpufleet-lab.conf
 done
 """ % HOST_PROCS
 
