@@ -94,7 +94,10 @@ import json, pynvml
 pynvml.nvmlInit()
 out = {}
 for i in range(pynvml.nvmlDeviceGetCount()):
-    h = pynvml.nvmlDeviceGetHandleByIndex(i)
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+    except pynvml.NVMLError_GpuIsLost:  # a GPU off the bus holds nothing we can see
+        continue
     names = []
     for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
         with open('/proc/%d/cmdline' % proc.pid) as handle:
