@@ -86,10 +86,10 @@ bench: setup lab-setup
 
 # The last command of `make test` is pytest over every test layer (unit, integration, lab): its
 # summary line closes the run. Each group of lab hosts runs in one pytest-xdist worker, beside the
-# other groups and the unit and integration tests (tests/lab/conftest.py); the lab's engine is
+# other groups and the unit and integration tests (tests/conftest.py); the lab's engine is
 # settled once, before the workers start.
 TEST_WORKERS ?= 4
 test: lint sanity lab-setup
-	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup tests
+	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope tests
 
 include lab/lab.mk

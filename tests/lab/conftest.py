@@ -194,24 +194,3 @@ def dual_lab():
     if os.environ.get("GPUFLEET_LAB_KEEP") != "1":
         subprocess.run([sys.executable, os.path.join(LAB, "lab.py"), "down", "--hosts", hosts],
                        check=False, capture_output=True, timeout=300)
-
-
-# `make test` runs pytest-xdist with --dist loadgroup: the tests of one group of lab hosts run in
-# one worker, one after the other, while other workers run other groups and the unit and
-# integration tests. Groups by the fixture that starts the hosts; a lab test module with hosts
-# of its own is a group of its own.
-HOST_GROUPS = {"lab": "lab-ws", "ws": "lab-ws", "cpu": "lab-ws", "dual_lab": "lab-dual",
-               "spark": "lab-spark", "switch_vars": "lab-spark"}
-
-
-def pytest_collection_modifyitems(config, items):
-    here = os.path.dirname(os.path.abspath(__file__))
-    for item in items:
-        if not str(item.path).startswith(here + os.sep):
-            continue
-        groups = {HOST_GROUPS[name] for name in getattr(item, "fixturenames", ())
-                  if name in HOST_GROUPS}
-        if len(groups) > 1:
-            raise pytest.UsageError("%s uses the hosts of %s at once" % (item.nodeid, groups))
-        name = groups.pop() if groups else "lab-" + item.path.stem
-        item.add_marker(pytest.mark.xdist_group(name))

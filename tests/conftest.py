@@ -1,0 +1,63 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How `make test` spreads the tests over pytest-xdist workers.
+
+Tests are sent to the workers by scope, and a scope runs in one worker, one test after the
+other:
+- the lab test modules that drive the same lab hosts form one scope (LAB_MODULE_GROUPS), so
+  two workers never drive one host;
+- any other module is a scope of its own, so its fixtures (some render or build a lot) are set
+  up once, not once per worker.
+The scopes run beside each other: lab tests mostly wait on containers, so they overlap on two
+cores with the CPU-bound unit and integration tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from xdist.scheduler import LoadScopeScheduling
+
+LAB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab")
+# The fixture that starts a group of lab hosts (tests/lab/conftest.py and the modules).
+HOST_FIXTURES = {"lab": "lab-ws", "ws": "lab-ws", "cpu": "lab-ws", "dual_lab": "lab-dual",
+                 "spark": "lab-spark", "switch_vars": "lab-spark"}
+# Lab modules by the group of hosts they drive; a lab module not listed has hosts of its own.
+LAB_MODULE_GROUPS = {
+    "test_lab_hosts.py": "lab-ws", "test_lab_placement.py": "lab-ws",
+    "test_lab_molecule.py": "lab-ws", "test_lab_report.py": "lab-ws",
+    "test_lab_apply.py": "lab-dual", "test_lab_site.py": "lab-dual",
+    "test_lab_switch.py": "lab-spark",
+}
+
+
+def scope_of(nodeid):
+    """The scope (one worker, in order) of a test: its lab host group, else its module."""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith("tests/lab/"):
+        return LAB_MODULE_GROUPS.get(os.path.basename(path), path)
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """A lab test that starts hosts must sit in the scope of those hosts (the table above)."""
+    for item in items:
+        if not str(item.path).startswith(LAB_DIR + os.sep):
+            continue
+        groups = {HOST_FIXTURES[name] for name in getattr(item, "fixturenames", ())
+                  if name in HOST_FIXTURES}
+        module_group = LAB_MODULE_GROUPS.get(item.path.name)
+        if groups and groups != {module_group}:
+            raise pytest.UsageError(
+                "%s drives the lab hosts of %s: list %s in LAB_MODULE_GROUPS of tests/conftest.py"
+                " under that group (it says %s)"
+                % (item.nodeid, ", ".join(sorted(groups)), item.path.name, module_group))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    class HostGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return scope_of(nodeid)
+
+    return HostGroupScheduling(config, log)
