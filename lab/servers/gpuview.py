@@ -22,6 +22,8 @@ import os
 import time
 
 HOST_STATE = "/etc/gpufleet-nvml/state"
+# What /proc/meminfo shows on a real GB10 (GPU and CPU share the memory), simulated.
+HOST_MEMINFO = "/run/gpufleet-nvml/meminfo"
 CONTAINER_STATE = "/run/nvidia-stand-in/state"
 CONTAINER_INFO = "/run/nvidia-stand-in/container.json"
 
@@ -297,6 +299,24 @@ class Registration:
                 atomic_write(self._path(idx), text)
             except OSError:
                 pass
+
+
+def meminfo_text(state, regs):
+    """A /proc/meminfo stand-in for a host with a unified-memory GPU, or None without one.
+
+    MemTotal is the unified GPU's memory; MemAvailable is MemTotal minus what the driver
+    counts as used on it: static use plus the registrations, still-draining ones included
+    (on a real GB10 the driver's teardown shows in MemAvailable, not in NVML).
+    """
+    unified = [g for g in state["gpus"] if g.get("unified") == "1"]
+    if not unified:
+        return None
+    total = sum(int(_num(g.get("memory_total_mib"), 0)) for g in unified)
+    indexes = {g["index"] for g in unified}
+    used = sum(int(_num(g.get("memory_used_mib"), 0)) for g in unified)
+    used += sum(r["mib"] for r in regs if r["gpu"] in indexes)
+    return "MemTotal: %d kB\nMemFree: %d kB\nMemAvailable: %d kB\n" % (
+        total * 1024, max(0, total - used) * 1024, max(0, total - used) * 1024)
 
 
 def container_info():

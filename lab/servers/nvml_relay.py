@@ -15,6 +15,10 @@ and binds it at /run/nvidia-stand-in in the container. This relay (a systemd uni
 host, `gpufleet-nvml-relay.service`) keeps that view fresh and copies each registration of
 the container to the host's process directory under the host's GPU index and the host pid,
 so the host's NVML (our facts, nvidia-smi, drain waits) sees container VRAM too.
+
+On a host with a unified-memory GPU it also writes /run/gpufleet-nvml/meminfo, what
+/proc/meminfo shows on a real GB10: MemAvailable = the GPU's memory minus what the driver
+counts as used, memory still draining after a process exited included.
 """
 
 from __future__ import annotations
@@ -166,6 +170,24 @@ def relay(cdir, host_procs, pid_cache):
     return info
 
 
+def write_meminfo(state, regs, path=gpuview.HOST_MEMINFO):
+    """Keep the host's simulated meminfo (unified-memory GPU only) current."""
+    text = gpuview.meminfo_text(state, regs)
+    if text is None:
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        gpuview.atomic_write(path, text)
+    except OSError as exc:
+        print("nvml-relay: %s: %s" % (path, exc), file=sys.stderr)
+
+
 def sweep(host_state=gpuview.HOST_STATE, containers=CONTAINERS, pid_cache=None):
     if pid_cache is None:
         pid_cache = {}
@@ -175,7 +197,8 @@ def sweep(host_state=gpuview.HOST_STATE, containers=CONTAINERS, pid_cache=None):
     host_procs = state["globals"]["procs_dir"]
     drain = float(gpuview._num(state["globals"].get("drain_delay"), 0))
     # Like a driver, notice a dead process at once (not at the next NVML call): dead_since.
-    gpuview.registrations(host_procs, drain)
+    regs = gpuview.registrations(host_procs, drain)
+    write_meminfo(state, regs)
     try:
         cdirs = sorted(os.listdir(containers))
     except OSError:

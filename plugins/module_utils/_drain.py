@@ -10,6 +10,14 @@ Drained means, on the watched GPUs: no process of the given PIDs or names is lis
 more, used memory is at or below ``target_used_mib`` (plus the tolerance) when a target is
 given, and used memory has not moved by more than ``tolerance_mib`` for ``settle_s``
 seconds. No fixed sleep: the wait ends at the first sample that satisfies all three.
+
+Unified-memory GPUs (GB10 / DGX Spark): NVML has no memory size there, and used memory is
+only the sum of the LIVE processes, so memory the driver still holds after a process exited
+is invisible to it. When one of the watched GPUs is unified and a reader of the host's
+MemAvailable (``read_available() -> MiB``, from /proc/meminfo) is given, the memory signal
+is MemAvailable instead: drained means the processes are gone, MemAvailable is back to at
+least ``baseline_available_mib`` minus the tolerance when a baseline is given, and
+MemAvailable has not moved by more than ``tolerance_mib`` for ``settle_s`` seconds.
 """
 
 from __future__ import annotations
@@ -42,6 +50,27 @@ def _selected(gpus, wanted):
     return chosen
 
 
+def parse_meminfo(text, path="meminfo"):
+    """MemTotal and MemAvailable of a /proc/meminfo text, in MiB; ValueError naming the field."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        if sep and key in ("MemTotal", "MemAvailable"):
+            fields = rest.split()
+            if not fields or not fields[0].isdigit() or fields[1:] not in ([], ["kB"]):
+                raise ValueError("%s: %s must be a number of kB; got: %r"
+                                 % (path, key, rest.strip()))
+            values[key] = int(fields[0]) // 1024
+    for key in ("MemTotal", "MemAvailable"):
+        if key not in values:
+            raise ValueError("%s has no %s line" % (path, key))
+    return dict(total_mib=values["MemTotal"], available_mib=values["MemAvailable"])
+
+
+def _unified(gpus):
+    return any(g.get("memory_kind") == "unified" for g in gpus)
+
+
 def sample(gpus, pids=(), names=()):
     """One reading: used MiB per GPU and the watched processes still listed."""
     pids = {int(pid) for pid in pids}
@@ -60,12 +89,13 @@ def sample(gpus, pids=(), names=()):
 
 def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib=None,
                  settle_s=5.0, tolerance_mib=64, timeout_s=120.0, interval_s=0.5,
-                 max_samples=50):
+                 max_samples=50, read_available=None, baseline_available_mib=None):
     """Poll ``read()`` until drained; return the outcome (never raises on a timeout).
 
     Returns ``drained`` (bool), ``waited_s``, ``reason`` (why it is not drained, or None),
     ``last`` (the last sample) and ``samples`` (at most ``max_samples``, the latest kept,
-    each with ``t`` seconds since the start).
+    each with ``t`` seconds since the start). On a unified GPU with ``read_available``,
+    each sample also holds ``available_mib`` and the memory signal is MemAvailable.
     """
     _positive("settle_s", settle_s, allow_zero=True)
     _positive("tolerance_mib", tolerance_mib, allow_zero=True)
@@ -81,6 +111,8 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
                          "as settled; got: %r" % (timeout_s, settle_s))
     if target_used_mib is not None:
         _positive("target_used_mib", target_used_mib, allow_zero=True)
+    if baseline_available_mib is not None:
+        _positive("baseline_available_mib", baseline_available_mib, allow_zero=True)
     for i, key in enumerate(gpus):
         if isinstance(key, bool) or not _GPU_KEY_RE.match(str(key).strip()):
             raise ValueError("gpus[%d] must be a GPU index or UUID (GPU-..., MIG-...); got: %r"
@@ -97,18 +129,28 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
     stable_since, stable_total = None, None
     while True:
         now = clock()
-        current = sample(_selected(read(), gpus), pids, names)
+        watched = _selected(read(), gpus)
+        current = sample(watched, pids, names)
         current["t"] = round(now - start, 3)
+        unified = read_available is not None and _unified(watched)
+        if unified:
+            current["available_mib"] = read_available()
         samples.append(current)
         del samples[:-max_samples]
-        total = current["total_used_mib"]
+        total = current["available_mib"] if unified else current["total_used_mib"]
 
         if current["processes"]:
             reason = "processes still on the GPU: %s" % ", ".join(
                 "%s (pid %s, GPU %s)" % (p["name"] or "?", p["pid"], p["gpu"])
                 for p in current["processes"])
             stable_since = None
-        elif target_used_mib is not None and (total is None or
+        elif unified and baseline_available_mib is not None and (
+                total < baseline_available_mib - tolerance_mib):
+            reason = ("MemAvailable %d MiB is still below the baseline %d MiB (-%d): the driver "
+                      "still holds memory of the processes that left" % (
+                          total, baseline_available_mib, tolerance_mib))
+            stable_since = None
+        elif not unified and target_used_mib is not None and (total is None or
                                               total > target_used_mib + tolerance_mib):
             reason = "used memory %s MiB is still above the target %d MiB (+%d)" % (
                 total, target_used_mib, tolerance_mib)
@@ -120,8 +162,8 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
             if now - stable_since >= settle_s:
                 return dict(drained=True, waited_s=round(now - start, 3), reason=None,
                             last=current, samples=samples)
-            reason = "used memory has been stable for %.1f s of %.1f s" % (
-                now - stable_since, settle_s)
+            reason = "%s has been stable for %.1f s of %.1f s" % (
+                "MemAvailable" if unified else "used memory", now - stable_since, settle_s)
 
         if now - start >= timeout_s:
             return dict(drained=False, waited_s=round(now - start, 3),

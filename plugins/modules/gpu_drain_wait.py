@@ -13,6 +13,13 @@ description:
     O(interval) seconds and returns as soon as, on the watched GPUs, no process of O(pids) or
     O(names) is listed, used memory is at most O(target_used_mib) (plus O(tolerance_mib)) when
     given, and used memory has not moved by more than O(tolerance_mib) for O(settle) seconds.
+  - On unified-memory GPUs (GB10 / DGX Spark) NVML has no memory size and lists the memory of
+    live processes only, so memory the driver still holds after a process exited does not
+    show there. When a watched GPU is unified, the memory signal is MemAvailable of
+    O(meminfo_path) instead (GPU and CPU share the memory): the wait ends when the processes
+    are gone, MemAvailable is at least O(baseline_available_mib) minus O(tolerance_mib) when
+    given, and MemAvailable has not moved by more than O(tolerance_mib) for O(settle) seconds.
+    O(target_used_mib) is not used there.
   - Fails after O(timeout) seconds with the last reading. No fixed sleep.
   - The wait a mode switch needs before it starts vLLM, whose start-up memory profiling fails
     when a co-tenant frees memory meanwhile (vllm#56830).
@@ -41,11 +48,22 @@ options:
     type: int
   settle:
     description:
-      - Seconds used memory must stay within O(tolerance_mib). On unified-memory GPUs (GB10),
-        NVML has no memory size and used memory is the sum of the listed processes, so the
-        driver's teardown after a process has gone is not visible; O(settle) must cover it.
+      - Seconds used memory (MemAvailable on unified-memory GPUs) must stay within
+        O(tolerance_mib).
     type: float
     default: 5.0
+  meminfo_path:
+    description:
+      - The meminfo file whose MemAvailable is the memory signal on unified-memory GPUs, and
+        whose MemTotal sizes them. Not read for the signal when every watched GPU is discrete.
+    type: path
+    default: /proc/meminfo
+  baseline_available_mib:
+    description:
+      - On unified-memory GPUs, the MemAvailable (MiB) memory must climb back to, typically
+        MemAvailable before the stop plus what the stopped processes held.
+      - Ignored on discrete GPUs.
+    type: int
   tolerance_mib:
     description: MiB of movement still counted as stable.
     type: int
@@ -81,6 +99,12 @@ EXAMPLES = r"""
     names: [ollama]
     settle: 5
     timeout: 120
+
+- name: On a GB10, wait until MemAvailable is back to 60000 MiB and stable for 5 seconds
+  gpufleet.inference.gpu_drain_wait:
+    names: [ollama]
+    baseline_available_mib: 60000
+    settle: 5
 """
 
 RETURN = r"""
@@ -91,7 +115,8 @@ waited_s:
   sample: 3.52
 last:
   description:
-    - The last reading (C(used_mib) per GPU index, C(total_used_mib), C(processes) still listed).
+    - The last reading (C(used_mib) per GPU index, C(total_used_mib), C(processes) still listed,
+      and C(available_mib), MemAvailable, on unified-memory GPUs).
   returned: always
   type: dict
 samples:
@@ -101,7 +126,6 @@ samples:
   elements: dict
 """
 
-import os
 import time
 import traceback
 
@@ -134,22 +158,34 @@ def main():
             tolerance_mib=dict(type="int", default=64),
             timeout=dict(type="float", default=120.0),
             interval=dict(type="float", default=0.5),
+            meminfo_path=dict(type="path", default="/proc/meminfo"),
+            baseline_available_mib=dict(type="int"),
         ),
         supports_check_mode=True,
     )
     if not HAS_PYNVML:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMP_ERR)
     p = module.params
-    memory = _gpu_facts.read_meminfo_mib(os.path.join("/", "proc", "meminfo"))
+    memory = _gpu_facts.read_meminfo_mib(p["meminfo_path"])
 
     def read():
         return _nvml.read_gpus(pynvml, system_memory_mib=memory)["gpus"]
+
+    def read_available():
+        where = "meminfo_path %s" % p["meminfo_path"]
+        try:
+            with open(p["meminfo_path"]) as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ValueError("%s cannot be read: %s" % (where, exc)) from exc
+        return _drain.parse_meminfo(text, where)["available_mib"]
 
     try:
         result = _drain.wait_drained(
             read, time.monotonic, time.sleep, gpus=p["gpus"], pids=p["pids"], names=p["names"],
             target_used_mib=p["target_used_mib"], settle_s=p["settle"],
-            tolerance_mib=p["tolerance_mib"], timeout_s=p["timeout"], interval_s=p["interval"])
+            tolerance_mib=p["tolerance_mib"], timeout_s=p["timeout"], interval_s=p["interval"],
+            read_available=read_available, baseline_available_mib=p["baseline_available_mib"])
     except (ValueError, _nvml.NvmlUnavailable, _nvml.NvmlError) as exc:
         module.fail_json(msg="gpu_drain_wait: %s" % exc)
     out = dict(changed=False, waited_s=result["waited_s"], last=result["last"],

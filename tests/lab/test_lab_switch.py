@@ -33,6 +33,12 @@ DRAIN = 4.0  # seconds the driver still counts freed memory (a realistic GB10 te
 # that a drain of DRAIN seconds that began just before the start ends inside the window.
 # The stand-in servers in containers read their timings from the environment (the host's
 # /etc/gpufleet-lab/standin.env is not visible inside containers), so they go to compose.
+# The switch test: a GB10 teardown longer than the drain wait's settle time. NVML's sum of
+# live processes drops at once; only MemAvailable (the relay's meminfo) shows the drain.
+LONG_DRAIN, SETTLE = 8.0, 2
+# The wait starts when `docker compose stop` returns, up to STOP_S after the processes exited
+# and their teardown began; a wait blind to the teardown ends after about SETTLE seconds.
+STOP_S = 4.0
 VLLM_ENV = {
     "GPUFLEET_STANDIN_VLLM_STARTUP_SECONDS": "0.5",
     "GPUFLEET_STANDIN_VLLM_LOAD_SECONDS": "0.5",
@@ -208,14 +214,29 @@ def test_naive_stop_then_start_crashes_vllm_in_memory_profiling(spark):
 
 
 def test_switch_chat_ingestion_chat_waits_for_the_drain(spark, switch_vars):
-    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=chat", "-e", switch_vars)
+    """A drain longer than the settle time: the wait must follow MemAvailable, not NVML."""
+    set_drain_delay(spark, LONG_DRAIN)
+    try:
+        _switch_chat_ingestion_chat(spark, switch_vars, "mode_switch_drain_settle=%s" % SETTLE)
+    finally:
+        set_drain_delay(spark, DRAIN)
+
+
+def _switch_chat_ingestion_chat(spark, switch_vars, settle):
+    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=chat", "-e", switch_vars,
+                              "-e", settle)
     assert rc == 0 and recap["failed"] == 0, out
     assert services(spark) == ["ollama"]
     assert mode_json(spark)["mode"] == "chat"
-    wait_counted(spark, lambda mib: mib > 1000)  # the preloaded model holds its memory
+    held = wait_counted(spark, lambda mib: mib > 1000)  # the preloaded model holds its memory
+    # what /proc/meminfo shows on a GB10: the unified memory less what the driver counts
+    meminfo = dict(line.split(":") for line in
+                   spark.sh("cat /run/gpufleet-nvml/meminfo").stdout.splitlines())
+    assert meminfo["MemTotal"].split() == [str(124610 * 1024), "kB"], meminfo
+    assert meminfo["MemAvailable"].split() == [str((124610 - held) * 1024), "kB"], meminfo
 
     rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=ingestion",
-                              "-e", switch_vars)
+                              "-e", switch_vars, "-e", settle)
     assert rc == 0 and recap["failed"] == 0 and recap["changed"] > 0, out
     assert services(spark) == ["docling", "vllm"]
     assert spark.wait_http("http://127.0.0.1:8000/health", timeout=5) is not None
@@ -231,13 +252,14 @@ def test_switch_chat_ingestion_chat_waits_for_the_drain(spark, switch_vars):
     assert state["failure"] is None
     assert sorted(state["services"]) == ["docling", "vllm"]
     # the drain wait covered the driver's teardown, and the downtime includes it
-    assert float(state["drain_s"]) >= DRAIN
+    assert float(state["drain_s"]) >= LONG_DRAIN + SETTLE - STOP_S, state
     assert float(state["downtime_s"]) > float(state["drain_s"])
     prom = spark.sh("cat /etc/gpufleet/mode_switch.prom").stdout
     assert 'gpufleet_mode_switch_downtime_seconds{mode="ingestion",outcome="switched"} %s' % (
         state["downtime_s"]) in prom, prom
 
-    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=chat", "-e", switch_vars)
+    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=chat", "-e", switch_vars,
+                              "-e", settle)
     assert rc == 0 and recap["failed"] == 0, out
     assert services(spark) == ["ollama"]
     tags = spark.wait_http("http://127.0.0.1:11434/api/tags", timeout=5)
@@ -247,9 +269,10 @@ def test_switch_chat_ingestion_chat_waits_for_the_drain(spark, switch_vars):
     state = mode_json(spark)
     outcome = (state["mode"], state["previous"], state["outcome"])
     assert outcome == ("chat", "ingestion", "switched"), state
-    assert float(state["drain_s"]) >= DRAIN
+    assert float(state["drain_s"]) >= LONG_DRAIN + SETTLE - STOP_S, state
 
-    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=chat", "-e", switch_vars)
+    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=chat", "-e", switch_vars,
+                              "-e", settle)
     assert rc == 0 and recap["changed"] == 0 and recap["failed"] == 0, out
     assert mode_json(spark)["switched_at"] == state["switched_at"]
 

@@ -112,3 +112,105 @@ def test_bad_input(kwargs, message):
     with pytest.raises(ValueError) as err:
         _drain.wait_drained(fake.read, fake.clock, fake.sleep, **kwargs)
     assert str(err.value) == message
+
+
+def spark(*procs):
+    """A GB10: NVML lists only live processes and their memory (no memory size)."""
+    reading = gpu(sum(p[2] for p in procs), *procs)
+    reading["memory_kind"] = "unified"
+    return reading
+
+
+class Meminfo:
+    """MemAvailable over time, on the same fake clock: [(from_t, MiB)], ascending."""
+
+    def __init__(self, fake, timeline):
+        self.fake, self.timeline = fake, timeline
+
+    def __call__(self):
+        return [mib for start, mib in self.timeline if self.fake.now >= start][-1]
+
+
+# Ollama leaves at t=1; the driver holds its 4683 MiB until t=9 (an 8 s drain).
+SPARK_TIMELINE = [(0, [spark(OLLAMA)]), (1.0, [spark()])]
+SPARK_AVAILABLE = [(0, 100000), (9.0, 104683)]
+
+
+def test_unified_drain_waits_for_memavailable_back_at_the_baseline():
+    fake = Fake(SPARK_TIMELINE)
+    result = _drain.wait_drained(
+        fake.read, fake.clock, fake.sleep, names=["ollama"], settle_s=2.0, interval_s=0.5,
+        read_available=Meminfo(fake, SPARK_AVAILABLE), baseline_available_mib=104683)
+    assert result["drained"], result["reason"]
+    assert result["waited_s"] == pytest.approx(11.0)
+    assert result["last"]["available_mib"] == 104683
+
+
+def test_unified_drain_without_the_signal_ends_before_the_memory_is_free():
+    """NVML's live-process sum drops at exit: the defect the MemAvailable signal fixes."""
+    fake = Fake(SPARK_TIMELINE)
+    result = _drain.wait_drained(fake.read, fake.clock, fake.sleep, names=["ollama"],
+                                 settle_s=2.0, interval_s=0.5, target_used_mib=0)
+    assert result["drained"] and result["waited_s"] == pytest.approx(3.0)
+
+
+def test_unified_drain_needs_memavailable_stable_for_the_settle_time():
+    """No baseline: MemAvailable climbing back resets the settle time until it holds."""
+    fake = Fake(SPARK_TIMELINE)
+    climbing = [(0, 100000), (2.0, 101000), (3.0, 102000), (4.0, 104000), (5.0, 104683),
+                (6.0, 104700)]
+    result = _drain.wait_drained(fake.read, fake.clock, fake.sleep, names=["ollama"],
+                                 settle_s=2.0, interval_s=0.5,
+                                 read_available=Meminfo(fake, climbing))
+    assert result["drained"] and result["waited_s"] == pytest.approx(7.0)
+
+
+def test_unified_drain_times_out_naming_memavailable():
+    fake = Fake(SPARK_TIMELINE)
+    result = _drain.wait_drained(
+        fake.read, fake.clock, fake.sleep, names=["ollama"], settle_s=1.0, timeout_s=4.0,
+        read_available=Meminfo(fake, [(0, 100000)]), baseline_available_mib=104683)
+    assert not result["drained"]
+    assert result["reason"] == (
+        "GPU memory did not drain within 4.0 s: MemAvailable 100000 MiB is still below the "
+        "baseline 104683 MiB (-64): the driver still holds memory of the processes that left")
+
+
+def test_discrete_gpu_ignores_memavailable():
+    fake = Fake([(0, [gpu(5000, OLLAMA)]), (1.0, [gpu(300)])])
+
+    def unused():
+        raise AssertionError("meminfo must not be read for a discrete GPU")
+
+    result = _drain.wait_drained(fake.read, fake.clock, fake.sleep, names=["ollama"],
+                                 settle_s=1.0, read_available=unused,
+                                 baseline_available_mib=999999)
+    assert result["drained"] and result["waited_s"] == pytest.approx(2.0)
+    assert "available_mib" not in result["last"]
+
+
+def test_bad_baseline_names_the_field():
+    fake = Fake([(0, [spark()])])
+    with pytest.raises(ValueError) as err:
+        _drain.wait_drained(fake.read, fake.clock, fake.sleep, baseline_available_mib=-1)
+    assert str(err.value) == "baseline_available_mib must be >= 0; got: -1"
+
+
+MEMINFO = "MemTotal:       127600640 kB\nMemFree:         1000 kB\nMemAvailable:   107198464 kB\n"
+
+
+def test_parse_meminfo():
+    assert _drain.parse_meminfo(MEMINFO) == dict(total_mib=124610, available_mib=104686)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("MemTotal: 1024 kB\n", "/m has no MemAvailable line"),
+    ("MemTotal: 1024 kB\nMemAvailable: lots kB\n",
+     "/m: MemAvailable must be a number of kB; got: 'lots kB'"),
+    ("MemTotal: 1024 MB\nMemAvailable: 1024 kB\n",
+     "/m: MemTotal must be a number of kB; got: '1024 MB'"),
+])
+def test_parse_meminfo_bad_input(text, message):
+    with pytest.raises(ValueError) as err:
+        _drain.parse_meminfo(text, "/m")
+    assert str(err.value) == message
