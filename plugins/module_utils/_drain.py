@@ -150,8 +150,8 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
                       "still holds memory of the processes that left" % (
                           total, baseline_available_mib, tolerance_mib))
             stable_since = None
-        elif not unified and target_used_mib is not None and (total is None or
-                                              total > target_used_mib + tolerance_mib):
+        elif not unified and target_used_mib is not None and (
+                total is None or total > target_used_mib + tolerance_mib):
             reason = "used memory %s MiB is still above the target %d MiB (+%d)" % (
                 total, target_used_mib, tolerance_mib)
             stable_since = None

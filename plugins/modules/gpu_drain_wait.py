@@ -16,7 +16,7 @@ description:
   - On unified-memory GPUs (GB10 / DGX Spark) NVML has no memory size and lists the memory of
     live processes only, so memory the driver still holds after a process exited does not
     show there. When a watched GPU is unified, the memory signal is MemAvailable of
-    O(meminfo_path) instead (GPU and CPU share the memory): the wait ends when the processes
+    O(meminfo_path) instead (GPU and CPU share the memory); the wait ends when the processes
     are gone, MemAvailable is at least O(baseline_available_mib) minus O(tolerance_mib) when
     given, and MemAvailable has not moved by more than O(tolerance_mib) for O(settle) seconds.
     O(target_used_mib) is not used there.
