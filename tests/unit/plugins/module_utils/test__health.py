@@ -130,7 +130,7 @@ def test_from_plan_bad_input(plan, runtime, message):
 
 def test_ollama_without_a_gpu_may_run_its_models_on_the_cpu():
     svc = dict(OLLAMA, gpu=None)
-    result = _health.report([svc], [ok(), ok({"models": [{"name": "q", "size": 10,
-                                                           "size_vram": 0}]})], GPUS)
+    models = {"models": [{"name": "q", "size": 10, "size_vram": 0}]}
+    result = _health.report([svc], [ok(), ok(models)], GPUS)
     assert result["healthy"], result
     assert result["services"][0]["checks"][1]["detail"] == "1 loaded (CPU)"
