@@ -280,9 +280,11 @@ def inventory_json(inv_dir, running):
         hostvars[host] = {"lab_gpus": lab_gpus, "gpufleet_expected_gpus": expected_gpus(lab_gpus)}
         for group in sorted({_gpu_group(gpu["name"]) for gpu in lab_gpus} or {"gpu_none"}):
             groups.setdefault(group, []).append(host)
-    out = {"_meta": {"hostvars": hostvars}, "all": {"children": sorted(groups)}}
-    for group, hosts in sorted(groups.items()):
-        out[group] = {"hosts": hosts}
+    # Ansible adds the hosts in the order it meets them: the lab group, sorted, comes first, so
+    # that serial batches (the canary first) follow the host names.
+    out = {"_meta": {"hostvars": hostvars}}
+    for group in ["lab", FLEET_GROUP, *sorted(set(groups) - {"lab", FLEET_GROUP})]:
+        out[group] = {"hosts": groups[group]}
     out["lab"]["vars"] = dict(_group_vars(inv_dir, "all"), **_group_vars(inv_dir, "lab"))
     return out
 
@@ -577,7 +579,7 @@ def main(argv=None):
             return 1
         if args.inventory_host:
             out = out["_meta"]["hostvars"].get(args.inventory_host, {})
-        print(json.dumps(out, indent=2, sort_keys=True))
+        print(json.dumps(out, indent=2))
         return 0
     inventory = load_inventory(args.inventory)
     try:
