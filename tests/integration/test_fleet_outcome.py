@@ -121,3 +121,23 @@ def test_site_refuses_bad_rollout_settings_before_any_host(tmp_path, extra, show
     assert "gpufleet_serial must be a count, a percentage like '25%' or a list of them" in out
     assert shown in out, out
     assert "PLAY [Preflight, place" not in out, out
+
+
+def test_the_fleet_inventory_example_host_variables_beat_group_defaults():
+    proc = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(REPO / "inventory" / "examples" / "fleet"),
+         "--list"], capture_output=True, text=True, check=True, cwd=str(REPO),
+        env=ansible_env())
+    inv = json.loads(proc.stdout)
+    hostvars = inv["_meta"]["hostvars"]
+    modes = {h: hostvars[h]["dual_gpu_mode"] for h in ("infer-01", "infer-02", "infer-03")}
+    assert modes == {"infer-01": "ollama", "infer-02": "vllm", "infer-03": "ollama"}
+    assert hostvars["infer-01"]["gpufleet_expected_gpus"]["name"] == "NVIDIA GeForce RTX 3090"
+    assert hostvars["infer-03"]["gpufleet_expected_gpus"]["names"][1] == "NVIDIA RTX A4000"
+    pins = {h: hostvars[h]["services_catalog"]["ollama"]["gpu"] for h in ("edge-01", "edge-02")}
+    assert pins == {"edge-01": 0, "edge-02": "GPU-4c1d0000-0000-4000-8000-000000000032"}
+    # The constructed source groups the hosts by the GPU models they declare.
+    assert inv["gpu_NVIDIA_GeForce_RTX_3090"]["hosts"] == ["infer-01", "infer-02", "infer-03"]
+    assert inv["gpu_NVIDIA_RTX_A4000"]["hosts"] == ["infer-03"]
+    assert inv["gpu_NVIDIA_L4"]["hosts"] == ["edge-01", "edge-02"]
+    assert "gpufleet_expected_gpus" not in hostvars["cpu-01"]
