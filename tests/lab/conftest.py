@@ -173,24 +173,33 @@ def cpu(lab):
 DUAL_HOSTS = ("lab-dual", "lab-edge")
 
 
-@pytest.fixture(scope="session")
-def dual_lab():
-    """Start lab-dual and lab-edge (a CPU box), yield {name: Host}; remove them afterwards.
-
-    The tests of apply.yml and site.yml use them (never lab-ws or lab-spark, which other
-    tests use).
-    """
+def _dual_boxes(names):
+    """Start the hosts ``names`` (the first a dual-GPU box), yield {name: Host}, remove them."""
     os.environ["DOCKER_HOST"] = _docker_host()
-    hosts = ",".join(DUAL_HOSTS)
+    hosts = ",".join(names)
     t0 = time.time()
     proc = subprocess.run([sys.executable, os.path.join(LAB, "lab.py"), "up", "--hosts", hosts],
                           check=False, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, "lab up failed:\n%s\n%s" % (proc.stdout, proc.stderr)
     sys.stderr.write("lab up (%s) in %.1f s\n" % (hosts, time.time() - t0))
-    dual = Host("lab-dual")
+    dual = Host(names[0])
     # The catalog's vision image is gpufleet/vision; the lab ships it as gpufleet-lab/vision.
     dual.sh("docker tag gpufleet-lab/vision:latest gpufleet/vision:latest")
-    yield {name: Host(name) for name in DUAL_HOSTS}
+    yield {name: Host(name) for name in names}
     if os.environ.get("GPUFLEET_LAB_KEEP") != "1":
         subprocess.run([sys.executable, os.path.join(LAB, "lab.py"), "down", "--hosts", hosts],
                        check=False, capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def dual_lab():
+    """lab-dual and lab-edge (a CPU box), for the tests of site.yml (never lab-ws or lab-spark,
+    which other tests use)."""
+    yield from _dual_boxes(DUAL_HOSTS)
+
+
+@pytest.fixture(scope="session")
+def dual2_lab():
+    """lab-dual2 (2x RTX 3090, like lab-dual), for the tests of apply.yml: they run beside
+    the site tests."""
+    yield from _dual_boxes(("lab-dual2",))

@@ -20,6 +20,9 @@ from conftest import ROOT
 HOSTS = ("lab-dual", "lab-edge")
 GPU0 = "GPU-d0a1e2f3-0000-4000-8000-309000000000"
 GPU1 = "GPU-d0a1e2f3-0000-4000-8000-309000000001"
+# lab-dual2, the same box again (the apply tests run there, beside the site tests).
+DUAL2_GPU0 = "GPU-d0a1e2f3-0000-4000-8000-309000000010"
+DUAL2_GPU1 = "GPU-d0a1e2f3-0000-4000-8000-309000000011"
 PROJECT = "/opt/gpufleet"
 PROJECT_FILES = ("compose.yml", "compose.gpu.yml", "compose.podman-gpu.yml", ".env",
                  "gpu-assignments.yml")
@@ -27,13 +30,19 @@ PROJECT_FILES = ("compose.yml", "compose.gpu.yml", "compose.podman-gpu.yml", ".e
 # /usr/bin/ollama): the placement must count them as ours, or a second run re-places.
 MANAGED = {"services_placement_options": {
     "managed_processes": ["ollama*", "*vllm*", "vision*"]}}
-# Which services run, and on which GPU, in each dual-gpu mode (seed 000).
-MODES = {
-    "ollama": {"ollama": GPU0, "vision": GPU0, "ollama_research": GPU1, "docling": None},
-    "vllm": {"ollama": GPU0, "vision": GPU0, "vllm": GPU1, "docling": None},
-    "mixed": {"ollama": GPU0, "vision": GPU0, "ollama_research": GPU1, "vllm": GPU1,
-              "docling": None},
-}
+
+
+def modes(gpu0, gpu1):
+    """Which services run, and on which GPU, in each dual-gpu mode (seed 000)."""
+    return {
+        "ollama": {"ollama": gpu0, "vision": gpu0, "ollama_research": gpu1, "docling": None},
+        "vllm": {"ollama": gpu0, "vision": gpu0, "vllm": gpu1, "docling": None},
+        "mixed": {"ollama": gpu0, "vision": gpu0, "ollama_research": gpu1, "vllm": gpu1,
+                  "docling": None},
+    }
+
+
+MODES = modes(GPU0, GPU1)
 HEALTH = {"ollama": 11434, "ollama_research": 11435, "vllm": 8000, "vision": 8002,
           "docling": 5001}
 _RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"

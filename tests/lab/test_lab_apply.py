@@ -1,6 +1,7 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""playbooks/apply.yml on the lab's dual box: the systemd path, rollbacks, a GPU lost.
+"""playbooks/apply.yml on the lab's second dual box (lab-dual2): the systemd path, rollbacks,
+a GPU lost.
 
 The compose path of each dual-GPU mode is converged by site.yml (test_lab_site.py). Every case
 asserts real state: the containers' DeviceRequests, Ollama's /api/ps, the instances'
@@ -17,18 +18,22 @@ import pytest
 import yaml
 from conftest import ROOT
 from dual import (
-    GPU0,
-    GPU1,
+    DUAL2_GPU0,
+    DUAL2_GPU1,
     HEALTH,
-    MODES,
     apply,
     assert_compose_state,
     clear_compose,
     clear_systemd,
     converge,
     gpu_processes,
+    modes,
     sha256s,
 )
+
+BOX = "lab-dual2"
+GPU0, GPU1 = DUAL2_GPU0, DUAL2_GPU1
+MODES = modes(GPU0, GPU1)
 
 
 def broken_vllm_catalog():
@@ -40,19 +45,19 @@ def broken_vllm_catalog():
     return catalog
 
 
-def test_compose_rollback_restores_files_and_services(dual_lab, tmp_path):
+def test_compose_rollback_restores_files_and_services(dual2_lab, tmp_path):
     """site.yml: the broken vLLM fails verify; the files come back byte for byte, the previous
     services run again, the apply record says rolled_back, health and router do not run."""
-    host = dual_lab["lab-dual"]
+    host = dual2_lab[BOX]
     clear_systemd(host)
-    rc, out, recap = apply(tmp_path, "lab-dual", {"dual_gpu_mode": "ollama"}, playbook="site.yml")
+    rc, out, recap = apply(tmp_path, BOX, {"dual_gpu_mode": "ollama"}, playbook="site.yml")
     assert rc == 0, out
     before = sha256s(host)
-    rc, out, recap = apply(tmp_path, "lab-dual", {
+    rc, out, recap = apply(tmp_path, BOX, {
         "dual_gpu_mode": "vllm", "services_catalog": broken_vllm_catalog(),
         "compose_verify_timeout": 15}, playbook="site.yml")
     assert rc != 0, out
-    assert recap["lab-dual"][2] == 1, out
+    assert recap[BOX][2] == 1, out
     assert re.search(r"compose: Wait for the health endpoint of each service: vllm: .*"
                      r"rolled back to the previous files and services "
                      r"\(docling, ollama, ollama_research, vision\)", out), out
@@ -63,16 +68,16 @@ def test_compose_rollback_restores_files_and_services(dual_lab, tmp_path):
     assert record["result"] == "rolled_back", record
 
 
-def test_assigned_gpu_lost_at_apply_time_falls_back_with_a_warning(dual_lab, tmp_path):
+def test_assigned_gpu_lost_at_apply_time_falls_back_with_a_warning(dual2_lab, tmp_path):
     """GPU 1 falls off the bus before the run of a host set to dual-gpu: ollama_research (pinned
     to GPU 1) goes to GPU 0 with a warning and really runs there (seed 001's runtime fallback).
     With profile auto the host would be single-gpu, which runs no ollama_research."""
-    host = dual_lab["lab-dual"]
+    host = dual2_lab[BOX]
     clear_systemd(host)
     host.sh(LOSE_GPU1)
     try:
-        rc, out, _recap = apply(tmp_path, "lab-dual", {"services_dual_gpu_mode": "ollama",
-                                                       "services_profile": "dual-gpu"})
+        rc, out, _recap = apply(tmp_path, BOX, {"services_dual_gpu_mode": "ollama",
+                                                "services_profile": "dual-gpu"})
         assert rc == 0, out
         assert re.search(r"WARNING\]: .*ollama_research.*GPU 1", out), out
         assert_compose_state(host, dict(MODES["ollama"], ollama_research=GPU0))
@@ -93,11 +98,11 @@ grep -v '^lost 1$' $f > $f.tmp && mv $f.tmp $f
 
 
 @pytest.mark.parametrize("mode", ["ollama", "vllm", "mixed"])
-def test_systemd_dual_gpu_mode(dual_lab, tmp_path, mode):
-    host = dual_lab["lab-dual"]
+def test_systemd_dual_gpu_mode(dual2_lab, tmp_path, mode):
+    host = dual2_lab[BOX]
     clear_compose(host)
-    converge(tmp_path, "lab-dual", {"gpufleet_runtime": "systemd",
-                                    "services_dual_gpu_mode": mode}, check=mode == "mixed")
+    converge(tmp_path, BOX, {"gpufleet_runtime": "systemd",
+                             "services_dual_gpu_mode": mode}, check=mode == "mixed")
     expected = {name: uuid for name, uuid in MODES[mode].items()
                 if name in ("ollama", "ollama_research", "vllm")}
     units = host.sh("systemctl list-units --plain --no-legend --state=active"
@@ -129,18 +134,18 @@ SYSTEMD_FILES = "/etc/systemd/system/ollama@.service /etc/systemd/system/vllm@.s
     "$(find /etc/gpufleet/instances -maxdepth 1 -type f ! -name '*~' | sort)"
 
 
-def test_systemd_rollback_restores_units_and_instances(dual_lab, tmp_path):
-    host = dual_lab["lab-dual"]
+def test_systemd_rollback_restores_units_and_instances(dual2_lab, tmp_path):
+    host = dual2_lab[BOX]
     clear_compose(host)
     systemd = {"gpufleet_runtime": "systemd", "services_dual_gpu_mode": "ollama"}
-    rc, out, recap = apply(tmp_path, "lab-dual", systemd)
+    rc, out, recap = apply(tmp_path, BOX, systemd)
     assert rc == 0, out
     before = host.sh("sha256sum %s" % SYSTEMD_FILES).stdout
-    rc, out, recap = apply(tmp_path, "lab-dual", dict(
+    rc, out, recap = apply(tmp_path, BOX, dict(
         systemd, services_dual_gpu_mode="vllm", services_catalog=broken_vllm_catalog(),
         systemd_units_verify_timeout=15))
     assert rc != 0, out
-    assert recap["lab-dual"][2] == 1, out
+    assert recap[BOX][2] == 1, out
     assert re.search(r"systemd_units: .*vllm.*; rolled back to the last good files and instances "
                      r"\(ollama@ollama.service, ollama@ollama_research.service\)", out), out
     assert host.sh("sha256sum %s" % SYSTEMD_FILES).stdout == before

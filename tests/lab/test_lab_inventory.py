@@ -90,7 +90,8 @@ def read(libdir, tmp_path, host, hvars):
     return json.loads(out)
 
 
-@pytest.mark.parametrize("host", ["lab-ws", "lab-dual", "lab-spark", "lab-cpu", "lab-edge"])
+@pytest.mark.parametrize(
+    "host", ["lab-ws", "lab-dual", "lab-dual2", "lab-spark", "lab-cpu", "lab-edge"])
 def test_default_lab_hosts_read_back_through_pynvml(libdir, tmp_path, host):
     hvars = lab_cli.load_inventory(os.path.join(ROOT, "inventory", "lab"))[host]
     gpus = read(libdir, tmp_path, host, hvars)
