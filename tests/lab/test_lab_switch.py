@@ -36,6 +36,9 @@ DRAIN = 4.0  # seconds the driver still counts freed memory (a realistic GB10 te
 # The switch test: a GB10 teardown longer than the drain wait's settle time. NVML's sum of
 # live processes drops at once; only MemAvailable (the relay's meminfo) shows the drain.
 LONG_DRAIN, SETTLE = 8.0, 2
+# The naive script's test: the drain must outlast `compose stop` + `compose up` (x seconds after
+# Ollama exited: 1-5 s on a loaded machine) and end inside vLLM's profiling (x+1 .. x+7 s).
+NAIVE_DRAIN = 6.0
 # The wait starts when `docker compose stop` returns, up to STOP_S after the processes exited
 # and their teardown began; a wait blind to the teardown ends after about SETTLE seconds.
 STOP_S = 4.0
@@ -189,6 +192,9 @@ services:
 def test_naive_stop_then_start_crashes_vllm_in_memory_profiling(spark):
     """Seed 003's old script without its sleep: vLLM profiles while Ollama's memory drains."""
     spark.sh("mkdir -p /srv/naive && cat > /srv/naive/compose.yml", input=NAIVE)
+    # NAIVE_DRAIN, not DRAIN: `compose stop` + `compose up` can take seconds on a loaded
+    # machine, and the drain must still be on when vLLM takes its snapshot.
+    set_drain_delay(spark, NAIVE_DRAIN)
     try:
         spark.sh("cd /srv/naive && docker compose up -d ollama")
         spark.wait_http("http://127.0.0.1:11500/api/version")
@@ -210,6 +216,7 @@ def test_naive_stop_then_start_crashes_vllm_in_memory_profiling(spark):
         assert spark.http("http://127.0.0.1:8100/health", timeout=2)[0] != 200
     finally:
         spark.sh("cd /srv/naive && docker compose down -t 5", check=False)
+        set_drain_delay(spark, DRAIN)
     wait_counted(spark, lambda mib: mib == 0)
 
 
