@@ -11,6 +11,9 @@ max_fail_percentage 0. Two faults:
 - a canary whose service cannot start is rolled back and the rollout stops after it; a host
   whose GPUs differ from its inventory is reported before anything changes on it.
 Every host the rollout did not reach is checked to be untouched: no project, no container.
+Then the same broken service on one host of a rollout that tolerates a failure
+(gpufleet_max_fail_percentage 50, batches [1, 100%]): that host fails (a first apply has
+nothing to roll back to), every other host converges and serves.
 """
 
 from __future__ import annotations
@@ -61,14 +64,15 @@ def ansible_env():
                 PATH=path + os.pathsep + os.environ["PATH"])
 
 
-def rollout(tmp_path, host_vars=None, on_line=None, hosts=FLEET):
+def rollout(tmp_path, host_vars=None, on_line=None, hosts=FLEET, extra_vars=None):
     """site.yml over lab_fleet; returns (rc, output, {host: (outcome, changed, note)}).
 
     ``hosts``: the hosts the outcome table must list (the running ones: the lab's inventory
     has no stopped host).
 
     ``host_vars`` ({host: vars}) go into an extra inventory source given last, so they beat
-    inventory/fleet's; ``on_line`` sees every output line as it comes.
+    inventory/fleet's; ``extra_vars`` go on the command line (-e, as JSON); ``on_line`` sees
+    every output line as it comes.
     """
     inv = tmp_path / ("inv-%d" % time.monotonic_ns())
     (inv / "host_vars").mkdir(parents=True)
@@ -79,6 +83,8 @@ def rollout(tmp_path, host_vars=None, on_line=None, hosts=FLEET):
            "-i", os.path.join(ROOT, "lab", "lab.py"),
            "-i", os.path.join(ROOT, "inventory", "fleet"),
            "-i", str(inv), "site.yml", "--limit", "lab_fleet"]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -190,3 +196,39 @@ def test_a_broken_canary_is_rolled_back_and_a_wrong_gpu_host_is_left_alone(fleet
     assert "no-such-tag" not in canary.sh("cat %s/compose.yml" % PROJECT).stdout
     record = json.loads(canary.sh("cat /etc/gpufleet/apply.json").stdout)
     assert record["result"] == "rolled_back", record
+
+
+def test_a_tolerated_failure_does_not_stop_the_rollout(fleet, tmp_path):
+    """Runs after the tests above: 01 serves, 03 is down, the others are untouched."""
+    running = [name for name in FLEET if name != "lab-fleet-03"]
+    rc, out, rows = rollout(tmp_path, host_vars={
+        "lab-fleet-05": {"services_catalog": {"ollama": dict(
+            yaml.safe_load(open(os.path.join(ROOT, "inventory", "fleet", "group_vars",
+                                             "lab_fleet.yml"), encoding="utf-8"))
+            ["services_catalog"]["ollama"], image="ollama/ollama:no-such-tag")}},
+    }, hosts=running, extra_vars={"gpufleet_serial": [1, "100%"],
+                                  "gpufleet_max_fail_percentage": 50})
+    # One failed host makes the play's result a failure, but the batch went on.
+    assert rc != 0, out[-3000:]
+    # The canary's services were already right; only its apply record goes back to ok.
+    assert rows["lab-fleet-01"][:2] == ("changed", 1), rows
+    # A first apply has nothing to roll back to: the host fails and says why.
+    assert rows["lab-fleet-05"][0] == "failed", rows
+    assert "first apply" in out, out[-3000:]
+    for name in ["lab-fleet-01", "lab-fleet-02", "lab-fleet-04", "lab-fleet-06", "lab-fleet-07",
+                 "lab-fleet-08"]:
+        assert rows[name][0] == "changed", rows
+        host = fleet[name]
+        names = host.sh("docker ps --format '{{.Names}}'").stdout.split()
+        assert names == ["gpufleet-ollama-1"], (name, names)
+        port = CANARY_PORT if name == "lab-fleet-01" else 11434
+        status, payload = host.http("http://127.0.0.1:%d/api/generate" % port,
+                                    body={"model": "llama3.2:3b"})
+        assert status == 200, (name, payload)
+        record = json.loads(host.sh("cat /etc/gpufleet/apply.json").stdout)
+        assert record["result"] == "ok", (name, record)
+    # The failed host runs nothing, and its apply record says failed.
+    failed = fleet["lab-fleet-05"]
+    assert failed.sh("docker ps -q").stdout.split() == []
+    record = json.loads(failed.sh("cat /etc/gpufleet/apply.json").stdout)
+    assert record["result"] == "failed", record
