@@ -35,6 +35,7 @@ BENCHMARKS = (
     ("placement", "placement.py", 180),
     ("switch", "switch.py", 600),
     ("facts", "facts.py", 180),
+    ("fleet", "fleet.py", 480),
 )
 
 
