@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fleet converge: site.yml on 1, 4, 8 (and 16) lab fleet hosts, first run and re-run.
 
-    python bench/fleet.py                      # sizes 1,4,8, variants at 1 host: ~8-10 min
-    python bench/fleet.py --sizes 1,4,8,16     # with 16 hosts: ~15-20 min on 2 cores
+    python bench/fleet.py                      # sizes 1,4, variants at 1 host (make bench)
+    python bench/fleet.py --sizes 1,8 --variants-at 0   # 8 hosts: over 10 min on 2 cores
+    python bench/fleet.py --sizes 1,4,8,16     # the whole scale (the longest)
     python bench/fleet.py --quick              # the plan only: no lab, nothing measured
 
 The hosts are the generated lab fleet (lab/lab.py up --fleet N: small single-GPU and CPU
@@ -143,7 +144,8 @@ def markdown(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
-    parser.add_argument("--sizes", default="1,4,8", help="fleet sizes (default 1,4,8)")
+    # make bench must stay under 20 minutes on 2 cores: 8 and 16 hosts are asked for by hand.
+    parser.add_argument("--sizes", default="1,4", help="fleet sizes (default 1,4)")
     parser.add_argument("--variants-at", type=int, default=1,
                         help="fleet size of the pipelining / fact cache runs (0: none)")
     parser.add_argument("--quick", action="store_true", help="print the plan only (no lab)")

@@ -387,6 +387,10 @@ def up_host(host, hvars, images, recreate=False):
     ):
         down_host(host, keep_volume=False)
         info = None
+    elif info is None:
+        # A new host gets a new engine: an engine volume left by a host removed halfway (a run
+        # stopped during `down`) would bring back that host's containers.
+        down_host(host, keep_volume=False)
     volume = "%s-docker" % host
     if info is None:
         docker("volume", "create", "--label", "%s=%s" % (LABEL, host), volume)
