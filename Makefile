@@ -79,6 +79,15 @@ sanity: setup system-deps
 	rc=0; (cd $$dest && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --color no) || rc=$$?; \
 	rm -rf $$root; exit $$rc
 
+# On a host with an NVIDIA GPU only (CI has none, so `make test` does not run it): gpu_facts and
+# gpu_drain_wait against the real driver (README, "Checked on a real GPU"). The Python must have
+# ansible-core, nvidia-ml-py and PyTorch.
+.PHONY: real-gpu-check
+REAL_GPU_PYTHON ?= python3
+REAL_GPU_OUT ?= real-gpu-out
+real-gpu-check:
+	$(REAL_GPU_PYTHON) tests/real_gpu/check.py $(REAL_GPU_OUT)
+
 # Benchmarks (bench/README.md): results in bench/results/*.json, tables in bench/README.md.
 .PHONY: bench
 bench: setup lab-setup
