@@ -77,6 +77,20 @@ CASES = [
      ["compose_verify_timeout must be an integer >= 1; got: -5"]),
     ("compose-unknown-runtime", [role("compose", compose_runtime="lxc")],
      ["compose_runtime", "lxc"]),
+    ("compose-registry-with-scheme", [role("compose", compose_registry_logins=[
+        {"registry": "https://registry.example.com", "username": "ci", "password": SECRET}])],
+     ["compose_registry_logins[0].registry must be a host name with an optional port",
+      "got: https://registry.example.com"]),
+    ("compose-registry-empty-user", [role("compose", compose_registry_logins=[
+        {"registry": "registry.example.com:5000", "username": "", "password": SECRET}])],
+     ["compose_registry_logins[0].username must not be empty"]),
+    ("compose-registry-no-password", [role("compose", compose_registry_logins=[
+        {"registry": "registry.example.com", "username": "ci"}])],
+     ["missing required arguments: password", "compose_registry_logins"]),
+    ("compose-registry-unknown-key", [role("compose", compose_registry_logins=[
+        {"registry": "registry.example.com", "username": "ci", "password": SECRET,
+         "email": "ci@example.com"}])],
+     ["compose_registry_logins", "email"]),
     # systemd_units
     ("systemd-bind-address",
      [role("systemd_units", systemd_units_bind_address="0.0.0.0.0")],
