@@ -159,6 +159,16 @@ CASES = [
      ["gpus[0] must be a GPU index or UUID (GPU-..., MIG-...); got: 'first'"]),
     ("module-preflight-facts-port", [module("preflight_facts", ports=[8000, 0])],
      ["ports[1] must be 1-65535; got: 0"]),
+    ("module-service-wait-url", [module("service_wait", services=[
+        {"name": "vllm", "url": "127.0.0.1:8000/health"}])],
+     ["services[0].url must be an http(s) URL; got: '127.0.0.1:8000/health'"]),
+    ("module-service-wait-interval", [module("service_wait", interval=0, services=[
+        {"name": "vllm", "url": "http://127.0.0.1:8000/health"}])],
+     ["interval must be more than 0 seconds; got: 0.0"]),
+    ("module-service-wait-duplicate", [module("service_wait", timeout=1, services=[
+        {"name": "vllm", "url": "http://127.0.0.1:8000/health"},
+        {"name": "vllm", "url": "http://127.0.0.1:8001/health"}])],
+     ["services: each name once; got: vllm, vllm"]),
     ("module-gpu-facts-timeout", [module("gpu_facts", timeout=0)],
      ["timeout must be >= 1 second; got: 0"]),
     ("module-gpu-facts-backend", [module("gpu_facts", backend="cuda")], ["backend", "cuda"]),

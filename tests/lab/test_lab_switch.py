@@ -341,6 +341,34 @@ def test_drain_that_never_ends_fails_and_restores_chat(spark, switch_vars):
                  "systemctl reset-failed lab-stuck-runner 2>/dev/null || true")
 
 
+def test_a_vllm_that_crashes_at_start_is_rolled_back_at_once(spark, switch_vars, tmp_path):
+    """vLLM exits during start-up (here: two GPUs asked of a one-GPU box, vLLM's own error): the
+    health wait sees the container exit and the rollback starts then, not after the health
+    timeout of polling a dead endpoint."""
+    assert services(spark) == ["ollama"]
+    with open(switch_vars[1:], encoding="utf-8") as handle:
+        crashing = json.load(handle)
+    crashing["mode_switch_services"]["vllm"]["command"] = [
+        *VLLM_COMMAND, "--tensor-parallel-size", "2"]
+    crashing["mode_switch_health_timeout"] = 300
+    path = tmp_path / "crashing.json"
+    path.write_text(json.dumps(crashing))
+    rc, out, recap = playbook("switch_mode.yml", "-e", "inference_mode=ingestion",
+                              "-e", "@%s" % path)
+    assert rc != 0 and recap["failed"] == 1, out
+    seen = re.search(r"vllm: its container exited with code 1 after ([\d.]+) s, before "
+                     r"http://127\.0\.0\.1:8000/health answered; last log lines: .*"
+                     r"tensor parallel size 2 > 1 visible GPUs", out)
+    assert seen, out
+    assert float(seen.group(1)) < 60, "the crash must end the wait long before its 300 s"
+    assert "previous mode chat restored and healthy" in out, out
+    assert services(spark) == ["ollama"]
+    state = mode_json(spark)
+    assert (state["mode"], state["requested"], state["outcome"]) == (
+        "chat", "ingestion", "rolled_back")
+    assert "its container exited with code 1" in state["failure"]
+
+
 def test_status_warns_when_both_modes_run(spark):
     assert services(spark) == ["ollama"]
     spark.sh("cd %s && docker compose --profile ingestion up -d docling" % PROJECT)
