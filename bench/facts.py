@@ -5,6 +5,7 @@
     python bench/facts.py              # the table in bench/README.md (2-3 minutes)
     python bench/facts.py --runs 30    # more runs per kind
     python bench/facts.py --quick      # no lab, no Ansible: both collectors in-process
+    python bench/facts.py --real       # on a host with a real NVIDIA GPU: no lab, no stand-in
 
 On lab host lab-spark (the real Ansible, the docker connection, the host's own python3):
 gpu_facts with backend nvml, setup (default subsets) and setup with gather_subset=min. The
@@ -19,6 +20,10 @@ nvidia-smi replaying a real H100 capture, one H100 each ("local:" rows).
           (ANSIBLE_KEEP_REMOTE_FILES=1) run with the same python, timed where it runs;
           interpreter start-up included, connection and controller excluded.
 
+--real (on a GPU host, about a minute): the module alone (as above) of gpu_facts with each
+NVIDIA backend and of setup / setup min on this machine, against the real driver and the real
+nvidia-smi; no lab and no stand-in (tests/real_gpu/check.py runs on the same kind of host).
+
 --quick (a few seconds): the two collectors in-process, `_nvml.read_gpus` on the stand-in
 library and `_nvidia_smi.collect` running the stand-in tool, one H100 each.
 """
@@ -31,6 +36,7 @@ import datetime
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +62,12 @@ H100_CAPTURE = os.path.join(_common.ROOT, "tests", "fixtures", "nvidia-smi-captu
 H100 = {"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559,
         "uuid": "GPU-00000000-0000-0000-0000-000000000000", "pci_bus_id": "00000000:01:00.0",
         "compute_capability": "9.0", "memory_used_mib": 0}
+REAL_KINDS = (
+    ("gpu_facts nvml", "gpufleet.inference.gpu_facts", {"backend": "nvml"}),
+    ("gpu_facts nvidia-smi", "gpufleet.inference.gpu_facts", {"backend": "nvidia-smi"}),
+    ("setup", "ansible.builtin.setup", {}),
+    ("setup min", "ansible.builtin.setup", {"gather_subset": ["min"]}),
+)
 REMOTE_TMP = "/root/.ansible/tmp"
 
 TIMER = r"""
@@ -71,7 +83,8 @@ for path in sys.argv[3:]:
         result = json.loads(done.stdout[done.stdout.index("{"):])
         if done.returncode != 0 or result.get("failed"):
             raise SystemExit("%s failed: %s" % (path, done.stdout[-500:] + done.stderr[-500:]))
-    out[path] = times
+    size = len(json.dumps(result.get("ansible_facts", {}), sort_keys=True))
+    out[path] = {"times": times, "facts_bytes": size}
 print(json.dumps(out))
 """
 
@@ -140,7 +153,8 @@ def _measure(directory, name, runs, kinds, play, inventory, host_name, shell, re
     for (label, module, args), path in zip(kinds, files):
         rows.append({"kind": label, "module": module, "args": args, "runs": len(wall[label]),
                      "wall_s": _common.median(wall[label]), "wall_runs": wall[label],
-                     "module_s": _common.median(timed[path]), "module_runs": timed[path],
+                     "module_s": _common.median(timed[path]["times"]),
+                     "module_runs": timed[path]["times"],
                      "facts_bytes": size.get(label)})
     return rows
 
@@ -175,6 +189,58 @@ def _local_rows(directory, runs):
             "vars": {"ansible_python_interpreter": sys.executable}}
     return _measure(directory, "local", runs, LOCAL_KINDS, play, "localhost,", "localhost",
                     shell, remote_tmp, sys.executable)
+
+
+def real(runs):
+    """The modules alone on this machine's real GPU (AnsiballZ files, as in _measure)."""
+    with tempfile.TemporaryDirectory() as directory:
+        remote_tmp = os.path.join(directory, "remote-tmp")
+        os.makedirs(remote_tmp)
+        play = {"hosts": "localhost", "connection": "local",
+                "vars": {"ansible_python_interpreter": sys.executable}}
+        _ansible_plain(_playbook(directory, "real", 1, REAL_KINDS, play), "localhost,",
+                       ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=remote_tmp)
+        files = sorted((os.path.join(root, name) for root, _dirs, names in os.walk(remote_tmp)
+                        for name in names if name.startswith("AnsiballZ_")),
+                       key=os.path.getmtime)
+        if len(files) != len(REAL_KINDS):
+            raise RuntimeError("expected %d AnsiballZ files in %s, found %r"
+                               % (len(REAL_KINDS), remote_tmp, files))
+        done = subprocess.run([sys.executable, "-", str(runs), sys.executable, *files],
+                              input=TIMER, capture_output=True, text=True, check=True,
+                              timeout=1800)
+        timed = json.loads(done.stdout)
+    rows = [{"kind": label, "module": module, "args": args, "runs": runs, "wall_s": None,
+             "module_s": _common.median(timed[path]["times"]),
+             "module_runs": timed[path]["times"], "facts_bytes": timed[path]["facts_bytes"]}
+            for (label, module, args), path in zip(REAL_KINDS, files)]
+    setup = next(r for r in rows if r["kind"] == "setup")
+    for row in rows:
+        row["wall_x_setup"] = row["wall_x_nvml"] = None
+        row["module_x_setup"] = _common.ratio(row["module_s"], setup["module_s"])
+        row["module_x_nvml"] = _common.ratio(row["module_s"], rows[0]["module_s"])
+    return {"where": "this machine, real driver: %s" % _gpu_line(), "rows": rows}
+
+
+def _ansible_plain(playbook, inventory, **env):
+    """ansible-playbook with the default output (no ansible.posix needed)."""
+    run_env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", **env)
+    binary = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    if not os.path.exists(binary):
+        binary = shutil.which("ansible-playbook") or binary
+    done = subprocess.run(
+        [binary, "-i", inventory, playbook], cwd=_common.ROOT, env=run_env,
+        capture_output=True, text=True, check=False, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError("ansible-playbook %s failed (rc %d):\n%s\n%s" % (
+            playbook, done.returncode, done.stdout[-3000:], done.stderr[-3000:]))
+
+
+def _gpu_line():
+    done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
+                           "--format=csv,noheader"], capture_output=True, text=True,
+                          check=False, timeout=60)
+    return "; ".join(line.strip() for line in done.stdout.splitlines() if line.strip()) or "?"
 
 
 def _standin():
@@ -264,14 +330,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true",
                         help="no lab: the collectors in-process on the stand-ins")
+    parser.add_argument("--real", action="store_true",
+                        help="on a host with a real NVIDIA GPU: no lab, no stand-in")
     parser.add_argument("--runs", type=int, help="runs per kind (default 7, quick 2)")
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
     runs = args.runs or (2 if args.quick else 7)
     started = time.perf_counter()
-    data = local(runs) if args.quick else lab(runs)
-    result = {"benchmark": "facts", "quick": args.quick, "machine": _common.machine(),
-              "data": data, "seconds": time.perf_counter() - started}
+    data = local(runs) if args.quick else real(runs) if args.real else lab(runs)
+    result = {"benchmark": "facts", "quick": args.quick, "real": args.real,
+              "machine": _common.machine(), "data": data, "seconds": time.perf_counter() - started}
     _common.write_outputs(args, result, markdown(result))
     return 0
 
