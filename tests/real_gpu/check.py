@@ -263,8 +263,8 @@ def main(out_dir):
         "%s-%s" % (backend, tag): run["_seconds"]
         for tag, runs in FACTS.items() for backend, run in runs.items()}})
     failed = [r["check"] for r in RESULTS if not r["ok"]]
-    print("%d checks, %d failed%s" % (len(RESULTS), len(failed),
-                                       (": " + "; ".join(failed)) if failed else ""))
+    listed = (": " + "; ".join(failed)) if failed else ""
+    print("%d checks, %d failed%s" % (len(RESULTS), len(failed), listed))
     return 1 if failed else 0
 
 
