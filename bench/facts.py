@@ -101,16 +101,21 @@ def _playbook(directory, name, runs, kinds, play):
     return path
 
 
-def _ansible(playbook, inventory, **env):
+def _ansible(playbook, inventory, callback="ansible.posix.json", **env):
+    """Run a playbook; its report when the callback is ansible.posix.json, else None."""
     run_env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(_common.ROOT, "ansible.cfg"),
-                   ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", **env)
+                   ANSIBLE_STDOUT_CALLBACK=callback, **env)
+    binary = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    if not os.path.exists(binary):  # a Python whose scripts live elsewhere (pip --target)
+        binary = shutil.which("ansible-playbook") or binary
     done = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
-         playbook],
+        [binary, "-i", inventory, playbook],
         cwd=_common.ROOT, env=run_env, capture_output=True, text=True, check=False, timeout=600)
     if done.returncode != 0:
         raise RuntimeError("ansible-playbook %s failed (rc %d):\n%s\n%s" % (
             playbook, done.returncode, done.stdout[-3000:], done.stderr[-3000:]))
+    if callback != "ansible.posix.json":
+        return None
     return json.loads(done.stdout[done.stdout.index("{"):])
 
 
@@ -139,24 +144,41 @@ def _measure(directory, name, runs, kinds, play, inventory, host_name, shell, re
             raise RuntimeError("%s failed: %s" % (task["task"]["name"], result.get("msg")))
         wall[label].append(_seconds(task["task"]["duration"]))
         size[label] = len(json.dumps(result.get("ansible_facts", {}), sort_keys=True))
-    # 2. the modules alone: the AnsiballZ files of one run of each kind, in task order
+    # 2. the modules alone
+    timed = _module_times(directory, name, runs, kinds, play, inventory, shell, remote_tmp,
+                          python)
+    rows = []
+    for (label, module, args), alone in zip(kinds, timed):
+        rows.append({"kind": label, "module": module, "args": args, "runs": len(wall[label]),
+                     "wall_s": _common.median(wall[label]), "wall_runs": wall[label],
+                     "module_s": _common.median(alone["times"]), "module_runs": alone["times"],
+                     "facts_bytes": size.get(label)})
+    return rows
+
+
+def _module_times(directory, name, runs, kinds, play, inventory, shell, remote_tmp, python):
+    """The modules alone: the AnsiballZ files of one run of each kind (kept by Ansible), each
+    run ``runs`` times where it runs. [{'times', 'facts_bytes'}] in the order of ``kinds``."""
     shell("rm -rf %s/ansible-tmp-*" % remote_tmp, None)
     _ansible(_playbook(directory, name, 1, kinds, play), inventory,
-             ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=remote_tmp)
+             callback="ansible.builtin.default", ANSIBLE_KEEP_REMOTE_FILES="1",
+             ANSIBLE_REMOTE_TMP=remote_tmp)
     files = shell("ls -1tr -d %s/ansible-tmp-*/AnsiballZ_*.py" % remote_tmp, None).split()
     if len(files) != len(kinds):
         raise RuntimeError("expected %d AnsiballZ files in %s, found %r"
                            % (len(kinds), remote_tmp, files))
     timed = json.loads(shell("%s - %d %s %s" % (python, runs, python, " ".join(files)), TIMER))
     shell("rm -rf %s/ansible-tmp-*" % remote_tmp, None)
-    rows = []
-    for (label, module, args), path in zip(kinds, files):
-        rows.append({"kind": label, "module": module, "args": args, "runs": len(wall[label]),
-                     "wall_s": _common.median(wall[label]), "wall_runs": wall[label],
-                     "module_s": _common.median(timed[path]["times"]),
-                     "module_runs": timed[path]["times"],
-                     "facts_bytes": size.get(label)})
-    return rows
+    return [timed[path] for path in files]
+
+
+def _local_shell(env=None):
+    """shell(script, input_text) for _measure / _module_times on this machine."""
+    def shell(script, input_text):
+        return subprocess.run(["bash", "-c", script], input=input_text, capture_output=True,
+                              text=True, check=True, timeout=600,
+                              env=dict(os.environ, **(env or {}))).stdout
+    return shell
 
 
 def _lab_rows(directory, runs):
@@ -180,60 +202,31 @@ def _local_rows(directory, runs):
            "GPUFLEET_FIXTURE_NVIDIA_SMI_CAPTURE": H100_CAPTURE}
     remote_tmp = os.path.join(directory, "remote-tmp")
     os.makedirs(remote_tmp)
-
-    def shell(script, input_text):
-        return subprocess.run(["bash", "-c", script], input=input_text, capture_output=True,
-                              text=True, check=True, timeout=600,
-                              env=dict(os.environ, **env)).stdout
     play = {"hosts": "localhost", "connection": "local", "environment": env,
             "vars": {"ansible_python_interpreter": sys.executable}}
     return _measure(directory, "local", runs, LOCAL_KINDS, play, "localhost,", "localhost",
-                    shell, remote_tmp, sys.executable)
+                    _local_shell(env), remote_tmp, sys.executable)
 
 
 def real(runs):
-    """The modules alone on this machine's real GPU (AnsiballZ files, as in _measure)."""
+    """The modules alone on this machine's real GPU (no lab, no stand-in)."""
     with tempfile.TemporaryDirectory() as directory:
         remote_tmp = os.path.join(directory, "remote-tmp")
         os.makedirs(remote_tmp)
         play = {"hosts": "localhost", "connection": "local",
                 "vars": {"ansible_python_interpreter": sys.executable}}
-        _ansible_plain(_playbook(directory, "real", 1, REAL_KINDS, play), "localhost,",
-                       ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=remote_tmp)
-        files = sorted((os.path.join(root, name) for root, _dirs, names in os.walk(remote_tmp)
-                        for name in names if name.startswith("AnsiballZ_")),
-                       key=os.path.getmtime)
-        if len(files) != len(REAL_KINDS):
-            raise RuntimeError("expected %d AnsiballZ files in %s, found %r"
-                               % (len(REAL_KINDS), remote_tmp, files))
-        done = subprocess.run([sys.executable, "-", str(runs), sys.executable, *files],
-                              input=TIMER, capture_output=True, text=True, check=True,
-                              timeout=1800)
-        timed = json.loads(done.stdout)
+        timed = _module_times(directory, "real", runs, REAL_KINDS, play, "localhost,",
+                              _local_shell(), remote_tmp, sys.executable)
     rows = [{"kind": label, "module": module, "args": args, "runs": runs, "wall_s": None,
-             "module_s": _common.median(timed[path]["times"]),
-             "module_runs": timed[path]["times"], "facts_bytes": timed[path]["facts_bytes"]}
-            for (label, module, args), path in zip(REAL_KINDS, files)]
+             "module_s": _common.median(alone["times"]), "module_runs": alone["times"],
+             "facts_bytes": alone["facts_bytes"]}
+            for (label, module, args), alone in zip(REAL_KINDS, timed)]
     setup = next(r for r in rows if r["kind"] == "setup")
     for row in rows:
         row["wall_x_setup"] = row["wall_x_nvml"] = None
         row["module_x_setup"] = _common.ratio(row["module_s"], setup["module_s"])
         row["module_x_nvml"] = _common.ratio(row["module_s"], rows[0]["module_s"])
     return {"where": "this machine, real driver: %s" % _gpu_line(), "rows": rows}
-
-
-def _ansible_plain(playbook, inventory, **env):
-    """ansible-playbook with the default output (no ansible.posix needed)."""
-    run_env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", **env)
-    binary = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-    if not os.path.exists(binary):
-        binary = shutil.which("ansible-playbook") or binary
-    done = subprocess.run(
-        [binary, "-i", inventory, playbook], cwd=_common.ROOT, env=run_env,
-        capture_output=True, text=True, check=False, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError("ansible-playbook %s failed (rc %d):\n%s\n%s" % (
-            playbook, done.returncode, done.stdout[-3000:], done.stderr[-3000:]))
 
 
 def _gpu_line():

@@ -74,8 +74,8 @@ def wait_healthy(services, probe, containers, logs, clock, sleep, timeout_s, int
         if not pending:
             return {"healthy": True, "reason": None, "waited_s": waited, "services": report,
                     "crashed": None}
-        states = containers() if containers is not None else None
-        if states is not None:
+        if containers is not None:
+            states = containers()
             for service in pending:
                 seen = states.get(service["name"])
                 report[service["name"]]["state"] = seen["state"] if seen else "missing"
