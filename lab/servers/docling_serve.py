@@ -21,4 +21,4 @@ parser.add_argument(
     default=int(os.environ.get("DOCLING_SERVE_PORT") or os.environ.get("UVICORN_PORT") or 5001),
 )
 args, _unknown = parser.parse_known_args()
-sidecar.run("docling", args.host, args.port, 2048)
+sidecar.run("docling", args.host, args.port, 2048, "docling-serve")

@@ -8,8 +8,9 @@ servers, the stand-in hook and the relay see exactly what nvidia-ml-py sees:
 
 * state file: $GPUFLEET_NVML_STATE ("key value" lines; "gpu" starts a GPU);
 * registered processes: files "gpu<index>-<pid>" in procs_dir (default "<state>.d") holding
-  MiB, optional "name", "released_at", "dead_since"; counted while the pid lives and is not
-  released, then for drain_delay seconds.
+  MiB, optional "released_at", "dead_since" (and "name", which the stand-in servers do not
+  write: NVML then shows /proc/<pid>/comm); counted while the pid lives and is not released,
+  then for drain_delay seconds.
 
 What CUDA would report (cudaMemGetInfo) is total - used - reserved; on a unified-memory GPU
 (where NVML says NOT_SUPPORTED) it uses memory_total_mib when the state gives one.
@@ -259,12 +260,17 @@ def visible_gpus(view=None):
 
 
 class Registration:
-    """VRAM this process holds, registered with the simulated driver (files gpu<i>-<pid>)."""
+    """VRAM this process holds, registered with the simulated driver (files gpu<i>-<pid>).
 
-    def __init__(self, view=None, pid=None, name=None):
+    No name is registered: the stand-in NVML then reports the process's /proc/<pid>/comm,
+    which each stand-in sets to its engine's process title (standin.set_process_name), so no
+    friendly name shows that a real host would not show. The library still reads a "name"
+    line, for its own tests.
+    """
+
+    def __init__(self, view=None, pid=None):
         self.view = view or View()
         self.pid = pid or os.getpid()
-        self.name = name
         self.held = {}
 
     def _path(self, index):
@@ -279,10 +285,7 @@ class Registration:
         if mib <= 0:
             self.release(index)
             return
-        text = "%d\n" % mib
-        if self.name:
-            text += "name %s\n" % self.name
-        atomic_write(self._path(index), text)
+        atomic_write(self._path(index), "%d\n" % mib)
         self.held[index] = mib
 
     def release(self, index=None):
@@ -291,10 +294,7 @@ class Registration:
             if idx not in self.held:
                 continue
             mib = self.held.pop(idx)
-            text = "%d\n" % mib
-            if self.name:
-                text += "name %s\n" % self.name
-            text += "released_at %.3f\n" % time.time()
+            text = "%d\nreleased_at %.3f\n" % (mib, time.time())
             try:
                 atomic_write(self._path(idx), text)
             except OSError:

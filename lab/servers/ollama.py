@@ -11,7 +11,9 @@
   GPUFLEET_STANDIN_OLLAMA_LOAD_SECONDS; each loaded model is a runner subprocess that holds
   its VRAM on the GPUs this server sees (CUDA_VISIBLE_DEVICES, the container's GPUs) and
   registers it with the simulated driver; keep_alive expiry or keep_alive 0 stops the runner
-  and the driver frees its memory after its drain delay;
+  and the driver frees its memory after its drain delay; the server and the runner take the
+  kernel name "ollama" (the real runner is the ollama binary run as `ollama runner`), so a
+  GPU process of this server is found by its cgroup, not by a name;
 * no GPU seen: it says "no compatible GPUs were discovered" and "entering low vram mode"
   and runs models on CPU (size_vram 0): the failure of seed 004.
 GET /api/standin (stand-in only) reports what it sees.
@@ -548,8 +550,8 @@ def serve():
 
 def runner(args):
     """Hold VRAM for one loaded model until stdin closes (the server unloads it) or we die."""
-    model, spec = args[args.index("--model") + 1], args[args.index("--vram") + 1]
-    reg = gpuview.Registration(name="ollama runner %s" % model)
+    spec = args[args.index("--vram") + 1]  # --model: named in the command line only
+    reg = gpuview.Registration()
     for item in filter(None, spec.split(",")):
         index, mib = item.split("=")
         reg.set(int(index), int(mib))
@@ -598,6 +600,10 @@ def main():
             % standin.setting("GPUFLEET_STANDIN_OLLAMA_VERSION")
         )
         return 0
+    if args[0] in ("serve", "runner"):
+        # The real server and its runner are both the `ollama` binary (`ollama runner ...` is
+        # a subprocess of `ollama serve`): both have the kernel name (comm) "ollama".
+        standin.set_process_name("ollama")
     if args[0] == "serve":
         serve()
         return 0

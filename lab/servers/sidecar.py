@@ -18,11 +18,13 @@ import gpuview
 import standin
 
 
-def run(kind, host, port, default_vram):
+def run(kind, host, port, default_vram, program):
+    # A Python console script (docling-serve) shows as its script's name in /proc/<pid>/comm.
+    standin.set_process_name(program)
     time.sleep(standin.seconds("GPUFLEET_STANDIN_SIDECAR_STARTUP_SECONDS"))
     gpus = gpuview.visible_gpus()
     vram = int(standin.setting("GPUFLEET_STANDIN_%s_VRAM_MIB" % kind.upper(), str(default_vram)))
-    reg = gpuview.Registration(name="%s stand-in" % kind)
+    reg = gpuview.Registration()
     if gpus:
         reg.set(gpus[0]["index"], vram)
         standin.log(kind, "using GPU", uuid=gpus[0]["uuid"], vram_mib=vram)

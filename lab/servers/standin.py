@@ -67,6 +67,34 @@ def setting(name, default=None):
     return DEFAULTS.get(name, default)
 
 
+# prctl(2) option that sets the calling thread's name, /proc/<pid>/comm (what ps, top and
+# pstree show; setproctitle sets it too). The lab's NVML library reports it for a process that
+# registered no name; the real driver reports argv[0] of /proc/<pid>/cmdline instead, which
+# setproctitle also rewrites (lab/README.md, "What the driver shows of them").
+PR_SET_NAME = 15
+COMM_MAX = 15  # the kernel keeps 15 bytes (TASK_COMM_LEN 16, with the NUL)
+
+
+def set_process_name(name):
+    """Give this process the kernel name ``name`` (cut to 15 bytes by the kernel, as it cuts
+    ``VLLM::EngineCore`` to ``VLLM::EngineCor``), like the real engines. Returns the name the
+    kernel kept, or None when prctl is not there (not Linux)."""
+    import ctypes  # noqa: PLC0415 - only here
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    if prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NAME, %r) failed" % name)
+    try:
+        with open("/proc/self/comm", encoding="utf-8") as handle:
+            return handle.read().rstrip("\n")
+    except OSError:
+        return name.encode()[:COMM_MAX].decode(errors="replace")
+
+
 def seconds(name):
     return float(setting(name, "0"))
 

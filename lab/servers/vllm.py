@@ -19,6 +19,10 @@ Startup, like vLLM's worker (timings from GPUFLEET_STANDIN_VLLM_*_SECONDS):
    memory while vLLM is profiling during initialization. ..." (seed 003);
 5. holds utilization x total (or weights + --kv-cache-memory) and only then opens its port:
    /health (200), /v1/models, /v1/completions, /v1/chat/completions, /version, /metrics.
+
+Its kernel name (/proc/<pid>/comm, what NVML shows) is ``VLLM::EngineCore`` cut to 15
+characters, ``VLLM::EngineCor``, prefix from VLLM_PROCESS_NAME_PREFIX, as real vLLM's engine
+core (PRs 21445, 22205): a match on the name "vllm" finds it no more than the real one.
 """
 
 from __future__ import annotations
@@ -204,9 +208,19 @@ Handler.routes = {
 }
 
 
+def process_title():
+    """What real vLLM calls this process (vllm.utils.system_utils.set_process_title, PRs
+    21445 and 22205): ``<VLLM_PROCESS_NAME_PREFIX>::EngineCore``, prefix ``VLLM`` by default.
+    The stand-in is one process (real vLLM: ``VLLM::APIServer`` plus the ``VLLM::EngineCore``
+    that holds the GPU memory), so it takes the engine core's name."""
+    return "%s::EngineCore" % (os.environ.get("VLLM_PROCESS_NAME_PREFIX") or "VLLM")
+
+
 def main():
     args, unknown = parse(sys.argv[1:])
     args.names = args.served_model_name or [args.model]
+    # The kernel keeps 15 characters: NVML and nvidia-smi show "VLLM::EngineCor".
+    standin.set_process_name(process_title())
     standin.log(
         COMPONENT,
         "vLLM API server version %s (lab stand-in)"
@@ -249,7 +263,7 @@ def main():
                 ),
             )
     global REG  # noqa: PLW0603 - crash() frees it
-    reg = REG = gpuview.Registration(name="vllm %s" % args.model)
+    reg = REG = gpuview.Registration()
     # 3. weights
     weights = weights_of(args.model) // len(gpus)
     for index in init:

@@ -2,32 +2,32 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filters that turn the service catalog and one placement into what runs the services.
 
-services_catalog_check, services_placement_input, services_plan, compose_document,
-dotenv_merge, gpu_assignments_document, systemd_instances and k8s_manifests: thin wrappers of
-module_utils/_render.py, one documentation file per filter name next to this file (as
-ansible-doc looks them up). The roles services, compose, systemd_units and k8s_manifests use
-them so that their templates stay thin.
+services_catalog_check, services_placement_input and services_plan wrap
+module_utils/_plan.py; compose_document, gpu_assignments_document, systemd_instances and
+k8s_manifests wrap module_utils/_render.py; dotenv_merge wraps module_utils/_common.py. One
+documentation file per filter name next to this file (as ansible-doc looks them up). The roles
+compose, systemd_units and k8s_manifests use them so that their templates stay thin.
 """
 
 from __future__ import annotations
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _render
+from ansible_collections.gpufleet.inference.plugins.module_utils import _common, _plan, _render
 from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import filter_function
 
 
 def services_catalog_check(catalog, extra_profiles=None):
     """``services_catalog | gpufleet.inference.services_catalog_check(services_extra_profiles)``."""
-    return _render.check_catalog(catalog, extra_profiles)
+    return _plan.check_catalog(catalog, extra_profiles)
 
 
 class FilterModule:
     def filters(self):
         functions = {
             "services_catalog_check": services_catalog_check,
-            "services_placement_input": _render.placement_input,
-            "services_plan": _render.plan,
+            "services_placement_input": _plan.placement_input,
+            "services_plan": _plan.plan,
             "compose_document": _render.compose_document,
-            "dotenv_merge": _render.dotenv_merge,
+            "dotenv_merge": _common.dotenv_merge,
             "gpu_assignments_document": _render.gpu_assignments_document,
             "systemd_instances": _render.systemd_instances,
             "k8s_manifests": _render.k8s_manifests,

@@ -50,23 +50,6 @@ def _selected(gpus, wanted):
     return chosen
 
 
-def parse_meminfo(text, path="meminfo"):
-    """MemTotal and MemAvailable of a /proc/meminfo text, in MiB; ValueError naming the field."""
-    values = {}
-    for line in text.splitlines():
-        key, sep, rest = line.partition(":")
-        if sep and key in ("MemTotal", "MemAvailable"):
-            fields = rest.split()
-            if not fields or not fields[0].isdigit() or fields[1:] not in ([], ["kB"]):
-                raise ValueError("%s: %s must be a number of kB; got: %r"
-                                 % (path, key, rest.strip()))
-            values[key] = int(fields[0]) // 1024
-    for key in ("MemTotal", "MemAvailable"):
-        if key not in values:
-            raise ValueError("%s has no %s line" % (path, key))
-    return dict(total_mib=values["MemTotal"], available_mib=values["MemAvailable"])
-
-
 def _unified(gpus):
     return any(g.get("memory_kind") == "unified" for g in gpus)
 

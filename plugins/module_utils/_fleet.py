@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import fnmatch
 
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int
+
 EXPECTATION_KEYS = ("count", "names", "name", "min_memory_mib", "min_compute_capability",
                     "healthy")
 FIELD = "gpufleet_expected_gpus"
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _capability(value, field):
@@ -40,7 +38,7 @@ def normalize_expectation(expected, field=FIELD):
     """
     if expected is None or expected == {}:
         return None
-    if _is_int(expected):
+    if is_int(expected):
         expected = {"count": expected}
     if not isinstance(expected, dict):
         raise ValueError("%s must be a GPU count or a dict; got: %r" % (field, expected))
@@ -52,7 +50,7 @@ def normalize_expectation(expected, field=FIELD):
     for key in ("count", "min_memory_mib"):
         if key in expected:
             value = expected[key]
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError("%s.%s must be an integer >= 0; got: %r" % (field, key, value))
             out[key] = value
     if "names" in expected:

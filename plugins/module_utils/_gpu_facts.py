@@ -9,6 +9,9 @@ order, the fallbacks and the summary without touching a machine.
 
 from __future__ import annotations
 
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import parse_meminfo
+from ansible_collections.gpufleet.inference.plugins.module_utils._plan import recommend_profile
+
 BACKENDS = ("auto", "nvml", "nvidia-smi", "amd-smi", "rocm-smi", "sysfs")
 
 # auto: per vendor family, the first backend that answers wins.
@@ -17,9 +20,6 @@ AUTO_FAMILIES = (
     ("amd", ("amd-smi", "rocm-smi", "sysfs")),
     ("intel", ("sysfs",)),
 )
-
-PROFILES = ("cpu", "single-gpu", "dual-gpu", "multi-gpu")
-
 
 # What the vendor tools print when there is no driver or no GPU to read: not a fault of the tool,
 # the same outcome as a missing library (nvidia-smi exits 9 and 6 with these).
@@ -51,13 +51,6 @@ class BackendError(Exception):
     def __init__(self, backend, message):
         super().__init__("%s: %s" % (backend, message))
         self.backend = backend
-
-
-def recommend_profile(gpu_count):
-    """cpu for none, single-gpu, dual-gpu, multi-gpu for 3 or more."""
-    if gpu_count < 0:
-        raise ValueError("gpu_count must be >= 0; got: %r" % gpu_count)
-    return PROFILES[min(gpu_count, 3)]
 
 
 def _of_vendor(result, vendor):
@@ -181,9 +174,6 @@ def read_meminfo_mib(path="/proc/meminfo"):
     """MemTotal of a Linux host in MiB, or None when it cannot be read."""
     try:
         with open(path) as handle:
-            for line in handle:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
+            return parse_meminfo(handle.read(), path, need=("MemTotal",))["total_mib"]
+    except (OSError, ValueError):
         return None
-    return None

@@ -3,13 +3,36 @@
 """Private module_utils of gpufleet.inference: health probes, verdicts and the health table.
 
 Not a public API: the leading underscore says so. Pure logic: which endpoints to probe for
-each engine, and what the probe answers plus the GPU facts say about each service.
+each engine, which service_verify checks stand for each service, and what the probe answers
+plus service_verify's report say about each service.
+
+Vocabulary
+  service   one entry the health role checks: ``name``, ``engine`` (ollama, vllm, docling,
+            http), ``port``, optional ``address``, ``path`` (an http service's health path),
+            ``gpu`` (the device id of its placement: a GPU UUID, a MIG UUID or an index; null
+            on the CPU), ``vram_budget_mib``, ``request`` and ``model``; and who runs it, as
+            service_verify names it: ``project`` and ``service`` (runtime compose; defaults:
+            the role's compose project, the name) or ``unit`` and ``cuda_visible_devices``
+            (runtime systemd; defaults: ``<engine>@<name>.service``, the ``gpu`` or ``-1``).
+  verified  the ``services`` of a service_verify run in report mode (``fail_on_problem:
+            false``) over :func:`verify_checks`: per service ``healthy``, ``device_ok``,
+            ``gpu_processes`` (ITS processes on its GPU, found by cgroup, never by name),
+            ``gpu_used``, ``model_in_vram`` and ``problems``.
+
+The first endpoint of each engine (Ollama ``/api/tags``, vLLM ``/health``, Docling
+``/health``, an http service's path) is service_verify's health url, so it is asked once;
+:func:`probes` lists only the others. ``process_names`` (earlier versions: substrings of the
+process names on the GPU) is no longer read: vLLM shows as ``python3`` or ``VLLM::EngineCor``
+and a second instance of an engine has the same names.
 """
 
 from __future__ import annotations
 
+from ansible_collections.gpufleet.inference.plugins.module_utils import _fileset, _plan
+
 # The engines' own endpoints (domain notes): Ollama /api/tags and /api/ps, vLLM /health and
-# /v1/models; the tiny real request is made only where a service asks for it.
+# /v1/models; the tiny real request is made only where a service asks for it. The first of
+# each is the health url service_verify waits for.
 ENDPOINTS = {
     "ollama": (("tags", "GET", "/api/tags"), ("ps", "GET", "/api/ps")),
     "vllm": (("health", "GET", "/health"), ("models", "GET", "/v1/models")),
@@ -22,6 +45,11 @@ REQUESTS = {
                                            "options": {"num_predict": 1}}),
     "vllm": ("/v1/completions", lambda m: {"model": m, "prompt": "ping", "max_tokens": 1}),
 }
+# service_verify's engines: only Ollama is told apart (its GPU is held while a model is loaded).
+VERIFY_ENGINES = {"ollama": "ollama", "vllm": "vllm", "docling": "other", "http": "other"}
+RUNTIMES = ("compose", "systemd")
+DEFAULT_PROJECT = "gpufleet"
+MODE_SWITCH_PROJECT = "gpufleet-modes"
 
 
 def _check_service(i, svc):
@@ -48,16 +76,24 @@ def _check_service(i, svc):
                          % (i, svc.get("model")))
 
 
+def _base(svc, host):
+    return "http://%s:%d" % (svc.get("address") or host, svc["port"])
+
+
+def _health_url(svc, host):
+    return _base(svc, host) + (ENDPOINTS[svc["engine"]][0][2] or svc.get("path") or "/health")
+
+
 def probes(services, host="127.0.0.1"):
-    """The HTTP calls to make: [{service, check, method, url, body}]."""
+    """The HTTP calls to make besides the health url service_verify asks:
+    [{service, check, method, url, body}]."""
     out = []
     for i, svc in enumerate(services):
         _check_service(i, svc)
-        base = "http://%s:%d" % (svc.get("address") or host, svc["port"])
-        for check, method, endpoint in ENDPOINTS[svc["engine"]]:
-            path = endpoint or svc.get("path") or "/health"
-            out.append(dict(service=svc["name"], check=check, method=method, url=base + path,
-                            body=None))
+        base = _base(svc, host)
+        for check, method, endpoint in ENDPOINTS[svc["engine"]][1:]:
+            out.append(dict(service=svc["name"], check=check, method=method,
+                            url=base + endpoint, body=None))
         if svc.get("request") and svc["engine"] in REQUESTS:
             path, body = REQUESTS[svc["engine"]]
             out.append(dict(service=svc["name"], check="request", method="POST",
@@ -65,26 +101,65 @@ def probes(services, host="127.0.0.1"):
     return out
 
 
-def from_plan(services_plan, runtime="compose"):
+def _runtime(runtime):
+    if runtime not in RUNTIMES:
+        raise ValueError("runtime must be compose or systemd; got: %r" % (runtime,))
+    return runtime
+
+
+def _gpu(i, svc):
+    gpu = svc.get("gpu")
+    if gpu is None or gpu == "":
+        return None
+    if isinstance(gpu, bool) or not isinstance(gpu, (str, int)):
+        raise ValueError("services[%d].gpu must be a GPU UUID, MIG UUID or index (or null); "
+                         "got: %r" % (i, gpu))
+    return str(gpu)
+
+
+def verify_checks(services, runtime="compose", project=DEFAULT_PROJECT, host="127.0.0.1"):
+    """service_verify's checks of the services, in order: the health url (the engine's first
+    endpoint), the GPU of the placement (``device_id``; ``gpu_index`` when given as an
+    index), and who runs the service (module docstring: project and service, or unit and
+    cuda_visible_devices), so that its GPU processes are found by cgroup."""
+    _runtime(runtime)
+    checks = []
+    for i, svc in enumerate(services):
+        _check_service(i, svc)
+        gpu = _gpu(i, svc)
+        check = {"name": svc["name"], "url": _health_url(svc, host),
+                 "engine": VERIFY_ENGINES[svc["engine"]], "device_id": gpu,
+                 "gpu_index": int(gpu) if gpu is not None and gpu.isdigit() else None}
+        if runtime == "compose":
+            check["project"] = svc.get("project") or project
+            check["service"] = svc.get("service") or svc["name"]
+        else:
+            check["unit"] = svc.get("unit") or "%s@%s.service" % (svc["engine"], svc["name"])
+            cvd = svc.get("cuda_visible_devices")
+            check["cuda_visible_devices"] = cvd if cvd is not None else (gpu or "-1")
+        checks.append(check)
+    return checks
+
+
+def from_plan(services_plan, runtime="compose", project=DEFAULT_PROJECT):
     """The services to check, from the ``services_plan`` fact of the services role.
 
     Every active service that publishes its health port: its published port, the GPU its
-    placement gave it (UUID), the VRAM budget, and the names its processes carry on the GPU.
+    placement gave it (its ``device_id``), the VRAM budget, and who runs it as the compose
+    and systemd_units roles verify it (``_fileset.verify_checks``): compose project
+    ``project`` and the service's name, or the systemd unit and its CUDA_VISIBLE_DEVICES.
     Under ``runtime`` systemd only the Ollama and vLLM instances run (sidecars are containers
     of the compose path), so only they are checked.
     """
-    if runtime not in ("compose", "systemd"):
-        raise ValueError("runtime must be compose or systemd; got: %r" % (runtime,))
-    if not isinstance(services_plan, dict) or not isinstance(services_plan.get("services"), list):
-        raise ValueError("services_plan must be the fact set by the gpufleet.inference.services "
-                         "role; got: %r" % (services_plan,))
+    _runtime(runtime)
+    _plan.check_plan(services_plan)
+    owners = {c["name"]: c for c in _fileset.verify_checks(services_plan, runtime,
+                                                           project_name=project)}
     out = []
     for service in services_plan["services"]:
-        if not service.get("active"):
+        if not service.get("active") or service.get("name") not in owners:
             continue
         engine = service.get("engine")
-        if runtime == "systemd" and engine not in ("ollama", "vllm"):
-            continue
         health = service.get("health") or {}
         ports = service.get("ports") or []
         wanted = health.get("port")
@@ -92,17 +167,60 @@ def from_plan(services_plan, runtime="compose"):
         if not published:
             continue
         where = service.get("placement") or {}
-        gpu = where.get("gpu_uuid") or where.get("gpu_index")
+        owner = owners[service["name"]]
+        gpu = owner.get("device_id") or where.get("gpu_uuid") or where.get("gpu_index")
         item = {
             "name": service["name"],
             "engine": engine if engine in ("ollama", "vllm") else "http",
             "port": published[0],
             "path": health.get("path") or "/health",
             "gpu": None if gpu is None else str(gpu),
-            "process_names": [engine if engine in ("ollama", "vllm") else service["name"]],
         }
+        if runtime == "compose":
+            item.update(project=owner["project"], service=owner["service"])
+        else:
+            item.update(unit=owner["unit"], cuda_visible_devices=owner["cuda_visible_devices"])
         if where.get("vram_budget_mib"):
             item["vram_budget_mib"] = int(where["vram_budget_mib"])
+        out.append(item)
+    return out
+
+
+def from_state(state, gpu="0", project=MODE_SWITCH_PROJECT):
+    """The services to check, from the state file of the mode_switch role (its JSON, parsed).
+
+    The services of the recorded mode (the file's ``services``: name -> the role's service
+    definition), by name: engine, published port, health path, the GPU ``gpu`` for a GPU
+    service (``gpu`` not false) or null, and its container: compose service ``name`` of the
+    mode_switch project ``project``. The health path is the one the mode_switch role checks
+    (``health_path``); it is the health url of an ``http`` service. A ``process_names`` in the
+    file is not read.
+    """
+    if not isinstance(state, dict) or not isinstance(state.get("services"), dict):
+        raise ValueError("the recorded mode must be the state file of the "
+                         "gpufleet.inference.mode_switch role, with its services; got: %r"
+                         % (state,))
+    out = []
+    for name in sorted(state["services"], key=lambda n: str(n).lower()):
+        svc = state["services"][name]
+        at = "services.%s" % name
+        if not isinstance(svc, dict):
+            raise ValueError("%s must be a dict; got: %r" % (at, svc))
+        port = svc.get("port")
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            raise ValueError("%s.port must be a port number; got: %r" % (at, port)) from None
+        item = {
+            "name": name,
+            "engine": svc.get("engine"),
+            "port": port,
+            "gpu": gpu if svc.get("gpu", True) else None,
+            "project": project,
+            "service": name,
+        }
+        if svc.get("health_path"):
+            item["path"] = svc["health_path"]
         out.append(item)
     return out
 
@@ -126,41 +244,74 @@ def _detail(check, answer, on_gpu=True):
     return True, "200"
 
 
-def report(services, answers, gpus):
-    """Verdict per service from the probe answers and the GPU facts.
+def _verified_by_name(services, verified):
+    if not isinstance(verified, list) or not all(isinstance(v, dict) for v in verified):
+        raise ValueError("verified must be the services of a gpufleet.inference.service_verify "
+                         "result (a list of dicts); got: %r" % (verified,))
+    by_name = {v.get("name"): v for v in verified}
+    missing = [svc["name"] for svc in services if svc["name"] not in by_name]
+    if missing:
+        raise ValueError("verified must have an entry per service; missing: %s"
+                         % ", ".join(missing))
+    return by_name
+
+
+def _gpu_check(svc, seen, rest):
+    """The ``gpu`` check of a service with a GPU, from what service_verify saw of it."""
+    gpu, processes = svc["gpu"], seen.get("gpu_processes") or []
+    if rest:
+        return dict(check="gpu", ok=False, detail="; ".join(rest))
+    if seen.get("device_ok") is None:  # down: its container or unit was not there to place
+        return dict(check="gpu", ok=False, detail="not checked (the service is down)")
+    if seen.get("gpu_used"):
+        return dict(check="gpu", ok=True,
+                    detail="%d process(es) on GPU %s" % (len(processes), gpu))
+    if seen.get("gpu_used") is None and svc["engine"] == "ollama":
+        # Ollama's runner holds the GPU only while a model is loaded; /api/ps listed none.
+        return dict(check="gpu", ok=True, detail="no model loaded on GPU %s" % gpu)
+    return dict(check="gpu", ok=False, detail="no process of it on GPU %s" % gpu)
+
+
+def report(services, answers, verified):
+    """Verdict per service from the probe answers and service_verify's report.
 
     ``answers``: one per probe, in :func:`probes` order, each the probe plus ``status``
-    (HTTP status, -1 when unreachable), optional ``json`` and ``msg``.
+    (HTTP status, -1 when unreachable), optional ``json`` and ``msg``. ``verified``: the
+    ``services`` of service_verify (report mode) over :func:`verify_checks`, one per service
+    by name. Whether a service's process is on its GPU and the VRAM it holds come from its
+    ``gpu_processes`` (found by cgroup), never from process names.
     """
     calls = probes(services)
-    if len(answers) != len(calls):
-        raise ValueError("answers must have one entry per probe (%d); got: %d"
-                         % (len(calls), len(answers)))
-    by_gpu = {}
-    for gpu in gpus or []:
-        by_gpu[str(gpu.get("index"))] = gpu
-        by_gpu[str(gpu.get("uuid"))] = gpu
+    if not isinstance(answers, list) or len(answers) != len(calls):
+        raise ValueError("answers must have one entry per probe (%d); got: %s"
+                         % (len(calls), len(answers) if isinstance(answers, list)
+                            else repr(answers)))
+    by_name = _verified_by_name(services, verified)
     results = []
     for svc in services:
-        checks = []
+        seen = by_name[svc["name"]]
+        problems = list(seen.get("problems") or [])
+        on_gpu = svc.get("gpu") is not None
+        first = ENDPOINTS[svc["engine"]][0][0]
+        if seen.get("healthy") is True:
+            checks = [dict(check=first, ok=True, detail="200")]
+        else:
+            said = problems.pop(0) if problems else "did not answer 200"
+            checks = [dict(check=first, ok=False, detail=said)]
         for call, answer in zip(calls, answers):
             if call["service"] == svc["name"]:
-                ok, detail = _detail(call["check"], answer, svc.get("gpu") is not None)
+                ok, detail = _detail(call["check"], answer, on_gpu)
                 checks.append(dict(check=call["check"], ok=ok, detail=detail))
         held = None
-        if svc.get("gpu") is not None:
-            gpu = by_gpu.get(str(svc["gpu"]))
-            names = svc.get("process_names") or [svc["engine"]]
-            procs = [p for p in (gpu or {}).get("processes") or []
-                     if any(n in (p.get("name") or "") for n in names)]
-            held = sum(p.get("used_memory_mib") or 0 for p in procs)
-            checks.append(dict(check="gpu", ok=gpu is not None and bool(procs),
-                               detail=("GPU %s missing" % svc["gpu"]) if gpu is None
-                               else "%d process(es) on GPU %s" % (len(procs), svc["gpu"])))
+        if on_gpu:
+            held = sum(p.get("used_memory_mib") or 0 for p in seen.get("gpu_processes") or [])
+            checks.append(_gpu_check(svc, seen, problems))
             budget = svc.get("vram_budget_mib")
             if budget is not None:
                 checks.append(dict(check="vram", ok=held <= budget,
                                    detail="%d of %d MiB" % (held, budget)))
+        elif problems:  # a GPU where none was placed, a crash after it answered
+            checks.append(dict(check="gpu", ok=False, detail="; ".join(problems)))
         results.append(dict(service=svc["name"], engine=svc["engine"], vram_mib=held,
                             vram_budget_mib=svc.get("vram_budget_mib"),
                             healthy=all(c["ok"] for c in checks), checks=checks))

@@ -103,7 +103,7 @@ def samples(entry):
         out.append(("gpufleet_mode_info", (("mode", mode["mode"]),
                                            ("outcome", mode["outcome"] or "")), 1))
     if entry["profile"]:
-        dual = entry["dual_gpu_mode"] if entry["profile"] == "dual-gpu" else None
+        dual = entry["dual_gpu_mode"] if entry["profile"] in ("dual-gpu", "multi-gpu") else None
         out.append(("gpufleet_profile_info", (("profile", entry["profile"]),
                                               ("dual_gpu_mode", dual or "")), 1))
     if mode:

@@ -5,7 +5,10 @@
 Not a public API: the leading underscore says so. Pure functions, stdlib only, no
 AnsibleModule; the filter ``mode_switch_check`` wraps :func:`check` so that the role fails in
 its preflight, before it stops or starts anything, with a message naming the field and the
-value (``mode_switch_services.vllm.port must be 1-65535; got: 70000``).
+value (``mode_switch_services.vllm.port must be 1-65535; got: 70000``). The filters
+``mode_switch_compose``, ``mode_switch_active_modes`` and ``mode_switch_devices`` wrap
+:func:`compose_document`, :func:`active_modes` and :func:`devices`: the compose project the role
+renders, and what ``docker ps`` / ``docker inspect`` say runs.
 
 Vocabulary (seed 003)
   mode      a named set of services that must not share the GPUs with another mode's
@@ -15,9 +18,17 @@ Vocabulary (seed 003)
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import re
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _drain, _render, _vram
+from ansible_collections.gpufleet.inference.plugins.module_utils import (
+    _common,
+    _drain,
+    _plan,
+    _vram,
+)
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int
 
 ENGINES = ("ollama", "vllm", "docling", "http")
 SERVICE_KEYS = ("image", "engine", "port", "container_port", "health_path", "gpu",
@@ -30,12 +41,8 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _GPU_KEY_RE = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)$")
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _port(value, at):
-    if not _is_int(value) or not 1 <= value <= 65535:
+    if not is_int(value) or not 1 <= value <= 65535:
         raise ValueError("%s must be 1-65535; got: %r" % (at, value))
     return value
 
@@ -58,7 +65,7 @@ def _check_service(name, entry, at):
     unknown = sorted(set(entry) - set(SERVICE_KEYS))
     if unknown:
         raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
-    _render.check_image(entry.get("image"), at + ".image")
+    _plan.check_image(entry.get("image"), at + ".image")
     engine = entry.get("engine")
     if engine not in ENGINES:
         raise ValueError("%s.engine must be one of %s; got: %r" % (at, ", ".join(ENGINES), engine))
@@ -119,6 +126,7 @@ def check(mode, modes, services, gpu_ids=None, options=None):
     if not isinstance(modes, dict) or not modes:
         raise ValueError("mode_switch_modes must be a non-empty dict of mode: {services}; got: %r"
                          % (modes,))
+    owners = {}
     for name, entry in modes.items():
         at = "mode_switch_modes.%s" % name
         if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -141,11 +149,15 @@ def check(mode, modes, services, gpu_ids=None, options=None):
                 raise ValueError("%s.services[%d] is not a key of mode_switch_services (%s); "
                                  "got: %r" % (at, i, ", ".join(sorted(services)) or "none",
                                               service))
+            if service in owners:
+                raise ValueError("%s.services[%d] is a service of mode %s too (a service belongs "
+                                 "to one mode); got: %r" % (at, i, owners[service], service))
             port = services[service]["port"]
             if port in ports:
                 raise ValueError("%s.services[%d] (%s) publishes port %d, as %s does; got: %d"
                                  % (at, i, service, port, ports[port], port))
             ports[port] = service
+        owners.update((service, name) for service in names)
     if mode not in modes:
         raise ValueError("mode_switch_mode must be one of %s; got: %r"
                          % (", ".join(sorted(modes)), mode))
@@ -183,3 +195,190 @@ def check(mode, modes, services, gpu_ids=None, options=None):
                              "mode_switch_drain_timeout (%r); got: %r"
                              % (timeout, options["drain_interval"]))
     return True
+
+
+def _services_of(modes, at="mode_switch_modes"):
+    """(mode, [service names]) per mode, in mode-name order (as Jinja's dictsort gives them)."""
+    if not isinstance(modes, dict):
+        raise ValueError("%s must be a dict of mode: {services}; got: %r" % (at, modes))
+    out = []
+    for mode in sorted(modes, key=lambda m: str(m).lower()):
+        entry = modes[mode]
+        names = entry.get("services") if isinstance(entry, dict) else None
+        if not isinstance(names, list):
+            raise ValueError("%s.%s.services must be a list of service names; got: %r"
+                             % (at, mode, names))
+        out.append((mode, names))
+    return out
+
+
+def compose_document(modes, services, project_name, gpu_ids):
+    """The compose document of every mode, as a dict to dump to the project's compose.yml.
+
+    Every service of every mode (modes by name, services in the mode's order), with its mode as
+    its only compose profile, so that a plain ``docker compose up`` starts none of them: image,
+    ``command`` and ``environment`` when given, its port published on 127.0.0.1 only, no restart
+    (the role starts and stops the modes), 30 s to stop, the label ``org.gpufleet.mode``, and,
+    unless ``gpu`` is false, an NVIDIA reservation of the GPUs ``gpu_ids`` (as strings).
+
+    A service may belong to one mode only: one compose service cannot carry two modes' labels,
+    and compose rejects a service named twice. ``check`` is the thorough check of the same
+    variables; this one only refuses what it cannot build.
+    """
+    if not isinstance(services, dict):
+        raise ValueError("mode_switch_services must be a dict of service name: definition; "
+                         "got: %r" % (services,))
+    if not isinstance(project_name, str) or not project_name:
+        raise ValueError("mode_switch_project_name must be a non-empty string; got: %r"
+                         % (project_name,))
+    if not isinstance(gpu_ids, list) or not gpu_ids:
+        raise ValueError("mode_switch_gpu_ids must be a non-empty list of GPU indexes or UUIDs; "
+                         "got: %r" % (gpu_ids,))
+    device_ids = [str(key) for key in gpu_ids]
+    out = {}
+    owners = {}
+    for mode, names in _services_of(modes):
+        for i, name in enumerate(names):
+            at = "mode_switch_modes.%s.services[%d]" % (mode, i)
+            if not isinstance(name, str):
+                raise ValueError("%s must be a service name; got: %r" % (at, name))
+            if name in owners:
+                raise ValueError("%s is a service of mode %s too (a service belongs to one "
+                                 "mode); got: %r" % (at, owners[name], name))
+            svc = services.get(name)
+            if not isinstance(svc, dict):
+                raise ValueError("%s is not a service of mode_switch_services (%s); got: %r"
+                                 % (at, ", ".join(sorted(services)) or "none", name))
+            owners[name] = mode
+            for key in ("image", "port", "container_port"):
+                if svc.get(key) is None:
+                    raise ValueError("mode_switch_services.%s.%s is required; got: None"
+                                     % (name, key))
+            item = {"image": svc["image"]}
+            command = svc.get("command")
+            if command is not None:
+                item["command"] = list(command) if isinstance(command, list) else command
+            item.update({
+                "profiles": [mode],
+                "ports": ["127.0.0.1:%s:%s" % (svc["port"], svc["container_port"])],
+                "restart": "no",
+                "stop_grace_period": "30s",
+                "labels": {"org.gpufleet.mode": mode},
+            })
+            environment = svc.get("environment")
+            if environment is not None:
+                item["environment"] = (dict(environment) if isinstance(environment, dict)
+                                       else environment)
+            if svc.get("gpu", True):
+                item["deploy"] = {"resources": {"reservations": {"devices": [{
+                    "driver": "nvidia",
+                    "device_ids": list(device_ids),
+                    "capabilities": ["gpu"],
+                }]}}}
+            out[name] = item
+    return {"name": project_name, "services": out}
+
+
+def active_modes(modes, running):
+    """The modes (by name) of which at least one service is among ``running``.
+
+    ``running`` is the list of compose service names ``docker ps`` shows. Two modes here means
+    exclusive modes run at once.
+    """
+    if not isinstance(running, list):
+        raise ValueError("running must be a list of compose service names; got: %r" % (running,))
+    now = set(running)
+    return [mode for mode, names in _services_of(modes) if now.intersection(names)]
+
+
+def devices(lines):
+    """The GPUs each running service was given: {service: [device id, ...]}.
+
+    ``lines`` are ``docker inspect``'s, one a container, formatted as the compose service name, a
+    space, and the JSON of ``.HostConfig.DeviceRequests`` (``null`` without any); the device ids
+    of all its requests, in order. A service listed twice keeps its last line's. Blank lines are
+    skipped.
+    """
+    if not isinstance(lines, list):
+        raise ValueError("lines must be a list of docker inspect lines; got: %r" % (lines,))
+    out = {}
+    for i, line in enumerate(lines):
+        if not isinstance(line, str):
+            raise ValueError("lines[%d] must be a string; got: %r" % (i, line))
+        if not line.strip():
+            continue
+        service, sep, text = line.partition(" ")
+        if not sep:
+            raise ValueError("lines[%d] must be '<service> <DeviceRequests JSON>'; got: %r"
+                             % (i, line))
+        try:
+            requests = json.loads(text)
+        except ValueError:
+            raise ValueError("lines[%d] must end with the JSON of DeviceRequests; got: %r"
+                             % (i, text)) from None
+        requests = requests or []
+        if not isinstance(requests, list) or not all(isinstance(r, dict) for r in requests):
+            raise ValueError("lines[%d]: DeviceRequests must be a list of objects; got: %r"
+                             % (i, requests))
+        ids = []
+        for request in requests:
+            found = request.get("DeviceIDs") or []
+            if not isinstance(found, list):
+                raise ValueError("lines[%d]: DeviceIDs must be a list; got: %r" % (i, found))
+            ids.extend(found)
+        out[service] = ids
+    return out
+
+
+def drain_targets(gpus, gpu_ids, pids, meminfo_text=None):
+    """What the drain wait after the stop waits for, from the GPUs read before the stop.
+
+    ``gpus`` is gpu_facts' list, ``gpu_ids`` the mode's GPUs (indexes as text), ``pids`` the host
+    pids of the leaving services. Returns ``{target_used_mib, baseline_available_mib}``: the used
+    memory of those GPUs less what the leaving processes held (None when a GPU's used memory is
+    unknown, as on unified memory), and on unified memory, MemAvailable of ``meminfo_text``
+    (read before the stop) plus what the leaving processes held (else None).
+    """
+    if not isinstance(gpus, list):
+        raise ValueError("gpus must be the list of gpu_facts; got: %r" % (gpus,))
+    wanted = {str(key) for key in gpu_ids or []}
+    chosen = [g for g in gpus if isinstance(g, dict) and str(g.get("index")) in wanted]
+    leaving = {int(pid) for pid in pids or []}
+    held = sum(p.get("used_memory_mib") or 0 for g in chosen for p in g.get("processes") or []
+               if p.get("pid") in leaving and is_int(p.get("used_memory_mib")))
+    used = [g.get("memory_used_mib") for g in chosen]
+    target = (sum(used) - held) if used and all(is_int(u) for u in used) else None
+    baseline = None
+    if meminfo_text:
+        baseline = _common.parse_meminfo(meminfo_text)["available_mib"] + held
+    return {"target_used_mib": target, "baseline_available_mib": baseline}
+
+
+def verify_checks(services, names, project_name):
+    """service_verify's checks of the services ``names``: health URL on 127.0.0.1, container."""
+    checks = []
+    for name in names:
+        svc = services[name]
+        checks.append({"name": name, "project": project_name, "service": name,
+                       "url": "http://127.0.0.1:%s%s" % (svc["port"], svc["health_path"])})
+    return checks
+
+
+def record(previous, mode, requested, outcome, failure, started, now, drain_s, services):
+    """The mode state file's record of a switch, and the switch metrics' text, as a pair."""
+    record_ = {
+        "mode": mode, "previous": previous, "requested": requested, "outcome": outcome,
+        "failure": failure,
+        "switched_at": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(),
+        "downtime_s": round(now - float(started), 2), "drain_s": drain_s or 0,
+        "services": services,
+    }
+    metrics = (
+        "# HELP gpufleet_mode_switch_downtime_seconds Downtime of the last mode switch.\n"
+        "# TYPE gpufleet_mode_switch_downtime_seconds gauge\n"
+        'gpufleet_mode_switch_downtime_seconds{mode="%s",outcome="%s"} %s\n'
+        "# HELP gpufleet_mode_switch_drain_seconds GPU memory drain wait of the last mode switch.\n"
+        "# TYPE gpufleet_mode_switch_drain_seconds gauge\n"
+        'gpufleet_mode_switch_drain_seconds{mode="%s"} %s\n'
+        % (mode, outcome, record_["downtime_s"], mode, record_["drain_s"]))
+    return {"record": record_, "metrics": metrics}

@@ -46,6 +46,7 @@ import math
 import re
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int
 
 STRATEGIES = ("manual", "vram_based", "latency_optimized", "isolation_first", "balanced")
 DEFAULT_STRATEGY = "vram_based"
@@ -72,15 +73,52 @@ SERVICE_KEYS = (
 )
 HOST_KEYS = ("name", "gpus", "labels", "dedicated")
 
+# The argument spec of the gpu_placement module. The services_plan action validates the
+# placement options it is given with the same spec, so a value is coerced (or refused) the same
+# way whichever of the two places. Plain data: this file stays free of Ansible imports.
+SERVICE_SPEC = dict(
+    name=dict(type="str", required=True), vram_mib=dict(type="int"), model=dict(type="str"),
+    engine=dict(type="str", choices=list(ENGINES)), role=dict(type="str"),
+    latency_critical=dict(type="bool", default=False), exclusive=dict(type="bool", default=False),
+    gpu=dict(type="str"), min_compute_capability=dict(type="str"),
+    vram_budget_mib=dict(type="int"), context_length=dict(type="int"), parallel=dict(type="int"),
+    host=dict(type="str"), node_selector=dict(type="dict"),
+)
+CATALOG_SPEC = dict(
+    name=dict(type="str", required=True), aliases=dict(type="list", elements="str"),
+    vram_mib=dict(type="int"), weights_mib=dict(type="int"), params_b=dict(type="float"),
+    quantization=dict(type="str"), bits_per_weight=dict(type="float"), layers=dict(type="int"),
+    kv_heads=dict(type="int"), head_dim=dict(type="int"), context_length=dict(type="int"),
+    role=dict(type="str"), source=dict(type="str"),
+)
+HOST_SPEC = dict(
+    name=dict(type="str", required=True), gpus=dict(type="list", elements="dict", default=[]),
+    labels=dict(type="dict", default={}), dedicated=dict(type="list", elements="str", default=[]),
+)
+ARGUMENT_SPEC = dict(
+    gpus=dict(type="list", elements="dict"),
+    hosts=dict(type="list", elements="dict", options=HOST_SPEC),
+    services=dict(type="list", elements="dict", required=True, options=SERVICE_SPEC),
+    strategy=dict(type="str", default=DEFAULT_STRATEGY, choices=list(STRATEGIES)),
+    headroom_mib=dict(type="int", default=DEFAULT_HEADROOM_MIB),
+    reserve_mib=dict(type="dict", default={}),
+    live_usage=dict(type="str", default="account", choices=list(LIVE_USAGE)),
+    managed_processes=dict(type="list", elements="str", default=[]),
+    visible_devices_by=dict(type="str", default="uuid", choices=list(VISIBLE_DEVICES_BY)),
+    catalog=dict(type="list", elements="dict", default=[], options=CATALOG_SPEC),
+    pin_not_found=dict(type="str", default="warn", choices=list(PIN_NOT_FOUND)),
+)
+MUTUALLY_EXCLUSIVE = [("gpus", "hosts")]
+REQUIRED_ONE_OF = [("gpus", "hosts")]
+# The options of place() and place_fleet() besides the GPUs (or hosts) and the services.
+OPTION_KEYS = ("strategy", "headroom_mib", "reserve_mib", "live_usage", "managed_processes",
+               "visible_devices_by", "catalog", "pin_not_found")
+
 _CC_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*$")
 _MIG_KEY_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 # ---- small helpers ----------------------------------------------------------------------
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def gb(mib):
     """MiB as the seeds write GB (GiB): 6963 -> '6.8', 4094 -> '4', 3582 -> '3.5'."""
@@ -203,7 +241,7 @@ def _check_options(*, strategy, headroom_mib, reserve_mib, live_usage, managed_p
                    visible_devices_by, pin_not_found="warn"):
     if strategy not in STRATEGIES:
         raise ValueError("strategy must be one of %s; got: %r" % (", ".join(STRATEGIES), strategy))
-    if not _is_int(headroom_mib) or headroom_mib < 0:
+    if not is_int(headroom_mib) or headroom_mib < 0:
         raise ValueError("headroom_mib must be an integer >= 0; got: %r" % (headroom_mib,))
     if headroom_mib > _vram.MAX_VRAM_MIB:
         raise ValueError("headroom_mib must be at most %d; got: %r"
@@ -217,7 +255,7 @@ def _check_options(*, strategy, headroom_mib, reserve_mib, live_usage, managed_p
             raise ValueError("reserve_mib must be a dict of GPU index or UUID -> MiB; got: %r"
                              % (reserve_mib,))
         for key, value in reserve_mib.items():
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError("reserve_mib[%r] must be an integer >= 0; got: %r" % (key, value))
             if value > _vram.MAX_VRAM_MIB:
                 raise ValueError("reserve_mib[%r] must be at most %d; got: %r"
@@ -242,7 +280,7 @@ def _check_options(*, strategy, headroom_mib, reserve_mib, live_usage, managed_p
 
 def _optional_mib(gpu, key, where):
     value = gpu.get(key)
-    if value is not None and (not _is_int(value) or value < 0):
+    if value is not None and (not is_int(value) or value < 0):
         raise ValueError("%s.%s must be an integer >= 0 or null; got: %r" % (where, key, value))
     return value
 
@@ -256,7 +294,7 @@ def _check_gpus(gpus, where):
         if not isinstance(gpu, dict):
             raise ValueError("%s must be a dict; got: %r" % (at, gpu))
         index = gpu.get("index")
-        if not _is_int(index) or index < 0:
+        if not is_int(index) or index < 0:
             raise ValueError("%s.index must be an integer >= 0; got: %r" % (at, index))
         if index in seen:
             raise ValueError("%s.index duplicates %s[%d]; got: %r"
@@ -286,7 +324,7 @@ def _positive_int(service, key, where):
     value = service.get(key)
     if value is None:
         return None
-    if not _is_int(value):
+    if not is_int(value):
         raise ValueError("%s.%s must be an integer; got: %r" % (where, key, value))
     if value <= 0:
         raise ValueError("%s.%s must be > 0; got: %r" % (where, key, value))
@@ -395,7 +433,7 @@ def _check_services(services, catalog, fleet):
 
 
 def _pin_is_index(pin):
-    return _is_int(pin) or (isinstance(pin, str) and pin.strip().isdigit())
+    return is_int(pin) or (isinstance(pin, str) and pin.strip().isdigit())
 
 
 # ---- units ------------------------------------------------------------------------------

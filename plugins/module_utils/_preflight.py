@@ -8,8 +8,8 @@ filters use the rest. Bad input raises ValueError naming the field and its value
 (``preflight_size_table[2].size_mb must be an integer >= 0; got: -5``).
 
 What it covers (seed 000, "scripts/preflight.py")
-  profile         the recommended profile: cpu, single-gpu, dual-gpu, multi-gpu, or remote when
-                  the inventory says inference runs elsewhere.
+  profile         the recommended profile (``_plan.recommend_profile``): cpu, single-gpu,
+                  dual-gpu, multi-gpu, or remote when the inventory says inference runs elsewhere.
   downloads       the first-run download size from a size table (seed 000's is the default), the
                   active profile and DUAL_GPU_MODE: images and model weights listed apart, a
                   model directory shared by several servers counted once.
@@ -27,41 +27,41 @@ import ipaddress
 import math
 import re
 
-PROFILES = ("remote", "cpu", "single-gpu", "dual-gpu", "multi-gpu")
-MODES = ("ollama", "vllm", "mixed")
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import dotenv_get, is_int
+from ansible_collections.gpufleet.inference.plugins.module_utils._plan import (
+    GPU_PROFILES,
+    MODE_PROFILES,
+    MODES,
+    PROFILES,
+    recommend_profile,
+)
+
 KINDS = ("image", "model")
 SIZE_KEYS = ("name", "kind", "size_mb", "profiles", "modes", "services", "dir", "note")
-# Which user-facing profile a multi-gpu host runs: the catalog knows remote, cpu, single-gpu
-# and dual-gpu; three or more GPUs run the dual-gpu stack (the extra GPUs stay free).
-PROFILE_FOR_TABLE = {"multi-gpu": "dual-gpu"}
-
 # Seed 000's "Size table (used by the warning calculator)", in MB.
 DEFAULT_SIZE_TABLE = (
     {"name": "ollama/ollama", "kind": "image", "size_mb": 800,
-     "profiles": ["cpu", "single-gpu", "dual-gpu"], "dir": "images",
+     "profiles": ["cpu", "single-gpu", "dual-gpu", "multi-gpu"], "dir": "images",
      "note": "shared by ollama + ollama_research"},
     {"name": "searxng/searxng", "kind": "image", "size_mb": 300, "dir": "images"},
     {"name": "app (Python build)", "kind": "image", "size_mb": 1500, "dir": "images"},
     {"name": "vision service", "kind": "image", "size_mb": 3000,
-     "profiles": ["single-gpu", "dual-gpu"], "dir": "images", "note": "single-gpu and above"},
-    {"name": "vllm/vllm-openai", "kind": "image", "size_mb": 10000, "profiles": ["dual-gpu"],
-     "modes": ["vllm", "mixed"], "dir": "images", "note": "vllm / mixed mode only"},
+     "profiles": ["single-gpu", "dual-gpu", "multi-gpu"], "dir": "images",
+     "note": "single-gpu and above"},
+    {"name": "vllm/vllm-openai", "kind": "image", "size_mb": 10000,
+     "profiles": ["dual-gpu", "multi-gpu"], "modes": ["vllm", "mixed"], "dir": "images",
+     "note": "vllm / mixed mode only"},
     {"name": "llama3.2:3b", "kind": "model", "size_mb": 2000,
-     "profiles": ["cpu", "single-gpu", "dual-gpu"], "dir": "models",
+     "profiles": ["cpu", "single-gpu", "dual-gpu", "multi-gpu"], "dir": "models",
      "note": "shared model directory: ollama + ollama_research download it once"},
     {"name": "moondream2", "kind": "model", "size_mb": 1800,
-     "profiles": ["single-gpu", "dual-gpu"], "dir": "vision_cache",
+     "profiles": ["single-gpu", "dual-gpu", "multi-gpu"], "dir": "vision_cache",
      "note": "vision container cache"},
 )
 
 # /proc/net/tcp: "sl local_address rem_address st ..."; st 0A is LISTEN.
 _TCP_LISTEN = "0A"
 _SOCKET_LINK_RE = re.compile(r"^socket:\[(\d+)\]$")
-_ENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def gb_text(mb):
@@ -72,33 +72,6 @@ def gb_text(mb):
 
 
 # ---- profile and .env -------------------------------------------------------------------
-
-def recommend_profile(gpu_count, remote=False):
-    """remote when inference runs elsewhere, else cpu / single-gpu / dual-gpu / multi-gpu."""
-    if not _is_int(gpu_count) or gpu_count < 0:
-        raise ValueError("gpu_count must be an integer >= 0; got: %r" % (gpu_count,))
-    if not isinstance(remote, bool):
-        raise ValueError("remote must be a boolean; got: %r" % (remote,))
-    if remote:
-        return "remote"
-    return PROFILES[1 + min(gpu_count, 3)]
-
-
-def dotenv_get(text, key):
-    """The value of ``key`` in an ``.env`` text (last one wins, quotes removed), or None."""
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise ValueError("text must be the content of the .env file; got: %r" % (text,))
-    value = None
-    for line in text.splitlines():
-        match = _ENV_LINE_RE.match(line)
-        if match and match.group(1) == key:
-            value = match.group(2)
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-    return value
-
 
 def dual_gpu_mode_plan(gpu_count, existing_text, default="ollama", remote=False):
     """Seed 000: write DUAL_GPU_MODE=<default> into .env on the first setup of a 2-GPU host.
@@ -114,8 +87,8 @@ def dual_gpu_mode_plan(gpu_count, existing_text, default="ollama", remote=False)
     if existing is not None and existing not in MODES:
         raise ValueError(".env DUAL_GPU_MODE must be one of %s; got: %r"
                          % (", ".join(MODES), existing))
-    # A 3+ GPU host runs the dual-gpu stack too: GPU 1's mode matters there as well.
-    dual = recommend_profile(gpu_count, remote) in ("dual-gpu", "multi-gpu")
+    # A 3+ GPU host (multi-gpu) has a mode too: GPU 1's stack is the dual-GPU one.
+    dual = recommend_profile(gpu_count, remote) in MODE_PROFILES
     return {"write": dual and existing is None, "mode": existing or default,
             "existing": existing}
 
@@ -154,7 +127,7 @@ def check_size_table(table, where="preflight_size_table"):
         if kind not in KINDS:
             raise ValueError("%s.kind must be one of %s; got: %r" % (at, ", ".join(KINDS), kind))
         size = entry.get("size_mb")
-        if not _is_int(size) or size < 0:
+        if not is_int(size) or size < 0:
             raise ValueError("%s.size_mb must be an integer >= 0; got: %r" % (at, size))
         directory = entry.get("dir") or ("images" if kind == "image" else "models")
         if not isinstance(directory, str):
@@ -164,7 +137,7 @@ def check_size_table(table, where="preflight_size_table"):
             raise ValueError("%s.note must be a string; got: %r" % (at, note))
         checked.append({
             "name": name.strip(), "kind": kind, "size_mb": size,
-            "profiles": _names(entry, "profiles", at, PROFILES[:4]),
+            "profiles": _names(entry, "profiles", at, PROFILES),
             "modes": _names(entry, "modes", at, MODES),
             "services": _names(entry, "services", at), "dir": directory, "note": note,
         })
@@ -174,7 +147,7 @@ def check_size_table(table, where="preflight_size_table"):
 def _needed(entry, profile, mode, active):
     if entry["profiles"] is not None and profile not in entry["profiles"]:
         return False
-    if entry["modes"] is not None and profile == "dual-gpu" and mode not in entry["modes"]:
+    if entry["modes"] is not None and profile in MODE_PROFILES and mode not in entry["modes"]:
         return False
     if entry["services"] is not None and active is not None and \
             not set(entry["services"]) & set(active):
@@ -191,8 +164,7 @@ def download_plan(table, profile, mode="ollama", dirs=None, active=None):
     Returns ``{profile, mode, images, models, images_mb, models_mb, total_mb, by_path}``.
     """
     checked = check_size_table(table)
-    profile = PROFILE_FOR_TABLE.get(profile, profile)
-    if profile not in PROFILES[:4]:
+    if profile not in PROFILES:
         raise ValueError("profile must be one of %s; got: %r" % (", ".join(PROFILES), profile))
     if mode not in MODES:
         raise ValueError("mode must be one of %s; got: %r" % (", ".join(MODES), mode))
@@ -239,7 +211,7 @@ def disk_check(by_path, disks, reserve_mib=0):
     """
     if not isinstance(by_path, dict):
         raise ValueError("by_path must be a dict of path: MB; got: %r" % (by_path,))
-    if not _is_int(reserve_mib) or reserve_mib < 0:
+    if not is_int(reserve_mib) or reserve_mib < 0:
         raise ValueError("preflight_disk_reserve_mib must be an integer >= 0; got: %r"
                          % (reserve_mib,))
     if not isinstance(disks, list):
@@ -249,12 +221,12 @@ def disk_check(by_path, disks, reserve_mib=0):
         if not isinstance(disk, dict) or not isinstance(disk.get("path"), str):
             raise ValueError("disks[%d] must be a dict with path; got: %r" % (i, disk))
         free = disk.get("free_bytes")
-        if free is not None and (not _is_int(free) or free < 0):
+        if free is not None and (not is_int(free) or free < 0):
             raise ValueError("disks[%d].free_bytes must be an integer >= 0; got: %r" % (i, free))
         known[disk["path"]] = disk
     groups = {}
     for path, size_mb in sorted(by_path.items()):
-        if not _is_int(size_mb) or size_mb < 0:
+        if not is_int(size_mb) or size_mb < 0:
             raise ValueError("by_path[%r] must be an integer >= 0; got: %r" % (path, size_mb))
         disk = known.get(path)
         if disk is None:
@@ -290,7 +262,7 @@ def _gpu_by_index(gpus):
         raise ValueError("gpus must be a list of GPU facts; got: %r" % (gpus,))
     found = {}
     for i, gpu in enumerate(gpus):
-        if not isinstance(gpu, dict) or not _is_int(gpu.get("index")):
+        if not isinstance(gpu, dict) or not is_int(gpu.get("index")):
             raise ValueError("gpus[%d] must be a GPU fact with an index; got: %r" % (i, gpu))
         found[gpu["index"]] = gpu
     return found
@@ -393,12 +365,12 @@ MAX_TOOL_TIMEOUT_S = 3600
 def check_facts_options(ports, paths, nvidia_smi_timeout):
     """The options of preflight_facts, checked before anything is read."""
     for i, port in enumerate(ports or []):
-        if not _is_int(port) or not 1 <= port <= 65535:
+        if not is_int(port) or not 1 <= port <= 65535:
             raise ValueError("ports[%d] must be 1-65535; got: %r" % (i, port))
     for i, path in enumerate(paths or []):
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError("paths[%d] must be an absolute path; got: %r" % (i, path))
-    if not _is_int(nvidia_smi_timeout) or not 1 <= nvidia_smi_timeout <= MAX_TOOL_TIMEOUT_S:
+    if not is_int(nvidia_smi_timeout) or not 1 <= nvidia_smi_timeout <= MAX_TOOL_TIMEOUT_S:
         raise ValueError("nvidia_smi_timeout must be 1-%d seconds; got: %r"
                          % (MAX_TOOL_TIMEOUT_S, nvidia_smi_timeout))
 
@@ -472,7 +444,7 @@ def port_report(ports, listeners, owners=None):
         if not isinstance(wanted, dict):
             raise ValueError("ports[%d] must be a dict; got: %r" % (i, wanted))
         port = wanted.get("port")
-        if not _is_int(port) or not 1 <= port <= 65535:
+        if not is_int(port) or not 1 <= port <= 65535:
             raise ValueError("ports[%d].port must be 1-65535; got: %r" % (i, port))
         holders = []
         for listener in listeners:
@@ -514,7 +486,7 @@ def summary_lines(report):
     lines = ["Preflight %s" % report.get("host", "")]
     lines.append("Profile: %s (recommended: %s, %d GPU(s))%s" % (
         report.get("profile"), report.get("recommended_profile"), report.get("gpu_count", 0),
-        ", DUAL_GPU_MODE=%s" % report["dual_gpu_mode"] if report.get("profile") == "dual-gpu"
+        ", DUAL_GPU_MODE=%s" % report["dual_gpu_mode"] if report.get("profile") in MODE_PROFILES
         else ""))
     for item in report.get("checks") or []:
         status = "ok" if item["ok"] else ("WARN" if item.get("warn_only") else "FAIL")
@@ -590,7 +562,7 @@ def _check_report_options(options):
                              % (i, ", ".join(CHECKS), name))
     if not isinstance(opts["remote"], bool):
         raise ValueError("preflight_remote must be a boolean; got: %r" % (opts["remote"],))
-    if not _is_int(opts["disk_reserve_mib"]) or opts["disk_reserve_mib"] < 0:
+    if not is_int(opts["disk_reserve_mib"]) or opts["disk_reserve_mib"] < 0:
         raise ValueError("preflight_disk_reserve_mib must be an integer >= 0; got: %r"
                          % (opts["disk_reserve_mib"],))
     for key, where in (("ignore_port_processes", "preflight_ignore_port_processes"),
@@ -667,7 +639,7 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
     active = list(services_plan.get("active") or [])
     downloads = None
     disks = []
-    if profile in PROFILES[:4]:
+    if profile in PROFILES:
         downloads = download_plan(opts["size_table"], profile, mode, opts["dirs"], active)
         disks = disk_check(downloads["by_path"], host_facts.get("disks") or [],
                            opts["disk_reserve_mib"])
@@ -678,7 +650,7 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
                        "unknown" if item["free_mib"] is None else item["free_mib"]))
     # Driver, container toolkit and runtime for the GPU profiles.
     binaries = host_facts.get("binaries") or {}
-    gpu_profile = profile in ("single-gpu", "dual-gpu")
+    gpu_profile = profile in GPU_PROFILES
     if gpu_profile:
         nvidia = [g for g in healthy if (g.get("vendor") or "nvidia") == "nvidia"]
         drivers = sorted({str(g.get("driver_version")) for g in healthy
@@ -712,8 +684,7 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
                         % ", ".join(str(i) for i in disabled))
     if nvidia_facts.get("error"):
         warnings.append(nvidia_facts["error"])
-    if profile not in (None, recommended) and not (recommended == "multi-gpu"
-                                                   and profile == "dual-gpu"):
+    if profile not in (None, recommended):
         warnings.append("profile %s differs from the recommended %s (%d healthy GPU(s))"
                         % (profile, recommended, len(healthy)))
     if isinstance(dual_gpu_mode, dict) and dual_gpu_mode.get("existing") not in (None, mode):

@@ -1,569 +1,44 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private module_utils of gpufleet.inference: from one service catalog and one placement to
-what runs the services (compose files, systemd instances, Kubernetes manifests).
+"""Private module_utils of gpufleet.inference: from one plan (``services_plan``) to the
+documents that run the services (compose files, gpu-assignments.yml, systemd instances,
+Kubernetes manifests).
 
 Not a public API: the leading underscore says so. Pure functions, stdlib only, no
 AnsibleModule; the filters in plugins/filter/render.py wrap them so that the roles' templates
-stay thin. Bad input raises ValueError naming the field and its value
-(``services_catalog.vllm.ports[0] must be 1-65535; got: 70000``). The same input always gives
-the same output (dicts keep the catalog's order).
-
-Vocabulary (seed 000, "Compose Profile Architecture")
-  profile       what the user picks: remote, cpu, single-gpu, dual-gpu (``services_profile``),
-                or ``auto`` (from the number of healthy GPUs).
-  mode          which stack occupies GPU 1 under dual-gpu: ollama, vllm, mixed
-                (``services_dual_gpu_mode``, the ``DUAL_GPU_MODE`` of seed 000).
-  sub-profile   ``dual-gpu-<mode>``, the compose profile the tooling injects.
-  extra profile an opt-in profile such as ``finetune`` whose services run beside any profile
-                when enabled (``services_extra_profiles``).
+stay thin. The catalog, its profiles and modes and the plan itself are _plan.py's (its
+docstring has the vocabulary); every document function here checks its input with
+``_plan.check_plan``. Bad input raises ValueError naming the field and its value
+(``k8s_manifests_namespace must be a DNS-1123 label; got: 'GPU'``). The same input always
+gives the same output (dicts keep the catalog's order).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
+from ansible_collections.gpufleet.inference.plugins.module_utils import _plan
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import scalar_text
 
-PROFILES = ("remote", "cpu", "single-gpu", "dual-gpu")
-GPU_PROFILES = ("single-gpu", "dual-gpu")
-PROFILE_CHOICES = ("auto", *PROFILES)
-MODES = ("ollama", "vllm", "mixed")
-ENGINES = ("ollama", "vllm", "other")
-RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
-PROTOCOLS = ("tcp", "udp")
 COMPOSE_KINDS = ("base", "gpu", "podman")
-
-CATALOG_KEYS = (
-    "engine", "image", "command", "entrypoint", "model", "ports", "volumes", "environment",
-    "health", "profiles", "modes", "uses_gpu", "gpu", "vram_mib", "vram_budget_mib",
-    "context_length", "parallel", "role", "latency_critical", "exclusive",
-    "min_compute_capability", "enabled", "restart", "description",
-)
-# Catalog keys handed on to the placement engine as they are.
-PLACEMENT_KEYS = (
-    "engine", "model", "gpu", "vram_mib", "vram_budget_mib", "context_length", "parallel",
-    "role", "latency_critical", "exclusive", "min_compute_capability",
-)
 # Kubernetes extended resource per GPU vendor (seed 002).
 K8S_GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "gpu.intel.com/i915"}
 NODE_PLACEMENT_KEYS = ("nodes", "dedicated", "node_selector")
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,51}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_DOTENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+# A compose project name: lower case letters, digits, '_' and '-'.
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# A value an EnvironmentFile holds without quotes.
 _PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:,@%+=-]*$")
-# An image reference: [registry[:port]/]path[:tag][@sha256:digest], path in lower case.
-_IMAGE_RE = re.compile(
-    r"^(?:[A-Za-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-    r"(?:@sha256:[a-f0-9]{64})?$")
 # Published ports and inference instances listen on loopback unless a port's ``address`` (or
 # systemd_units_bind_address) asks for exposure (README of the services role, "Exposure").
 DEFAULT_BIND_ADDRESS = "127.0.0.1"
-PORT_KEYS = ("host", "container", "protocol", "address")
 
 
 # ---- small helpers ----------------------------------------------------------------------
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _scalar_text(value):
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _str_list(value, at):
-    """None, or a list of strings (numbers are written as text)."""
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise ValueError("%s must be a list of strings; got: %r" % (at, value))
-    result = []
-    for i, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise ValueError("%s[%d] must be a string; got: %r" % (at, i, item))
-        result.append(str(item))
-    return result
-
-
-def _optional_positive(entry, key, at):
-    value = entry.get(key)
-    if value is None:
-        return None
-    if not _is_int(value) or value <= 0:
-        raise ValueError("%s.%s must be an integer > 0; got: %r" % (at, key, value))
-    return _vram.check_limit(value, key, at)
-
-
-def _optional_bool(entry, key, at, default):
-    value = entry.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ValueError("%s.%s must be a boolean; got: %r" % (at, key, value))
-    return value
-
-
-def _port_number(value, at):
-    if not _is_int(value) or not 1 <= value <= 65535:
-        raise ValueError("%s must be 1-65535; got: %r" % (at, value))
-    return value
-
-
-def check_bind_address(value, at):
-    """An IPv4 or IPv6 address to listen on (``127.0.0.1``, ``0.0.0.0``, ``::1``)."""
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return str(ipaddress.ip_address(value.strip()))
-    except ValueError:
-        raise ValueError("%s must be an IP address to listen on (127.0.0.1 for this host only, "
-                         "0.0.0.0 for every interface); got: %r" % (at, value)) from None
-
-
-def check_image(value, at):
-    """An image reference (``ollama/ollama:latest``, ``quay.io/org/name@sha256:...``)."""
-    if not isinstance(value, str) or not _IMAGE_RE.match(value.strip()):
-        raise ValueError("%s must be an image reference like ollama/ollama:latest (repository "
-                         "in lower case); got: %r" % (at, value))
-    return value.strip()
-
-
 def _host_port(address, port):
     """``address:port`` as OLLAMA_HOST wants it (an IPv6 address in brackets)."""
     return ("[%s]:%d" if ":" in address else "%s:%d") % (address, port)
-
-
-def _check_ports(value, at):
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ValueError("%s must be a list; got: %r" % (at, value))
-    ports = []
-    for i, port in enumerate(value):
-        where = "%s[%d]" % (at, i)
-        address = None
-        if isinstance(port, dict):
-            unknown = sorted(set(port) - set(PORT_KEYS))
-            if unknown:
-                raise ValueError("%s has unknown key(s): %s" % (where, ", ".join(unknown)))
-            if port.get("address") is not None:
-                address = check_bind_address(port["address"], where + ".address")
-            container = _port_number(port.get("container"), where + ".container")
-            host = port.get("host", container)
-            host = _port_number(host, where + ".host")
-            protocol = port.get("protocol") or "tcp"
-            if protocol not in PROTOCOLS:
-                raise ValueError("%s.protocol must be one of %s; got: %r"
-                                 % (where, ", ".join(PROTOCOLS), protocol))
-        else:
-            host = container = _port_number(port, where)
-            protocol = "tcp"
-        ports.append({"host": host, "container": container, "protocol": protocol,
-                      "address": address})
-    return ports
-
-
-def _check_volumes(value, at):
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ValueError("%s must be a list; got: %r" % (at, value))
-    volumes = []
-    targets = {}
-    for i, volume in enumerate(value):
-        where = "%s[%d]" % (at, i)
-        if not isinstance(volume, dict):
-            raise ValueError("%s must be a dict with source and target; got: %r"
-                             % (where, volume))
-        unknown = sorted(set(volume) - {"source", "target", "read_only"})
-        if unknown:
-            raise ValueError("%s has unknown key(s): %s" % (where, ", ".join(unknown)))
-        source = volume.get("source")
-        if not isinstance(source, str) or not source.startswith("/"):
-            raise ValueError("%s.source must be an absolute host path; got: %r" % (where, source))
-        target = volume.get("target")
-        if not isinstance(target, str) or not target.startswith("/"):
-            raise ValueError("%s.target must be an absolute path in the container; got: %r"
-                             % (where, target))
-        if target in targets:
-            raise ValueError("%s.target duplicates %s[%d].target; got: %r"
-                             % (where, at, targets[target], target))
-        targets[target] = i
-        read_only = _optional_bool(volume, "read_only", where, False)
-        volumes.append({"source": source.rstrip("/") or "/", "target": target,
-                        "read_only": read_only})
-    return volumes
-
-
-def _check_environment(value, at):
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError("%s must be a dict of NAME: value; got: %r" % (at, value))
-    env = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
-            raise ValueError("%s has a bad variable name; got: %r" % (at, key))
-        if isinstance(item, (dict, list)) or item is None:
-            raise ValueError("%s.%s must be a string, number or boolean; got: %r"
-                             % (at, key, item))
-        env[key] = _scalar_text(item)
-    return env
-
-
-def _check_health(value, ports, at):
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError("%s must be a dict with path and port; got: %r" % (at, value))
-    unknown = sorted(set(value) - {"path", "port"})
-    if unknown:
-        raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
-    path = value.get("path")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ValueError("%s.path must start with '/'; got: %r" % (at, path))
-    port = value.get("port")
-    if port is None:
-        if not ports:
-            raise ValueError("%s.port is needed when the service has no ports; got: None" % at)
-        port = ports[0]["container"]
-    _port_number(port, at + ".port")
-    if port not in [p["container"] for p in ports]:
-        raise ValueError("%s.port must be one of the service's container ports (%s); got: %r"
-                         % (at, ", ".join(str(p["container"]) for p in ports) or "none", port))
-    return {"path": path, "port": port}
-
-
-def check_extra_profiles(extra_profiles, where="services_extra_profiles"):
-    """``{name: enabled}`` of the opt-in profiles; returns it checked."""
-    if extra_profiles is None:
-        return {}
-    if not isinstance(extra_profiles, dict):
-        raise ValueError("%s must be a dict of profile name: enabled; got: %r"
-                         % (where, extra_profiles))
-    for name, enabled in extra_profiles.items():
-        if not isinstance(name, str) or not _PROFILE_RE.match(name) or name in PROFILE_CHOICES \
-                or name.startswith("dual-gpu"):
-            raise ValueError("%s has a bad profile name (lower case, digits and '-', not one of "
-                             "%s nor dual-gpu-*); got: %r" % (where, ", ".join(PROFILES), name))
-        if not isinstance(enabled, bool):
-            raise ValueError("%s.%s must be a boolean; got: %r" % (where, name, enabled))
-    return dict(extra_profiles)
-
-
-def _check_entry(name, entry, extra, at):
-    if not isinstance(entry, dict):
-        raise ValueError("%s must be a dict; got: %r" % (at, entry))
-    unknown = sorted(set(entry) - set(CATALOG_KEYS))
-    if unknown:
-        raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
-    engine = entry.get("engine") or "other"
-    if engine not in ENGINES:
-        raise ValueError("%s.engine must be one of %s; got: %r" % (at, ", ".join(ENGINES), engine))
-    image = check_image(entry.get("image"), at + ".image")
-    model = entry.get("model")
-    if model is not None and (not isinstance(model, str) or not model.strip()):
-        raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
-    if model is not None:
-        _vram.check_model_name(model, at + ".model")
-    if engine == "vllm" and model is None:
-        raise ValueError("%s.model must be set for engine vllm; got: None" % at)
-    ports = _check_ports(entry.get("ports"), at + ".ports")
-    profiles = entry.get("profiles")
-    known = PROFILES + tuple(extra)
-    if not isinstance(profiles, list) or not profiles:
-        raise ValueError("%s.profiles must be a non-empty list; got: %r" % (at, profiles))
-    for i, profile in enumerate(profiles):
-        if profile not in known:
-            raise ValueError("%s.profiles[%d] must be one of %s (or a key of "
-                             "services_extra_profiles); got: %r"
-                             % (at, i, ", ".join(known), profile))
-    if len(set(profiles)) != len(profiles):
-        raise ValueError("%s.profiles lists a profile twice; got: %r" % (at, profiles))
-    modes = entry.get("modes")
-    if modes is None:
-        modes = list(MODES) if "dual-gpu" in profiles else []
-    if not isinstance(modes, list):
-        raise ValueError("%s.modes must be a list; got: %r" % (at, modes))
-    for i, mode in enumerate(modes):
-        if mode not in MODES:
-            raise ValueError("%s.modes[%d] must be one of %s; got: %r"
-                             % (at, i, ", ".join(MODES), mode))
-    if modes and "dual-gpu" not in profiles:
-        raise ValueError("%s.modes is only for services in profile dual-gpu; got: %r"
-                         % (at, modes))
-    if "dual-gpu" in profiles and not modes:
-        raise ValueError("%s.modes must name at least one of %s for profile dual-gpu; got: []"
-                         % (at, ", ".join(MODES)))
-    uses_gpu = _optional_bool(entry, "uses_gpu", at, True)
-    pin = entry.get("gpu")
-    if pin is not None:
-        bad = isinstance(pin, bool) or not isinstance(pin, (int, str))
-        if bad or (_is_int(pin) and pin < 0) or (isinstance(pin, str) and not pin.strip()):
-            raise ValueError("%s.gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: %r"
-                             % (at, pin))
-    numbers = {key: _optional_positive(entry, key, at)
-               for key in ("vram_mib", "vram_budget_mib", "context_length", "parallel")}
-    if uses_gpu and model is None and numbers["vram_mib"] is None \
-            and numbers["vram_budget_mib"] is None:
-        raise ValueError("%s needs model, vram_mib or vram_budget_mib when uses_gpu is true; "
-                         "got none of them" % at)
-    for key in ("role", "min_compute_capability", "description"):
-        value = entry.get(key)
-        if value is not None and (not isinstance(value, (str, int, float))
-                                  or isinstance(value, bool) or not str(value).strip()):
-            raise ValueError("%s.%s must be a non-empty string; got: %r" % (at, key, value))
-    restart = entry.get("restart") or "unless-stopped"
-    if restart not in RESTART_POLICIES:
-        raise ValueError("%s.restart must be one of %s; got: %r"
-                         % (at, ", ".join(RESTART_POLICIES), restart))
-    command = _str_list(entry.get("command"), at + ".command")
-    if engine == "vllm":
-        for i, arg in enumerate(command or []):
-            if not arg or any(c.isspace() for c in arg):
-                raise ValueError("%s.command[%d] must be one argument without spaces (vLLM "
-                                 "extra arguments); got: %r" % (at, i, arg))
-    result = {
-        "name": name, "engine": engine, "image": image.strip(), "model": model,
-        "command": command,
-        "entrypoint": _str_list(entry.get("entrypoint"), at + ".entrypoint"),
-        "ports": ports,
-        "volumes": _check_volumes(entry.get("volumes"), at + ".volumes"),
-        "environment": _check_environment(entry.get("environment"), at + ".environment"),
-        "health": _check_health(entry.get("health"), ports, at + ".health"),
-        "profiles": list(profiles), "modes": [m for m in MODES if m in modes],
-        "uses_gpu": uses_gpu, "gpu": pin, "restart": restart,
-        "role": entry.get("role"),
-        "latency_critical": _optional_bool(entry, "latency_critical", at, False),
-        "exclusive": _optional_bool(entry, "exclusive", at, False),
-        "min_compute_capability": None if entry.get("min_compute_capability") is None
-        else str(entry["min_compute_capability"]),
-        "description": entry.get("description"),
-    }
-    result.update(numbers)
-    return result
-
-
-def compose_profiles(entry):
-    """The compose profiles of a checked entry: dual-gpu becomes its dual-gpu-<mode> profiles."""
-    result = []
-    for profile in entry["profiles"]:
-        if profile == "dual-gpu":
-            result.extend("dual-gpu-%s" % mode for mode in entry["modes"])
-        else:
-            result.append(profile)
-    return result
-
-
-def _check_port_clashes(checked, extra, where):
-    """Two services that can run together must not publish the same host port."""
-    groups = ["remote", "cpu", "single-gpu"] + ["dual-gpu-%s" % m for m in MODES]
-    extras = set(extra)
-    for group in groups:
-        seen = {}
-        for name, entry in checked.items():
-            profiles = set(compose_profiles(entry))
-            if group not in profiles and not profiles & extras:
-                continue
-            for i, port in enumerate(entry["ports"]):
-                key = (port["host"], port["protocol"])
-                if key in seen:
-                    raise ValueError(
-                        "%s.%s.ports[%d] publishes host port %d, as %s does (both run in "
-                        "profile %s); got: %d" % (where, name, i, port["host"], seen[key],
-                                                  group, port["host"]))
-                seen[key] = "%s.%s.ports[%d]" % (where, name, i)
-
-
-def check_catalog(catalog, extra_profiles=None, where="services_catalog"):
-    """Check the catalog; return ``{name: entry}`` of the enabled services, every key filled in."""
-    extra = check_extra_profiles(extra_profiles)
-    if not isinstance(catalog, dict) or not catalog:
-        raise ValueError("%s must be a non-empty dict of service name: definition; got: %r"
-                         % (where, catalog))
-    checked = {}
-    for name, entry in catalog.items():
-        at = "%s.%s" % (where, name)
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValueError("%s has a bad service name (lower case letters, digits, '_' and "
-                             "'-', at most 52); got: %r" % (where, name))
-        if isinstance(entry, dict) and not _optional_bool(entry, "enabled", at, True):
-            continue
-        checked[name] = _check_entry(name, entry, extra, at)
-    k8s_names = {}
-    for name in checked:
-        k8s = name.replace("_", "-")
-        if k8s in k8s_names:
-            raise ValueError("%s.%s has the same Kubernetes name (%s) as %s.%s; got: %r"
-                             % (where, name, k8s, where, k8s_names[k8s], name))
-        k8s_names[k8s] = name
-    _check_port_clashes(checked, extra, where)
-    return checked
-
-
-def resolve_profile(profile, gpus=None):
-    """``auto`` becomes cpu, single-gpu or dual-gpu by the number of healthy GPUs."""
-    if profile not in PROFILE_CHOICES:
-        raise ValueError("services_profile must be one of %s; got: %r"
-                         % (", ".join(PROFILE_CHOICES), profile))
-    if profile != "auto":
-        return profile
-    healthy = [g for g in gpus or [] if isinstance(g, dict) and g.get("healthy") is not False]
-    return ("cpu", "single-gpu")[len(healthy)] if len(healthy) < 2 else "dual-gpu"
-
-
-def _check_mode(mode):
-    if mode not in MODES:
-        raise ValueError("services_dual_gpu_mode must be one of %s; got: %r"
-                         % (", ".join(MODES), mode))
-    return mode
-
-
-def active_profiles(profile, mode, extra_profiles=None, gpus=None):
-    """The compose profiles to pass (``--profile``), the sub-profile injected for dual-gpu."""
-    profile = resolve_profile(profile, gpus)
-    mode = _check_mode(mode)
-    extra = check_extra_profiles(extra_profiles)
-    result = ["dual-gpu", "dual-gpu-%s" % mode] if profile == "dual-gpu" else [profile]
-    return result + [name for name, enabled in extra.items() if enabled]
-
-
-def select(checked, profile, mode, extra_profiles=None, gpus=None):
-    """Names of the services that run for the profile and mode, in catalog order."""
-    wanted = set(active_profiles(profile, mode, extra_profiles, gpus))
-    return [name for name, entry in checked.items() if set(compose_profiles(entry)) & wanted]
-
-
-def placement_input(catalog, profile="auto", mode="ollama", extra_profiles=None, gpus=None):
-    """The ``services`` option of gpu_placement: active services that use a GPU.
-
-    Nothing is placed under the cpu and remote profiles (seed 000: the GPU overlay is
-    used for single-gpu and dual-gpu only).
-    """
-    checked = check_catalog(catalog, extra_profiles)
-    _check_mode(mode)
-    if resolve_profile(profile, gpus) not in GPU_PROFILES:
-        return []
-    services = []
-    for name in select(checked, profile, mode, extra_profiles, gpus):
-        entry = checked[name]
-        if not entry["uses_gpu"]:
-            continue
-        service = {"name": name}
-        for key in PLACEMENT_KEYS:
-            if entry.get(key) is not None and entry.get(key) is not False:
-                service[key] = entry[key]
-        services.append(service)
-    return services
-
-
-# ---- the plan -----------------------------------------------------------------------------
-
-def _budget(engine, assignment):
-    """Budget environment and engine arguments that hold a service to its budget."""
-    settings = assignment.get("engine_settings") or {}
-    env = {}
-    args = []
-    if engine == "vllm":
-        if settings.get("gpu_memory_utilization") is not None:
-            args += ["--gpu-memory-utilization", str(settings["gpu_memory_utilization"])]
-        if settings.get("max_model_len"):
-            args += ["--max-model-len", str(settings["max_model_len"])]
-        if settings.get("max_num_seqs"):
-            args += ["--max-num-seqs", str(settings["max_num_seqs"])]
-    else:
-        env = {key: _scalar_text(value) for key, value in settings.items()}
-    return env, args
-
-
-def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
-         extra_profiles=None):
-    """The ``services_plan`` fact: every enabled service, which run, and where.
-
-    ``placement`` is the result of gpu_placement for :func:`placement_input` (None or ``{}``
-    when nothing was placed), ``gpus`` the host's ``ansible_facts.gpus``.
-    """
-    checked = check_catalog(catalog, extra_profiles)
-    resolved = resolve_profile(profile, gpus)
-    profiles = active_profiles(resolved, mode, extra_profiles)
-    active = select(checked, resolved, mode, extra_profiles)
-    placement = placement or {}
-    if not isinstance(placement, dict):
-        raise ValueError("placement must be the result of gpu_placement; got: %r" % (placement,))
-    vendors = {}
-    for gpu in gpus or []:
-        if isinstance(gpu, dict) and _is_int(gpu.get("index")):
-            vendors[gpu["index"]] = gpu.get("vendor") or "nvidia"
-    assignments = {}
-    for i, assignment in enumerate(placement.get("assignments") or []):
-        name = assignment.get("service") if isinstance(assignment, dict) else None
-        if name not in active or not checked[name]["uses_gpu"]:
-            raise ValueError("placement.assignments[%d].service is not an active GPU service "
-                             "of services_catalog for profile %s (%s); got: %r"
-                             % (i, resolved, ", ".join(profiles), name))
-        assignments[name] = assignment
-    services = []
-    for name, entry in checked.items():
-        item = dict(entry, compose_profiles=compose_profiles(entry), active=name in active,
-                    placement=None)
-        assignment = assignments.get(name)
-        if assignment is not None and assignment.get("gpu_index") is not None:
-            env, args = _budget(entry["engine"], assignment)
-            item["placement"] = {
-                "gpu": assignment.get("gpu"), "gpu_index": assignment["gpu_index"],
-                "gpu_uuid": assignment.get("gpu_uuid"), "gpu_name": assignment.get("gpu_name"),
-                "device_id": str(assignment.get("device_id")),
-                "vendor": vendors.get(assignment["gpu_index"], "nvidia"),
-                "vram_budget_mib": assignment.get("vram_budget_mib"),
-                "adjusted": bool(assignment.get("adjusted")),
-                "environment": {k: _scalar_text(v)
-                                for k, v in (assignment.get("environment") or {}).items()},
-                "engine_settings": dict(assignment.get("engine_settings") or {}),
-                "budget_env": env, "engine_args": args,
-            }
-        services.append(item)
-    summary = []
-    for item in services:
-        if not item["active"]:
-            continue
-        where = item["placement"]
-        if where is None:
-            summary.append("%s: no GPU" % item["name"])
-        else:
-            summary.append("%s: GPU %s (%s), %s MiB%s" % (
-                item["name"], where["gpu"], where["device_id"], where["vram_budget_mib"],
-                " (adjusted)" if where["adjusted"] else ""))
-    summary.insert(0, "profile %s (compose profiles %s)" % (resolved, ", ".join(profiles)))
-    gpu_assignments = placement.get("gpu_assignments") or {
-        "strategy": placement.get("strategy"), "assignments": {}}
-    return {
-        "profile": resolved,
-        "dual_gpu_mode": mode,
-        "compose_profiles": profiles,
-        "gpu_overlay": resolved in GPU_PROFILES,
-        "active": active,
-        "services": services,
-        "strategy": placement.get("strategy"),
-        "warnings": list(placement.get("warnings") or []),
-        "summary": summary,
-        "gpu_assignments": {"strategy": gpu_assignments.get("strategy"),
-                            "assignments": dict(gpu_assignments.get("assignments") or {})},
-    }
-
-
-def _check_plan(value):
-    if not isinstance(value, dict) or not isinstance(value.get("services"), list) \
-            or "compose_profiles" not in value:
-        raise ValueError("services_plan must be the fact set by the gpufleet.inference.services "
-                         "role; got: %r" % (value,))
-    return value
 
 
 # ---- compose ------------------------------------------------------------------------------
@@ -631,7 +106,7 @@ def compose_document(services_plan, kind="base", project=None):
     Containers never get the host's GPU index in ``CUDA_VISIBLE_DEVICES``: the device request
     does the selection and the GPU is renumbered 0 inside.
     """
-    services_plan = _check_plan(services_plan)
+    services_plan = _plan.check_plan(services_plan)
     if kind not in COMPOSE_KINDS:
         raise ValueError("kind must be one of %s; got: %r" % (", ".join(COMPOSE_KINDS), kind))
     services = {}
@@ -642,58 +117,12 @@ def compose_document(services_plan, kind="base", project=None):
             services[service["name"]] = _compose_overlay(service, kind)
     doc = {}
     if kind == "base" and project:
-        if not _PROFILE_RE.match(str(project).replace("_", "-")):
+        if not _PROJECT_RE.match(str(project)):
             raise ValueError("compose_project_name must be a compose project name (lower case "
                              "letters, digits, '_' and '-'); got: %r" % (project,))
         doc["name"] = project
     doc["services"] = services
     return doc
-
-
-def _dotenv_value(value):
-    text = _scalar_text(value)
-    if _PLAIN_VALUE_RE.match(text):
-        return text
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
-
-
-def dotenv_merge(existing, owned, header=None):
-    """Merge the keys we own into an ``.env`` text; every other line stays as it was.
-
-    An owned key is rewritten where it stands (later duplicates of it are dropped); owned keys
-    not there yet are appended in ``owned``'s order. ``header`` (the ``ansible_managed``
-    comment the template writes first) is dropped from the top of ``existing``, so it is not
-    repeated. Returns the text without that header, ending in a newline.
-    """
-    if existing is None:
-        existing = ""
-    if not isinstance(existing, str):
-        raise ValueError("existing must be the text of the .env file; got: %r" % (existing,))
-    if not isinstance(owned, dict):
-        raise ValueError("owned must be a dict of NAME: value; got: %r" % (owned,))
-    for key, value in owned.items():
-        if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
-            raise ValueError("owned has a bad variable name; got: %r" % (key,))
-        if value is None or isinstance(value, (dict, list)):
-            raise ValueError("owned.%s must be a string or number; got: %r" % (key, value))
-    head = (header or "").rstrip("\n").splitlines()
-    lines = existing.splitlines()
-    if head and lines[:len(head)] == head:
-        lines = lines[len(head):]
-    written = set()
-    result = []
-    for line in lines:
-        match = _DOTENV_LINE_RE.match(line)
-        key = match.group(1) if match else None
-        if key in owned:
-            if key not in written:
-                result.append("%s=%s" % (key, _dotenv_value(owned[key])))
-                written.add(key)
-            continue
-        result.append(line)
-    result.extend("%s=%s" % (key, _dotenv_value(value))
-                  for key, value in owned.items() if key not in written)
-    return "\n".join(result) + "\n"
 
 
 def gpu_assignments_document(services_plan, previous=None, now=None):
@@ -702,7 +131,7 @@ def gpu_assignments_document(services_plan, previous=None, now=None):
     ``generated_at`` is when the assignments last changed: the previous file's time is kept
     while strategy and assignments are the same, so a run that changes nothing rewrites nothing.
     """
-    services_plan = _check_plan(services_plan)
+    services_plan = _plan.check_plan(services_plan)
     doc = services_plan["gpu_assignments"]
     stamp = now
     if isinstance(previous, dict) and previous.get("generated_at") \
@@ -718,7 +147,7 @@ def gpu_assignments_document(services_plan, previous=None, now=None):
 # ---- systemd ------------------------------------------------------------------------------
 
 def _systemd_env_value(value):
-    text = _scalar_text(value)
+    text = scalar_text(value)
     if _PLAIN_VALUE_RE.match(text):
         return text
     return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
@@ -735,11 +164,11 @@ def systemd_instances(services_plan, models_dir="/srv/gpufleet/models/ollama",
     containers only. An instance listens on ``bind_address`` (loopback by default), or on the
     ``address`` its first catalog port gives.
     """
-    services_plan = _check_plan(services_plan)
+    services_plan = _plan.check_plan(services_plan)
     if not isinstance(models_dir, str) or not models_dir.startswith("/"):
         raise ValueError("systemd_units_models_dir must be an absolute path; got: %r"
                          % (models_dir,))
-    bind_address = check_bind_address(bind_address, "systemd_units_bind_address")
+    bind_address = _plan.check_bind_address(bind_address, "systemd_units_bind_address")
     instances = []
     for service in services_plan["services"]:
         if not service["active"] or service["engine"] not in ("ollama", "vllm"):
@@ -812,7 +241,7 @@ def _check_node_placement(value):
         if not isinstance(selector, dict):
             raise ValueError("%s.node_selector must be a dict; got: %r" % (at, selector))
         result[name] = {"nodes": nodes, "dedicated": dedicated,
-                        "node_selector": {str(k): _scalar_text(v) for k, v in selector.items()}}
+                        "node_selector": {str(k): scalar_text(v) for k, v in selector.items()}}
     return result
 
 
@@ -882,7 +311,7 @@ def k8s_manifests(services_plan, namespace="gpufleet", node_placement=None,
     and a toleration come from ``node_placement`` for dedicated GPU nodes (seed 002).
     Returns ``[{service, name, documents}]``.
     """
-    services_plan = _check_plan(services_plan)
+    services_plan = _plan.check_plan(services_plan)
     if not isinstance(namespace, str) or not re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
                                                       namespace):
         raise ValueError("k8s_manifests_namespace must be a DNS-1123 label; got: %r"
@@ -932,3 +361,155 @@ def k8s_manifests(services_plan, namespace="gpufleet", node_placement=None,
             })
         result.append({"service": service["name"], "name": name, "documents": documents})
     return result
+
+
+# ---- systemd template units ---------------------------------------------------------------
+
+SYSTEMD_UNIT_ENGINES = ("ollama", "vllm")
+# useradd's rules for an account or group name.
+_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[$]?$")
+# StateDirectory= under /var/lib: one relative name, no '..'.
+_STATE_DIR_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+# The text of roles/systemd_units' former ollama@.service.j2 / vllm@.service.j2, after their
+# ansible_managed line; str.format fields are the options of systemd_unit().
+_SYSTEMD_UNITS = {
+    "ollama": """\
+# One Ollama server per instance (ollama@<service>.service). What differs between instances
+# (GPU, port, budget) is in {env_dir}/<instance>.env, written from the placement.
+[Unit]
+Description=Ollama inference instance %i (gpufleet.inference)
+Documentation=https://github.com/ollama/ollama/blob/main/docs/faq.md
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=exec
+User={user}
+Group={group}
+EnvironmentFile={env_dir}/%i.env
+Environment=HOME=/var/lib/{state_dir_name}/%i
+StateDirectory={state_dir_name}/%i
+WorkingDirectory=/var/lib/{state_dir_name}/%i
+ExecStart={ollama_bin} serve
+Restart=on-failure
+RestartSec=5
+TimeoutStopSec=30
+
+# Hardening. No PrivateDevices=: the GPU device nodes (/dev/nvidia*, /dev/kfd, /dev/dri) must
+# stay visible; the GPU is chosen by CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES instead.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+ReadWritePaths={models_dir}
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+SystemCallArchitectures=native
+UMask=0027
+
+[Install]
+WantedBy=multi-user.target
+""",
+    "vllm": """\
+# One vLLM OpenAI-compatible server per instance (vllm@<service>.service). Model, port and
+# --gpu-memory-utilization (budget / total memory of its GPU, from the placement) are in
+# {env_dir}/<instance>.env.
+[Unit]
+Description=vLLM inference instance %i (gpufleet.inference)
+Documentation=https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=exec
+User={user}
+Group={group}
+EnvironmentFile={env_dir}/%i.env
+Environment=HOME=/var/lib/{state_dir_name}/%i
+Environment=HF_HOME=/var/lib/{state_dir_name}/%i/huggingface
+StateDirectory={state_dir_name}/%i
+WorkingDirectory=/var/lib/{state_dir_name}/%i
+ExecStart={vllm_bin} serve ${{VLLM_MODEL}} --host ${{VLLM_HOST}} --port ${{VLLM_PORT}} \
+--gpu-memory-utilization ${{VLLM_GPU_MEMORY_UTILIZATION}} $VLLM_EXTRA_ARGS
+Restart=on-failure
+RestartSec=10
+# A cold start of a big model takes minutes (seed 003).
+TimeoutStopSec=60
+
+# Hardening. No PrivateDevices=: the GPU device nodes must stay visible. No
+# MemoryDenyWriteExecute=: PyTorch and Triton compile kernels at run time.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+SystemCallArchitectures=native
+UMask=0027
+
+[Install]
+WantedBy=multi-user.target
+""",
+}
+
+
+def _unit_path(options, key):
+    value = options.get(key)
+    if not isinstance(value, str) or not value.startswith("/") \
+            or any(c.isspace() or c == "%" or not c.isprintable() for c in value):
+        raise ValueError("%s must be an absolute path without spaces or '%%'; got: %r"
+                         % (key, value))
+    return value.rstrip("/") or "/"
+
+
+def systemd_unit(engine, options):
+    """The text of ``ollama@.service`` or ``vllm@.service`` (without a header comment).
+
+    ``options``: ``user``, ``group`` (the dedicated account), ``env_dir`` (where each
+    instance's ``<instance>.env`` is), ``models_dir`` (Ollama's writable model directory),
+    ``ollama_bin`` / ``vllm_bin`` (the executables), ``state_dir_name`` (``StateDirectory=``
+    under /var/lib). The same options always give the same text.
+    """
+    if engine not in SYSTEMD_UNIT_ENGINES:
+        raise ValueError("engine must be one of %s; got: %r"
+                         % (", ".join(SYSTEMD_UNIT_ENGINES), engine))
+    if not isinstance(options, dict):
+        raise ValueError("options must be a dict; got: %r" % (options,))
+    fields = {}
+    for key in ("user", "group"):
+        value = options.get(key)
+        if not isinstance(value, str) or not _ACCOUNT_RE.match(value):
+            raise ValueError("%s must be an account or group name (lower case letters, digits, "
+                             "'_' and '-', at most 32); got: %r" % (key, value))
+        fields[key] = value
+    for key in ("env_dir", "models_dir", "ollama_bin", "vllm_bin"):
+        fields[key] = _unit_path(options, key)
+    name = options.get("state_dir_name")
+    if not isinstance(name, str) or not _STATE_DIR_RE.match(name) or ".." in name:
+        raise ValueError("state_dir_name must be one directory name under /var/lib (letters, "
+                         "digits, '_', '.', '-'); got: %r" % (name,))
+    fields["state_dir_name"] = name
+    return _SYSTEMD_UNITS[engine].format(**fields)

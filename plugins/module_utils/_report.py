@@ -281,7 +281,7 @@ def _mode_word(entry):
     if entry["mode"] and entry["mode"]["mode"]:
         return entry["mode"]["mode"]
     if entry["profile"]:
-        if entry["profile"] == "dual-gpu" and entry["dual_gpu_mode"]:
+        if entry["profile"] in ("dual-gpu", "multi-gpu") and entry["dual_gpu_mode"]:
             return "%s/%s" % (entry["profile"], entry["dual_gpu_mode"])
         return entry["profile"]
     return "-"
@@ -408,7 +408,7 @@ def _facts(entry):
             items.append(("drain", "%.1f s" % mode["drain_s"]))
     if entry["profile"]:
         items.append(("profile", entry["profile"]))
-    if entry["dual_gpu_mode"] and entry["profile"] == "dual-gpu":
+    if entry["dual_gpu_mode"] and entry["profile"] in ("dual-gpu", "multi-gpu"):
         items.append(("dual-GPU mode", entry["dual_gpu_mode"]))
     applied = entry["apply"]
     if applied["finished_at"]:

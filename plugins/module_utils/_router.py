@@ -36,6 +36,7 @@ import re
 from urllib.parse import urlsplit
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int
 
 ROUTINGS = ("docker", "host")
 UNREACHABLE = ("omit", "last")
@@ -72,10 +73,6 @@ DEFAULTS = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_PREFIX_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _name_list(value, where, allow_empty=True):
@@ -160,7 +157,7 @@ def check_options(options):
         _name_list(names, "router_aliases.%s" % service)
     for key in ("cooldown_time", "allowed_fails", "num_retries", "timeout"):
         value = opts[key]
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise ValueError("router_%s must be an integer >= 0; got: %r" % (key, value))
     if not isinstance(opts["key_env_prefix"], str) or \
             not _ENV_PREFIX_RE.match(opts["key_env_prefix"]):
@@ -242,7 +239,7 @@ def _local_backend(service, opts):
         raise ValueError("%s.ports must give the port the router reaches; got: %r"
                          % (at, service.get("ports")))
     host_port, container_port = ports[0].get("host"), ports[0].get("container")
-    if not _is_int(host_port) or not _is_int(container_port):
+    if not is_int(host_port) or not is_int(container_port):
         raise ValueError("%s.ports[0] must have host and container ports; got: %r"
                          % (at, ports[0]))
     model = service.get("model")

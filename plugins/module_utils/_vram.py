@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int
 from ansible_collections.gpufleet.inference.plugins.module_utils._model_catalog import CATALOG
 
 MIB = 1024 * 1024
@@ -86,10 +87,6 @@ _QUANT_RE = re.compile(
 )
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -120,7 +117,7 @@ def check_entry(entry, where):
         raise ValueError("%s has unknown key(s): %s" % (where, ", ".join(unknown)))
     clean = {key: value for key, value in entry.items() if value is not None}
     for key in _INT_KEYS:
-        if key in clean and (not _is_int(clean[key]) or clean[key] <= 0):
+        if key in clean and (not is_int(clean[key]) or clean[key] <= 0):
             raise ValueError("%s.%s must be an integer > 0; got: %r" % (where, key, clean[key]))
         if key in clean:
             check_limit(clean[key], key, where)

@@ -132,6 +132,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import (
+    _common,
     _drain,
     _gpu_facts,
     _nvml,
@@ -178,7 +179,7 @@ def main():
                 text = handle.read()
         except OSError as exc:
             raise ValueError("%s cannot be read: %s" % (where, exc)) from exc
-        return _drain.parse_meminfo(text, where)["available_mib"]
+        return _common.parse_meminfo(text, where)["available_mib"]
 
     try:
         result = _drain.wait_drained(

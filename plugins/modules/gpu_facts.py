@@ -162,109 +162,12 @@ ansible_facts:
           elements: str
 """
 
-import os
-import threading
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import (
-    _amd_smi,
-    _gpu_facts,
-    _nvidia_smi,
-    _nvml,
-    _sysfs,
-)
-
-try:
-    import pynvml
-except ImportError:
-    HAS_PYNVML = False
-    PYNVML_IMP_ERR = traceback.format_exc()
-else:
-    HAS_PYNVML = True
-    PYNVML_IMP_ERR = None
+from ansible_collections.gpufleet.inference.plugins.module_utils import _gpu_facts, _gpu_readers
 
 # An hour: a longer wait on one tool is a typo, not a slow driver.
 MAX_TIMEOUT_S = 3600
-
-
-class Readers:
-    """The backend readers, bound to one module run (commands, timeout, roots)."""
-
-    def __init__(self, module):
-        self.module = module
-        self.timeout = module.params["timeout"]
-        self.root = module.params["sysfs_root"]
-        self.memory_mib = _gpu_facts.read_meminfo_mib(
-            os.path.join(self.root, "proc", "meminfo"))
-
-    def mapping(self):
-        return {
-            "nvml": self.nvml,
-            "nvidia-smi": lambda: self.tool("nvidia-smi", _nvidia_smi.collect),
-            "amd-smi": lambda: self.tool("amd-smi", _amd_smi.collect_amd_smi),
-            "rocm-smi": lambda: self.tool("rocm-smi", _amd_smi.collect_rocm_smi),
-            "sysfs": self.sysfs,
-        }
-
-    def nvml(self):
-        if not HAS_PYNVML:
-            raise _gpu_facts.BackendUnavailable("the Python library nvidia-ml-py is not installed")
-        box = {}
-
-        def work():
-            try:
-                box["result"] = _nvml.read_gpus(pynvml, system_memory_mib=self.memory_mib)
-            except BaseException as exc:  # handed to the caller's thread below
-                box["error"] = exc
-
-        thread = threading.Thread(target=work, name="nvml", daemon=True)
-        thread.start()
-        thread.join(self.timeout)
-        if thread.is_alive():
-            raise _gpu_facts.BackendError(
-                "nvml", "the NVML library did not answer within %d seconds" % self.timeout)
-        error = box.get("error")
-        if isinstance(error, _nvml.NvmlUnavailable):
-            raise _gpu_facts.BackendUnavailable(str(error))
-        if error is not None:
-            raise _gpu_facts.BackendError("nvml", "%s: %s" % (type(error).__name__, error))
-        return box["result"]
-
-    def tool(self, name, collect):
-        path = self.module.get_bin_path(name)
-        if path is None:
-            raise _gpu_facts.BackendUnavailable("%s is not on PATH" % name)
-        timeout_bin = self.module.get_bin_path("timeout", required=True)
-
-        def run(argv):
-            command = [timeout_bin, "--kill-after=2", str(self.timeout), path, *argv[1:]]
-            rc, out, err = self.module.run_command(
-                command, environ_update={"LANG": "C", "LC_ALL": "C"})
-            if rc in (124, 137):
-                raise _gpu_facts.BackendError(
-                    name, "%s did not answer within %d seconds and was stopped"
-                    % (" ".join([name, *argv[1:]]), self.timeout))
-            said = _gpu_facts.no_gpu_reason(rc, out + err)
-            if said:
-                # No driver loaded, or a driver without a GPU: nothing to read, not a fault.
-                raise _gpu_facts.BackendUnavailable("%s: %s" % (name, said))
-            return rc, out, err
-
-        try:
-            return collect(run, system_memory_mib=self.memory_mib)
-        except ValueError as exc:
-            raise _gpu_facts.BackendError(name, str(exc)) from exc
-
-    def sysfs(self):
-        try:
-            result = _sysfs.collect_sysfs(root=self.root, system_memory_mib=self.memory_mib)
-        except ValueError as exc:
-            raise _gpu_facts.BackendError("sysfs", str(exc)) from exc
-        if result is None:
-            raise _gpu_facts.BackendUnavailable("no /sys/class/drm on this host")
-        return result
 
 
 def main():
@@ -283,11 +186,13 @@ def main():
     if params["timeout"] > MAX_TIMEOUT_S:
         module.fail_json(msg="timeout must be at most %d seconds; got: %d"
                          % (MAX_TIMEOUT_S, params["timeout"]))
-    if params["backend"] == "nvml" and not HAS_PYNVML:
-        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMP_ERR)
+    if params["backend"] == "nvml" and not _gpu_readers.HAS_PYNVML:
+        module.fail_json(msg=missing_required_lib("nvidia-ml-py"),
+                         exception=_gpu_readers.PYNVML_IMP_ERR)
 
     try:
-        collected = _gpu_facts.gather(params["backend"], Readers(module).mapping())
+        collected = _gpu_readers.read_gpus(module, params["backend"], params["timeout"],
+                                           params["sysfs_root"])
     except _gpu_facts.BackendError as exc:
         module.fail_json(msg="Reading GPUs failed: %s" % exc, backend=exc.backend)
 

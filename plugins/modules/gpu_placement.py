@@ -426,54 +426,16 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _placement
 
-_SERVICE = dict(
-    name=dict(type="str", required=True), vram_mib=dict(type="int"), model=dict(type="str"),
-    engine=dict(type="str", choices=list(_placement.ENGINES)), role=dict(type="str"),
-    latency_critical=dict(type="bool", default=False), exclusive=dict(type="bool", default=False),
-    gpu=dict(type="str"), min_compute_capability=dict(type="str"),
-    vram_budget_mib=dict(type="int"), context_length=dict(type="int"), parallel=dict(type="int"),
-    host=dict(type="str"), node_selector=dict(type="dict"),
-)
-_CATALOG = dict(
-    name=dict(type="str", required=True), aliases=dict(type="list", elements="str"),
-    vram_mib=dict(type="int"), weights_mib=dict(type="int"), params_b=dict(type="float"),
-    quantization=dict(type="str"), bits_per_weight=dict(type="float"), layers=dict(type="int"),
-    kv_heads=dict(type="int"), head_dim=dict(type="int"), context_length=dict(type="int"),
-    role=dict(type="str"), source=dict(type="str"),
-)
-_HOST = dict(
-    name=dict(type="str", required=True), gpus=dict(type="list", elements="dict", default=[]),
-    labels=dict(type="dict", default={}), dedicated=dict(type="list", elements="str", default=[]),
-)
-
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            gpus=dict(type="list", elements="dict"),
-            hosts=dict(type="list", elements="dict", options=_HOST),
-            services=dict(type="list", elements="dict", required=True, options=_SERVICE),
-            strategy=dict(type="str", default=_placement.DEFAULT_STRATEGY,
-                          choices=list(_placement.STRATEGIES)),
-            headroom_mib=dict(type="int", default=_placement.DEFAULT_HEADROOM_MIB),
-            reserve_mib=dict(type="dict", default={}),
-            live_usage=dict(type="str", default="account", choices=list(_placement.LIVE_USAGE)),
-            managed_processes=dict(type="list", elements="str", default=[]),
-            visible_devices_by=dict(type="str", default="uuid",
-                                    choices=list(_placement.VISIBLE_DEVICES_BY)),
-            catalog=dict(type="list", elements="dict", default=[], options=_CATALOG),
-            pin_not_found=dict(type="str", default="warn",
-                               choices=list(_placement.PIN_NOT_FOUND)),
-        ),
-        mutually_exclusive=[("gpus", "hosts")],
-        required_one_of=[("gpus", "hosts")],
+        argument_spec=_placement.ARGUMENT_SPEC,
+        mutually_exclusive=_placement.MUTUALLY_EXCLUSIVE,
+        required_one_of=_placement.REQUIRED_ONE_OF,
         supports_check_mode=True,
     )
     params = module.params
-    options = {key: params[key] for key in ("strategy", "headroom_mib", "reserve_mib",
-                                            "live_usage", "managed_processes",
-                                            "visible_devices_by", "catalog",
-                                            "pin_not_found")}
+    options = {key: params[key] for key in _placement.OPTION_KEYS}
     try:
         if params["hosts"] is not None:
             result = _placement.place_fleet(params["hosts"], params["services"], **options)

@@ -52,6 +52,9 @@ def bad_catalog():
     return catalog
 
 
+VERIFY_VLLM = {"name": "vllm", "url": "http://127.0.0.1:8000/health", "project": "p",
+               "service": "vllm"}
+
 # (id, tasks, texts the recorded message must contain: the field and the value)
 CASES = [
     # services: argument spec, then the catalog check of its preflight
@@ -141,6 +144,15 @@ CASES = [
      ["mode_switch_drain_settle must not exceed mode_switch_drain_timeout (10.0); got: 30.0"]),
     # health and k8s_manifests
     ("health-unknown-runtime", [role("health", health_runtime="k8s")], ["health_runtime", "k8s"]),
+    ("health-wait-not-a-number", [role("health", health_wait="soon")],
+     ["health_wait", "unable to convert to float"]),
+    # service_verify refuses these before it runs a command or asks an endpoint
+    ("health-wait-zero", [role("health", health_wait=0)],
+     ["service_verify: timeout must be more than 0 seconds and at most 86400; got: 0.0"]),
+    ("health-gpu-not-a-device", [role("health", health_services=[
+        {"name": "vllm", "engine": "vllm", "port": 8000, "gpu": True}])],
+     ["health_verify_checks: services[0].gpu must be a GPU UUID, MIG UUID or index (or null); "
+      "got: True"]),
     ("k8s-namespace", [role("k8s_manifests", k8s_manifests_namespace="Bad_NS")],
      ["k8s_manifests_namespace must be a DNS-1123 label; got: 'Bad_NS'"]),
     # the modules
@@ -159,16 +171,18 @@ CASES = [
      ["gpus[0] must be a GPU index or UUID (GPU-..., MIG-...); got: 'first'"]),
     ("module-preflight-facts-port", [module("preflight_facts", ports=[8000, 0])],
      ["ports[1] must be 1-65535; got: 0"]),
-    ("module-service-wait-url", [module("service_wait", services=[
-        {"name": "vllm", "url": "127.0.0.1:8000/health"}])],
+    ("module-service-verify-url", [module("service_verify", runtime="compose", services=[
+        {"name": "vllm", "url": "127.0.0.1:8000/health", "project": "p", "service": "vllm"}])],
      ["services[0].url must be an http(s) URL; got: '127.0.0.1:8000/health'"]),
-    ("module-service-wait-interval", [module("service_wait", interval=0, services=[
-        {"name": "vllm", "url": "http://127.0.0.1:8000/health"}])],
-     ["interval must be more than 0 seconds; got: 0.0"]),
-    ("module-service-wait-duplicate", [module("service_wait", timeout=1, services=[
-        {"name": "vllm", "url": "http://127.0.0.1:8000/health"},
-        {"name": "vllm", "url": "http://127.0.0.1:8001/health"}])],
+    ("module-service-verify-interval", [module("service_verify", runtime="compose", interval=0,
+                                               services=[VERIFY_VLLM])],
+     ["interval must be more than 0 seconds and at most 86400; got: 0.0"]),
+    ("module-service-verify-duplicate", [module("service_verify", runtime="compose", timeout=1,
+                                                services=[VERIFY_VLLM, VERIFY_VLLM])],
      ["services: each name once; got: vllm, vllm"]),
+    ("module-service-verify-unit", [module("service_verify", runtime="systemd", services=[
+        {"name": "vllm", "cuda_visible_devices": "-1"}])],
+     ["services[0].unit is required with runtime systemd; got: None"]),
     ("module-gpu-facts-timeout", [module("gpu_facts", timeout=0)],
      ["timeout must be >= 1 second; got: 0"]),
     ("module-gpu-facts-backend", [module("gpu_facts", backend="cuda")], ["backend", "cuda"]),

@@ -1,8 +1,8 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Role host_lock: a run waits for, or fails clearly on, a lock another run holds; a stale lock
-is broken; two real concurrent runs never interleave their writes; the playbooks take the lock
-and release it in an always section.
+is broken; two real concurrent runs never interleave their writes; a check run takes no lock and
+writes nothing; the playbooks take the lock and release it in an always section.
 
 The runs are real ansible-playbook processes on localhost against a lock in tmp_path.
 """
@@ -14,9 +14,10 @@ import os
 import subprocess
 import time
 
+import pytest
 import yaml
 
-from .conftest import BIN, REPO, ansible_env
+from .conftest import BIN, REPO, ansible_env, run_module
 
 # A tiny playbook: under the lock, append "start <run>" and "end <run>" with a nap in between.
 PLAYBOOK = """\
@@ -47,19 +48,19 @@ FOREIGN = {"controller": "other-controller", "pid": 424242, "play": "Someone els
            "started": "2026-01-02T03:04:05Z"}
 
 
-def _start(tmp_path, run, **extra):
+def _start(tmp_path, run, *options, **extra):
     playbook = tmp_path / "lock.yml"
     playbook.write_text(PLAYBOOK)
     extra = dict({"host_lock_path": str(tmp_path / "run/lock"), "out": str(tmp_path / "out"),
                   "run": run, "host_lock_delay": 1}, **extra)
     command = [str(BIN / "ansible-playbook"), "-i", str(REPO / "inventory/localhost.yml"),
-               str(playbook), "-e", json.dumps(extra)]
+               str(playbook), "-e", json.dumps(extra), *options]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=ansible_env(), cwd=str(REPO))
 
 
-def _run(tmp_path, run, **extra):
-    proc = _start(tmp_path, run, **extra)
+def _run(tmp_path, run, *options, **extra):
+    proc = _start(tmp_path, run, *options, **extra)
     output = proc.communicate(timeout=120)[0]
     return proc.returncode, output
 
@@ -80,7 +81,9 @@ def test_lock_held_by_another_run_waits_then_fails_and_writes_nothing(tmp_path):
     rc, output = _run(tmp_path, "A", host_lock_timeout=2)
     assert rc == 2, output
     assert time.monotonic() - began >= 2
-    assert "localhost: the lock %s is held by another run" % lock in output
+    # The module fails; Ansible names the host.
+    assert "fatal: [localhost]: FAILED!" in output
+    assert "the lock %s is held by another run" % lock in output
     for value in ("other-controller", "424242", "Someone else's play", "2026-01-02T03:04:05Z",
                   "host_lock_timeout=2 s; nothing was changed", "rm -rf %s" % lock):
         assert value in output, value
@@ -106,6 +109,58 @@ def test_a_fresh_lock_is_not_taken_as_stale(tmp_path):
     assert rc == 2, output
     assert "is held by another run" in output
     assert json.loads((lock / "owner").read_text()) == FOREIGN
+
+
+def test_a_check_run_takes_no_lock_and_writes_nothing(tmp_path):
+    rc, output = _run(tmp_path, "A", "--check", "-v")
+    assert rc == 0, output
+    assert "a check run takes no lock" in output
+    assert "changed=0" in output
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_check_run_neither_waits_for_nor_touches_a_held_lock(tmp_path):
+    lock = _foreign_lock(tmp_path)
+    began = time.monotonic()
+    rc, output = _run(tmp_path, "A", "--check", host_lock_timeout=30)
+    assert rc == 0, output
+    assert time.monotonic() - began < 30
+    assert json.loads((lock / "owner").read_text()) == FOREIGN
+    assert sorted(p.name for p in tmp_path.joinpath("run").iterdir()) == ["lock"]
+
+
+# Every check is in tests/unit/plugins/module_utils/test__lock.py; these show the module's path.
+BAD_INPUT = [
+    ("path=/", "path must be an absolute path other than /, without a trailing /; got: '/'"),
+    ("timeout=-1", "timeout must be an integer >= 0; got: -1"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_INPUT, ids=[bad for bad, _message in BAD_INPUT])
+def test_the_module_names_a_bad_field_and_its_value(bad, message):
+    rc, result = run_module("gpufleet.inference.host_lock", "owner=x %s" % bad)
+    assert rc == 2 and result["msg"] == "host_lock: " + message, result
+
+
+def test_the_module_changes_nothing_and_releases_only_its_own_lock(tmp_path):
+    lock = tmp_path / "run/lock"
+    take = "path=%s owner=run-A timeout=0" % lock
+    for args, expected in [
+            (take, dict(acquired=True, broken=None, released=False)),
+            (take, dict(acquired=True, broken=None, released=False)),
+            ("path=%s owner=run-B state=absent" % lock, dict(released=False)),
+            ("path=%s owner=run-A state=absent" % lock, dict(released=True))]:
+        rc, result = run_module("gpufleet.inference.host_lock", args)
+        assert rc == 0 and result["changed"] is False, result
+        assert {key: result[key] for key in expected} == expected, (args, result)
+    assert [p.name for p in lock.parent.iterdir()] == []
+    unmade = tmp_path / "check/lock"
+    rc, result = run_module("gpufleet.inference.host_lock", "path=%s owner=run-A" % unmade,
+                            check=True)
+    assert rc == 0 and result["check_mode"] is True and result["acquired"] is False, result
+    assert "a check run takes no lock" in result["msg"]
+    assert not unmade.parent.exists()
 
 
 def _concurrent(tmp_path, use_lock):

@@ -23,7 +23,7 @@ import subprocess
 import pytest
 import yaml
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _placement, _render
+from ansible_collections.gpufleet.inference.plugins.module_utils import _placement, _plan, _render
 
 from .conftest import REPO
 from .render_support import DUAL_GPUS, compose_bin, recap, run_playbook
@@ -118,9 +118,9 @@ def exposed_project(tmp_path):
     """compose.yml and the systemd instances of the catalog with Ollama exposed, rendered by
     the functions the roles' templates call (the real render of the default is above)."""
     catalog = exposed_catalog()
-    services = _render.placement_input(catalog, "dual-gpu", "mixed", EXTRA, DUAL_GPUS)
-    plan = _render.plan(catalog, _placement.place(DUAL_GPUS, services), DUAL_GPUS, "dual-gpu",
-                        "mixed", EXTRA)
+    services = _plan.placement_input(catalog, "dual-gpu", "mixed", EXTRA, DUAL_GPUS)
+    plan = _plan.plan(catalog, _placement.place(DUAL_GPUS, services), DUAL_GPUS, "dual-gpu",
+                      "mixed", EXTRA)
     (tmp_path / "compose.yml").write_text(yaml.safe_dump(
         _render.compose_document(plan, "base", "gpufleet"), sort_keys=False))
     (tmp_path / ".env").write_text("COMPOSE_PROFILES=dual-gpu,dual-gpu-mixed\n")

@@ -19,9 +19,11 @@ import pytest
 import yaml
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import (
+    _common,
     _drain,
     _mode_switch,
     _placement,
+    _plan,
     _preflight,
     _render,
     _router,
@@ -69,12 +71,12 @@ def catalog(*changes):
 
 
 def check_catalog(*changes):
-    return lambda: _render.check_catalog(catalog(*changes), EXTRA)
+    return lambda: _plan.check_catalog(catalog(*changes), EXTRA)
 
 
 def plan(profile="dual-gpu", mode="mixed"):
-    services = _render.placement_input(CATALOG, profile, mode, EXTRA, GPUS)
-    return _render.plan(CATALOG, _placement.place(GPUS, services), GPUS, profile, mode, EXTRA)
+    services = _plan.placement_input(CATALOG, profile, mode, EXTRA, GPUS)
+    return _plan.plan(CATALOG, _placement.place(GPUS, services), GPUS, profile, mode, EXTRA)
 
 
 def place(services=None, gpus=None, **options):
@@ -110,7 +112,7 @@ def mode_services(name, **changes):
 
 CASES = [
     # ---- services role: services_catalog (check_catalog, what services_plan runs) --------
-    ("catalog-not-a-dict", lambda: _render.check_catalog(["ollama"], EXTRA),
+    ("catalog-not-a-dict", lambda: _plan.check_catalog(["ollama"], EXTRA),
      "services_catalog must be a non-empty dict of service name: definition; got: ['ollama']"),
     ("catalog-unknown-key", check_catalog((["vllm", "imgae"], "x")),
      "services_catalog.vllm has unknown key(s): imgae"),
@@ -168,17 +170,17 @@ CASES = [
      "services_catalog.ollama.gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: True"),
     ("catalog-unknown-profile", check_catalog((["docling", "profiles"], ["gpu"])),
      "services_catalog.docling.profiles[0] must be one of remote, cpu, single-gpu, dual-gpu, "
-     "finetune (or a key of services_extra_profiles); got: 'gpu'"),
+     "multi-gpu, finetune (or a key of services_extra_profiles); got: 'gpu'"),
     ("catalog-unknown-mode", check_catalog((["vllm", "modes"], ["vllm", "hybrid"])),
      "services_catalog.vllm.modes[1] must be one of ollama, vllm, mixed; got: 'hybrid'"),
     ("catalog-unknown-restart", check_catalog((["finetune", "restart"], "sometimes")),
      "services_catalog.finetune.restart must be one of no, always, on-failure, unless-stopped; "
      "got: 'sometimes'"),
-    ("catalog-bad-service-name", lambda: _render.check_catalog(
+    ("catalog-bad-service-name", lambda: _plan.check_catalog(
         dict(catalog(), **{"Ollama Main": CATALOG["docling"]}), EXTRA),
      "services_catalog has a bad service name (lower case letters, digits, '_' and '-', at "
      "most 52); got: 'Ollama Main'"),
-    ("catalog-duplicate-service-name", lambda: _render.check_catalog(
+    ("catalog-duplicate-service-name", lambda: _plan.check_catalog(
         dict(catalog(), **{"ollama-research": CATALOG["docling"]}), EXTRA),
      "services_catalog.ollama-research has the same Kubernetes name (ollama-research) as "
      "services_catalog.ollama_research; got: 'ollama-research'"),
@@ -194,17 +196,18 @@ CASES = [
      "services_catalog.vllm.health.port must be one of the service's container ports (8000); "
      "got: 9000"),
     ("services-profile-unknown",
-     lambda: _render.placement_input(CATALOG, "quad-gpu", "ollama", EXTRA, GPUS),
-     "services_profile must be one of auto, remote, cpu, single-gpu, dual-gpu; got: 'quad-gpu'"),
+     lambda: _plan.placement_input(CATALOG, "quad-gpu", "ollama", EXTRA, GPUS),
+     "services_profile must be one of auto, remote, cpu, single-gpu, dual-gpu, multi-gpu; "
+     "got: 'quad-gpu'"),
     ("services-mode-unknown",
-     lambda: _render.plan(CATALOG, None, GPUS, "dual-gpu", "hybrid", EXTRA),
+     lambda: _plan.plan(CATALOG, None, GPUS, "dual-gpu", "hybrid", EXTRA),
      "services_dual_gpu_mode must be one of ollama, vllm, mixed; got: 'hybrid'"),
     ("services-extra-profile-reserved",
-     lambda: _render.check_catalog(CATALOG, {"finetune": False, "cpu": True}),
+     lambda: _plan.check_catalog(CATALOG, {"finetune": False, "cpu": True}),
      "services_extra_profiles has a bad profile name (lower case, digits and '-', not one of "
-     "remote, cpu, single-gpu, dual-gpu nor dual-gpu-*); got: 'cpu'"),
+     "remote, cpu, single-gpu, dual-gpu, multi-gpu nor dual-gpu-* nor multi-gpu-*); got: 'cpu'"),
     ("services-extra-profile-wrong-type",
-     lambda: _render.check_catalog(CATALOG, {"finetune": "on"}),
+     lambda: _plan.check_catalog(CATALOG, {"finetune": "on"}),
      "services_extra_profiles.finetune must be a boolean; got: 'on'"),
     # ---- renderers: systemd_units_*, compose_* ------------------------------------------
     ("systemd-bind-address-malformed",
@@ -216,7 +219,7 @@ CASES = [
     ("compose-project-name", lambda: _render.compose_document(plan(), "base", "My Project"),
      "compose_project_name must be a compose project name (lower case letters, digits, '_' "
      "and '-'); got: 'My Project'"),
-    ("compose-env-bad-key", lambda: _render.dotenv_merge("", {"MY-KEY": "x"}),
+    ("compose-env-bad-key", lambda: _common.dotenv_merge("", {"MY-KEY": "x"}),
      "owned has a bad variable name; got: 'MY-KEY'"),
     # ---- gpu_placement (module and filters) ---------------------------------------------
     ("placement-unknown-strategy", place(strategy="fastest"),
@@ -327,8 +330,8 @@ CASES = [
      "preflight_size_table[0] has unknown key(s): size_gb"),
     ("preflight-size-unknown-profile",
      preflight(size_table=[{"name": "x", "kind": "image", "size_mb": 5, "profiles": ["gpu"]}]),
-     "preflight_size_table[0].profiles[0] must be one of remote, cpu, single-gpu, dual-gpu; "
-     "got: 'gpu'"),
+     "preflight_size_table[0].profiles[0] must be one of remote, cpu, single-gpu, dual-gpu, "
+     "multi-gpu; got: 'gpu'"),
     ("preflight-dir-relative", preflight(dirs={"images": "/var/lib/docker", "models": "models",
                                                "vision_cache": "/srv/v"}),
      "preflight_dirs.models must be an absolute path; got: 'models'"),
@@ -433,7 +436,7 @@ def test_bad_api_key_fails_without_showing_it(keys):
 
 def test_good_input_passes_every_check():
     """The defaults pass each check above: a failing case fails for its one bad field."""
-    assert _render.check_catalog(CATALOG, EXTRA)
+    assert _plan.check_catalog(CATALOG, EXTRA)
     assert _render.systemd_instances(plan(), MODELS, "127.0.0.1")
     assert _router.router_config(plan(), None, {"extra_backends": {
         "cloud": {"base_url": "https://api.example.com:8443/v1", "model": "gpt-4o-mini"}}})

@@ -194,23 +194,3 @@ def test_bad_baseline_names_the_field():
     with pytest.raises(ValueError) as err:
         _drain.wait_drained(fake.read, fake.clock, fake.sleep, baseline_available_mib=-1)
     assert str(err.value) == "baseline_available_mib must be >= 0; got: -1"
-
-
-MEMINFO = "MemTotal:       127600640 kB\nMemFree:         1000 kB\nMemAvailable:   107198464 kB\n"
-
-
-def test_parse_meminfo():
-    assert _drain.parse_meminfo(MEMINFO) == dict(total_mib=124610, available_mib=104686)
-
-
-@pytest.mark.parametrize("text, message", [
-    ("MemTotal: 1024 kB\n", "/m has no MemAvailable line"),
-    ("MemTotal: 1024 kB\nMemAvailable: lots kB\n",
-     "/m: MemAvailable must be a number of kB; got: 'lots kB'"),
-    ("MemTotal: 1024 MB\nMemAvailable: 1024 kB\n",
-     "/m: MemTotal must be a number of kB; got: '1024 MB'"),
-])
-def test_parse_meminfo_bad_input(text, message):
-    with pytest.raises(ValueError) as err:
-        _drain.parse_meminfo(text, "/m")
-    assert str(err.value) == message

@@ -12,7 +12,6 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_facts impo
     gather,
     no_gpu_reason,
     read_meminfo_mib,
-    recommend_profile,
     summarize,
 )
 from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import new_gpu
@@ -45,17 +44,13 @@ def _broken(name, reason):
 ALL_ABSENT = {name: _absent() for name in ("nvml", "nvidia-smi", "amd-smi", "rocm-smi", "sysfs")}
 
 
-@pytest.mark.parametrize(
-    ("count", "profile"),
-    [(0, "cpu"), (1, "single-gpu"), (2, "dual-gpu"), (3, "multi-gpu"), (8, "multi-gpu")],
-)
-def test_recommend_profile(count, profile):
-    assert recommend_profile(count) == profile
-
-
-def test_recommend_profile_rejects_negative():
-    with pytest.raises(ValueError, match=r"gpu_count must be >= 0; got: -1"):
-        recommend_profile(-1)
+@pytest.mark.parametrize(("count", "profile"), [
+    (0, "cpu"), (1, "single-gpu"), (2, "dual-gpu"), (3, "multi-gpu"), (8, "multi-gpu"),
+])
+def test_summary_recommends_the_plan_vocabulary(count, profile):
+    """_plan.recommend_profile of the healthy GPUs: a lost GPU does not count."""
+    gpus = [_gpu("nvidia", i) for i in range(count)] + [_gpu("nvidia", count, healthy=False)]
+    assert summarize(gpus, ["nvml"], "590.48.01", [])["recommended_profile"] == profile
 
 
 @pytest.mark.parametrize(
@@ -161,10 +156,16 @@ def test_summary_without_gpus_recommends_cpu():
     assert summary["warnings"] == ["No GPU found"]
 
 
-def test_read_meminfo(tmp_path):
+@pytest.mark.parametrize("text, want", [
+    ("MemTotal:       131072000 kB\nMemFree: 1 kB\n", 128000),
+    ("MemTotal: 131072000 kB\nMemAvailable: 65536000 kB\n", 128000),
+    ("MemFree: 1 kB\n", None),
+    ("MemTotal: lots\n", None),
+])
+def test_read_meminfo(tmp_path, text, want):
     meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal:       131072000 kB\nMemFree: 1 kB\n")
-    assert read_meminfo_mib(str(meminfo)) == 128000
+    meminfo.write_text(text)
+    assert read_meminfo_mib(str(meminfo)) == want
     assert read_meminfo_mib(str(tmp_path / "absent")) is None
 
 

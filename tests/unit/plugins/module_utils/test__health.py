@@ -1,6 +1,6 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Health probes, verdicts and table."""
+"""Health probes, service_verify checks, verdicts and table."""
 
 from __future__ import annotations
 
@@ -9,56 +9,209 @@ import os
 import pytest
 import yaml
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _health, _render
+from ansible_collections.gpufleet.inference.plugins.module_utils import _health
+from ansible_collections.gpufleet.inference.plugins.module_utils._plan import plan as services_plan
 
+GPU1 = "GPU-5b5d9ab2-8d59-7bd6-2b3a-1c7b4c3a6f10"
 OLLAMA = {"name": "ollama", "engine": "ollama", "port": 11434, "gpu": "0",
-          "process_names": ["ollama"], "vram_budget_mib": 6000}
-VLLM = {"name": "vllm", "engine": "vllm", "port": 8000, "request": True, "model": "m"}
-GPUS = [{"index": 0, "uuid": "GPU-0", "processes": [
-    {"pid": 9, "name": "ollama runner qwen2.5:7b", "used_memory_mib": 4683}]}]
+          "vram_budget_mib": 6000}
+VLLM = {"name": "vllm", "engine": "vllm", "port": 8000, "gpu": GPU1, "request": True,
+        "model": "m"}
+DOCLING = {"name": "docling", "engine": "docling", "port": 5001}
 
 
 def ok(json=None):
     return {"status": 200, "json": json}
 
 
-def test_probes_per_engine():
-    calls = _health.probes([OLLAMA, VLLM])
-    assert [(c["service"], c["check"], c["url"]) for c in calls] == [
-        ("ollama", "tags", "http://127.0.0.1:11434/api/tags"),
-        ("ollama", "ps", "http://127.0.0.1:11434/api/ps"),
-        ("vllm", "health", "http://127.0.0.1:8000/health"),
-        ("vllm", "models", "http://127.0.0.1:8000/v1/models"),
-        ("vllm", "request", "http://127.0.0.1:8000/v1/completions"),
+def seen(name, healthy=True, device_ok=True, processes=(), gpu_used=None, problems=(),
+         model_in_vram=None):
+    """One entry of service_verify's services (report mode)."""
+    procs = [{"pid": pid, "name": comm, "used_memory_mib": mib} for pid, comm, mib in processes]
+    if gpu_used is None and procs:
+        gpu_used = any(p["used_memory_mib"] for p in procs)
+    return {"name": name, "healthy": healthy, "waited_s": 0.0 if healthy else None,
+            "device_ok": device_ok, "gpu_processes": procs, "gpu_used": gpu_used,
+            "model_in_vram": model_in_vram, "problems": list(problems)}
+
+
+# ---- probes and checks --------------------------------------------------------------------
+
+def test_probes_are_the_endpoints_beyond_the_health_url():
+    calls = _health.probes([OLLAMA, VLLM, DOCLING, {"name": "web", "engine": "http",
+                                                    "port": 80, "path": "/ok"}])
+    assert [(c["service"], c["check"], c["method"], c["url"]) for c in calls] == [
+        ("ollama", "ps", "GET", "http://127.0.0.1:11434/api/ps"),
+        ("vllm", "models", "GET", "http://127.0.0.1:8000/v1/models"),
+        ("vllm", "request", "POST", "http://127.0.0.1:8000/v1/completions"),
     ]
     assert calls[-1]["body"] == {"model": "m", "prompt": "ping", "max_tokens": 1}
 
 
-@pytest.mark.parametrize("answers, gpus, healthy, failing", [
-    ([ok(), ok({"models": [{"name": "q", "size": 10, "size_vram": 10}]}), ok(),
-      ok({"data": [{"id": "m"}]}), ok()], GPUS, True, []),
-    ([ok(), ok({"models": [{"name": "q", "size": 10, "size_vram": 4}]}), ok(),
-      ok({"data": [{"id": "m"}]}), ok()], GPUS, False, ["ps"]),
-    ([ok(), ok({"models": []}), {"status": -1, "msg": "refused"},
-      ok({"data": []}), {"status": 503}], GPUS, False, ["health", "models", "request"]),
-    ([ok(), ok({"models": []}), ok(), ok({"data": [{"id": "m"}]}), ok()],
-     [{"index": 0, "processes": []}], False, ["gpu"]),
+WEB = {"name": "web", "engine": "http", "port": 80, "path": "/ok", "gpu": 1,
+       "address": "10.0.0.5"}
+
+
+@pytest.mark.parametrize("services, runtime, project, expected", [
+    pytest.param([OLLAMA, VLLM, DOCLING, WEB], "compose", "gpufleet", [
+        {"name": "ollama", "url": "http://127.0.0.1:11434/api/tags", "engine": "ollama",
+         "device_id": "0", "gpu_index": 0, "project": "gpufleet", "service": "ollama"},
+        {"name": "vllm", "url": "http://127.0.0.1:8000/health", "engine": "vllm",
+         "device_id": GPU1, "gpu_index": None, "project": "gpufleet", "service": "vllm"},
+        {"name": "docling", "url": "http://127.0.0.1:5001/health", "engine": "other",
+         "device_id": None, "gpu_index": None, "project": "gpufleet", "service": "docling"},
+        {"name": "web", "url": "http://10.0.0.5:80/ok", "engine": "other", "device_id": "1",
+         "gpu_index": 1, "project": "gpufleet", "service": "web"}], id="compose-defaults"),
+    pytest.param([dict(VLLM, project="gpufleet-modes", service="vllm-a")], "compose", "gpufleet",
+                 [{"name": "vllm", "url": "http://127.0.0.1:8000/health", "engine": "vllm",
+                   "device_id": GPU1, "gpu_index": None, "project": "gpufleet-modes",
+                   "service": "vllm-a"}], id="compose-as-given"),
+    pytest.param([OLLAMA, dict(VLLM, unit="vllm@big.service", cuda_visible_devices="0,1"),
+                  DOCLING], "systemd", "ignored", [
+        {"name": "ollama", "url": "http://127.0.0.1:11434/api/tags", "engine": "ollama",
+         "device_id": "0", "gpu_index": 0, "unit": "ollama@ollama.service",
+         "cuda_visible_devices": "0"},
+        {"name": "vllm", "url": "http://127.0.0.1:8000/health", "engine": "vllm",
+         "device_id": GPU1, "gpu_index": None, "unit": "vllm@big.service",
+         "cuda_visible_devices": "0,1"},
+        {"name": "docling", "url": "http://127.0.0.1:5001/health", "engine": "other",
+         "device_id": None, "gpu_index": None, "unit": "docling@docling.service",
+         "cuda_visible_devices": "-1"}], id="systemd"),
 ])
-def test_report(answers, gpus, healthy, failing):
-    result = _health.report([OLLAMA, VLLM], answers, gpus)
+def test_verify_checks(services, runtime, project, expected):
+    assert _health.verify_checks(services, runtime, project) == expected
+
+
+@pytest.mark.parametrize("services, runtime, message", [
+    ([OLLAMA], "k8s", "runtime must be compose or systemd; got: 'k8s'"),
+    ([dict(OLLAMA, gpu=True)], "compose",
+     "services[0].gpu must be a GPU UUID, MIG UUID or index (or null); got: True"),
+    ([dict(OLLAMA, port=0)], "compose", "services[0].port must be 1-65535; got: 0"),
+])
+def test_verify_checks_bad_input(services, runtime, message):
+    with pytest.raises(ValueError) as err:
+        _health.verify_checks(services, runtime)
+    assert str(err.value) == message
+
+
+# ---- the verdict ----------------------------------------------------------------------------
+
+OTHER_GPU_PROCESS = ("GPU detected is not GPU used: no process of vllm (container 0123456789ab) "
+                     "holds memory on GPU %s; processes there: pid 700 VLLM::EngineCor 20000 "
+                     "MiB (container fedcba987654)" % GPU1)
+CRASH = ("vllm: its container exited with code 1 after 0.0 s, before "
+         "http://127.0.0.1:8000/health answered; last log lines: RuntimeError: CUDA OOM")
+LATE = "vllm: not healthy within 2 s (http://127.0.0.1:8000/health: HTTP 503)"
+PLACED_ELSEWHERE = ("vllm: container gpufleet-vllm-1 (running: True) has device requests "
+                    "[{'DeviceIDs': ['GPU-0']}]; the placement says %s" % GPU1)
+GPU_GIVEN = ("docling: container gpufleet-docling-1 (running: True) has device requests "
+             "[{'DeviceIDs': ['GPU-0']}]; the placement says no GPU")
+VLLM_UP = [ok({"data": [{"id": "m"}]}), ok()]
+MODELS = {"models": [{"name": "q", "size": 10, "size_vram": 10}]}
+
+
+@pytest.mark.parametrize("services, answers, verified, expected", [
+    pytest.param([VLLM], VLLM_UP, [seen("vllm", processes=[(801, "VLLM::EngineCor", 18000)])],
+                 {"vllm": (True, 18000, [("health", True, "200"), ("models", True, "m"),
+                                         ("request", True, "200"),
+                                         ("gpu", True, "1 process(es) on GPU %s" % GPU1)])},
+                 id="vllm-engine-core-owned-by-the-service-counts"),
+    pytest.param([VLLM], VLLM_UP, [seen("vllm", gpu_used=False, problems=[OTHER_GPU_PROCESS])],
+                 {"vllm": (False, 0, [("health", True, "200"), ("models", True, "m"),
+                                      ("request", True, "200"),
+                                      ("gpu", False, OTHER_GPU_PROCESS)])},
+                 id="another-containers-process-on-the-gpu-does-not-count"),
+    pytest.param([OLLAMA], [ok({"models": []})], [seen("ollama")],
+                 {"ollama": (True, 0, [("tags", True, "200"), ("ps", True, "0 loaded"),
+                                       ("gpu", True, "no model loaded on GPU 0"),
+                                       ("vram", True, "0 of 6000 MiB")])},
+                 id="ollama-with-no-model-loaded"),
+    pytest.param([OLLAMA], [ok(MODELS)],
+                 [seen("ollama", processes=[(5151, "ollama", 4683)], model_in_vram=True)],
+                 {"ollama": (True, 4683, [("tags", True, "200"), ("ps", True, "1 loaded"),
+                                          ("gpu", True, "1 process(es) on GPU 0"),
+                                          ("vram", True, "4683 of 6000 MiB")])},
+                 id="ollama-runner-holds-its-model"),
+    pytest.param([dict(OLLAMA, vram_budget_mib=4000)], [ok(MODELS)],
+                 [seen("ollama", processes=[(5151, "ollama", 3000), (5152, "ollama", 1683)])],
+                 {"ollama": (False, 4683, [("tags", True, "200"), ("ps", True, "1 loaded"),
+                                           ("gpu", True, "2 process(es) on GPU 0"),
+                                           ("vram", False, "4683 of 4000 MiB")])},
+                 id="over-its-budget"),
+    pytest.param([DOCLING], [], [seen("docling", device_ok=True)],
+                 {"docling": (True, None, [("health", True, "200")])}, id="cpu-service"),
+    pytest.param([DOCLING], [], [seen("docling", device_ok=False, problems=[GPU_GIVEN])],
+                 {"docling": (False, None, [("health", True, "200"),
+                                            ("gpu", False, GPU_GIVEN)])},
+                 id="cpu-service-given-a-gpu"),
+    pytest.param([dict(OLLAMA, gpu=None)], [ok({"models": [{"name": "q", "size": 10,
+                                                            "size_vram": 0}]})],
+                 [seen("ollama")],
+                 {"ollama": (True, None, [("tags", True, "200"), ("ps", True, "1 loaded (CPU)")])},
+                 id="ollama-on-the-cpu-as-placed"),
+    pytest.param([VLLM], [{"status": -1, "msg": "refused"}, {"status": -1, "msg": "refused"}],
+                 [seen("vllm", healthy=False, device_ok=None, problems=[CRASH])],
+                 {"vllm": (False, 0, [("health", False, CRASH),
+                                      ("models", False, "HTTP -1 refused"),
+                                      ("request", False, "HTTP -1 refused"),
+                                      ("gpu", False, "not checked (the service is down)")])},
+                 id="crashed"),
+    pytest.param([VLLM], [{"status": 503}, {"status": 503}],
+                 [seen("vllm", healthy=False, processes=[(801, "python3", 9000)],
+                       problems=[LATE])],
+                 {"vllm": (False, 9000, [("health", False, LATE), ("models", False, "HTTP 503"),
+                                         ("request", False, "HTTP 503"),
+                                         ("gpu", True, "1 process(es) on GPU %s" % GPU1)])},
+                 id="not-healthy-yet-but-on-its-gpu"),
+    pytest.param([VLLM], VLLM_UP,
+                 [seen("vllm", device_ok=False, gpu_used=False,
+                       problems=[PLACED_ELSEWHERE, OTHER_GPU_PROCESS])],
+                 {"vllm": (False, 0, [("health", True, "200"), ("models", True, "m"),
+                                      ("request", True, "200"),
+                                      ("gpu", False,
+                                       PLACED_ELSEWHERE + "; " + OTHER_GPU_PROCESS)])},
+                 id="placed-on-another-gpu"),
+])
+def test_report(services, answers, verified, expected):
+    result = _health.report(services, answers, verified)
+    got = {r["service"]: (r["healthy"], r["vram_mib"],
+                          [(c["check"], c["ok"], c["detail"]) for c in r["checks"]])
+           for r in result["services"]}
+    assert got == expected
+    healthy = all(v[0] for v in expected.values())
     assert result["healthy"] is healthy
-    bad = [c["check"] for r in result["services"] for c in r["checks"] if not c["ok"]]
-    assert bad == failing
+    assert result["unhealthy"] == [name for name, v in expected.items() if not v[0]]
     table = _health.table(result, "lab-spark")
     assert table[0] == "lab-spark: %s" % ("HEALTHY" if healthy else "UNHEALTHY")
     assert table[1].startswith("SERVICE")
 
 
-def test_vram_over_budget():
-    svc = dict(OLLAMA, vram_budget_mib=4000)
-    result = _health.report([svc], [ok(), ok({"models": []})], GPUS)
-    assert result["services"][0]["checks"][-1] == {"check": "vram", "ok": False,
-                                                   "detail": "4683 of 4000 MiB"}
+def test_report_several_services_and_the_table():
+    answers = [ok(MODELS), *VLLM_UP]
+    verified = [seen("vllm", processes=[(801, "VLLM::EngineCor", 18000)]),
+                seen("ollama", processes=[(5151, "ollama", 4683)]), seen("docling")]
+    result = _health.report([OLLAMA, VLLM, DOCLING], answers, verified)
+    assert result["healthy"] and result["unhealthy"] == []
+    assert _health.table(result, "lab-spark") == [
+        "lab-spark: HEALTHY",
+        "SERVICE  ENGINE   STATE    VRAM MiB   CHECKS",
+        "ollama   ollama   healthy  4683/6000  ok tags: 200; ok ps: 1 loaded; ok gpu: 1 "
+        "process(es) on GPU 0; ok vram: 4683 of 6000 MiB",
+        "vllm     vllm     healthy  18000      ok health: 200; ok models: m; ok request: 200; "
+        "ok gpu: 1 process(es) on GPU %s" % GPU1,
+        "docling  docling  healthy  -          ok health: 200"]
+
+
+@pytest.mark.parametrize("answers, verified, message", [
+    ([], [seen("ollama")], "answers must have one entry per probe (1); got: 0"),
+    ([ok()], None, "verified must be the services of a gpufleet.inference.service_verify "
+                   "result (a list of dicts); got: None"),
+    ([ok()], [seen("vllm")], "verified must have an entry per service; missing: ollama"),
+])
+def test_report_bad_input(answers, verified, message):
+    with pytest.raises(ValueError) as err:
+        _health.report([OLLAMA], answers, verified)
+    assert str(err.value) == message
 
 
 @pytest.mark.parametrize("svc, message", [
@@ -76,10 +229,7 @@ def test_bad_service(svc, message):
     assert str(err.value) == message
 
 
-def test_answers_must_match_probes():
-    with pytest.raises(ValueError, match="one entry per probe"):
-        _health.report([OLLAMA], [ok()], GPUS)
-
+# ---- from the plan ----------------------------------------------------------------------------
 
 def _plan():
     """services_plan of seed 000's stack in vllm mode on two GPUs, from the real catalog."""
@@ -91,32 +241,43 @@ def _plan():
             volume["source"] = "/srv/models"
     gpus = [{"index": i, "uuid": "GPU-%d" % i, "memory_total_mib": 24576, "healthy": True}
             for i in range(2)]
+
+    def on(service, index, budget):
+        return {"service": service, "gpu": index, "gpu_index": index,
+                "gpu_uuid": "GPU-%d" % index, "device_id": "GPU-%d" % index,
+                "vram_budget_mib": budget,
+                "environment": {"CUDA_VISIBLE_DEVICES": "GPU-%d" % index}}
+
     placement = {"strategy": "vram_based", "assignments": [
-        {"service": "ollama", "gpu": 0, "gpu_index": 0, "gpu_uuid": "GPU-0", "device_id": "GPU-0",
-         "vram_budget_mib": 6000},
-        {"service": "vision", "gpu": 0, "gpu_index": 0, "gpu_uuid": "GPU-0", "device_id": "GPU-0",
-         "vram_budget_mib": 3000},
-        {"service": "vllm", "gpu": 1, "gpu_index": 1, "gpu_uuid": "GPU-1", "device_id": "GPU-1",
-         "vram_budget_mib": 10240}]}
-    return _render.plan(catalog, placement, gpus, profile="dual-gpu", mode="vllm",
-                        extra_profiles={"finetune": False})
+        on("ollama", 0, 6000), on("vision", 0, 3000), on("vllm", 1, 10240)]}
+    return services_plan(catalog, placement, gpus, profile="dual-gpu", mode="vllm",
+                         extra_profiles={"finetune": False})
 
 
 def test_from_plan_compose_checks_every_active_service_on_its_published_port():
-    services = {s["name"]: s for s in _health.from_plan(_plan())}
+    services = {s["name"]: s for s in _health.from_plan(_plan(), "compose", "stack")}
     assert sorted(services) == ["docling", "ollama", "vision", "vllm"]
     assert services["ollama"] == {"name": "ollama", "engine": "ollama", "port": 11434,
-                                  "path": "/api/version", "gpu": "GPU-0",
-                                  "process_names": ["ollama"], "vram_budget_mib": 6000}
+                                  "path": "/api/version", "gpu": "GPU-0", "project": "stack",
+                                  "service": "ollama", "vram_budget_mib": 6000}
     assert services["vision"]["engine"] == "http" and services["vision"]["path"] == "/health"
-    assert services["vision"]["process_names"] == ["vision"]
     assert services["docling"]["gpu"] is None and "vram_budget_mib" not in services["docling"]
-    calls = _health.probes(list(services.values()))
-    assert ("vision", "http://127.0.0.1:8002/health") in [(c["service"], c["url"]) for c in calls]
+    assert not any("process_names" in s for s in services.values())
+    calls = _health.verify_checks(list(services.values()), "compose")
+    assert {"name": "vision", "url": "http://127.0.0.1:8002/health", "engine": "other",
+            "device_id": "GPU-0", "gpu_index": None, "project": "stack",
+            "service": "vision"} in calls
 
 
-def test_from_plan_systemd_checks_only_the_instances():
-    assert [s["name"] for s in _health.from_plan(_plan(), "systemd")] == ["ollama", "vllm"]
+def test_from_plan_systemd_checks_only_the_instances_by_their_units():
+    services = _health.from_plan(_plan(), "systemd")
+    assert [(s["name"], s["unit"], s["cuda_visible_devices"], s["gpu"]) for s in services] == [
+        ("ollama", "ollama@ollama.service", "GPU-0", "GPU-0"),
+        ("vllm", "vllm@vllm.service", "GPU-1", "GPU-1")]
+    assert not any("project" in s for s in services)
+    checks = _health.verify_checks(services, "systemd")
+    assert [(c["unit"], c["cuda_visible_devices"]) for c in checks] == [
+        ("ollama@ollama.service", "GPU-0"), ("vllm@vllm.service", "GPU-1")]
 
 
 @pytest.mark.parametrize("plan, runtime, message", [
@@ -128,9 +289,59 @@ def test_from_plan_bad_input(plan, runtime, message):
         _health.from_plan(plan, runtime)
 
 
-def test_ollama_without_a_gpu_may_run_its_models_on_the_cpu():
-    svc = dict(OLLAMA, gpu=None)
-    models = {"models": [{"name": "q", "size": 10, "size_vram": 0}]}
-    result = _health.report([svc], [ok(), ok(models)], GPUS)
-    assert result["healthy"], result
-    assert result["services"][0]["checks"][1]["detail"] == "1 loaded (CPU)"
+# ---- from the recorded mode -------------------------------------------------------------------
+
+# The state file of the mode_switch role (roles/mode_switch/tasks/record.yml): its services are
+# the role's definitions of the recorded mode's services (process_names there is not read).
+STATE = {"mode": "ingestion", "previous": "chat", "outcome": "switched", "services": {
+    "vllm": {"image": "vllm/vllm-openai:latest", "engine": "vllm", "port": 8000,
+             "container_port": 8000, "health_path": "/health", "gpu": True,
+             "process_names": ["vllm"]},
+    "docling": {"image": "d:1", "engine": "docling", "port": 5001, "container_port": 5001,
+                "health_path": "/health", "gpu": True, "process_names": ["docling"]}}}
+
+
+@pytest.mark.parametrize("services, gpu, project, expected", [
+    (STATE["services"], "0", "gpufleet-modes", [
+        {"name": "docling", "engine": "docling", "port": 5001, "gpu": "0",
+         "project": "gpufleet-modes", "service": "docling", "path": "/health"},
+        {"name": "vllm", "engine": "vllm", "port": 8000, "gpu": "0",
+         "project": "gpufleet-modes", "service": "vllm", "path": "/health"}]),
+    ({}, "0", "gpufleet-modes", []),
+    # No GPU, a port written as text, no health path, names not in order, another project.
+    ({"web": {"engine": "http", "port": "8080", "gpu": False, "health_path": "/ok"},
+      "Ollama": {"engine": "ollama", "port": 11434}}, "GPU-1", "modes", [
+        {"name": "Ollama", "engine": "ollama", "port": 11434, "gpu": "GPU-1",
+         "project": "modes", "service": "Ollama"},
+        {"name": "web", "engine": "http", "port": 8080, "gpu": None, "project": "modes",
+         "service": "web", "path": "/ok"}]),
+], ids=["recorded-ingestion", "no-services", "no-gpu-and-defaults"])
+def test_from_state(services, gpu, project, expected):
+    assert _health.from_state(dict(STATE, services=services), gpu, project) == expected
+
+
+def test_from_state_checks_an_http_service_on_its_health_path_in_the_mode_switch_project():
+    services = _health.from_state({"services": {"web": {"engine": "http", "port": 80,
+                                                        "health_path": "/ok"}}})
+    assert services[0]["gpu"] == "0" and _health.probes(services) == []
+    assert _health.verify_checks(services, "compose") == [
+        {"name": "web", "url": "http://127.0.0.1:80/ok", "engine": "other", "device_id": "0",
+         "gpu_index": 0, "project": "gpufleet-modes", "service": "web"}]
+
+
+@pytest.mark.parametrize("state, message", [
+    (None, "the recorded mode must be the state file of the gpufleet.inference.mode_switch "
+           "role, with its services; got: None"),
+    ({"mode": "chat"}, "the recorded mode must be the state file of the "
+                       "gpufleet.inference.mode_switch role, with its services; got: {'mode': "),
+    ({"services": ["ollama"]}, "the recorded mode must be the state file"),
+    ({"services": {"ollama": "ollama"}}, "services.ollama must be a dict; got: 'ollama'"),
+    ({"services": {"ollama": {"engine": "ollama"}}},
+     "services.ollama.port must be a port number; got: None"),
+    ({"services": {"ollama": {"engine": "ollama", "port": "http"}}},
+     "services.ollama.port must be a port number; got: 'http'"),
+])
+def test_from_state_bad_input(state, message):
+    with pytest.raises(ValueError) as err:
+        _health.from_state(state)
+    assert str(err.value).startswith(message)

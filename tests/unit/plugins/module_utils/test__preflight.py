@@ -1,6 +1,8 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Preflight logic: profile, .env, seed 000's download sizes, disks, GPU memory, ports."""
+"""Preflight logic: .env, seed 000's download sizes, disks, GPU memory, ports, the report.
+
+The recommended profile is _plan.recommend_profile's (test__plan.py)."""
 
 from __future__ import annotations
 
@@ -13,24 +15,6 @@ from ansible_collections.gpufleet.inference.plugins.module_utils import _preflig
 FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "unit" / "fixtures" / "preflight"
 TABLE = list(pf.DEFAULT_SIZE_TABLE)
 DIRS = {"images": "/var/lib/docker", "models": "/srv/models", "vision_cache": "/srv/vision"}
-
-
-@pytest.mark.parametrize("count, remote, want", [
-    (0, False, "cpu"), (1, False, "single-gpu"), (2, False, "dual-gpu"), (3, False, "multi-gpu"),
-    (8, False, "multi-gpu"), (2, True, "remote"), (0, True, "remote"),
-])
-def test_recommend_profile(count, remote, want):
-    assert pf.recommend_profile(count, remote) == want
-
-
-@pytest.mark.parametrize("count, remote, message", [
-    (-1, False, "gpu_count must be an integer >= 0; got: -1"),
-    ("2", False, "gpu_count must be an integer >= 0; got: '2'"),
-    (2, "yes", "remote must be a boolean; got: 'yes'"),
-])
-def test_recommend_profile_rejects(count, remote, message):
-    with pytest.raises(ValueError, match="^%s$" % message.replace("(", r"\(").replace(")", r"\)")):
-        pf.recommend_profile(count, remote)
 
 
 @pytest.mark.parametrize("count, text, default, remote, want", [
@@ -114,8 +98,8 @@ def test_shared_model_directory_is_counted_once():
     ([{"name": "x", "kind": "layer", "size_mb": 5}],
      "preflight_size_table[0].kind must be one of image, model; got: 'layer'"),
     ([{"name": "x", "kind": "image", "size_mb": 5, "profiles": ["gpu"]}],
-     "preflight_size_table[0].profiles[0] must be one of remote, cpu, single-gpu, dual-gpu; "
-     "got: 'gpu'"),
+     "preflight_size_table[0].profiles[0] must be one of remote, cpu, single-gpu, dual-gpu, "
+     "multi-gpu; got: 'gpu'"),
     ([{"name": "x", "kind": "image", "size_mb": 5, "modes": ["both"]}],
      "preflight_size_table[0].modes[0] must be one of ollama, vllm, mixed; got: 'both'"),
     ([{"name": "x", "kind": "image", "size_mb": 5, "size": 1}],
@@ -353,3 +337,22 @@ def test_report_rejects_unknown_options():
     with pytest.raises(ValueError) as info:
         pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {"sizes": []})
     assert str(info.value) == "options has unknown key(s): sizes"
+
+
+def test_report_of_a_multi_gpu_plan_checks_the_gpu_stack():
+    gpus = [*GPUS, dict(gpu(2, 24576, 24576), driver_version="590.48.01")]
+    report = pf.build_report("box", dict(plan_fixture("vllm"), profile="multi-gpu"), gpus,
+                             host_facts(), None, {"dirs": DIRS})
+    assert report["summary"][1] == \
+        "Profile: multi-gpu (recommended: multi-gpu, 3 GPU(s)), DUAL_GPU_MODE=vllm"
+    checks = {c["check"] for c in report["checks"]}
+    assert checks >= {"ports", "disk", "driver", "toolkit", "runtime"}
+    assert report["downloads"]["total_mb"] == 19400
+    assert not any("differs" in w for w in report["warnings"])
+
+
+def test_report_warns_when_a_3_gpu_host_runs_dual_gpu():
+    gpus = [*GPUS, dict(gpu(2, 24576, 24576), driver_version="590.48.01")]
+    report = pf.build_report("box", plan_fixture(), gpus, host_facts(), None, {"dirs": DIRS})
+    assert "profile dual-gpu differs from the recommended multi-gpu (3 healthy GPU(s))" in \
+        report["warnings"]

@@ -1,0 +1,598 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private module_utils of gpufleet.inference: the service catalog, its profiles and modes,
+and the plan (``services_plan``) that every later step reads.
+
+Not a public API: the leading underscore says so. Pure functions, stdlib only, no
+AnsibleModule; the action ``services_plan`` and the filters in plugins/filter/render.py wrap
+them, and plugins/module_utils/_render.py writes documents from the plan they make. Bad input
+raises ValueError naming the field and its value
+(``services_catalog.vllm.ports[0] must be 1-65535; got: 70000``). The same input always gives
+the same output (dicts keep the catalog's order).
+
+Vocabulary (seed 000, "Compose Profile Architecture")
+  profile       what the user picks: remote, cpu, single-gpu, dual-gpu, multi-gpu
+                (``services_profile``), or ``auto`` (:func:`recommend_profile` of the number
+                of healthy GPUs: 0 cpu, 1 single-gpu, 2 dual-gpu, 3 or more multi-gpu).
+  mode          which stack occupies GPU 1 under dual-gpu and multi-gpu: ollama, vllm, mixed
+                (``services_dual_gpu_mode``, the ``DUAL_GPU_MODE`` of seed 000).
+  sub-profile   ``<profile>-<mode>`` (``dual-gpu-vllm``, ``multi-gpu-vllm``), the compose
+                profile the tooling injects for a profile of MODE_PROFILES.
+  extra profile an opt-in profile such as ``finetune`` whose services run beside any profile
+                when enabled (``services_extra_profiles``).
+  idle GPU      a healthy GPU the plan puts no active service on. multi-gpu runs the dual-GPU
+                stack for now (GPUs 0 and 1 in the default catalog): the plan's summary names
+                the GPUs it leaves idle, and why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
+    ENV_KEY_RE,
+    is_int,
+    scalar_text,
+)
+
+PROFILES = ("remote", "cpu", "single-gpu", "dual-gpu", "multi-gpu")
+# The profiles that place services on GPUs (and get the GPU overlay).
+GPU_PROFILES = ("single-gpu", "dual-gpu", "multi-gpu")
+# The profiles DUAL_GPU_MODE applies to: each has the sub-profiles <profile>-<mode>.
+MODE_PROFILES = ("dual-gpu", "multi-gpu")
+PROFILE_CHOICES = ("auto", *PROFILES)
+MODES = ("ollama", "vllm", "mixed")
+ENGINES = ("ollama", "vllm", "other")
+RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+PROTOCOLS = ("tcp", "udp")
+
+CATALOG_KEYS = (
+    "engine", "image", "command", "entrypoint", "model", "ports", "volumes", "environment",
+    "health", "profiles", "modes", "uses_gpu", "gpu", "vram_mib", "vram_budget_mib",
+    "context_length", "parallel", "role", "latency_critical", "exclusive",
+    "min_compute_capability", "enabled", "restart", "description",
+)
+# Catalog keys handed on to the placement engine as they are.
+PLACEMENT_KEYS = (
+    "engine", "model", "gpu", "vram_mib", "vram_budget_mib", "context_length", "parallel",
+    "role", "latency_critical", "exclusive", "min_compute_capability",
+)
+PORT_KEYS = ("host", "container", "protocol", "address")
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,51}$")
+_PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# An image reference: [registry[:port]/]path[:tag][@sha256:digest], path in lower case.
+_IMAGE_RE = re.compile(
+    r"^(?:[A-Za-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?$")
+
+
+# ---- profiles -----------------------------------------------------------------------------
+
+def recommend_profile(gpu_count, remote=False):
+    """remote when inference runs elsewhere, else cpu / single-gpu / dual-gpu / multi-gpu."""
+    if not is_int(gpu_count) or gpu_count < 0:
+        raise ValueError("gpu_count must be an integer >= 0; got: %r" % (gpu_count,))
+    if not isinstance(remote, bool):
+        raise ValueError("remote must be a boolean; got: %r" % (remote,))
+    if remote:
+        return "remote"
+    return ("cpu", "single-gpu", "dual-gpu", "multi-gpu")[min(gpu_count, 3)]
+
+
+# ---- the catalog --------------------------------------------------------------------------
+
+def _str_list(value, at):
+    """None, or a list of strings (numbers are written as text)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError("%s must be a list of strings; got: %r" % (at, value))
+    result = []
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise ValueError("%s[%d] must be a string; got: %r" % (at, i, item))
+        result.append(str(item))
+    return result
+
+
+def _optional_positive(entry, key, at):
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not is_int(value) or value <= 0:
+        raise ValueError("%s.%s must be an integer > 0; got: %r" % (at, key, value))
+    return _vram.check_limit(value, key, at)
+
+
+def _optional_bool(entry, key, at, default):
+    value = entry.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ValueError("%s.%s must be a boolean; got: %r" % (at, key, value))
+    return value
+
+
+def _port_number(value, at):
+    if not is_int(value) or not 1 <= value <= 65535:
+        raise ValueError("%s must be 1-65535; got: %r" % (at, value))
+    return value
+
+
+def check_bind_address(value, at):
+    """An IPv4 or IPv6 address to listen on (``127.0.0.1``, ``0.0.0.0``, ``::1``)."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError("%s must be an IP address to listen on (127.0.0.1 for this host only, "
+                         "0.0.0.0 for every interface); got: %r" % (at, value)) from None
+
+
+def check_image(value, at):
+    """An image reference (``ollama/ollama:latest``, ``quay.io/org/name@sha256:...``)."""
+    if not isinstance(value, str) or not _IMAGE_RE.match(value.strip()):
+        raise ValueError("%s must be an image reference like ollama/ollama:latest (repository "
+                         "in lower case); got: %r" % (at, value))
+    return value.strip()
+
+
+def _check_ports(value, at):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError("%s must be a list; got: %r" % (at, value))
+    ports = []
+    for i, port in enumerate(value):
+        where = "%s[%d]" % (at, i)
+        address = None
+        if isinstance(port, dict):
+            unknown = sorted(set(port) - set(PORT_KEYS))
+            if unknown:
+                raise ValueError("%s has unknown key(s): %s" % (where, ", ".join(unknown)))
+            if port.get("address") is not None:
+                address = check_bind_address(port["address"], where + ".address")
+            container = _port_number(port.get("container"), where + ".container")
+            host = port.get("host", container)
+            host = _port_number(host, where + ".host")
+            protocol = port.get("protocol") or "tcp"
+            if protocol not in PROTOCOLS:
+                raise ValueError("%s.protocol must be one of %s; got: %r"
+                                 % (where, ", ".join(PROTOCOLS), protocol))
+        else:
+            host = container = _port_number(port, where)
+            protocol = "tcp"
+        ports.append({"host": host, "container": container, "protocol": protocol,
+                      "address": address})
+    return ports
+
+
+def _check_volumes(value, at):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError("%s must be a list; got: %r" % (at, value))
+    volumes = []
+    targets = {}
+    for i, volume in enumerate(value):
+        where = "%s[%d]" % (at, i)
+        if not isinstance(volume, dict):
+            raise ValueError("%s must be a dict with source and target; got: %r"
+                             % (where, volume))
+        unknown = sorted(set(volume) - {"source", "target", "read_only"})
+        if unknown:
+            raise ValueError("%s has unknown key(s): %s" % (where, ", ".join(unknown)))
+        source = volume.get("source")
+        if not isinstance(source, str) or not source.startswith("/"):
+            raise ValueError("%s.source must be an absolute host path; got: %r" % (where, source))
+        target = volume.get("target")
+        if not isinstance(target, str) or not target.startswith("/"):
+            raise ValueError("%s.target must be an absolute path in the container; got: %r"
+                             % (where, target))
+        if target in targets:
+            raise ValueError("%s.target duplicates %s[%d].target; got: %r"
+                             % (where, at, targets[target], target))
+        targets[target] = i
+        read_only = _optional_bool(volume, "read_only", where, False)
+        volumes.append({"source": source.rstrip("/") or "/", "target": target,
+                        "read_only": read_only})
+    return volumes
+
+
+def _check_environment(value, at):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("%s must be a dict of NAME: value; got: %r" % (at, value))
+    env = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not ENV_KEY_RE.match(key):
+            raise ValueError("%s has a bad variable name; got: %r" % (at, key))
+        if isinstance(item, (dict, list)) or item is None:
+            raise ValueError("%s.%s must be a string, number or boolean; got: %r"
+                             % (at, key, item))
+        env[key] = scalar_text(item)
+    return env
+
+
+def _check_health(value, ports, at):
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("%s must be a dict with path and port; got: %r" % (at, value))
+    unknown = sorted(set(value) - {"path", "port"})
+    if unknown:
+        raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
+    path = value.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError("%s.path must start with '/'; got: %r" % (at, path))
+    port = value.get("port")
+    if port is None:
+        if not ports:
+            raise ValueError("%s.port is needed when the service has no ports; got: None" % at)
+        port = ports[0]["container"]
+    _port_number(port, at + ".port")
+    if port not in [p["container"] for p in ports]:
+        raise ValueError("%s.port must be one of the service's container ports (%s); got: %r"
+                         % (at, ", ".join(str(p["container"]) for p in ports) or "none", port))
+    return {"path": path, "port": port}
+
+
+def check_extra_profiles(extra_profiles, where="services_extra_profiles"):
+    """``{name: enabled}`` of the opt-in profiles; returns it checked."""
+    if extra_profiles is None:
+        return {}
+    if not isinstance(extra_profiles, dict):
+        raise ValueError("%s must be a dict of profile name: enabled; got: %r"
+                         % (where, extra_profiles))
+    for name, enabled in extra_profiles.items():
+        if not isinstance(name, str) or not _PROFILE_RE.match(name) or name in PROFILE_CHOICES \
+                or name.startswith(tuple(p + "-" for p in MODE_PROFILES)):
+            raise ValueError("%s has a bad profile name (lower case, digits and '-', not one of "
+                             "%s nor %s); got: %r"
+                             % (where, ", ".join(PROFILES),
+                                " nor ".join(p + "-*" for p in MODE_PROFILES), name))
+        if not isinstance(enabled, bool):
+            raise ValueError("%s.%s must be a boolean; got: %r" % (where, name, enabled))
+    return dict(extra_profiles)
+
+
+def _check_entry(name, entry, extra, at):
+    if not isinstance(entry, dict):
+        raise ValueError("%s must be a dict; got: %r" % (at, entry))
+    unknown = sorted(set(entry) - set(CATALOG_KEYS))
+    if unknown:
+        raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
+    engine = entry.get("engine") or "other"
+    if engine not in ENGINES:
+        raise ValueError("%s.engine must be one of %s; got: %r" % (at, ", ".join(ENGINES), engine))
+    image = check_image(entry.get("image"), at + ".image")
+    model = entry.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
+    if model is not None:
+        _vram.check_model_name(model, at + ".model")
+    if engine == "vllm" and model is None:
+        raise ValueError("%s.model must be set for engine vllm; got: None" % at)
+    ports = _check_ports(entry.get("ports"), at + ".ports")
+    profiles = entry.get("profiles")
+    known = PROFILES + tuple(extra)
+    if not isinstance(profiles, list) or not profiles:
+        raise ValueError("%s.profiles must be a non-empty list; got: %r" % (at, profiles))
+    for i, profile in enumerate(profiles):
+        if profile not in known:
+            raise ValueError("%s.profiles[%d] must be one of %s (or a key of "
+                             "services_extra_profiles); got: %r"
+                             % (at, i, ", ".join(known), profile))
+    if len(set(profiles)) != len(profiles):
+        raise ValueError("%s.profiles lists a profile twice; got: %r" % (at, profiles))
+    mode_profiles = [p for p in profiles if p in MODE_PROFILES]
+    modes = entry.get("modes")
+    if modes is None:
+        modes = list(MODES) if mode_profiles else []
+    if not isinstance(modes, list):
+        raise ValueError("%s.modes must be a list; got: %r" % (at, modes))
+    for i, mode in enumerate(modes):
+        if mode not in MODES:
+            raise ValueError("%s.modes[%d] must be one of %s; got: %r"
+                             % (at, i, ", ".join(MODES), mode))
+    if modes and not mode_profiles:
+        raise ValueError("%s.modes is only for services in profile %s; got: %r"
+                         % (at, " or ".join(MODE_PROFILES), modes))
+    if mode_profiles and not modes:
+        raise ValueError("%s.modes must name at least one of %s for profile %s; got: []"
+                         % (at, ", ".join(MODES), mode_profiles[0]))
+    uses_gpu = _optional_bool(entry, "uses_gpu", at, True)
+    pin = entry.get("gpu")
+    if pin is not None:
+        bad = isinstance(pin, bool) or not isinstance(pin, (int, str))
+        if bad or (is_int(pin) and pin < 0) or (isinstance(pin, str) and not pin.strip()):
+            raise ValueError("%s.gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: %r"
+                             % (at, pin))
+    numbers = {key: _optional_positive(entry, key, at)
+               for key in ("vram_mib", "vram_budget_mib", "context_length", "parallel")}
+    if uses_gpu and model is None and numbers["vram_mib"] is None \
+            and numbers["vram_budget_mib"] is None:
+        raise ValueError("%s needs model, vram_mib or vram_budget_mib when uses_gpu is true; "
+                         "got none of them" % at)
+    for key in ("role", "min_compute_capability", "description"):
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, (str, int, float))
+                                  or isinstance(value, bool) or not str(value).strip()):
+            raise ValueError("%s.%s must be a non-empty string; got: %r" % (at, key, value))
+    restart = entry.get("restart") or "unless-stopped"
+    if restart not in RESTART_POLICIES:
+        raise ValueError("%s.restart must be one of %s; got: %r"
+                         % (at, ", ".join(RESTART_POLICIES), restart))
+    command = _str_list(entry.get("command"), at + ".command")
+    if engine == "vllm":
+        for i, arg in enumerate(command or []):
+            if not arg or any(c.isspace() for c in arg):
+                raise ValueError("%s.command[%d] must be one argument without spaces (vLLM "
+                                 "extra arguments); got: %r" % (at, i, arg))
+    result = {
+        "name": name, "engine": engine, "image": image.strip(), "model": model,
+        "command": command,
+        "entrypoint": _str_list(entry.get("entrypoint"), at + ".entrypoint"),
+        "ports": ports,
+        "volumes": _check_volumes(entry.get("volumes"), at + ".volumes"),
+        "environment": _check_environment(entry.get("environment"), at + ".environment"),
+        "health": _check_health(entry.get("health"), ports, at + ".health"),
+        "profiles": list(profiles), "modes": [m for m in MODES if m in modes],
+        "uses_gpu": uses_gpu, "gpu": pin, "restart": restart,
+        "role": entry.get("role"),
+        "latency_critical": _optional_bool(entry, "latency_critical", at, False),
+        "exclusive": _optional_bool(entry, "exclusive", at, False),
+        "min_compute_capability": None if entry.get("min_compute_capability") is None
+        else str(entry["min_compute_capability"]),
+        "description": entry.get("description"),
+    }
+    result.update(numbers)
+    return result
+
+
+def compose_profiles(entry):
+    """The compose profiles of a checked entry: dual-gpu (multi-gpu) becomes its sub-profiles
+    dual-gpu-<mode> (multi-gpu-<mode>)."""
+    result = []
+    for profile in entry["profiles"]:
+        if profile in MODE_PROFILES:
+            result.extend("%s-%s" % (profile, mode) for mode in entry["modes"])
+        else:
+            result.append(profile)
+    return result
+
+
+def _check_port_clashes(checked, extra, where):
+    """Two services that can run together must not publish the same host port."""
+    groups = [p for p in PROFILES if p not in MODE_PROFILES] + \
+        ["%s-%s" % (p, m) for p in MODE_PROFILES for m in MODES]
+    extras = set(extra)
+    for group in groups:
+        seen = {}
+        for name, entry in checked.items():
+            profiles = set(compose_profiles(entry))
+            if group not in profiles and not profiles & extras:
+                continue
+            for i, port in enumerate(entry["ports"]):
+                key = (port["host"], port["protocol"])
+                if key in seen:
+                    raise ValueError(
+                        "%s.%s.ports[%d] publishes host port %d, as %s does (both run in "
+                        "profile %s); got: %d" % (where, name, i, port["host"], seen[key],
+                                                  group, port["host"]))
+                seen[key] = "%s.%s.ports[%d]" % (where, name, i)
+
+
+def check_catalog(catalog, extra_profiles=None, where="services_catalog"):
+    """Check the catalog; return ``{name: entry}`` of the enabled services, every key filled in."""
+    extra = check_extra_profiles(extra_profiles)
+    if not isinstance(catalog, dict) or not catalog:
+        raise ValueError("%s must be a non-empty dict of service name: definition; got: %r"
+                         % (where, catalog))
+    checked = {}
+    for name, entry in catalog.items():
+        at = "%s.%s" % (where, name)
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError("%s has a bad service name (lower case letters, digits, '_' and "
+                             "'-', at most 52); got: %r" % (where, name))
+        if isinstance(entry, dict) and not _optional_bool(entry, "enabled", at, True):
+            continue
+        checked[name] = _check_entry(name, entry, extra, at)
+    k8s_names = {}
+    for name in checked:
+        k8s = name.replace("_", "-")
+        if k8s in k8s_names:
+            raise ValueError("%s.%s has the same Kubernetes name (%s) as %s.%s; got: %r"
+                             % (where, name, k8s, where, k8s_names[k8s], name))
+        k8s_names[k8s] = name
+    _check_port_clashes(checked, extra, where)
+    return checked
+
+
+def resolve_profile(profile, gpus=None):
+    """``auto`` becomes cpu, single-gpu, dual-gpu or multi-gpu by the number of healthy GPUs."""
+    if profile not in PROFILE_CHOICES:
+        raise ValueError("services_profile must be one of %s; got: %r"
+                         % (", ".join(PROFILE_CHOICES), profile))
+    if profile != "auto":
+        return profile
+    return recommend_profile(len(_healthy(gpus)))
+
+
+def _healthy(gpus):
+    """The GPUs of ``ansible_facts.gpus`` that are not marked unhealthy."""
+    return [g for g in gpus or [] if isinstance(g, dict) and g.get("healthy") is not False]
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError("services_dual_gpu_mode must be one of %s; got: %r"
+                         % (", ".join(MODES), mode))
+    return mode
+
+
+def active_profiles(profile, mode, extra_profiles=None, gpus=None):
+    """The compose profiles to pass (``--profile``), with the sub-profile injected for
+    dual-gpu and multi-gpu."""
+    profile = resolve_profile(profile, gpus)
+    mode = _check_mode(mode)
+    extra = check_extra_profiles(extra_profiles)
+    result = [profile, "%s-%s" % (profile, mode)] if profile in MODE_PROFILES else [profile]
+    return result + [name for name, enabled in extra.items() if enabled]
+
+
+def select(checked, profile, mode, extra_profiles=None, gpus=None):
+    """Names of the services that run for the profile and mode, in catalog order."""
+    wanted = set(active_profiles(profile, mode, extra_profiles, gpus))
+    return [name for name, entry in checked.items() if set(compose_profiles(entry)) & wanted]
+
+
+def placement_input(catalog, profile="auto", mode="ollama", extra_profiles=None, gpus=None):
+    """The ``services`` option of gpu_placement: active services that use a GPU.
+
+    Nothing is placed under the cpu and remote profiles (seed 000: the GPU overlay is
+    used for the GPU profiles only).
+    """
+    checked = check_catalog(catalog, extra_profiles)
+    _check_mode(mode)
+    if resolve_profile(profile, gpus) not in GPU_PROFILES:
+        return []
+    services = []
+    for name in select(checked, profile, mode, extra_profiles, gpus):
+        entry = checked[name]
+        if not entry["uses_gpu"]:
+            continue
+        service = {"name": name}
+        for key in PLACEMENT_KEYS:
+            if entry.get(key) is not None and entry.get(key) is not False:
+                service[key] = entry[key]
+        services.append(service)
+    return services
+
+
+# ---- the plan -----------------------------------------------------------------------------
+
+def _budget(engine, assignment):
+    """Budget environment and engine arguments that hold a service to its budget."""
+    settings = assignment.get("engine_settings") or {}
+    env = {}
+    args = []
+    if engine == "vllm":
+        if settings.get("gpu_memory_utilization") is not None:
+            args += ["--gpu-memory-utilization", str(settings["gpu_memory_utilization"])]
+        if settings.get("max_model_len"):
+            args += ["--max-model-len", str(settings["max_model_len"])]
+        if settings.get("max_num_seqs"):
+            args += ["--max-num-seqs", str(settings["max_num_seqs"])]
+    else:
+        env = {key: scalar_text(value) for key, value in settings.items()}
+    return env, args
+
+
+def _idle_note(profile, idle, used):
+    """Why healthy GPUs run nothing: one summary line."""
+    text = "GPU %s idle: profile %s " % (", ".join(str(i) for i in idle), profile)
+    if not used:
+        return text + "places no service on a GPU"
+    text += "places its active services on GPU %s only" % ", ".join(str(i) for i in used)
+    if profile == "multi-gpu":
+        text += ("; services_catalog has no service for the other GPUs yet (the default catalog "
+                 "runs the dual-GPU stack on GPUs 0 and 1)")
+    return text
+
+
+def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
+         extra_profiles=None):
+    """The ``services_plan`` fact: every enabled service, which run, and where.
+
+    ``placement`` is the result of gpu_placement for :func:`placement_input` (None or ``{}``
+    when nothing was placed), ``gpus`` the host's ``ansible_facts.gpus``. ``idle_gpus`` lists
+    the healthy GPUs no active service is placed on; the summary says why.
+    """
+    checked = check_catalog(catalog, extra_profiles)
+    resolved = resolve_profile(profile, gpus)
+    profiles = active_profiles(resolved, mode, extra_profiles)
+    active = select(checked, resolved, mode, extra_profiles)
+    placement = placement or {}
+    if not isinstance(placement, dict):
+        raise ValueError("placement must be the result of gpu_placement; got: %r" % (placement,))
+    vendors = {}
+    for gpu in gpus or []:
+        if isinstance(gpu, dict) and is_int(gpu.get("index")):
+            vendors[gpu["index"]] = gpu.get("vendor") or "nvidia"
+    assignments = {}
+    for i, assignment in enumerate(placement.get("assignments") or []):
+        name = assignment.get("service") if isinstance(assignment, dict) else None
+        if name not in active or not checked[name]["uses_gpu"]:
+            raise ValueError("placement.assignments[%d].service is not an active GPU service "
+                             "of services_catalog for profile %s (%s); got: %r"
+                             % (i, resolved, ", ".join(profiles), name))
+        assignments[name] = assignment
+    services = []
+    for name, entry in checked.items():
+        item = dict(entry, compose_profiles=compose_profiles(entry), active=name in active,
+                    placement=None)
+        assignment = assignments.get(name)
+        if assignment is not None and assignment.get("gpu_index") is not None:
+            env, args = _budget(entry["engine"], assignment)
+            item["placement"] = {
+                "gpu": assignment.get("gpu"), "gpu_index": assignment["gpu_index"],
+                "gpu_uuid": assignment.get("gpu_uuid"), "gpu_name": assignment.get("gpu_name"),
+                "device_id": str(assignment.get("device_id")),
+                "vendor": vendors.get(assignment["gpu_index"], "nvidia"),
+                "vram_budget_mib": assignment.get("vram_budget_mib"),
+                "adjusted": bool(assignment.get("adjusted")),
+                "environment": {k: scalar_text(v)
+                                for k, v in (assignment.get("environment") or {}).items()},
+                "engine_settings": dict(assignment.get("engine_settings") or {}),
+                "budget_env": env, "engine_args": args,
+            }
+        services.append(item)
+    summary = []
+    for item in services:
+        if not item["active"]:
+            continue
+        where = item["placement"]
+        if where is None:
+            summary.append("%s: no GPU" % item["name"])
+        else:
+            summary.append("%s: GPU %s (%s), %s MiB%s" % (
+                item["name"], where["gpu"], where["device_id"], where["vram_budget_mib"],
+                " (adjusted)" if where["adjusted"] else ""))
+    summary.insert(0, "profile %s (compose profiles %s)" % (resolved, ", ".join(profiles)))
+    used = sorted({s["placement"]["gpu_index"] for s in services
+                   if s["active"] and s["placement"] is not None})
+    idle = sorted({g["index"] for g in _healthy(gpus) if is_int(g.get("index"))} - set(used))
+    if idle:
+        summary.append(_idle_note(resolved, idle, used))
+    gpu_assignments = placement.get("gpu_assignments") or {
+        "strategy": placement.get("strategy"), "assignments": {}}
+    return {
+        "profile": resolved,
+        "dual_gpu_mode": mode,
+        "compose_profiles": profiles,
+        "gpu_overlay": resolved in GPU_PROFILES,
+        "active": active,
+        "services": services,
+        "strategy": placement.get("strategy"),
+        "warnings": list(placement.get("warnings") or []),
+        "summary": summary,
+        "idle_gpus": idle,
+        "gpu_assignments": {"strategy": gpu_assignments.get("strategy"),
+                            "assignments": dict(gpu_assignments.get("assignments") or {})},
+    }
+
+
+def check_plan(value, where="services_plan"):
+    """The one check of a plan, wherever one is consumed (the documents of _render...)."""
+    if not isinstance(value, dict) or not isinstance(value.get("services"), list) \
+            or "compose_profiles" not in value:
+        raise ValueError("%s must be the fact set by the gpufleet.inference.services role; "
+                         "got: %r" % (where, value))
+    return value

@@ -1,0 +1,241 @@
+#!/usr/bin/python
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: services_plan
+short_description: Plan a host's inference services on the controller (catalog, profile, mode, GPUs)
+version_added: 0.1.0
+description:
+  - Checks the service catalog, settles the profile and the dual-GPU mode, places the services
+    that use a GPU on the host's GPUs and returns the plan as the fact C(services_plan), which the
+    compose, systemd_units, k8s_manifests, preflight, health, router and report roles read. The
+    services role is one call of this action.
+  - Runs on the controller. From the host it reads only what the host alone can tell, each at
+    most once, its GPUs through M(gpufleet.inference.gpu_facts) when O(gpus) is not given, and
+    C(DUAL_GPU_MODE) in O(env_file) through M(ansible.builtin.slurp) when O(dual_gpu_mode) is
+    empty. The placement runs in process, with the engine and the argument checks of
+    M(gpufleet.inference.gpu_placement); its warnings are the task's warnings.
+  - O(profile=auto) is V(cpu), V(single-gpu), V(dual-gpu) or V(multi-gpu) for 0, 1, 2, 3 or
+    more healthy GPUs. V(multi-gpu) runs the services that list it (the default catalog's dual-GPU
+    stack on GPUs 0 and 1); RV(ansible_facts.services_plan.summary) names the healthy GPUs left
+    idle, and why.
+  - Bad input fails naming the field and the value, in the words of the services role's
+    variables, for example C(services_catalog.vllm.ports[0] must be 1-65535; got 70000).
+author:
+  - gpufleet.inference contributors (@gpufleet)
+options:
+  catalog:
+    description:
+      - Every service, by name (C(services_catalog); its keys are in the services role's README).
+    type: dict
+    required: true
+  profile:
+    description:
+      - The user-facing profile. V(auto) follows the number of healthy GPUs. V(remote) runs no
+        local inference.
+    type: str
+    choices: [auto, remote, cpu, single-gpu, dual-gpu, multi-gpu]
+    default: auto
+  dual_gpu_mode:
+    description:
+      - Which stack occupies GPU 1 under V(dual-gpu) and V(multi-gpu), V(ollama), V(vllm) or
+        V(mixed) (C(DUAL_GPU_MODE) of seed 000).
+      - Empty reads C(DUAL_GPU_MODE) from O(env_file); V(ollama) when the file or the key is not
+        there. RV(ansible_facts.services_plan.dual_gpu_mode_source) says which.
+    type: str
+    default: ''
+  env_file:
+    description:
+      - The host's compose project C(.env), read for C(DUAL_GPU_MODE) when O(dual_gpu_mode) is
+        empty. A missing file is fine; one that cannot be read fails the task.
+    type: str
+    default: /opt/gpufleet/.env
+  extra_profiles:
+    description: Opt-in profiles, name to enabled (C(services_extra_profiles)).
+    type: dict
+    default: {}
+  gpus:
+    description:
+      - The host's GPUs in the shape of C(ansible_facts.gpus).
+      - When not given, M(gpufleet.inference.gpu_facts) runs on the host once and its facts are
+        returned too.
+    type: list
+    elements: dict
+  strategy:
+    description:
+      - The placement strategy of M(gpufleet.inference.gpu_placement); pins are honoured by all.
+    type: str
+    choices: [manual, vram_based, latency_optimized, isolation_first, balanced]
+    default: vram_based
+  visible_devices_by:
+    description:
+      - V(uuid) selects GPUs by UUID, V(index) by index with C(CUDA_DEVICE_ORDER=PCI_BUS_ID).
+    type: str
+    choices: [uuid, index]
+    default: uuid
+  placement_options:
+    description:
+      - More options of M(gpufleet.inference.gpu_placement), checked and converted as that module
+        does; only C(headroom_mib), C(reserve_mib), C(live_usage), C(managed_processes),
+        C(catalog) and C(pin_not_found). Another key fails naming it.
+    type: dict
+    default: {}
+extends_documentation_fragment:
+  - gpufleet.inference.attributes
+  - gpufleet.inference.attributes.facts
+attributes:
+  action:
+    description: An action plugin does the work on the controller; this file is its documentation.
+    support: full
+  check_mode:
+    support: full
+    details: It only reads; it runs the same in check mode.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+  idempotent:
+    support: full
+notes:
+  - The module_defaults of M(gpufleet.inference.gpu_facts) do not reach the run this action
+    makes; give O(gpus) from your own M(gpufleet.inference.gpu_facts) task to read the GPUs
+    another way.
+seealso:
+  - module: gpufleet.inference.gpu_facts
+  - module: gpufleet.inference.gpu_placement
+  - plugin: gpufleet.inference.services_plan
+    plugin_type: filter
+"""
+
+EXAMPLES = r"""
+- name: Plan the services of this host (reads its GPUs and its .env)
+  gpufleet.inference.services_plan:
+    catalog: "{{ services_catalog }}"
+    dual_gpu_mode: "{{ dual_gpu_mode | default('') }}"
+
+- name: Plan on GPU facts already gathered, in mixed mode, with 1 GiB headroom
+  gpufleet.inference.services_plan:
+    catalog: "{{ services_catalog }}"
+    profile: dual-gpu
+    dual_gpu_mode: mixed
+    gpus: "{{ ansible_facts.gpus }}"
+    placement_options:
+      headroom_mib: 1024
+      managed_processes: ["*ollama*", "*vllm*"]
+
+- name: Show what runs where
+  ansible.builtin.debug:
+    msg: "{{ services_plan.summary }}"
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: The plan, and the GPU facts when the action read them.
+  returned: always
+  type: dict
+  contains:
+    services_plan:
+      description: What runs on the host, and where.
+      returned: always
+      type: dict
+      contains:
+        profile:
+          description: The resolved profile (never V(auto)).
+          type: str
+          sample: multi-gpu
+        dual_gpu_mode:
+          description: The settled dual-GPU mode.
+          type: str
+          sample: vllm
+        dual_gpu_mode_source:
+          description: Where the mode came from, V(given), V(env) (O(env_file)) or V(default).
+          type: str
+          sample: env
+        env_file:
+          description: O(env_file).
+          type: str
+        compose_profiles:
+          description: The compose profiles to pass, the sub-profile C(<profile>-<mode>) included.
+          type: list
+          elements: str
+          sample: [multi-gpu, multi-gpu-vllm]
+        gpu_overlay:
+          description: Whether the profile places services on GPUs.
+          type: bool
+        active:
+          description: The names of the services that run.
+          type: list
+          elements: str
+        services:
+          description:
+            - Every enabled service with its checked keys, C(compose_profiles), C(active) and
+              C(placement) (GPU index, UUID, C(device_id), vendor, budget, C(environment),
+              C(budget_env), C(engine_args)), or V(null) when not on a GPU.
+          type: list
+          elements: dict
+        strategy:
+          description: The placement strategy, V(null) when nothing was placed.
+          type: str
+        warnings:
+          description: The placement's warnings.
+          type: list
+          elements: str
+        summary:
+          description:
+            - One line per active service, after the profile line; then the idle GPUs, and why.
+          type: list
+          elements: str
+          sample:
+            - profile multi-gpu (compose profiles multi-gpu, multi-gpu-vllm)
+            - "ollama: GPU 0 (GPU-5b5d9ab2-8d59-7bd6-2b3a-1c7b4c3a6f10), 2457 MiB"
+            - "GPU 2 idle: profile multi-gpu places its active services on GPU 0, 1 only; ..."
+        idle_gpus:
+          description: The indexes of the healthy GPUs no active service is placed on.
+          type: list
+          elements: int
+          sample: [2]
+        gpu_assignments:
+          description: The C(gpu-assignments.yml) shape of seed 001, C(strategy) and C(assignments).
+          type: dict
+    gpus:
+      description: C(ansible_facts.gpus) of M(gpufleet.inference.gpu_facts).
+      returned: when O(gpus) is not given
+      type: list
+      elements: dict
+    gpu_summary:
+      description: C(ansible_facts.gpu_summary) of M(gpufleet.inference.gpu_facts).
+      returned: when O(gpus) is not given
+      type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _placement, _plan
+
+# The action's argument spec (plugins/action/services_plan.py validates with it).
+ARGUMENT_SPEC = dict(
+    catalog=dict(type="dict", required=True),
+    profile=dict(type="str", default="auto", choices=list(_plan.PROFILE_CHOICES)),
+    dual_gpu_mode=dict(type="str", default=""),
+    env_file=dict(type="str", default="/opt/gpufleet/.env"),
+    extra_profiles=dict(type="dict", default={}),
+    gpus=dict(type="list", elements="dict"),
+    strategy=dict(type="str", default=_placement.DEFAULT_STRATEGY,
+                  choices=list(_placement.STRATEGIES)),
+    visible_devices_by=dict(type="str", default="uuid",
+                            choices=list(_placement.VISIBLE_DEVICES_BY)),
+    placement_options=dict(type="dict", default={}),
+)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module.fail_json(msg="gpufleet.inference.services_plan runs only as an action on the "
+                         "controller (plugins/action/services_plan.py); it was run as a module")
+
+
+if __name__ == "__main__":
+    main()

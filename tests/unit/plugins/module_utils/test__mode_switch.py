@@ -1,0 +1,261 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The mode_switch role's compose document, active modes and GPUs of the running services.
+
+The expected documents were rendered by the role's former Jinja template (a 28-line for-block in
+roles/mode_switch/templates/compose.yml.j2) with ansible's templar, then parsed: the function
+keeps every key, value and order the template wrote.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+
+import pytest
+import yaml
+
+from ansible_collections.gpufleet.inference.plugins.module_utils import _mode_switch
+
+REPO = pathlib.Path(__file__).resolve().parents[4]
+DEFAULTS = yaml.safe_load((REPO / "roles/mode_switch/defaults/main.yml").read_text())
+MODES = DEFAULTS["mode_switch_modes"]
+SERVICES = DEFAULTS["mode_switch_services"]
+
+
+def _gpu(*ids):
+    return {"resources": {"reservations": {"devices": [
+        {"driver": "nvidia", "device_ids": list(ids), "capabilities": ["gpu"]}]}}}
+
+
+def _base(mode, port):
+    return {"profiles": [mode], "ports": [port], "restart": "no", "stop_grace_period": "30s",
+            "labels": {"org.gpufleet.mode": mode}}
+
+
+# The former template's render of the role's defaults.
+DEFAULT_DOCUMENT = {"name": "gpufleet-modes", "services": {
+    "ollama": {"image": "ollama/ollama:latest", **_base("chat", "127.0.0.1:11434:11434"),
+               "deploy": _gpu("0")},
+    "vllm": {"image": "vllm/vllm-openai:latest",
+             "command": ["Qwen/Qwen2.5-7B-Instruct", "--gpu-memory-utilization", "0.5"],
+             **_base("ingestion", "127.0.0.1:8000:8000"), "deploy": _gpu("0")},
+    "docling": {"image": "quay.io/docling-project/docling-serve:latest",
+                **_base("ingestion", "127.0.0.1:5001:5001"), "deploy": _gpu("0")},
+}}
+
+# Modes out of name order, environment, a service without a GPU, an integer GPU index.
+OTHER_MODES = {"b": {"services": ["web", "emb"]}, "a": {"services": ["ollama"]}}
+OTHER_SERVICES = {
+    "ollama": {"image": "ollama/ollama:0.5", "engine": "ollama", "port": 11434,
+               "container_port": 11434, "health_path": "/", "process_names": ["ollama"],
+               "environment": {"OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_NUM_PARALLEL": 2,
+                               "X_ON": True}},
+    "web": {"image": "nginx:1", "engine": "http", "port": 8080, "container_port": 80,
+            "health_path": "/", "gpu": False, "process_names": ["nginx"],
+            "command": ["nginx", "-g", "daemon off;", 8]},
+    "emb": {"image": "e:1", "engine": "http", "port": 9000, "container_port": 9000,
+            "health_path": "/h", "gpu": True, "process_names": ["e"]},
+}
+OTHER_DOCUMENT = {"name": "lab", "services": {
+    "ollama": {"image": "ollama/ollama:0.5", **_base("a", "127.0.0.1:11434:11434"),
+               "environment": {"OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_NUM_PARALLEL": 2,
+                               "X_ON": True},
+               "deploy": _gpu("0", "GPU-abc")},
+    "web": {"image": "nginx:1", "command": ["nginx", "-g", "daemon off;", 8],
+            **_base("b", "127.0.0.1:8080:80")},
+    "emb": {"image": "e:1", **_base("b", "127.0.0.1:9000:9000"), "deploy": _gpu("0", "GPU-abc")},
+}}
+
+
+def _order(document):
+    """Every mapping's keys in order, depth first: dict equality alone ignores the order."""
+    if isinstance(document, dict):
+        return [list(document)] + [o for v in document.values() for o in _order(v)]
+    if isinstance(document, list):
+        return [o for v in document for o in _order(v)]
+    return []
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((MODES, SERVICES, "gpufleet-modes", ["0"]), DEFAULT_DOCUMENT),
+    ((OTHER_MODES, OTHER_SERVICES, "lab", [0, "GPU-abc"]), OTHER_DOCUMENT),
+], ids=["defaults", "other"])
+def test_compose_document_is_what_the_template_rendered(args, expected):
+    inputs = copy.deepcopy(args)
+    document = _mode_switch.compose_document(*args)
+    assert document == expected
+    assert _order(document) == _order(expected)
+    assert args == inputs  # the inputs are left alone
+    dumped = yaml.safe_dump(document, sort_keys=False)
+    assert "&" not in dumped and yaml.safe_load(dumped) == expected  # no YAML anchors
+
+
+def test_compose_document_passes_the_roles_check():
+    assert _mode_switch.check("chat", MODES, SERVICES, ["0"], {"project_name": "gpufleet-modes"})
+    assert _mode_switch.check("a", OTHER_MODES, OTHER_SERVICES, ["0", "GPU-abc"])
+
+
+def _services(**changes):
+    services = copy.deepcopy(SERVICES)
+    for name, change in changes.items():
+        services[name] = None if change is None else dict(services[name], **change)
+    return services
+
+
+@pytest.mark.parametrize("modes, services, project, gpu_ids, message", [
+    ({"chat": {"services": ["ollama"]}, "chat2": {"services": ["ollama"]}}, SERVICES, "p", ["0"],
+     "mode_switch_modes.chat2.services[0] is a service of mode chat too (a service belongs to "
+     "one mode); got: 'ollama'"),
+    ({"chat": {"services": ["ollama", "ollama"]}}, SERVICES, "p", ["0"],
+     "mode_switch_modes.chat.services[1] is a service of mode chat too"),
+    ({"chat": {"services": ["tgi"]}}, SERVICES, "p", ["0"],
+     "mode_switch_modes.chat.services[0] is not a service of mode_switch_services (docling, "
+     "ollama, vllm); got: 'tgi'"),
+    ({"chat": {"services": [["ollama"]]}}, SERVICES, "p", ["0"],
+     "mode_switch_modes.chat.services[0] must be a service name; got: ['ollama']"),
+    ({"chat": {"services": "ollama"}}, SERVICES, "p", ["0"],
+     "mode_switch_modes.chat.services must be a list of service names; got: 'ollama'"),
+    ({"chat": ["ollama"]}, SERVICES, "p", ["0"],
+     "mode_switch_modes.chat.services must be a list of service names; got: None"),
+    (["chat"], SERVICES, "p", ["0"],
+     "mode_switch_modes must be a dict of mode: {services}; got: ['chat']"),
+    (MODES, ["ollama"], "p", ["0"],
+     "mode_switch_services must be a dict of service name: definition; got: ['ollama']"),
+    (MODES, _services(vllm={"port": None}), "p", ["0"],
+     "mode_switch_services.vllm.port is required; got: None"),
+    (MODES, _services(docling=None), "p", ["0"],
+     "mode_switch_modes.ingestion.services[1] is not a service of mode_switch_services"),
+    (MODES, SERVICES, "", ["0"], "mode_switch_project_name must be a non-empty string; got: ''"),
+    (MODES, SERVICES, "p", [], "mode_switch_gpu_ids must be a non-empty list of GPU indexes or "
+                               "UUIDs; got: []"),
+    (MODES, SERVICES, "p", "0", "mode_switch_gpu_ids must be a non-empty list"),
+])
+def test_compose_document_bad_input(modes, services, project, gpu_ids, message):
+    with pytest.raises(ValueError) as err:
+        _mode_switch.compose_document(modes, services, project, gpu_ids)
+    assert str(err.value).startswith(message)
+
+
+def test_check_refuses_a_service_of_two_modes():
+    modes = {"chat": {"services": ["ollama"]}, "ingestion": {"services": ["vllm", "ollama"]}}
+    with pytest.raises(ValueError) as err:
+        _mode_switch.check("chat", modes, SERVICES)
+    assert str(err.value) == ("mode_switch_modes.ingestion.services[1] is a service of mode chat "
+                              "too (a service belongs to one mode); got: 'ollama'")
+
+
+@pytest.mark.parametrize("running, expected", [
+    ([], []),
+    (["ollama"], ["chat"]),
+    (["docling"], ["ingestion"]),
+    (["vllm", "docling"], ["ingestion"]),
+    (["vllm", "ollama"], ["chat", "ingestion"]),
+    (["stranger"], []),
+    (["ollama", "ollama", "stranger"], ["chat"]),
+])
+def test_active_modes(running, expected):
+    assert _mode_switch.active_modes(MODES, running) == expected
+
+
+def test_active_modes_in_name_order():
+    modes = {"zeta": {"services": ["a"]}, "Beta": {"services": ["b"]}, "alpha": {"services": ["c"]}}
+    assert _mode_switch.active_modes(modes, ["a", "b", "c"]) == ["alpha", "Beta", "zeta"]
+
+
+@pytest.mark.parametrize("modes, running, message", [
+    (MODES, "ollama", "running must be a list of compose service names; got: 'ollama'"),
+    (MODES, None, "running must be a list of compose service names; got: None"),
+    ("chat", [], "mode_switch_modes must be a dict of mode: {services}; got: 'chat'"),
+    ({"chat": {}}, [], "mode_switch_modes.chat.services must be a list of service names; "
+                       "got: None"),
+])
+def test_active_modes_bad_input(modes, running, message):
+    with pytest.raises(ValueError) as err:
+        _mode_switch.active_modes(modes, running)
+    assert str(err.value) == message
+
+
+NVIDIA = '[{"Driver":"nvidia","Count":0,"DeviceIDs":["0"],"Capabilities":[["gpu"]],"Options":{}}]'
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([], {}),
+    (["ollama " + NVIDIA], {"ollama": ["0"]}),
+    (["docling null"], {"docling": []}),
+    (["docling []"], {"docling": []}),
+    (['vllm [{"DeviceIDs":["GPU-a","GPU-b"]},{"DeviceIDs":null},{"DeviceIDs":["1"]}]'],
+     {"vllm": ["GPU-a", "GPU-b", "1"]}),
+    (['vllm [{"Driver":"nvidia","Count":-1}]'], {"vllm": []}),
+    (["ollama " + NVIDIA, "", "vllm null"], {"ollama": ["0"], "vllm": []}),
+    (['ollama [{"DeviceIDs":["0"]}]', 'ollama [{"DeviceIDs":["1"]}]'], {"ollama": ["1"]}),
+    ([" null"], {"": []}),  # a container without the compose service label
+])
+def test_devices(lines, expected):
+    assert _mode_switch.devices(lines) == expected
+
+
+@pytest.mark.parametrize("lines, message", [
+    ("ollama null", "lines must be a list of docker inspect lines; got: 'ollama null'"),
+    ([None], "lines[0] must be a string; got: None"),
+    (["ollama"], "lines[0] must be '<service> <DeviceRequests JSON>'; got: 'ollama'"),
+    (["", "vllm [{"], "lines[1] must end with the JSON of DeviceRequests; got: '[{'"),
+    (['vllm {"DeviceIDs":["0"]}'],
+     "lines[0]: DeviceRequests must be a list of objects; got: {'DeviceIDs': ['0']}"),
+    (['vllm ["0"]'], "lines[0]: DeviceRequests must be a list of objects; got: ['0']"),
+    (['vllm [{"DeviceIDs":"0"}]'], "lines[0]: DeviceIDs must be a list; got: '0'"),
+])
+def test_devices_bad_input(lines, message):
+    with pytest.raises(ValueError) as err:
+        _mode_switch.devices(lines)
+    assert str(err.value) == message
+
+
+GPUS_BEFORE = [
+    {"index": 0, "memory_used_mib": 9000, "processes": [
+        {"pid": 11, "used_memory_mib": 6000}, {"pid": 12, "used_memory_mib": 2000},
+        {"pid": 99, "used_memory_mib": 500}]},
+    {"index": 1, "memory_used_mib": 300, "processes": [{"pid": 13, "used_memory_mib": 300}]},
+]
+MEMINFO = "MemTotal:       131072000 kB\nMemAvailable:   65536000 kB\n"
+
+
+@pytest.mark.parametrize("gpus, gpu_ids, pids, meminfo, expected", [
+    (GPUS_BEFORE, ["0"], [11, 12], None, {"target_used_mib": 1000, "baseline_available_mib": None}),
+    (GPUS_BEFORE, ["0", "1"], [11, 13], None,
+     {"target_used_mib": 3000, "baseline_available_mib": None}),
+    (GPUS_BEFORE, ["1"], [11], None, {"target_used_mib": 300, "baseline_available_mib": None}),
+    ([{"index": 0, "memory_used_mib": None, "memory_kind": "unified",
+       "processes": [{"pid": 5, "used_memory_mib": 4096}]}], ["0"], [5], MEMINFO,
+     {"target_used_mib": None, "baseline_available_mib": 64000 + 4096}),
+])
+def test_drain_targets(gpus, gpu_ids, pids, meminfo, expected):
+    assert _mode_switch.drain_targets(gpus, gpu_ids, pids, meminfo) == expected
+
+
+def test_drain_targets_bad_input():
+    with pytest.raises(ValueError, match="gpus must be the list of gpu_facts"):
+        _mode_switch.drain_targets("x", ["0"], [])
+    with pytest.raises(ValueError, match="has no MemAvailable line"):
+        _mode_switch.drain_targets(GPUS_BEFORE, ["0"], [], "MemTotal: 1 kB\n")
+
+
+def test_verify_checks_point_at_the_health_paths():
+    services = {"ollama": {"port": 11434, "health_path": "/api/tags"},
+                "vllm": {"port": 8000, "health_path": "/health"}}
+    assert _mode_switch.verify_checks(services, ["vllm"], "modes") == [
+        {"name": "vllm", "project": "modes", "service": "vllm",
+         "url": "http://127.0.0.1:8000/health"}]
+
+
+def test_record_and_metrics():
+    out = _mode_switch.record("chat", "ingestion", "ingestion", "switched", None, "100.0",
+                              112.346, 5.5, {"vllm": {"port": 8000}})
+    record = out["record"]
+    assert record["downtime_s"] == 12.35 and record["drain_s"] == 5.5
+    assert record["switched_at"] == "1970-01-01T00:01:52.346000+00:00"
+    assert (record["mode"], record["previous"], record["outcome"]) == (
+        "ingestion", "chat", "switched")
+    assert 'gpufleet_mode_switch_downtime_seconds{mode="ingestion",outcome="switched"} 12.35\n' \
+        in out["metrics"]
+    assert 'gpufleet_mode_switch_drain_seconds{mode="ingestion"} 5.5\n' in out["metrics"]
