@@ -72,9 +72,9 @@ CASES = [
      ["services_placement_options has unknown key(s):", "headroom"]),
     # compose
     ("compose-project-name", [role("compose", compose_project_name="My Project")],
-     ["compose_project_name must be a compose project name", "got: 'My Project'"]),
+     ["project_files: project_name must be a compose project name", "got: 'My Project'"]),
     ("compose-env-bad-key", [role("compose", compose_env={"MY-KEY": "x"})],
-     ["owned has a bad variable name; got: 'MY-KEY'"]),
+     ["project_files: env has a bad variable name; got: 'MY-KEY'"]),
     ("compose-verify-timeout-negative",
      [role("compose", compose_verify_timeout=-5)],
      ["compose_verify_timeout must be an integer >= 1; got: -5"]),
@@ -97,7 +97,7 @@ CASES = [
     # systemd_units
     ("systemd-bind-address",
      [role("systemd_units", systemd_units_bind_address="0.0.0.0.0")],
-     ["systemd_units_bind_address must be an IP address", "got: '0.0.0.0.0'"]),
+     ["project_files: bind_address must be an IP address", "got: '0.0.0.0.0'"]),
     ("systemd-user-name", [role("systemd_units", systemd_units_user="gpu fleet")],
      ["systemd_units_user must be an account or group name", "got: gpu fleet"]),
     ("systemd-relative-dir", [role("systemd_units", systemd_units_dir="units")],

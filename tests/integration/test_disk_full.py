@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
 
 import pytest
@@ -101,14 +100,15 @@ def test_disk_full_while_rendering_keeps_the_previous_files(tmp_path, small_disk
     assert "No space left on device" in output
     assert _sums(small_disk) == before
 
-    # The same run with room on the disk does write new files (and keeps backups of the old).
+    # The same run with room on the disk does write new files, and keeps the old ones as the
+    # last good set (no backups beside them).
     filler.unlink()
     rc, output = run_playbook(playbook, inventory, "-e", "services_dual_gpu_mode=mixed")
     assert rc == 0, output
     after = _sums(small_disk)
     assert after["compose.gpu.yml"] != before["compose.gpu.yml"]
     assert after[".env"] != before[".env"]
-    backups = {re.sub(r"[.][0-9]+[.][-0-9@:]+~$", "", name): digest
-               for name, digest in after.items() if name.endswith("~")}
-    assert {"compose.gpu.yml", ".env"} <= set(backups)
-    assert all(before[name] == digest for name, digest in backups.items())
+    assert not [name for name in after if name.endswith("~") or ".gpufleet-tmp" in name], after
+    snapshot = _sums(small_disk / ".gpufleet-previous", leave_out=("manifest.json",))
+    assert {name: before[name] for name in snapshot} == snapshot
+    assert {"compose.gpu.yml", ".env"} <= set(snapshot)

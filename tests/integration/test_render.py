@@ -16,6 +16,8 @@ import subprocess
 import pytest
 import yaml
 
+from ansible_collections.gpufleet.inference.plugins.module_utils._fileset import HEADER
+
 from .conftest import REPO
 from .render_support import (
     DUAL_GPUS,
@@ -223,8 +225,8 @@ def test_finetune_and_auto_profiles(rendered):
 def test_env_keeps_foreign_keys(rendered):
     text = (rendered["root"] / host_name("dual-gpu", "mixed") / "compose" / ".env").read_text()
     lines = text.splitlines()
-    assert lines[:3] == ["#", "# Ansible managed", "#"]
-    assert lines[3:] == ["MY_TOKEN=abc", "# kept comment", "DUAL_GPU_MODE=mixed",
+    assert lines[0] == HEADER
+    assert lines[1:] == ["MY_TOKEN=abc", "# kept comment", "DUAL_GPU_MODE=mixed",
                          "COMPOSE_PROJECT_NAME=gpufleet",
                          "COMPOSE_FILE=compose.yml:compose.gpu.yml",
                          "COMPOSE_PROFILES=dual-gpu,dual-gpu-mixed"]
@@ -233,7 +235,7 @@ def test_env_keeps_foreign_keys(rendered):
 def test_gpu_assignments_as_seed_001(rendered):
     path = rendered["root"] / host_name("dual-gpu", "mixed") / "compose" / "gpu-assignments.yml"
     text = path.read_text()
-    assert text.startswith("#\n# Ansible managed\n#\n")
+    assert text.startswith(HEADER + "\n")
     doc = yaml.safe_load(text)
     assert list(doc) == ["generated_at", "strategy", "assignments"]
     assert doc["strategy"] == "vram_based"
@@ -259,7 +261,7 @@ def instances(host_dir):
     result = {}
     for path in sorted((host_dir / "env").glob("*.env")):
         lines = path.read_text().splitlines()
-        unit = lines[3].split(":")[0].lstrip("# ")
+        unit = lines[1].split(":")[0].lstrip("# ")
         result[unit] = dict(line.split("=", 1) for line in lines if line and line[0] != "#")
     return result
 
@@ -287,7 +289,7 @@ def test_every_unit_passes_systemd_analyze_verify(rendered, profile, mode):
             assert env["VLLM_PORT"] == "8000" and 0 < float(env["VLLM_GPU_MEMORY_UTILIZATION"]) < 1
     for template in ("ollama@.service", "vllm@.service"):
         text = (host_dir / "units" / template).read_text()
-        assert text.startswith("#\n# Ansible managed\n#\n")
+        assert text.startswith(HEADER + "\n")
         for line in ("ProtectSystem=strict", "NoNewPrivileges=yes", "User=gpufleet",
                      "EnvironmentFile=%s/env/%%i.env" % host_dir):
             assert line in text.splitlines(), (template, line)
@@ -355,20 +357,28 @@ def test_check_mode_changes_nothing_and_shows_a_diff(tmp_path):
     for args in (("--check", "--diff"), ()):
         rc, output = run_playbook(playbook, inventory, *args)
         assert rc == 0 and recap(output)["box"]["changed"] == 0, output
-        assert tree(out) == written
+        assert project_files(out) == project_files(written)
 
     rc, output = run_playbook(playbook, inventory, "--check", "--diff",
                               "-e", "services_dual_gpu_mode=mixed")
     assert rc == 0 and recap(output)["box"]["changed"] > 0, output
     assert "+  ollama_research:" in output and "+DUAL_GPU_MODE=mixed" in output
-    assert tree(out) == written
+    assert project_files(out) == project_files(written)
+    written = tree(out)
 
     rc, output = run_playbook(playbook, inventory, "-e", "services_dual_gpu_mode=mixed")
     assert rc == 0 and recap(output)["box"]["changed"] > 0, output
     after = tree(out)
-    backups = [p for p in after if p.startswith("compose/compose.gpu.yml.") and p.endswith("~")]
-    assert len(backups) == 1 and after[backups[0]] == written["compose/compose.gpu.yml"]
+    # No backups beside the files: the last good set is the snapshot, byte for byte.
+    assert not [p for p in after if p.endswith("~")], sorted(after)
+    assert after["compose/.gpufleet-previous/compose.gpu.yml"] == written["compose/compose.gpu.yml"]
     assert "env/ollama_research.env" in after
+
+
+def project_files(root_or_tree):
+    """The files of a tree (or of a directory) but the snapshot of the last good set."""
+    files = root_or_tree if isinstance(root_or_tree, dict) else tree(root_or_tree)
+    return {path: data for path, data in files.items() if ".gpufleet-previous/" not in path}
 
 
 def test_bad_catalog_fails_naming_field_and_value(tmp_path):
