@@ -58,7 +58,7 @@ def test_compose_rollback_restores_files_and_services(dual2_lab, tmp_path):
         "compose_verify_timeout": 15}, playbook="site.yml")
     assert rc != 0, out
     assert recap[BOX][2] == 1, out
-    assert re.search(r"compose: Wait for the health endpoint of each service: vllm: .*"
+    assert re.search(r"compose: Verify the services: vllm: .*"
                      r"rolled back to the previous files and services "
                      r"\(docling, ollama, ollama_research, vision\)", out), out
     assert "gpufleet.inference.health :" not in out and "gpufleet.inference.router :" not in out
