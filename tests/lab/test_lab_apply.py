@@ -156,3 +156,66 @@ def test_systemd_rollback_restores_units_and_instances(dual2_lab, tmp_path):
     for name in ("ollama", "ollama_research"):
         status, payload = host.http("http://127.0.0.1:%d/api/version" % HEALTH[name])
         assert status == 200, (name, payload)
+
+
+def wipe(host):
+    """Nothing of ours on the host: no containers, project, records, lock or models."""
+    clear_systemd(host)
+    clear_compose(host)
+    host.sh("rm -rf /opt/gpufleet /etc/gpufleet /run/gpufleet /srv/gpufleet")
+
+
+NOTHING_WRITTEN = ("ls -d /opt/gpufleet /etc/gpufleet /run/gpufleet /srv/gpufleet"
+                   " 2>/dev/null || true")
+
+
+def project_containers(host):
+    return host.sh("docker ps -a --filter label=com.docker.compose.project=gpufleet"
+                   " --format '{{.Names}}'").stdout.split()
+
+
+def test_check_mode_on_a_fresh_host_then_a_failed_first_apply(dual2_lab, tmp_path):
+    """site.yml --check --diff on a host that never had anything of ours shows the files and
+    services it would create and writes nothing (no project, record or lock). Then a real first
+    apply whose vLLM cannot start fails with vLLM's own words, and leaves no file and no
+    container behind (there is nothing to roll back to)."""
+    host = dual2_lab[BOX]
+    wipe(host)
+    rc, out, recap = apply(tmp_path, BOX, {"dual_gpu_mode": "vllm"}, "--check", "--diff",
+                           playbook="site.yml")
+    assert rc == 0 and recap[BOX][2] == 0, out
+    assert "+++ after: /opt/gpufleet/compose.yml" in out, out
+    assert "+DUAL_GPU_MODE=vllm" in out, out
+    assert re.search(r"would \(re\)create: [a-z_, ]*vllm", out), out
+    assert host.sh(NOTHING_WRITTEN).stdout.split() == []
+    assert project_containers(host) == []
+
+    rc, out, recap = apply(tmp_path, BOX, {
+        "dual_gpu_mode": "vllm", "services_catalog": broken_vllm_catalog(),
+        "compose_verify_timeout": 30}, playbook="site.yml")
+    assert rc != 0 and recap[BOX][2] == 1, out
+    assert "tensor parallel size 2 > 1 visible GPUs" in out, out
+    assert "first apply: no previous files to roll back to" in out, out
+    assert "NoneType" not in out, out
+    left = host.sh("ls -A /opt/gpufleet").stdout.split()
+    assert not set(left) & {"compose.yml", "compose.gpu.yml", ".env", "gpu-assignments.yml"}, left
+    assert project_containers(host) == []
+    record = json.loads(host.sh("cat /etc/gpufleet/apply.json").stdout)
+    assert record["result"] == "failed", record
+
+
+def test_check_mode_after_a_mode_change_shows_the_diff_and_writes_nothing(dual2_lab, tmp_path):
+    host = dual2_lab[BOX]
+    clear_systemd(host)
+    rc, out, recap = apply(tmp_path, BOX, {"dual_gpu_mode": "ollama"}, playbook="site.yml")
+    assert rc == 0, out
+    before, running = sha256s(host), project_containers(host)
+    rc, out, recap = apply(tmp_path, BOX, {"dual_gpu_mode": "vllm"}, "--check", "--diff",
+                           playbook="site.yml")
+    assert rc == 0 and recap[BOX][2] == 0 and recap[BOX][1] > 0, out
+    assert "-DUAL_GPU_MODE=ollama" in out and "+DUAL_GPU_MODE=vllm" in out, out
+    assert re.search(r"would \(re\)create: [a-z_, ]*vllm", out), out
+    assert "would remove: ollama_research" in out, out
+    assert sha256s(host) == before
+    assert project_containers(host) == running
+    assert_compose_state(host, MODES["ollama"])

@@ -11,11 +11,14 @@ runs (profile cpu, whatever the mode).
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 
 import pytest
 import yaml
-from dual import MODES, PROJECT, apply, assert_compose_state, clear_systemd
+from conftest import ROOT
+from dual import GPU1, MODES, PROJECT, apply, assert_compose_state, clear_systemd
 
 SITE = "site.yml"
 LIMIT = "lab-dual,lab-edge"
@@ -48,6 +51,7 @@ def test_site_converges_the_dual_and_the_cpu_box(dual_lab, tmp_path, mode):
     assert_first_run(out, dual, mode)
     if mode == "vllm":
         assert_secret_kept(out, dual)
+        assert_verify_knows_the_engine_by_its_cgroup(dual, tmp_path)
     again, recap = run_site(tmp_path, {} if mode == "mixed" else extra)
     assert [recap[name][1] for name in ("lab-dual", "lab-edge")] == [0, 0], again
     if mode == "mixed":
@@ -81,6 +85,61 @@ def assert_first_run(out, host, mode):
     text = json.dumps(yaml.safe_load(host.sh("cat /opt/gpufleet/config/llm.yaml").stdout))
     assert ("vllm_research" in text) == (mode != "ollama"), text
     assert ("ollama_research" in text) == (mode != "vllm"), text
+
+
+VERIFY_PROBE = """
+docker rm -f gpufleet-probe-1 >/dev/null 2>&1
+docker run -d --name gpufleet-probe-1 --label com.docker.compose.project=gpufleet \
+  --label com.docker.compose.service=probe --gpus '"device=%s"' --entrypoint sleep \
+  vllm/vllm-openai:latest 600 >/dev/null
+""" % GPU1
+
+
+def assert_verify_knows_the_engine_by_its_cgroup(host, tmp_path):
+    """vLLM holds GPU 1 under its real process title (VLLM::EngineCore, cut to 15 characters by
+    the kernel), and the apply's verify found it there by its cgroup. A container of the project
+    that was given GPU 1 but holds nothing on it fails the same verify, which names vLLM's
+    process as another container's: a name or "some process on that GPU" would have passed."""
+    procs = json.loads(host.py(NVML_NAMES))
+    assert "VLLM::EngineCor" in procs[GPU1], procs
+    host.sh(VERIFY_PROBE)
+    try:
+        check = {"runtime": "compose", "timeout": 5, "services": [
+            {"name": "probe", "project": "gpufleet", "service": "probe", "device_id": GPU1,
+             "gpu_index": 1}]}
+        rc, out = ansible_module(tmp_path, "lab-dual", "gpufleet.inference.service_verify", check)
+        assert rc != 0, out
+        vllm_id = host.sh("docker inspect -f '{{.Id}}' gpufleet-vllm-1").stdout.strip()
+        assert re.search(r"GPU detected is not GPU used: no process of probe \(container \w+\) "
+                         r"holds memory on GPU 1 \(%s\); processes there: pid \d+ "
+                         r"VLLM::EngineCor \d+ MiB \(container %s\)" % (GPU1, vllm_id[:12]),
+                         out), out
+    finally:
+        host.sh("docker rm -f gpufleet-probe-1 >/dev/null 2>&1")
+
+
+# Process names as NVML (the real pynvml) gives them, by GPU UUID.
+NVML_NAMES = """
+import json, pynvml
+pynvml.nvmlInit()
+out = {}
+for i in range(pynvml.nvmlDeviceGetCount()):
+    h = pynvml.nvmlDeviceGetHandleByIndex(i)
+    names = [pynvml.nvmlSystemGetProcessName(p.pid)
+             for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)]
+    out[pynvml.nvmlDeviceGetUUID(h)] = [n.decode() if isinstance(n, bytes) else n for n in names]
+print(json.dumps(out))
+"""
+
+
+def ansible_module(tmp_path, host, module, args):
+    """One module run with `ansible` on a lab host; returns (rc, output)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run(
+        [os.path.join(ROOT, ".venv", "bin", "ansible"), "-i",
+         os.path.join(ROOT, "inventory", "lab"), host, "-m", module, "-a", json.dumps(args)],
+        capture_output=True, text=True, check=False, env=env, cwd=ROOT, timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def assert_secret_kept(out, host):
