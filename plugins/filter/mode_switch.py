@@ -1,10 +1,9 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters mode_switch_compose, mode_switch_active_modes and mode_switch_devices over
-module_utils/_mode_switch.py.
+"""Filters of the mode_switch role: thin wrappers of module_utils/_mode_switch.py.
 
-Their documentation is in mode_switch_compose.yml, mode_switch_active_modes.yml and
-mode_switch_devices.yml. mode_switch_check is in checks.py with the other preflight checks.
+One documentation file per filter name next to this file (as ansible-doc looks them up).
+mode_switch_check is in checks.py with the other preflight checks.
 """
 
 from __future__ import annotations
@@ -22,5 +21,7 @@ class FilterModule:
             "mode_switch_drain_targets": _mode_switch.drain_targets,
             "mode_switch_verify_checks": _mode_switch.verify_checks,
             "mode_switch_record": _mode_switch.record,
+            "mode_switch_state": _mode_switch.state,
+            "mode_switch_status": _mode_switch.status,
         }
         return {name: filter_function(name, function) for name, function in functions.items()}

@@ -5,10 +5,12 @@
 Not a public API: the leading underscore says so. Pure functions, stdlib only, no
 AnsibleModule; the filter ``mode_switch_check`` wraps :func:`check` so that the role fails in
 its preflight, before it stops or starts anything, with a message naming the field and the
-value (``mode_switch_services.vllm.port must be 1-65535; got: 70000``). The filters
-``mode_switch_compose``, ``mode_switch_active_modes`` and ``mode_switch_devices`` wrap
-:func:`compose_document`, :func:`active_modes` and :func:`devices`: the compose project the role
-renders, and what ``docker ps`` / ``docker inspect`` say runs.
+value (``mode_switch_services.vllm.port must be 1-65535; got: 70000``). The other filters
+(``mode_switch_<name>``) wrap the functions of the same name: the compose project the role
+renders (:func:`compose_document`), what runs and what a switch must do (:func:`state`, from
+``docker ps`` and the state file), the status report (:func:`status`), what the drain wait waits
+for (:func:`drain_targets`), the health checks (:func:`verify_checks`) and the switch's record
+(:func:`record`).
 
 Vocabulary (seed 003)
   mode      a named set of services that must not share the GPUs with another mode's
@@ -334,24 +336,31 @@ def drain_targets(gpus, gpu_ids, pids, meminfo_text=None):
     """What the drain wait after the stop waits for, from the GPUs read before the stop.
 
     ``gpus`` is gpu_facts' list, ``gpu_ids`` the mode's GPUs (indexes as text), ``pids`` the host
-    pids of the leaving services. Returns ``{target_used_mib, baseline_available_mib}``: the used
-    memory of those GPUs less what the leaving processes held (None when a GPU's used memory is
-    unknown, as on unified memory), and on unified memory, MemAvailable of ``meminfo_text``
-    (read before the stop) plus what the leaving processes held (else None).
+    pids of the leaving services (numbers or their text, as ``docker top`` prints them). Returns
+    ``{pids, target_used_mib, baseline_available_mib}``: the pids as integers, the used memory of
+    those GPUs less what the leaving processes held (None when a GPU's used memory is unknown,
+    as on unified memory), and, when one of those GPUs is unified, MemAvailable of
+    ``meminfo_text`` (read before the stop) plus what the leaving processes held (else None:
+    on dedicated memory the drain wait does not read MemAvailable).
     """
     if not isinstance(gpus, list):
         raise ValueError("gpus must be the list of gpu_facts; got: %r" % (gpus,))
     wanted = {str(key) for key in gpu_ids or []}
     chosen = [g for g in gpus if isinstance(g, dict) and str(g.get("index")) in wanted]
-    leaving = {int(pid) for pid in pids or []}
+    leaving = []
+    for i, pid in enumerate(pids or []):
+        text = str(pid).strip()
+        if isinstance(pid, bool) or not text.isdigit():
+            raise ValueError("pids[%d] must be a process id; got: %r" % (i, pid))
+        leaving.append(int(text))
     held = sum(p.get("used_memory_mib") or 0 for g in chosen for p in g.get("processes") or []
                if p.get("pid") in leaving and is_int(p.get("used_memory_mib")))
     used = [g.get("memory_used_mib") for g in chosen]
     target = (sum(used) - held) if used and all(is_int(u) for u in used) else None
     baseline = None
-    if meminfo_text:
+    if meminfo_text and any(g.get("memory_kind") == "unified" for g in chosen):
         baseline = _common.parse_meminfo(meminfo_text)["available_mib"] + held
-    return {"target_used_mib": target, "baseline_available_mib": baseline}
+    return {"pids": leaving, "target_used_mib": target, "baseline_available_mib": baseline}
 
 
 def verify_checks(services, names, project_name):
@@ -364,8 +373,18 @@ def verify_checks(services, names, project_name):
     return checks
 
 
-def record(previous, mode, requested, outcome, failure, started, now, drain_s, services):
-    """The mode state file's record of a switch, and the switch metrics' text, as a pair."""
+def record(previous, mode, requested, outcome, failure, started, now, drain_s, services,
+           modes=None):
+    """The mode state file's record of a switch, the switch metrics' text, and a summary line.
+
+    ``services`` are the service definitions the record keeps; with ``modes``
+    (``mode_switch_modes``) they are every service, and the record keeps those of ``mode``.
+    Returns ``{record, metrics, summary}``.
+    """
+    if modes is not None:
+        names = _dict_of(modes, "mode_switch_modes").get(mode, {}).get("services") or []
+        services = {name: entry for name, entry in _dict_of(services, "mode_switch_services")
+                    .items() if name in names}
     record_ = {
         "mode": mode, "previous": previous, "requested": requested, "outcome": outcome,
         "failure": failure,
@@ -381,4 +400,98 @@ def record(previous, mode, requested, outcome, failure, started, now, drain_s, s
         "# TYPE gpufleet_mode_switch_drain_seconds gauge\n"
         'gpufleet_mode_switch_drain_seconds{mode="%s"} %s\n'
         % (mode, outcome, record_["downtime_s"], mode, record_["drain_s"]))
-    return {"record": record_, "metrics": metrics}
+    summary = "mode %s -> %s (%s); downtime %s s, GPU drain %s s" % (
+        previous, mode, outcome, record_["downtime_s"], record_["drain_s"])
+    return {"record": record_, "metrics": metrics, "summary": summary}
+
+
+def _dict_of(value, where):
+    if not isinstance(value, dict):
+        raise ValueError("%s must be a dict; got: %r" % (where, value))
+    return value
+
+
+def state(ps_lines, state_text, modes, mode):
+    """What runs now, what the host last recorded, and what a switch to ``mode`` must do.
+
+    ``ps_lines`` are ``docker ps``'s lines for the project's containers, each the container id,
+    a space, and its compose service name (``_mode_switch_ps_format``); blank lines are skipped.
+    ``state_text`` is the state file's text (empty when there is none). Returns:
+
+      ids        the containers' ids, in ``docker ps`` order.
+      running    the services that run, each once, sorted.
+      recorded   the state file's record (``{}`` without one).
+      active     the modes of which a service runs (:func:`active_modes`).
+      previous   the mode the host is in: the one active mode, else the recorded one (None).
+      leaving    the running services that ``mode`` does not name (sorted).
+      needed     whether a switch must run: a service to stop or to start, or another mode
+                 recorded.
+      in_mode    whether exactly the services of ``mode`` run, each in one container.
+    """
+    if not isinstance(ps_lines, list):
+        raise ValueError("ps_lines must be a list of docker ps lines; got: %r" % (ps_lines,))
+    entering = dict(_services_of(modes)).get(mode)
+    if entering is None:
+        raise ValueError("mode_switch_mode must be one of %s; got: %r"
+                         % (", ".join(sorted(modes)), mode))
+    ids = []
+    services = []
+    for i, line in enumerate(ps_lines):
+        if not isinstance(line, str):
+            raise ValueError("ps_lines[%d] must be a string; got: %r" % (i, line))
+        if not line.strip():
+            continue
+        container, _sep, service = line.strip().partition(" ")
+        ids.append(container)
+        services.append(service.strip())
+    running = sorted({s for s in services if s})
+    recorded = {}
+    text = (state_text or "").strip()
+    if text:
+        try:
+            recorded = json.loads(text)
+        except ValueError:
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise ValueError("the mode state file must hold a JSON object; got: %r"
+                             % (text[:200],))
+    active = active_modes(modes, running)
+    leaving = [s for s in running if s not in entering]
+    return {
+        "ids": ids,
+        "running": running,
+        "recorded": recorded,
+        "active": active,
+        "previous": active[0] if len(active) == 1 else recorded.get("mode"),
+        "leaving": leaving,
+        "needed": bool(leaving) or any(s not in running for s in entering)
+        or recorded.get("mode") != mode,
+        "in_mode": sorted(services) == sorted(entering),
+    }
+
+
+def status(state_, host, inspect_lines):
+    """The status entry point's report of one host, from :func:`state` and ``docker inspect``.
+
+    ``inspect_lines`` are the lines :func:`devices` reads. Returns ``{host, recorded_mode,
+    last_switch, active_modes, running, conflict}``, and a ``warning`` when services of two
+    exclusive modes run at once.
+    """
+    state_ = _dict_of(state_, "state")
+    recorded = state_.get("recorded") or {}
+    active = list(state_.get("active") or [])
+    report = {
+        "host": host,
+        "recorded_mode": recorded.get("mode"),
+        "last_switch": {k: v for k, v in recorded.items() if k != "services"},
+        "active_modes": active,
+        "running": devices(inspect_lines),
+        "conflict": len(active) > 1,
+    }
+    if report["conflict"]:
+        report["warning"] = (
+            "WARNING: EXCLUSIVE MODES RUN AT ONCE on %s: %s (%s). A vLLM that starts or restarts "
+            "now can crash in memory profiling (seed 003). Run playbooks/switch_mode.yml "
+            "-e inference_mode=<one of them>." % (host, " + ".join(active),
+                                                 ", ".join(state_.get("running") or [])))
+    return report
