@@ -59,11 +59,33 @@ def reset(hosts):
         list(pool.map(lambda h: _common.host_sh(h, RESET), hosts))
 
 
+def _env(hosts, variant):
+    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+                ANSIBLE_NOCOLOR="1", ANSIBLE_FORKS=str(max(5, len(hosts))),
+                PATH=_common.VENV_BIN + os.pathsep + os.environ["PATH"], **VARIANTS[variant])
+
+
+def facts_call(host, runs=3):
+    """One gpu_facts call on ``host`` with ``ansible`` (same inventory, same settings as the
+    converge): the fastest of ``runs`` wall times, in seconds."""
+    command = [os.path.join(_common.VENV_BIN, "ansible"), "-i", os.path.join(ROOT, "lab", "lab.py"),
+               "-i", os.path.join(ROOT, "inventory", "fleet"), host,
+               "-m", "gpufleet.inference.gpu_facts"]
+    best = None
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False,
+                              env=_env([host], "default"), cwd=ROOT, timeout=300)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.exit("bench: gpu_facts on %s failed:\n%s%s" % (host, done.stdout, done.stderr))
+        best = seconds if best is None else min(best, seconds)
+    return best
+
+
 def converge(hosts, variant, cache_dir):
     """One site.yml run over ``hosts``: {seconds, changed (sum), failed hosts}."""
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_FORKS=str(max(5, len(hosts))),
-               PATH=_common.VENV_BIN + os.pathsep + os.environ["PATH"], **VARIANTS[variant])
+    env = _env(hosts, variant)
     if "ANSIBLE_CACHE_PLUGIN" in env:
         env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = cache_dir
     command = [os.path.join(_common.VENV_BIN, "ansible-playbook"),
@@ -91,7 +113,11 @@ def measure(sizes, variants_at, cache_dir):
         reset(hosts)
         first = converge(hosts, "default", cache_dir)
         rerun = converge(hosts, "default", cache_dir)
-        rows.append({"hosts": count, "first": first, "rerun": rerun})
+        row = {"hosts": count, "first": first, "rerun": rerun}
+        if count == 1:
+            # The same host, in the same run: what one module run costs through Ansible.
+            row["facts_call"] = facts_call(hosts[0])
+        rows.append(row)
         sys.stderr.write("fleet: %2d host(s): first %.1f s, re-run %.1f s (%d changed)\n"
                          % (count, first["seconds"], rerun["seconds"], rerun["changed"]))
     if variants_at:
@@ -129,6 +155,18 @@ def markdown(result):
           _common.fmt(r["rerun"]["seconds"] / r["hosts"], "%.1f"),
           _common.fmt(_common.ratio(r["rerun"]["seconds"], base.get("rerun"))),
           r["rerun"]["changed"]] for r in rows]))
+    single = [r for r in rows if r.get("facts_call")]
+    if single:
+        r = single[0]
+        lines += ["", "### site.yml against one gpu_facts call, same host, same run", ""]
+        lines.append(_common.table(
+            ["run", "seconds", "one gpu_facts call s", "x gpu_facts call"],
+            [["first converge", _common.fmt(r["first"]["seconds"], "%.1f"),
+              _common.fmt(r["facts_call"], "%.2f"),
+              _common.fmt(_common.ratio(r["first"]["seconds"], r["facts_call"]), "%.1f")],
+             ["no-op re-run", _common.fmt(r["rerun"]["seconds"], "%.1f"),
+              _common.fmt(r["facts_call"], "%.2f"),
+              _common.fmt(_common.ratio(r["rerun"]["seconds"], r["facts_call"]), "%.1f")]]))
     if variants:
         ref = variants[0]
         lines += ["", "### Settings at %d hosts (first run, then re-run)" % ref["hosts"], ""]

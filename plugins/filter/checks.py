@@ -2,14 +2,19 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filters that check a role's variables in its preflight, before it changes anything.
 
-preflight_options_check (module_utils/_preflight.py) and mode_switch_check
-(module_utils/_mode_switch.py), one documentation file per filter name next to this file (as
-ansible-doc looks them up). Each returns true, or fails naming the field and the value.
+preflight_options_check (module_utils/_preflight.py), mode_switch_check
+(module_utils/_mode_switch.py) and router_options_check (module_utils/_router.py), one
+documentation file per filter name next to this file (as ansible-doc looks them up). Each
+returns true, or fails naming the field and the value.
 """
 
 from __future__ import annotations
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _mode_switch, _preflight
+from ansible_collections.gpufleet.inference.plugins.module_utils import (
+    _mode_switch,
+    _preflight,
+    _router,
+)
 from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import filter_function
 
 
@@ -18,5 +23,6 @@ class FilterModule:
         functions = {
             "preflight_options_check": _preflight.check_options,
             "mode_switch_check": _mode_switch.check,
+            "router_options_check": _router.check_role,
         }
         return {name: filter_function(name, function) for name, function in functions.items()}

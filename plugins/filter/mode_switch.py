@@ -20,6 +20,7 @@ class FilterModule:
             "mode_switch_devices": _mode_switch.devices,
             "mode_switch_drain_targets": _mode_switch.drain_targets,
             "mode_switch_verify_checks": _mode_switch.verify_checks,
+            "mode_switch_preloads": _mode_switch.preloads,
             "mode_switch_record": _mode_switch.record,
             "mode_switch_state": _mode_switch.state,
             "mode_switch_status": _mode_switch.status,

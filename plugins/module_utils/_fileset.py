@@ -789,11 +789,22 @@ def present(runtime, plan, options=None, check_mode=False, yaml_dump=None, yaml_
     return result
 
 
-def restored(runtime, options=None, check_mode=False, mover=None):
+def active_services(compose_text, profiles, yaml_load):
+    """The services a compose file starts with ``profiles`` (what ``docker compose config
+    --services`` lists): those without profiles, and those with one of ``profiles``."""
+    doc = yaml_load(compose_text) if compose_text else None
+    services = (doc or {}).get("services") or {}
+    wanted = set(profiles)
+    return sorted(name for name, svc in services.items()
+                  if not (svc or {}).get("profiles") or wanted & set(svc["profiles"]))
+
+
+def restored(runtime, options=None, check_mode=False, mover=None, yaml_load=None):
     """Put the snapshot of ``runtime``'s set back byte for byte; returns the module's result.
 
     Files the snapshot records as absent are removed (after a first apply: every file it
-    wrote); for systemd, so are <instance>.env files the snapshot does not have.
+    wrote); for systemd, so are <instance>.env files the snapshot does not have. For compose,
+    ``services`` are the services the restored files start (with ``yaml_load``, else None).
     """
     opts = check_options(runtime, options)
     mover = mover or os.replace
@@ -813,6 +824,9 @@ def restored(runtime, options=None, check_mode=False, mover=None):
             compose_files=(_common.dotenv_get(env, "COMPOSE_FILE") or "compose.yml").split(":"),
             compose_profiles=[p for p in (_common.dotenv_get(env, "COMPOSE_PROFILES") or "")
                               .split(",") if p])
+        base = next((_text(e["content"]) for e in existed if e["key"] == "compose.yml"), None)
+        result["services"] = (active_services(base, result["compose_profiles"], yaml_load)
+                              if yaml_load else None)
     else:
         result["instances"] = sorted(_instance_unit(e["key"][len("env/"):], e["content"])
                                      for e in existed if e["key"].startswith("env/"))

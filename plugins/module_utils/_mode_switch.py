@@ -9,8 +9,8 @@ value (``mode_switch_services.vllm.port must be 1-65535; got: 70000``). The othe
 (``mode_switch_<name>``) wrap the functions of the same name: the compose project the role
 renders (:func:`compose_document`), what runs and what a switch must do (:func:`state`, from
 ``docker ps`` and the state file), the status report (:func:`status`), what the drain wait waits
-for (:func:`drain_targets`), the health checks (:func:`verify_checks`) and the switch's record
-(:func:`record`).
+for (:func:`drain_targets`), the health checks (:func:`verify_checks`), the models to preload
+(:func:`preloads`) and the switch's record (:func:`record`).
 
 Vocabulary (seed 003)
   mode      a named set of services that must not share the GPUs with another mode's
@@ -336,7 +336,8 @@ def drain_targets(gpus, gpu_ids, pids, meminfo_text=None):
     """What the drain wait after the stop waits for, from the GPUs read before the stop.
 
     ``gpus`` is gpu_facts' list, ``gpu_ids`` the mode's GPUs (indexes as text), ``pids`` the host
-    pids of the leaving services (numbers or their text, as ``docker top`` prints them). Returns
+    pids of the leaving services (numbers or their text, as ``docker top`` prints them; blank
+    lines are skipped). Returns
     ``{pids, target_used_mib, baseline_available_mib}``: the pids as integers, the used memory of
     those GPUs less what the leaving processes held (None when a GPU's used memory is unknown,
     as on unified memory), and, when one of those GPUs is unified, MemAvailable of
@@ -350,6 +351,8 @@ def drain_targets(gpus, gpu_ids, pids, meminfo_text=None):
     leaving = []
     for i, pid in enumerate(pids or []):
         text = str(pid).strip()
+        if not text:
+            continue
         if isinstance(pid, bool) or not text.isdigit():
             raise ValueError("pids[%d] must be a process id; got: %r" % (i, pid))
         leaving.append(int(text))
@@ -373,13 +376,33 @@ def verify_checks(services, names, project_name):
     return checks
 
 
+def preloads(services, names):
+    """The models to preload, ``[{name, url, model}]``: each service of ``names`` (in that order)
+    that has a ``preload_model``, with its Ollama ``/api/generate`` URL on 127.0.0.1."""
+    services = _dict_of(services, "mode_switch_services")
+    if not isinstance(names, list):
+        raise ValueError("names must be a list of service names; got: %r" % (names,))
+    out = []
+    for name in names:
+        svc = services.get(name)
+        if not isinstance(svc, dict):
+            raise ValueError("%r is not a service of mode_switch_services (%s)"
+                             % (name, ", ".join(sorted(services)) or "none"))
+        if svc.get("preload_model") is not None:
+            out.append({"name": name, "model": svc["preload_model"],
+                        "url": "http://127.0.0.1:%s/api/generate" % svc["port"]})
+    return out
+
+
 def record(previous, mode, requested, outcome, failure, started, now, drain_s, services,
-           modes=None):
+           modes=None, state_file=None, metrics_file=None):
     """The mode state file's record of a switch, the switch metrics' text, and a summary line.
 
     ``services`` are the service definitions the record keeps; with ``modes``
     (``mode_switch_modes``) they are every service, and the record keeps those of ``mode``.
-    Returns ``{record, metrics, summary}``.
+    Returns ``{record, metrics, summary, files}``: ``files`` the files to write, ``{dest,
+    content}`` each: the record as JSON (as ``to_nice_json`` writes it) at ``state_file`` and the
+    metrics at ``metrics_file``, each when its path is given (not empty).
     """
     if modes is not None:
         names = _dict_of(modes, "mode_switch_modes").get(mode, {}).get("services") or []
@@ -402,7 +425,13 @@ def record(previous, mode, requested, outcome, failure, started, now, drain_s, s
         % (mode, outcome, record_["downtime_s"], mode, record_["drain_s"]))
     summary = "mode %s -> %s (%s); downtime %s s, GPU drain %s s" % (
         previous, mode, outcome, record_["downtime_s"], record_["drain_s"])
-    return {"record": record_, "metrics": metrics, "summary": summary}
+    files = []
+    if state_file:
+        files.append({"dest": state_file, "content": json.dumps(
+            record_, indent=4, sort_keys=True, separators=(",", ": ")) + "\n"})
+    if metrics_file:
+        files.append({"dest": metrics_file, "content": metrics})
+    return {"record": record_, "metrics": metrics, "summary": summary, "files": files}
 
 
 def _dict_of(value, where):

@@ -588,9 +588,34 @@ def _check_report_options(options):
     return opts
 
 
-def check_options(options):
-    """The preflight role's options, checked before the role reads or writes anything."""
+ROLE_OPTIONS = ("env_file", "nvidia_smi_timeout")
+
+
+def check_options(options, role_options=None):
+    """The preflight role's options, checked before the role reads or writes anything.
+
+    ``options`` are the report options (:func:`build_report`); ``role_options`` the role's
+    other options, each checked when given: ``env_file`` (the .env path, absolute) and
+    ``nvidia_smi_timeout`` (seconds, 1-3600; a number's text counts, as ``-e`` gives it).
+    """
     _check_report_options(options)
+    if role_options is None:
+        role_options = {}
+    if not isinstance(role_options, dict):
+        raise ValueError("role_options must be a dict; got: %r" % (role_options,))
+    unknown = sorted(set(role_options) - set(ROLE_OPTIONS))
+    if unknown:
+        raise ValueError("role_options has unknown key(s): %s" % ", ".join(unknown))
+    if "env_file" in role_options:
+        path = role_options["env_file"]
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError("preflight_env_file must be an absolute path; got: %r" % (path,))
+    if "nvidia_smi_timeout" in role_options:
+        value = role_options["nvidia_smi_timeout"]
+        number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+        if not is_int(number) or not 1 <= number <= MAX_TOOL_TIMEOUT_S:
+            raise ValueError("preflight_nvidia_smi_timeout must be 1-%d seconds; got: %r"
+                             % (MAX_TOOL_TIMEOUT_S, value))
     return True
 
 

@@ -5,12 +5,16 @@
 Not a public API: the leading underscore says so. Pure logic: what the report role collected on
 each host (GPU facts, the services plan, the health verdict, the recorded mode and apply) becomes
 one model per host (:func:`fleet`), a self-contained HTML page (:func:`html_page`) and a short
-text table (:func:`table`). Everything that comes from a host is HTML-escaped.
+text table (:func:`table`). Everything that comes from a host is HTML-escaped. What the role
+records of each host comes from :func:`host_entry` (and :func:`slurped_json` for its files).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import html
+import json
 
 from ansible_collections.gpufleet.inference.plugins.module_utils._placement import _managed
 
@@ -229,6 +233,57 @@ def _host(i, entry):
         "services": services,
         "warnings": warnings,
     }
+
+
+def slurped_json(result):
+    """The JSON document a ``slurp`` result holds, or None when it holds none (a missing file).
+
+    ``result`` is the registered result of ``ansible.builtin.slurp`` (or one item of a slurp
+    loop); its ``source`` names the file in the messages.
+    """
+    if not isinstance(result, dict):
+        raise ValueError("result must be a slurp result; got: %r" % (result,))
+    if result.get("content") is None:
+        return None
+    where = result.get("source") or (result.get("item") if isinstance(result.get("item"), str)
+                                     else "the file")
+    try:
+        text = base64.b64decode(result["content"], validate=True).decode("utf-8")
+    except (binascii.Error, TypeError, ValueError):
+        raise ValueError("%s: its content is not base64 text; got: %r"
+                         % (where, result["content"])) from None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise ValueError("%s must hold JSON (%s); got: %r" % (where, err, text[:200])) from None
+
+
+def host_entry(read, host, ping=None, error=None):
+    """The report role's record of one host (``report_host``), an element of :func:`fleet`'s input.
+
+    ``ping`` is the registered result of the first contact: an unreachable host is recorded as
+    ``unreachable`` with its message. ``error`` says why reading a reachable host failed: it is
+    recorded as ``failed`` with its GPUs (as far as read). Otherwise the host is ``ok`` with all
+    that ``read`` holds: ``gpus``, ``gpu_warnings``, ``plan``, ``health``, ``managed_processes``,
+    and the mode and apply records, parsed from ``mode_file`` and ``apply_file``, the slurp
+    results of those files (:func:`slurped_json`: none where a file is missing). A failed host's
+    records are not parsed: one that is not JSON may be why it failed.
+    """
+    if not isinstance(read, dict):
+        raise ValueError("read must be a dict of what the host said; got: %r" % (read,))
+    if not isinstance(host, str) or not host:
+        raise ValueError("host must be a non-empty string; got: %r" % (host,))
+    if isinstance(ping, dict) and ping.get("unreachable"):
+        return {"host": host, "status": "unreachable", "error": ping.get("msg") or "unreachable"}
+    gpus = read.get("gpus") or []
+    managed = read.get("managed_processes")
+    if error is not None:
+        return {"host": host, "status": "failed", "error": str(error), "gpus": gpus,
+                "managed_processes": managed}
+    return {"host": host, "status": "ok", "gpus": gpus,
+            "gpu_warnings": read.get("gpu_warnings") or [], "plan": read.get("plan"),
+            "health": read.get("health"), "mode": slurped_json(read.get("mode_file") or {}),
+            "apply": slurped_json(read.get("apply_file") or {}), "managed_processes": managed}
 
 
 def fleet(hosts):

@@ -12,9 +12,11 @@ services role) and what was reachable, :func:`router_config` builds
   litellm    a LiteLLM proxy config: ``model_list`` (one model group per backend),
              ``router_settings`` (fallbacks, cooldowns, retries).
 
-Secrets never enter these: a backend with an API key gets ``api_key: ''`` in llm_yaml and
-``os.environ/<VAR>`` in the LiteLLM config; :func:`apply_api_keys` and :func:`litellm_env`
-fill them in at the last moment, in tasks that run with no_log. Bad input raises ValueError
+:func:`probe_targets` and :func:`probed` are the probe before it (which backends to ask, and
+what they answered), :func:`check_role` the role's preflight. Secrets never enter these: a
+backend with an API key gets ``api_key: ''`` in llm_yaml and ``os.environ/<VAR>`` in the
+LiteLLM config; :func:`apply_api_keys` and :func:`litellm_env` fill them in at the last moment,
+in tasks that run with no_log. Bad input raises ValueError
 naming the field and its value; an API key's value is never quoted.
 
 Vocabulary
@@ -535,3 +537,76 @@ def litellm_env(config, api_keys):
                              % (secret["key"], ", ".join(sorted(keys)) or "none"))
         env[secret["env"]] = keys[secret["key"]]
     return dict(sorted(env.items()))
+
+
+# ---- the role's preflight and probe ------------------------------------------------------
+
+FILE_MODES = ("0600", "0640")
+ROLE_OPTIONS = ("file_mode", "config_dir", "probe_timeout")
+
+
+def check_role(services_plan, reachable, options, api_keys, role_options=None):
+    """The router role's input, checked before it probes or writes anything: True or ValueError.
+
+    ``role_options`` are the role's own options, each checked when given: ``file_mode`` (of the
+    files that can hold keys: 0600 or 0640), ``config_dir`` (absolute) and ``probe_timeout``
+    (seconds, an integer >= 1; a number's text counts, as ``-e`` gives it). Then the
+    configuration must build without probing (:func:`router_config`: the plan, the options)
+    and the API keys must fit it (:func:`apply_api_keys`: one non-empty line each, one for every
+    keyed backend); no message quotes a key.
+    """
+    if role_options is None:
+        role_options = {}
+    if not isinstance(role_options, dict):
+        raise ValueError("role_options must be a dict; got: %r" % (role_options,))
+    unknown = sorted(set(role_options) - set(ROLE_OPTIONS))
+    if unknown:
+        raise ValueError("role_options has unknown key(s): %s" % ", ".join(unknown))
+    if "file_mode" in role_options and str(role_options["file_mode"]) not in FILE_MODES:
+        raise ValueError("router_file_mode must be one of %s; got: %r"
+                         % (", ".join(FILE_MODES), role_options["file_mode"]))
+    if "config_dir" in role_options:
+        path = role_options["config_dir"]
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError("router_config_dir must be an absolute path; got: %r" % (path,))
+    if "probe_timeout" in role_options:
+        value = role_options["probe_timeout"]
+        number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+        if not is_int(number) or number < 1:
+            raise ValueError("router_probe_timeout must be an integer >= 1; got: %r" % (value,))
+    apply_api_keys(router_config(services_plan, reachable, options), api_keys)
+    return True
+
+
+def probe_targets(services_plan, reachable=None, options=None):
+    """``[{name, probe_url}]``: the backends to probe, those with a probe URL (the local ones)
+    whose reachability ``reachable`` does not already say."""
+    config = router_config(services_plan, reachable, options)
+    known = _check_reachable(reachable)
+    return [{"name": b["name"], "probe_url": b["probe_url"]} for b in config["backends"]
+            if b["probe_url"] and b["name"] not in known]
+
+
+def probed(probe, reachable=None):
+    """Backend name -> reachable (HTTP 200), from the probe task's registered loop result.
+
+    Items that were skipped (probing off) say nothing; ``reachable`` (the role's overrides) wins
+    over what was probed. ``probe`` may be empty (no probe ran).
+    """
+    if probe is None:
+        probe = {}
+    if not isinstance(probe, dict):
+        raise ValueError("probe must be the probe task's registered result; got: %r" % (probe,))
+    results = probe.get("results") or []
+    if not isinstance(results, list):
+        raise ValueError("probe.results must be a list; got: %r" % (results,))
+    found = {}
+    for i, result in enumerate(results):
+        if not isinstance(result, dict):
+            raise ValueError("probe.results[%d] must be a dict; got: %r" % (i, result))
+        item = result.get("item")
+        if result.get("skipped") or not isinstance(item, dict) or "name" not in item:
+            continue
+        found[item["name"]] = result.get("status", -1) == 200
+    found.update(_check_reachable(reachable))
+    return found

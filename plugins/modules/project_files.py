@@ -203,6 +203,14 @@ compose_profiles:
   type: list
   elements: str
   sample: [dual-gpu, dual-gpu-mixed]
+services:
+  description:
+    - The services the restored compose files start with their profiles (what
+      C(docker compose config --services) lists), sorted.
+  returned: when O(runtime=compose) and O(state=restored)
+  type: list
+  elements: str
+  sample: [docling, ollama, ollama_research, vision]
 services_changed:
   description:
     - Active services whose definition (C(compose.yml) and the overlay in C(COMPOSE_FILE))
@@ -310,7 +318,8 @@ def main():
             result = _fileset.present(p["runtime"], p["plan"], options, module.check_mode,
                                       yaml_dump=yaml_dump, yaml_load=yaml_load, mover=mover)
         else:
-            result = _fileset.restored(p["runtime"], options, module.check_mode, mover=mover)
+            result = _fileset.restored(p["runtime"], options, module.check_mode, mover=mover,
+                                       yaml_load=yaml_load)
     except (ValueError, _fileset.FilesetError) as exc:
         module.fail_json(msg="project_files: %s" % exc)
     module.exit_json(**result)

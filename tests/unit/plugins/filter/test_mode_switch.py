@@ -20,7 +20,9 @@ SERVICES = {"ollama": {"image": "ollama/ollama:latest", "port": 11434, "containe
 def test_filters_are_registered_with_their_docs():
     assert sorted(FILTERS) == ["mode_switch_active_modes", "mode_switch_compose",
                                "mode_switch_devices", "mode_switch_drain_targets",
-                               "mode_switch_record", "mode_switch_verify_checks"]
+                               "mode_switch_preloads", "mode_switch_record",
+                               "mode_switch_state", "mode_switch_status",
+                               "mode_switch_verify_checks"]
     docs = pathlib.Path(mode_switch.__file__).parent
     for name in FILTERS:
         assert "name: %s\n" % name in (docs / ("%s.yml" % name)).read_text()
@@ -31,6 +33,10 @@ def test_filters_equal_the_functions():
         _mode_switch.compose_document(MODES, SERVICES, "p", ["0"])
     assert FILTERS["mode_switch_active_modes"](MODES, ["ollama"]) == ["chat"]
     assert FILTERS["mode_switch_devices"](['ollama [{"DeviceIDs":["0"]}]']) == {"ollama": ["0"]}
+    state = FILTERS["mode_switch_state"](["a1 ollama"], "", MODES, "chat")
+    assert state == _mode_switch.state(["a1 ollama"], "", MODES, "chat")
+    assert FILTERS["mode_switch_status"](state, "h", []) == _mode_switch.status(state, "h", [])
+    assert FILTERS["mode_switch_preloads"](SERVICES, ["ollama"]) == []
 
 
 @pytest.mark.parametrize("name, args, message", [
@@ -41,6 +47,10 @@ def test_filters_equal_the_functions():
      "mode_switch_active_modes: running must be a list of compose service names; got: 'ollama'"),
     ("mode_switch_devices", (["ollama"],),
      "mode_switch_devices: lines[0] must be '<service> <DeviceRequests JSON>'; got: 'ollama'"),
+    ("mode_switch_state", ([], "{", MODES, "chat"),
+     "mode_switch_state: the mode state file must hold a JSON object; got: '{'"),
+    ("mode_switch_preloads", (SERVICES, ["vllm"]),
+     "mode_switch_preloads: 'vllm' is not a service of mode_switch_services (ollama)"),
 ])
 def test_bad_input_is_a_filter_error_naming_the_filter(name, args, message):
     with pytest.raises(AnsibleFilterError) as err:

@@ -12,6 +12,7 @@ import os
 import pathlib
 
 import pytest
+import yaml
 from ansible.module_utils.common.yaml import yaml_dump, yaml_load
 from ansible.plugins.filter.core import to_nice_yaml
 
@@ -571,3 +572,17 @@ def test_present_returns_the_checks(tmp_path):
     plan = make_plan(mode="mixed")
     result = present("compose", plan, options(tmp_path, "compose", project_name="ai"))
     assert result["verify"] == _fileset.verify_checks(plan, "compose", project_name="ai")
+
+
+@pytest.mark.parametrize("profiles, expected", [
+    (["dual-gpu", "dual-gpu-vllm"], ["docling", "ollama", "vision", "vllm"]),
+    (["cpu"], ["docling", "ollama"]),
+    ([], ["plain"]),
+])
+def test_active_services_are_what_compose_config_lists(profiles, expected):
+    text = yaml.safe_dump({"services": {
+        "ollama": {"profiles": ["cpu", "dual-gpu"]}, "vision": {"profiles": ["dual-gpu"]},
+        "vllm": {"profiles": ["dual-gpu-vllm"]}, "docling": {"profiles": ["cpu", "dual-gpu"]},
+        "finetune": {"profiles": ["finetune"]}, "plain": {}}})
+    found = _fileset.active_services(text, profiles, yaml.safe_load)
+    assert found == sorted(set(expected) | {"plain"})

@@ -10,6 +10,7 @@ keeps every key, value and order the template wrote.
 from __future__ import annotations
 
 import copy
+import json
 import pathlib
 
 import pytest
@@ -220,14 +221,29 @@ GPUS_BEFORE = [
 MEMINFO = "MemTotal:       131072000 kB\nMemAvailable:   65536000 kB\n"
 
 
+UNIFIED = [{"index": 0, "memory_used_mib": None, "memory_kind": "unified",
+            "processes": [{"pid": 5, "used_memory_mib": 4096}]}]
+
+
 @pytest.mark.parametrize("gpus, gpu_ids, pids, meminfo, expected", [
-    (GPUS_BEFORE, ["0"], [11, 12], None, {"target_used_mib": 1000, "baseline_available_mib": None}),
+    (GPUS_BEFORE, ["0"], [11, 12], None,
+     {"pids": [11, 12], "target_used_mib": 1000, "baseline_available_mib": None}),
     (GPUS_BEFORE, ["0", "1"], [11, 13], None,
-     {"target_used_mib": 3000, "baseline_available_mib": None}),
-    (GPUS_BEFORE, ["1"], [11], None, {"target_used_mib": 300, "baseline_available_mib": None}),
-    ([{"index": 0, "memory_used_mib": None, "memory_kind": "unified",
-       "processes": [{"pid": 5, "used_memory_mib": 4096}]}], ["0"], [5], MEMINFO,
-     {"target_used_mib": None, "baseline_available_mib": 64000 + 4096}),
+     {"pids": [11, 13], "target_used_mib": 3000, "baseline_available_mib": None}),
+    (GPUS_BEFORE, ["1"], [11], None,
+     {"pids": [11], "target_used_mib": 300, "baseline_available_mib": None}),
+    # docker top's lines, as text
+    (GPUS_BEFORE, ["0"], ["11", " 12 ", ""], None,
+     {"pids": [11, 12], "target_used_mib": 1000, "baseline_available_mib": None}),
+    # dedicated memory: MemAvailable is not the drain's signal, whatever was read
+    (GPUS_BEFORE, ["0"], [11], MEMINFO,
+     {"pids": [11], "target_used_mib": 3000, "baseline_available_mib": None}),
+    (UNIFIED, ["0"], [5], MEMINFO,
+     {"pids": [5], "target_used_mib": None, "baseline_available_mib": 64000 + 4096}),
+    (UNIFIED, ["0"], [], MEMINFO,
+     {"pids": [], "target_used_mib": None, "baseline_available_mib": 64000}),
+    (UNIFIED, ["1"], [5], MEMINFO,  # the unified GPU is not the mode's
+     {"pids": [5], "target_used_mib": None, "baseline_available_mib": None}),
 ])
 def test_drain_targets(gpus, gpu_ids, pids, meminfo, expected):
     assert _mode_switch.drain_targets(gpus, gpu_ids, pids, meminfo) == expected
@@ -237,7 +253,12 @@ def test_drain_targets_bad_input():
     with pytest.raises(ValueError, match="gpus must be the list of gpu_facts"):
         _mode_switch.drain_targets("x", ["0"], [])
     with pytest.raises(ValueError, match="has no MemAvailable line"):
-        _mode_switch.drain_targets(GPUS_BEFORE, ["0"], [], "MemTotal: 1 kB\n")
+        _mode_switch.drain_targets(UNIFIED, ["0"], [], "MemTotal: 1 kB\n")
+    with pytest.raises(ValueError) as err:
+        _mode_switch.drain_targets(GPUS_BEFORE, ["0"], ["11", "Error: no such container"])
+    assert str(err.value) == "pids[1] must be a process id; got: 'Error: no such container'"
+    with pytest.raises(ValueError, match=r"^pids\[0\] must be a process id; got: True$"):
+        _mode_switch.drain_targets(GPUS_BEFORE, ["0"], [True])
 
 
 def test_verify_checks_point_at_the_health_paths():
@@ -256,6 +277,141 @@ def test_record_and_metrics():
     assert record["switched_at"] == "1970-01-01T00:01:52.346000+00:00"
     assert (record["mode"], record["previous"], record["outcome"]) == (
         "ingestion", "chat", "switched")
+    assert record["services"] == {"vllm": {"port": 8000}}
     assert 'gpufleet_mode_switch_downtime_seconds{mode="ingestion",outcome="switched"} 12.35\n' \
         in out["metrics"]
     assert 'gpufleet_mode_switch_drain_seconds{mode="ingestion"} 5.5\n' in out["metrics"]
+    assert out["summary"] == "mode chat -> ingestion (switched); downtime 12.35 s, GPU drain 5.5 s"
+    assert out["files"] == []
+
+
+def test_record_keeps_the_mode_s_services_and_names_its_files():
+    out = _mode_switch.record(None, "chat", "ingestion", "rolled_back", "vllm: exited", 100.0,
+                              101.0, None, SERVICES, MODES, "/etc/gpufleet/mode.json",
+                              "/var/lib/m.prom")
+    record = out["record"]
+    assert record["services"] == {"ollama": SERVICES["ollama"]}
+    assert (record["previous"], record["requested"], record["failure"], record["drain_s"]) == (
+        None, "ingestion", "vllm: exited", 0)
+    state, metrics = out["files"]
+    assert state["dest"] == "/etc/gpufleet/mode.json"
+    # as to_nice_json writes it, with a final newline
+    assert state["content"] == json.dumps(record, indent=4, sort_keys=True) + "\n"
+    assert state["content"].startswith('{\n    "downtime_s": 1.0,\n    "drain_s": 0,\n')
+    assert metrics == {"dest": "/var/lib/m.prom", "content": out["metrics"]}
+    assert out["summary"] == "mode None -> chat (rolled_back); downtime 1.0 s, GPU drain 0 s"
+    # an empty metrics file path writes no metrics
+    assert [f["dest"] for f in _mode_switch.record(
+        None, "chat", "chat", "switched", None, 1, 2, 0, {}, None, "/s.json", "")["files"]] == [
+        "/s.json"]
+
+
+def test_preloads():
+    services = dict(SERVICES, other={"port": 11500, "preload_model": "llama3.2:3b"})
+    assert _mode_switch.preloads(services, ["vllm", "other", "ollama"]) == [
+        {"name": "other", "model": "llama3.2:3b", "url": "http://127.0.0.1:11500/api/generate"},
+        {"name": "ollama", "model": "qwen2.5:7b", "url": "http://127.0.0.1:11434/api/generate"}]
+    assert _mode_switch.preloads(SERVICES, ["vllm", "docling"]) == []
+    assert _mode_switch.preloads(SERVICES, []) == []
+
+
+@pytest.mark.parametrize("services, names, message", [
+    (SERVICES, ["sglang"], "'sglang' is not a service of mode_switch_services (docling, "
+     "ollama, vllm)"),
+    (SERVICES, "ollama", "names must be a list of service names; got: 'ollama'"),
+    ([], ["ollama"], "mode_switch_services must be a dict; got: []"),
+])
+def test_preloads_bad_input(services, names, message):
+    with pytest.raises(ValueError) as err:
+        _mode_switch.preloads(services, names)
+    assert str(err.value) == message
+
+
+RECORD = json.dumps({"mode": "chat", "previous": "ingestion", "outcome": "switched",
+                     "switched_at": "2026-01-01T00:00:00+00:00", "services": {"ollama": {}}})
+
+
+@pytest.mark.parametrize("lines, text, mode, expected", [
+    # nothing runs, nothing recorded: start the mode
+    ([], "", "chat", {"ids": [], "running": [], "recorded": {}, "active": [], "previous": None,
+                      "leaving": [], "needed": True, "in_mode": False}),
+    # in the mode and recorded so: nothing to do
+    (["a1 ollama"], RECORD, "chat",
+     {"ids": ["a1"], "running": ["ollama"], "active": ["chat"], "previous": "chat",
+      "leaving": [], "needed": False, "in_mode": True}),
+    # the mode runs but another is recorded: record it
+    (["a1 ollama"], RECORD.replace('"chat"', '"ingestion"'), "chat",
+     {"previous": "chat", "leaving": [], "needed": True, "in_mode": True}),
+    # chat runs, switch to ingestion
+    (["a1 ollama", ""], RECORD, "ingestion",
+     {"ids": ["a1"], "previous": "chat", "leaving": ["ollama"], "needed": True,
+      "in_mode": False}),
+    # half of ingestion runs: start the rest
+    (["b2 vllm"], "", "ingestion",
+     {"running": ["vllm"], "active": ["ingestion"], "previous": "ingestion", "leaving": [],
+      "needed": True, "in_mode": False}),
+    # two modes at once: the recorded one is the previous
+    (["c3 vllm", "a1 ollama", "d4 docling"], RECORD, "ingestion",
+     {"ids": ["c3", "a1", "d4"], "running": ["docling", "ollama", "vllm"],
+      "active": ["chat", "ingestion"], "previous": "chat", "leaving": ["ollama"],
+      "needed": True, "in_mode": False}),
+    (["c3 vllm", "d4 docling"], "", "ingestion",
+     {"previous": "ingestion", "leaving": [], "needed": True, "in_mode": True}),
+    # a service in two containers, a container without the service label, a stranger
+    (["a1 ollama", "a2 ollama"], RECORD, "chat",
+     {"ids": ["a1", "a2"], "running": ["ollama"], "needed": False, "in_mode": False}),
+    (["a1 ollama", "z9 "], RECORD, "chat",
+     {"ids": ["a1", "z9"], "running": ["ollama"], "needed": False, "in_mode": False}),
+    (["a1 ollama", "z9 web"], RECORD, "chat",
+     {"running": ["ollama", "web"], "active": ["chat"], "leaving": ["web"], "needed": True,
+      "in_mode": False}),
+])
+def test_state(lines, text, mode, expected):
+    state = _mode_switch.state(lines, text, MODES, mode)
+    assert {key: state[key] for key in expected} == expected
+    assert set(state) == {"ids", "running", "recorded", "active", "previous", "leaving",
+                          "needed", "in_mode"}
+    assert state["recorded"] == (json.loads(text) if text else {})
+
+
+@pytest.mark.parametrize("lines, text, mode, message", [
+    ("a1 ollama", "", "chat", "ps_lines must be a list of docker ps lines; got: 'a1 ollama'"),
+    ([None], "", "chat", "ps_lines[0] must be a string; got: None"),
+    ([], "", "gaming", "mode_switch_mode must be one of chat, ingestion; got: 'gaming'"),
+    ([], "{not json", "chat", "the mode state file must hold a JSON object; got: '{not json'"),
+    ([], "[1]", "chat", "the mode state file must hold a JSON object; got: '[1]'"),
+])
+def test_state_bad_input(lines, text, mode, message):
+    with pytest.raises(ValueError) as err:
+        _mode_switch.state(lines, text, MODES, mode)
+    assert str(err.value) == message
+
+
+def test_status_of_a_host_in_its_mode():
+    state = _mode_switch.state(["a1 ollama"], RECORD, MODES, "chat")
+    assert _mode_switch.status(state, "spark", ["ollama " + NVIDIA]) == {
+        "host": "spark", "recorded_mode": "chat",
+        "last_switch": {"mode": "chat", "previous": "ingestion", "outcome": "switched",
+                        "switched_at": "2026-01-01T00:00:00+00:00"},
+        "active_modes": ["chat"], "running": {"ollama": ["0"]}, "conflict": False}
+    nothing = _mode_switch.state([], "", MODES, "chat")
+    assert _mode_switch.status(nothing, "spark", []) == {
+        "host": "spark", "recorded_mode": None, "last_switch": {}, "active_modes": [],
+        "running": {}, "conflict": False}
+
+
+def test_status_warns_loudly_when_two_modes_run():
+    state = _mode_switch.state(["a1 ollama", "d4 docling"], RECORD, MODES, "chat")
+    report = _mode_switch.status(state, "lab-spark", ["ollama null", "docling null"])
+    assert report["conflict"] is True and report["active_modes"] == ["chat", "ingestion"]
+    assert report["warning"] == (
+        "WARNING: EXCLUSIVE MODES RUN AT ONCE on lab-spark: chat + ingestion (docling, ollama). "
+        "A vLLM that starts or restarts now can crash in memory profiling (seed 003). Run "
+        "playbooks/switch_mode.yml -e inference_mode=<one of them>.")
+
+
+def test_status_bad_input():
+    with pytest.raises(ValueError, match=r"^state must be a dict; got: None$"):
+        _mode_switch.status(None, "spark", [])
+    with pytest.raises(ValueError, match=r"^lines\[0\] must be a string; got: 1$"):
+        _mode_switch.status({}, "spark", [1])

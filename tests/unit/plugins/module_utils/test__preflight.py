@@ -356,3 +356,34 @@ def test_report_warns_when_a_3_gpu_host_runs_dual_gpu():
     report = pf.build_report("box", plan_fixture(), gpus, host_facts(), None, {"dirs": DIRS})
     assert "profile dual-gpu differs from the recommended multi-gpu (3 healthy GPU(s))" in \
         report["warnings"]
+
+
+# ---- the role's options check ------------------------------------------------------------
+
+@pytest.mark.parametrize("role_options", [
+    None, {}, {"env_file": "/opt/gpufleet/.env", "nvidia_smi_timeout": 10},
+    {"nvidia_smi_timeout": "3600"}, {"nvidia_smi_timeout": 1}])
+def test_check_options_passes_good_input(role_options):
+    assert pf.check_options({"dirs": DIRS}, role_options) is True
+
+
+@pytest.mark.parametrize("options, role_options, message", [
+    ({"dirs": {"models": "models"}}, {},
+     "preflight_dirs.models must be an absolute path; got: 'models'"),
+    ({}, {"env_file": ".env"}, "preflight_env_file must be an absolute path; got: '.env'"),
+    ({}, {"env_file": None}, "preflight_env_file must be an absolute path; got: None"),
+    ({}, {"nvidia_smi_timeout": 0}, "preflight_nvidia_smi_timeout must be 1-3600 seconds; "
+     "got: 0"),
+    ({}, {"nvidia_smi_timeout": "3601"}, "preflight_nvidia_smi_timeout must be 1-3600 seconds; "
+     "got: '3601'"),
+    ({}, {"nvidia_smi_timeout": True}, "preflight_nvidia_smi_timeout must be 1-3600 seconds; "
+     "got: True"),
+    ({}, {"nvidia_smi_timeout": 2.5}, "preflight_nvidia_smi_timeout must be 1-3600 seconds; "
+     "got: 2.5"),
+    ({}, {"env": "/x"}, "role_options has unknown key(s): env"),
+    ({}, ["/x"], "role_options must be a dict; got: ['/x']"),
+])
+def test_check_options_names_field_and_value(options, role_options, message):
+    with pytest.raises(ValueError) as info:
+        pf.check_options(options, role_options)
+    assert str(info.value) == message

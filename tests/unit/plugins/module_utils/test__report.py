@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import html.parser
 import json
@@ -221,3 +222,90 @@ def test_everything_from_hosts_is_escaped():
     assert "&lt;title&gt;" in page
     text = "".join(parsed.text)
     assert evil in text and "</div><script>steal()</script>" in text
+
+
+# ---- what the role records of each host ------------------------------------------------------
+
+def _slurped(document, source="/etc/gpufleet/mode.json"):
+    text = document if isinstance(document, str) else json.dumps(document)
+    return {"content": base64.b64encode(text.encode()).decode(), "encoding": "base64",
+            "source": source}
+
+
+MODE = {"mode": "chat", "outcome": "switched", "downtime_s": 3.5}
+APPLY = {"result": "ok", "runtime": "compose", "changed": True}
+READ = {"gpus": [{"index": 0}], "gpu_warnings": ["w"], "plan": {"profile": "cpu"},
+        "health": {"healthy": True}, "managed_processes": ["*ollama*"],
+        "mode_file": _slurped(MODE), "apply_file": _slurped(APPLY, "/etc/gpufleet/apply.json")}
+
+
+@pytest.mark.parametrize("result, want", [
+    (_slurped(MODE), MODE),
+    (_slurped("[1, 2]"), [1, 2]),
+    ({"failed": True, "msg": "file not found: /etc/gpufleet/mode.json"}, None),
+    ({"skipped": True}, None),
+    ({}, None),
+])
+def test_slurped_json(result, want):
+    assert _report.slurped_json(result) == want
+
+
+@pytest.mark.parametrize("result, message", [
+    ("e30=", "result must be a slurp result; got: 'e30='"),
+    (_slurped("{broken"), "/etc/gpufleet/mode.json must hold JSON (Expecting property name "
+     "enclosed in double quotes: line 1 column 2 (char 1)); got: '{broken'"),
+    ({"content": "not base64!", "item": "/x.json"},
+     "/x.json: its content is not base64 text; got: 'not base64!'"),
+])
+def test_slurped_json_bad_input(result, message):
+    with pytest.raises(ValueError) as info:
+        _report.slurped_json(result)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("ping, error, want", [
+    ({"ping": "pong"}, None,
+     {"host": "h", "status": "ok", "gpus": [{"index": 0}], "gpu_warnings": ["w"],
+      "plan": {"profile": "cpu"}, "health": {"healthy": True}, "mode": MODE, "apply": APPLY,
+      "managed_processes": ["*ollama*"]}),
+    ({"ping": "pong"}, "Read the GPUs: nvidia-smi failed",
+     {"host": "h", "status": "failed", "error": "Read the GPUs: nvidia-smi failed",
+      "gpus": [{"index": 0}], "managed_processes": ["*ollama*"]}),
+    ({"unreachable": True, "msg": "ssh: connect to host h port 22: No route to host"}, None,
+     {"host": "h", "status": "unreachable",
+      "error": "ssh: connect to host h port 22: No route to host"}),
+    ({"unreachable": True}, None, {"host": "h", "status": "unreachable", "error": "unreachable"}),
+])
+def test_host_entry(ping, error, want):
+    assert _report.host_entry(READ, "h", ping, error) == want
+
+
+def test_host_entry_without_records_or_facts():
+    assert _report.host_entry({"managed_processes": None}, "h", {}) == {
+        "host": "h", "status": "ok", "gpus": [], "gpu_warnings": [], "plan": None,
+        "health": None, "mode": None, "apply": None, "managed_processes": None}
+
+
+def test_host_entry_of_a_failed_host_leaves_its_records_unread():
+    read = dict(READ, apply_file=_slurped("{broken"))
+    assert _report.host_entry(read, "h", {}, "it broke")["status"] == "failed"
+    with pytest.raises(ValueError, match=r"^/etc/gpufleet/mode.json must hold JSON"):
+        _report.host_entry(read, "h", {})
+
+
+def test_host_entries_feed_the_fleet_model():
+    entries = [_report.host_entry(READ, "a", {}),
+               _report.host_entry(READ, "b", {}, "boom"),
+               _report.host_entry({}, "c", {"unreachable": True})]
+    assert [e["status"] for e in _report.fleet(entries)["hosts"]] == [
+        "ok", "failed", "unreachable"]
+
+
+@pytest.mark.parametrize("read, host, message", [
+    (None, "h", "read must be a dict of what the host said; got: None"),
+    ({}, "", "host must be a non-empty string; got: ''"),
+])
+def test_host_entry_bad_input(read, host, message):
+    with pytest.raises(ValueError) as info:
+        _report.host_entry(read, host)
+    assert str(info.value) == message

@@ -223,3 +223,99 @@ def test_litellm_router_settings_carry_cooldowns():
     settings = config["litellm"]["router_settings"]
     assert (settings["cooldown_time"], settings["allowed_fails"], settings["num_retries"],
             settings["timeout"]) == (30, 1, 0, 60)
+
+
+# ---- the role's preflight and probe ----------------------------------------------------------
+
+ROLE = {"file_mode": "0600", "config_dir": "/opt/gpufleet/config", "probe_timeout": 5}
+
+
+@pytest.mark.parametrize("role_options", [
+    ROLE, dict(ROLE, file_mode="0640", probe_timeout="10"), {}, None])
+def test_check_role_passes_good_input(role_options):
+    assert rt.check_role(plan("mixed"), {}, {"keyed": ["vllm"]}, {"vllm": "sk-1"},
+                         role_options) is True
+
+
+@pytest.mark.parametrize("role_options, options, keys, message", [
+    (dict(ROLE, file_mode="0644"), {}, {},
+     "router_file_mode must be one of 0600, 0640; got: '0644'"),
+    (dict(ROLE, file_mode=384), {}, {}, "router_file_mode must be one of 0600, 0640; got: 384"),
+    (dict(ROLE, config_dir="config"), {}, {},
+     "router_config_dir must be an absolute path; got: 'config'"),
+    (dict(ROLE, probe_timeout=0), {}, {}, "router_probe_timeout must be an integer >= 1; got: 0"),
+    (dict(ROLE, probe_timeout="soon"), {}, {},
+     "router_probe_timeout must be an integer >= 1; got: 'soon'"),
+    (dict(ROLE, colour="blue"), {}, {}, "role_options has unknown key(s): colour"),
+    ("0600", {}, {}, "role_options must be a dict; got: '0600'"),
+    (ROLE, {"routing": "mesh"}, {}, "router_routing must be one of docker, host; got: 'mesh'"),
+    (ROLE, {"keyed": ["vllm"]}, {"vllm": "sk-secret\nx"},
+     "router_api_keys.vllm must be one non-empty line; got: a string of 11 characters "
+     "(value hidden)"),
+    (ROLE, {"keyed": ["vllm"]}, {}, "router_api_keys.vllm is missing; got: keys for none"),
+])
+def test_check_role_names_field_and_value(role_options, options, keys, message):
+    with pytest.raises(ValueError) as info:
+        rt.check_role(plan("mixed"), {}, options, keys, role_options)
+    assert str(info.value) == message
+    assert "sk-secret" not in str(info.value)
+
+
+def test_check_role_needs_the_plan():
+    with pytest.raises(ValueError, match=r"^services_plan must be the fact set by the "):
+        rt.check_role(None, {}, {}, {}, ROLE)
+
+
+@pytest.mark.parametrize("reachable, want", [
+    ({}, [{"name": "ollama", "probe_url": "http://127.0.0.1:11434/v1/models"},
+          {"name": "vllm", "probe_url": "http://127.0.0.1:8000/v1/models"},
+          {"name": "vllm_research", "probe_url": "http://127.0.0.1:8000/v1/models"},
+          {"name": "ollama_research", "probe_url": "http://127.0.0.1:11435/v1/models"}]),
+    ({"ollama": True, "vllm_research": False},
+     [{"name": "vllm", "probe_url": "http://127.0.0.1:8000/v1/models"},
+      {"name": "ollama_research", "probe_url": "http://127.0.0.1:11435/v1/models"}]),
+])
+def test_probe_targets_are_the_local_backends_not_given(reachable, want):
+    assert rt.probe_targets(plan("mixed"), reachable, {}) == want
+
+
+def test_probe_targets_leave_out_remote_backends():
+    options = {"extra_backends": {"cloud": {"base_url": "https://api.example.com/v1"}}}
+    assert [t["name"] for t in rt.probe_targets(plan("ollama"), None, options)] == [
+        "ollama", "ollama_research"]
+
+
+def _probe(name, **result):
+    return dict(result, item={"name": name, "probe_url": "http://x/v1/models"})
+
+
+@pytest.mark.parametrize("probe, reachable, want", [
+    ({"results": [_probe("ollama", status=200), _probe("vllm", status=-1),
+                  _probe("vllm_research", status=404)]}, {},
+     {"ollama": True, "vllm": False, "vllm_research": False}),
+    # a probe that failed to connect has no status
+    ({"results": [_probe("vllm", failed=True, msg="refused")]}, None, {"vllm": False}),
+    # probing off: every item was skipped
+    ({"results": [_probe("ollama", skipped=True)], "skipped": True}, {}, {}),
+    # no backend to probe, or no probe at all
+    ({"results": [], "skipped": True}, {"vllm": True}, {"vllm": True}),
+    ({}, None, {}),
+    (None, None, {}),
+    # the role's overrides win
+    ({"results": [_probe("ollama", status=200)]}, {"ollama": False, "vllm": None},
+     {"ollama": False, "vllm": None}),
+])
+def test_probed(probe, reachable, want):
+    assert rt.probed(probe, reachable) == want
+
+
+@pytest.mark.parametrize("probe, reachable, message", [
+    ("ok", None, "probe must be the probe task's registered result; got: 'ok'"),
+    ({"results": "x"}, None, "probe.results must be a list; got: 'x'"),
+    ({"results": [None]}, None, "probe.results[0] must be a dict; got: None"),
+    ({}, {"vllm": "up"}, "reachable.vllm must be true, false or null; got: 'up'"),
+])
+def test_probed_bad_input(probe, reachable, message):
+    with pytest.raises(ValueError) as info:
+        rt.probed(probe, reachable)
+    assert str(info.value) == message
