@@ -366,13 +366,17 @@ def drain_targets(gpus, gpu_ids, pids, meminfo_text=None):
     return {"pids": leaving, "target_used_mib": target, "baseline_available_mib": baseline}
 
 
-def verify_checks(services, names, project_name):
-    """service_verify's checks of the services ``names``: health URL on 127.0.0.1, container."""
+def verify_checks(services, names, project_name, gpu_ids=None):
+    """service_verify's checks of the services ``names``: health URL on 127.0.0.1, container,
+    and the GPUs its container must have been given (``gpu_ids`` joined by commas, as the compose
+    document asks for them; none for a service with ``gpu: false``)."""
+    device = ",".join(str(key) for key in gpu_ids or []) or None
     checks = []
     for name in names:
         svc = services[name]
         checks.append({"name": name, "project": project_name, "service": name,
-                       "url": "http://127.0.0.1:%s%s" % (svc["port"], svc["health_path"])})
+                       "url": "http://127.0.0.1:%s%s" % (svc["port"], svc["health_path"]),
+                       "device_id": device if svc.get("gpu", True) else None})
     return checks
 
 

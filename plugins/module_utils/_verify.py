@@ -426,7 +426,8 @@ def _compose_placement(check, seen):
             check["name"], check["service"], check["project"])
     requests = seen["device_requests"] or []
     ids = [i for r in requests for i in (r.get("DeviceIDs") or [])]
-    wanted = [check["device_id"]] if check["device_id"] else []
+    # Several GPUs (a mode switch's) are joined by commas, in the order they were asked for.
+    wanted = check["device_id"].split(",") if check["device_id"] else []
     ok = seen["running"] and ids == wanted and (bool(requests) == bool(wanted))
     if ok:
         return True, None

@@ -81,6 +81,9 @@ options:
         description:
           - The GPU UUID (C(GPU-...), or a MIG device's C(MIG-...)) of the placement;
             V(null) (or empty) for no GPU.
+          - With O(runtime=compose), several GPUs a container was given together (a mode
+            switch's) are joined by commas, in the order its device request names them; the
+            GPU check (O(gpu_check)) takes a single GPU.
         type: str
       gpu_index:
         description: The GPU's index, for the messages.

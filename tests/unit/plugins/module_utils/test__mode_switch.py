@@ -266,7 +266,7 @@ def test_verify_checks_point_at_the_health_paths():
                 "vllm": {"port": 8000, "health_path": "/health"}}
     assert _mode_switch.verify_checks(services, ["vllm"], "modes") == [
         {"name": "vllm", "project": "modes", "service": "vllm",
-         "url": "http://127.0.0.1:8000/health"}]
+         "url": "http://127.0.0.1:8000/health", "device_id": None}]
 
 
 def test_record_and_metrics():
@@ -415,3 +415,10 @@ def test_status_bad_input():
         _mode_switch.status(None, "spark", [])
     with pytest.raises(ValueError, match=r"^lines\[0\] must be a string; got: 1$"):
         _mode_switch.status({}, "spark", [1])
+
+
+def test_verify_checks_name_the_gpus_of_the_mode():
+    services = {"vllm": {"port": 8000, "health_path": "/health"},
+                "docling": {"port": 5001, "health_path": "/health", "gpu": False}}
+    checks = _mode_switch.verify_checks(services, ["vllm", "docling"], "modes", ["0", "1"])
+    assert [c["device_id"] for c in checks] == ["0,1", None]
