@@ -72,7 +72,7 @@ def facts_call(host, runs=3):
                "-i", os.path.join(ROOT, "inventory", "fleet"), host,
                "-m", "gpufleet.inference.gpu_facts"]
     best = None
-    for _ in range(runs):
+    for _run in range(runs):
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, check=False,
                               env=_env([host], "default"), cwd=ROOT, timeout=300)

@@ -525,6 +525,6 @@ def status(state_, host, inspect_lines):
         report["warning"] = (
             "WARNING: EXCLUSIVE MODES RUN AT ONCE on %s: %s (%s). A vLLM that starts or restarts "
             "now can crash in memory profiling (seed 003). Run playbooks/switch_mode.yml "
-            "-e inference_mode=<one of them>." % (host, " + ".join(active),
-                                                 ", ".join(state_.get("running") or [])))
+            "-e inference_mode=<one of them>."
+            % (host, " + ".join(active), ", ".join(state_.get("running") or [])))
     return report

@@ -73,5 +73,5 @@ def refused_logins(results):
         item = res.get("item") or {}
         text = str(res.get("stderr") or "").strip() or str(res.get("msg") or "")
         out.append("%s as %s: %s" % (item.get("registry"), item.get("username"),
-                                     text.split("\n")[-1]))
+                                     text.rsplit("\n", maxsplit=1)[-1]))
     return out

@@ -95,13 +95,13 @@ def _template_jinja_spans(text):
         elif kind == "variable_end":
             spans.append(("{{ }}", expression_start, line))
         elif kind == "block_begin":
-            word = next((v for _, k, v in tokens[i + 1:] if k != "whitespace"), None)
+            word = next((v for _ln, k, v in tokens[i + 1:] if k != "whitespace"), None)
             if word in ("for", "if"):
                 open_blocks.append((word, line))
             elif word in ("endfor", "endif"):
                 opened, start = open_blocks.pop()
                 # the block ends where its end tag closes
-                end = next(ln for ln, k, _ in tokens[i + 1:] if k == "block_end")
+                end = next(ln for ln, k, _v in tokens[i + 1:] if k == "block_end")
                 spans.append(("{%% %s %%}" % opened, start, end))
     return spans
 
