@@ -371,6 +371,30 @@ _ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[$]?$")
 # StateDirectory= under /var/lib: one relative name, no '..'.
 _STATE_DIR_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
+# The hardening both template units share (ollama@ also writes its model directory).
+_HARDENING_HEAD = "NoNewPrivileges=yes\nProtectSystem=strict\nProtectHome=yes\n"
+_HARDENING_REST = """\
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+SystemCallArchitectures=native
+UMask=0027
+
+[Install]
+WantedBy=multi-user.target
+"""
+
 # The text of roles/systemd_units' former ollama@.service.j2 / vllm@.service.j2, after their
 # ansible_managed line; str.format fields are the options of systemd_unit().
 _SYSTEMD_UNITS = {
@@ -398,30 +422,7 @@ TimeoutStopSec=30
 
 # Hardening. No PrivateDevices=: the GPU device nodes (/dev/nvidia*, /dev/kfd, /dev/dri) must
 # stay visible; the GPU is chosen by CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES instead.
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-ReadWritePaths={models_dir}
-PrivateTmp=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictSUIDSGID=yes
-RestrictRealtime=yes
-RestrictNamespaces=yes
-LockPersonality=yes
-CapabilityBoundingSet=
-AmbientCapabilities=
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-SystemCallArchitectures=native
-UMask=0027
-
-[Install]
-WantedBy=multi-user.target
-""",
+""" + _HARDENING_HEAD + "ReadWritePaths={models_dir}\n" + _HARDENING_REST,
     "vllm": """\
 # One vLLM OpenAI-compatible server per instance (vllm@<service>.service). Model, port and
 # --gpu-memory-utilization (budget / total memory of its GPU, from the placement) are in
@@ -450,29 +451,7 @@ TimeoutStopSec=60
 
 # Hardening. No PrivateDevices=: the GPU device nodes must stay visible. No
 # MemoryDenyWriteExecute=: PyTorch and Triton compile kernels at run time.
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictSUIDSGID=yes
-RestrictRealtime=yes
-RestrictNamespaces=yes
-LockPersonality=yes
-CapabilityBoundingSet=
-AmbientCapabilities=
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-SystemCallArchitectures=native
-UMask=0027
-
-[Install]
-WantedBy=multi-user.target
-""",
+""" + _HARDENING_HEAD + _HARDENING_REST,
 }
 
 
