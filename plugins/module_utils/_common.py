@@ -30,6 +30,19 @@ def scalar_text(value):
     return str(value)
 
 
+def known_keys(value, known, where):
+    """``value`` as a dict (None is empty) with keys among ``known`` only; ValueError naming
+    ``where`` otherwise (``options has unknown key(s): a, b``)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError("%s must be a dict; got: %r" % (where, value))
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError("%s has unknown key(s): %s" % (where, ", ".join(unknown)))
+    return value
+
+
 # ---- .env -------------------------------------------------------------------------------
 
 def dotenv_get(text, key):

@@ -178,9 +178,7 @@ def check(mode, modes, services, gpu_ids=None, options=None):
                          "letters, digits, '_' and '-'); got: %r" % (project,))
     known = ("drain_timeout", "drain_settle", "drain_interval", "drain_tolerance_mib",
              "health_timeout", "health_interval")
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError("options has unknown key(s): %s" % ", ".join(unknown))
+    _common.known_keys(options, known, "options")
     for key in known:
         if key in options:
             _number(options, key, allow_zero=key in ("drain_settle", "drain_tolerance_mib"))

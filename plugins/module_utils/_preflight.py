@@ -27,7 +27,11 @@ import ipaddress
 import math
 import re
 
-from ansible_collections.gpufleet.inference.plugins.module_utils._common import dotenv_get, is_int
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
+    dotenv_get,
+    is_int,
+    known_keys,
+)
 from ansible_collections.gpufleet.inference.plugins.module_utils._plan import (
     GPU_PROFILES,
     MODE_PROFILES,
@@ -544,13 +548,7 @@ def service_ports(services_plan):
 
 
 def _check_report_options(options):
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        raise ValueError("options must be a dict; got: %r" % (options,))
-    unknown = sorted(set(options) - set(REPORT_OPTIONS))
-    if unknown:
-        raise ValueError("options has unknown key(s): %s" % ", ".join(unknown))
+    options = known_keys(options, REPORT_OPTIONS, "options")
     opts = dict(REPORT_OPTIONS)
     opts.update({k: v for k, v in options.items() if v is not None})
     if not isinstance(opts["warn_only"], list):
@@ -599,13 +597,7 @@ def check_options(options, role_options=None):
     ``nvidia_smi_timeout`` (seconds, 1-3600; a number's text counts, as ``-e`` gives it).
     """
     _check_report_options(options)
-    if role_options is None:
-        role_options = {}
-    if not isinstance(role_options, dict):
-        raise ValueError("role_options must be a dict; got: %r" % (role_options,))
-    unknown = sorted(set(role_options) - set(ROLE_OPTIONS))
-    if unknown:
-        raise ValueError("role_options has unknown key(s): %s" % ", ".join(unknown))
+    role_options = known_keys(role_options, ROLE_OPTIONS, "role_options")
     if "env_file" in role_options:
         path = role_options["env_file"]
         if not isinstance(path, str) or not path.startswith("/"):

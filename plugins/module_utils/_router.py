@@ -38,7 +38,7 @@ import re
 from urllib.parse import urlsplit
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
-from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int, known_keys
 
 ROUTINGS = ("docker", "host")
 UNREACHABLE = ("omit", "last")
@@ -126,13 +126,7 @@ def _url(value, where):
 
 def check_options(options):
     """The options with defaults filled in; ValueError names the bad one."""
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        raise ValueError("options must be a dict; got: %r" % (options,))
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError("options has unknown key(s): %s" % ", ".join(unknown))
+    options = known_keys(options, DEFAULTS, "options")
     opts = dict(DEFAULTS)
     opts.update({k: v for k, v in options.items() if v is not None})
     if opts["routing"] not in ROUTINGS:
@@ -555,13 +549,7 @@ def check_role(services_plan, reachable, options, api_keys, role_options=None):
     and the API keys must fit it (:func:`apply_api_keys`: one non-empty line each, one for every
     keyed backend); no message quotes a key.
     """
-    if role_options is None:
-        role_options = {}
-    if not isinstance(role_options, dict):
-        raise ValueError("role_options must be a dict; got: %r" % (role_options,))
-    unknown = sorted(set(role_options) - set(ROLE_OPTIONS))
-    if unknown:
-        raise ValueError("role_options has unknown key(s): %s" % ", ".join(unknown))
+    role_options = known_keys(role_options, ROLE_OPTIONS, "role_options")
     if "file_mode" in role_options and str(role_options["file_mode"]) not in FILE_MODES:
         raise ValueError("router_file_mode must be one of %s; got: %r"
                          % (", ".join(FILE_MODES), role_options["file_mode"]))

@@ -99,3 +99,18 @@ def test_parse_meminfo_bad_input(text, message):
     with pytest.raises(ValueError) as err:
         _common.parse_meminfo(text, "/m")
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize("value, expected", [(None, {}), ({"a": 1}, {"a": 1})])
+def test_known_keys_passes_a_dict_of_known_keys(value, expected):
+    assert _common.known_keys(value, ("a", "b"), "options") == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("x", "options must be a dict; got: 'x'"),
+    ({"c": 1, "a": 2, "d": 3}, "options has unknown key(s): c, d"),
+])
+def test_known_keys_names_the_bad_value(value, message):
+    with pytest.raises(ValueError) as err:
+        _common.known_keys(value, ("a", "b"), "options")
+    assert str(err.value) == message
