@@ -42,7 +42,7 @@ options:
   dual_gpu_mode:
     description:
       - Which stack occupies GPU 1 under V(dual-gpu) and V(multi-gpu), V(ollama), V(vllm) or
-        V(mixed) (C(DUAL_GPU_MODE) of seed 000).
+        V(mixed) (the C(DUAL_GPU_MODE) of the project's C(.env)).
       - Empty reads C(DUAL_GPU_MODE) from O(env_file); V(ollama) when the file or the key is not
         there. RV(ansible_facts.services_plan.dual_gpu_mode_source) says which.
     type: str
@@ -198,7 +198,7 @@ ansible_facts:
           elements: int
           sample: [2]
         gpu_assignments:
-          description: The C(gpu-assignments.yml) shape of seed 001, C(strategy) and C(assignments).
+          description: What C(gpu-assignments.yml) holds, C(strategy) and C(assignments).
           type: dict
     gpus:
       description: C(ansible_facts.gpus) of M(gpufleet.inference.gpu_facts).
