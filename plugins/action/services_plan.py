@@ -117,6 +117,7 @@ class ActionModule(ActionBase):
         try:
             # What needs no host first: a bad catalog fails before anything is read.
             _plan.check_catalog(catalog, extra)
+            _plan.check_sources(args["sources"])
             self._placement_params(args, [], [])
             mode, source = self._settle_mode(args, task_vars, said)
             gpus = args["gpus"]
@@ -132,7 +133,8 @@ class ActionModule(ActionBase):
                 placement = _placement.place(params["gpus"], params["services"],
                                              **{k: params[k] for k in _placement.OPTION_KEYS})
                 said["warnings"].extend(placement["warnings"])
-            plan = _plan.plan(catalog, placement, gpus, args["profile"], mode, extra)
+            plan = _plan.plan(catalog, placement, gpus, args["profile"], mode, extra,
+                              args["sources"])
         except ValueError as exc:
             raise PlanError(str(exc)) from None
         plan.update(dual_gpu_mode_source=source, env_file=args["env_file"])

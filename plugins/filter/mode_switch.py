@@ -16,6 +16,7 @@ class FilterModule:
     def filters(self):
         functions = {
             "mode_switch_compose": _mode_switch.compose_document,
+            "mode_switch_downloads": _mode_switch.downloads,
             "mode_switch_active_modes": _mode_switch.active_modes,
             "mode_switch_devices": _mode_switch.devices,
             "mode_switch_drain_targets": _mode_switch.drain_targets,

@@ -600,9 +600,12 @@ def _compose_services(changes, yaml_load):
 
 # ---- the systemd set ----------------------------------------------------------------------
 
-def _unit_options(opts):
-    return {key: opts[key] for key in ("user", "group", "env_dir", "models_dir", "ollama_bin",
-                                       "vllm_bin", "state_dir_name")}
+def _unit_options(opts, plan=None):
+    options = {key: opts[key] for key in ("user", "group", "env_dir", "models_dir", "ollama_bin",
+                                          "vllm_bin", "state_dir_name")}
+    sources = (plan or {}).get("sources") or {}
+    options.update(hf_home=sources.get("hf_home"), hf_token_file=sources.get("hf_token_file"))
+    return options
 
 
 def _env_files(env_dir):
@@ -631,7 +634,7 @@ def _instance_unit(name, data):
 def _systemd_set(plan, opts):
     instances = _rendering(_render.systemd_instances, plan, opts["models_dir"],
                            opts["bind_address"])
-    unit_options = _unit_options(opts)
+    unit_options = _unit_options(opts, plan)
     entries = []
     for engine in ENGINES:
         name = "%s@.service" % engine

@@ -34,7 +34,9 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._common import 
 
 ENGINES = ("ollama", "vllm", "docling", "http")
 SERVICE_KEYS = ("image", "engine", "port", "container_port", "health_path", "gpu",
-                "process_names", "command", "environment", "preload_model")
+                "process_names", "command", "environment", "preload_model", "model")
+# Where the Ollama container keeps its models (OLLAMA_MODELS, bind-mounted from the host).
+OLLAMA_MODELS_TARGET = "/root/.ollama"
 MODE_KEYS = ("services",)
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -99,9 +101,9 @@ def _check_service(name, entry, at):
             if value is None or isinstance(value, (dict, list)):
                 raise ValueError("%s.environment.%s must be a string, number or boolean; got: %r"
                                  % (at, key, value))
-    model = entry.get("preload_model")
-    if model is not None:
-        _vram.check_model_name(model, at + ".preload_model")
+    for key in ("preload_model", "model"):
+        if entry.get(key) is not None:
+            _vram.check_model_name(entry[key], "%s.%s" % (at, key))
 
 
 def _number(options, key, allow_zero=False):
@@ -212,7 +214,70 @@ def _services_of(modes, at="mode_switch_modes"):
     return out
 
 
-def compose_document(modes, services, project_name, gpu_ids):
+def model_of(svc):
+    """The model a service needs on the host: ``model``, else Ollama's ``preload_model``, else
+    vLLM's first positional argument (``vllm serve MODEL``); None for the others."""
+    if svc.get("model"):
+        return svc["model"]
+    if svc.get("engine") == "ollama":
+        return svc.get("preload_model")
+    if svc.get("engine") == "vllm":
+        for arg in svc.get("command") or []:
+            if not str(arg).startswith("-"):
+                return str(arg)
+            break
+    return None
+
+
+def _with_sources(svc, item, sources, models_dir):
+    """Images through the mirror, Ollama's models in the host's model directory, vLLM's
+    weights in the host's Hugging Face cache read offline (as the services role plans them)."""
+    item["image"] = _plan.mirror_image(svc["image"], sources["image_mirrors"])
+    env = dict(item.get("environment") or {})
+    volumes = []
+    if svc.get("engine") == "ollama" and models_dir:
+        env.setdefault("OLLAMA_MODELS", OLLAMA_MODELS_TARGET)
+        volumes.append("%s:%s" % (models_dir, OLLAMA_MODELS_TARGET))
+    elif svc.get("engine") == "vllm":
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        if sources["hf_endpoint"]:
+            env.setdefault("HF_ENDPOINT", sources["hf_endpoint"])
+        volumes.append("%s:%s" % (sources["hf_home"], _plan.HF_CONTAINER_HOME))
+        if sources["hf_token_file"]:
+            item["env_file"] = [sources["hf_token_file"]]
+    if env:
+        item["environment"] = env
+    if volumes:
+        item["volumes"] = volumes
+    return item
+
+
+def downloads(services, names, sources=None, models_dir=None):
+    """What the services ``names`` need on the host (images, Ollama models, Hugging Face
+    weights), for gpufleet.inference.downloads: ``{items, options}`` as the plan's."""
+    services = _dict_of(services, "mode_switch_services")
+    sources = _plan.check_sources(sources, "mode_switch_sources")
+    plan_services = []
+    for name in names:
+        svc = services[name]
+        model = model_of(svc)
+        engine = svc.get("engine") if svc.get("engine") in ("ollama", "vllm") else "other"
+        plan_services.append({
+            "name": name, "active": True, "engine": engine,
+            "image": _plan.mirror_image(svc["image"], sources["image_mirrors"]),
+            "model": model or "", "models": [model] if engine == "ollama" and model else [],
+            "environment": {"OLLAMA_MODELS": OLLAMA_MODELS_TARGET} if engine == "ollama" else {},
+            "volumes": [{"source": models_dir, "target": OLLAMA_MODELS_TARGET}]
+            if engine == "ollama" and models_dir else [],
+            "health": {"port": svc["container_port"]},
+            "ports": [{"host": svc["port"], "container": svc["container_port"],
+                       "address": "127.0.0.1"}],
+        })
+    return _plan.downloads([s for s in plan_services
+                            if s["engine"] != "vllm" or s["model"]], sources)
+
+
+def compose_document(modes, services, project_name, gpu_ids, sources=None, models_dir=None):
     """The compose document of every mode, as a dict to dump to the project's compose.yml.
 
     Every service of every mode (modes by name, services in the mode's order), with its mode as
@@ -235,6 +300,7 @@ def compose_document(modes, services, project_name, gpu_ids):
         raise ValueError("mode_switch_gpu_ids must be a non-empty list of GPU indexes or UUIDs; "
                          "got: %r" % (gpu_ids,))
     device_ids = [str(key) for key in gpu_ids]
+    sources = _plan.check_sources(sources, "mode_switch_sources")
     out = {}
     owners = {}
     for mode, names in _services_of(modes):
@@ -275,7 +341,7 @@ def compose_document(modes, services, project_name, gpu_ids):
                     "device_ids": list(device_ids),
                     "capabilities": ["gpu"],
                 }]}}}
-            out[name] = item
+            out[name] = _with_sources(svc, item, sources, models_dir)
     return {"name": project_name, "services": out}
 
 

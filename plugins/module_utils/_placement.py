@@ -1018,11 +1018,11 @@ def _engine_settings(state, service, unit, started_before):
                                                  for s in started_before)), service, unit)
         return settings
     if service.engine == "ollama":
-        # Ollama loads its models lazily, after a co-tenant vLLM has taken its share (seed 000's
-        # mixed mode starts vLLM before Ollama loads anything): count vLLM as resident.
-        free_at_load = free_at_start - sum(s.budget for s in unit.services
-                                           if s.engine == "vllm" and s is not service
-                                           and s not in started_before)
+        # Ollama loads its models lazily, whenever a request comes: by then any co-tenant may
+        # hold its share (a vLLM started beside it, another Ollama server that loaded first),
+        # whatever the start order. Count every co-tenant as resident.
+        free_at_load = (unit.total or 0) - unit.foreign - sum(
+            s.budget for s in unit.services if s is not service)
         bounded = shared or service.override
         overhead = max(free_at_load - budget, 0) if bounded else unit.headroom
         settings = {"OLLAMA_GPU_OVERHEAD": overhead * _vram.MIB}

@@ -52,7 +52,7 @@ CATALOG_KEYS = (
     "engine", "image", "command", "entrypoint", "model", "ports", "volumes", "environment",
     "health", "profiles", "modes", "uses_gpu", "gpu", "vram_mib", "vram_budget_mib",
     "context_length", "parallel", "role", "latency_critical", "exclusive",
-    "min_compute_capability", "enabled", "restart", "description",
+    "min_compute_capability", "enabled", "restart", "description", "models",
 )
 # Catalog keys handed on to the placement engine as they are.
 PLACEMENT_KEYS = (
@@ -279,6 +279,14 @@ def _check_entry(name, entry, extra, at):
         _vram.check_model_name(model, at + ".model")
     if engine == "vllm" and model is None:
         raise ValueError("%s.model must be set for engine vllm; got: None" % at)
+    models = _str_list(entry.get("models"), at + ".models")
+    if models is not None and engine != "ollama":
+        raise ValueError("%s.models lists the models an Ollama server pulls; it is only for "
+                         "engine ollama; got: %r" % (at, models))
+    for i, extra_model in enumerate(models or []):
+        if not extra_model.strip() or any(c.isspace() for c in extra_model):
+            raise ValueError("%s.models[%d] must be an Ollama model name like llama3.2:3b; "
+                             "got: %r" % (at, i, extra_model))
     ports = _check_ports(entry.get("ports"), at + ".ports")
     profiles = entry.get("profiles")
     known = PROFILES + tuple(extra)
@@ -337,6 +345,7 @@ def _check_entry(name, entry, extra, at):
                                  "extra arguments); got: %r" % (at, i, arg))
     result = {
         "name": name, "engine": engine, "image": image.strip(), "model": model,
+        "models": _ollama_models(model, models) if engine == "ollama" else [],
         "command": command,
         "entrypoint": _str_list(entry.get("entrypoint"), at + ".entrypoint"),
         "ports": ports,
@@ -476,6 +485,197 @@ def placement_input(catalog, profile="auto", mode="ollama", extra_profiles=None,
     return services
 
 
+# ---- where images, models and weights come from ------------------------------------------
+
+# Docker Hub under its other names; a reference without a registry is Docker Hub's.
+DOCKER_HUB = "docker.io"
+_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+# Where vLLM's container keeps Hugging Face downloads (HF_HOME of the root user in
+# vllm/vllm-openai).
+HF_CONTAINER_HOME = "/root/.cache/huggingface"
+# Ollama's model directory when OLLAMA_MODELS is not set (the root user in ollama/ollama).
+OLLAMA_DEFAULT_MODELS = "/root/.ollama/models"
+SOURCE_DEFAULTS = {
+    "image_mirrors": {},
+    "insecure_registries": [],
+    "ollama_registry": "registry.ollama.ai",
+    "ollama_source_dir": None,
+    "hf_home": "/srv/gpufleet/models/huggingface",
+    "hf_endpoint": None,
+    "hf_token_file": None,
+}
+_REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
+_MIRROR_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9._-]+)*$")
+
+
+def split_image(image):
+    """``(registry, rest)`` of an image reference: Docker Hub for a reference without a
+    registry, its official images under ``library/`` (``python:3.11`` is
+    ``docker.io/library/python:3.11``)."""
+    first, sep, rest = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        registry = DOCKER_HUB if first in _HUB_ALIASES else first
+    else:
+        registry, rest = DOCKER_HUB, image
+    if registry == DOCKER_HUB and "/" not in rest.split("@")[0].split(":")[0]:
+        rest = "library/" + rest
+    return registry, rest
+
+
+def mirror_image(image, mirrors):
+    """The reference a host pulls: ``image`` under the mirror of its registry, if any."""
+    registry, rest = split_image(image)
+    prefix = (mirrors or {}).get(registry)
+    return "%s/%s" % (prefix.rstrip("/"), rest) if prefix else image
+
+
+def check_sources(sources, where="sources"):
+    """The sources of images, Ollama models and Hugging Face weights, checked, with defaults."""
+    if sources is None:
+        sources = {}
+    if not isinstance(sources, dict):
+        raise ValueError("%s must be a dict; got: %r" % (where, sources))
+    unknown = sorted(str(k) for k in set(sources) - set(SOURCE_DEFAULTS))
+    if unknown:
+        raise ValueError("%s has unknown key(s): %s" % (where, ", ".join(unknown)))
+    result = dict(SOURCE_DEFAULTS)
+    result.update({k: v for k, v in sources.items() if v not in (None, "")})
+    mirrors = result["image_mirrors"]
+    if not isinstance(mirrors, dict):
+        raise ValueError("services_image_mirrors must be a dict of registry: mirror; got: %r"
+                         % (mirrors,))
+    checked = {}
+    for registry, mirror in mirrors.items():
+        if not isinstance(registry, str) or not _REGISTRY_RE.match(registry):
+            raise ValueError("services_image_mirrors has a bad registry name (like docker.io "
+                             "or quay.io); got: %r" % (registry,))
+        if not isinstance(mirror, str) or not _MIRROR_RE.match(mirror.rstrip("/")):
+            raise ValueError("services_image_mirrors.%s must be a registry host with an "
+                             "optional path, like mirror.example:5000/quay.io; got: %r"
+                             % (registry, mirror))
+        checked[DOCKER_HUB if registry in _HUB_ALIASES else registry] = mirror.rstrip("/")
+    result["image_mirrors"] = checked
+    insecure = result["insecure_registries"]
+    if not isinstance(insecure, list) or not all(
+            isinstance(h, str) and _REGISTRY_RE.match(h) for h in insecure):
+        raise ValueError("services_insecure_registries must be a list of registry hosts "
+                         "(host or host:port); got: %r" % (insecure,))
+    registry = result["ollama_registry"]
+    if not isinstance(registry, str) or not _REGISTRY_RE.match(registry):
+        raise ValueError("services_ollama_registry must be a registry host (host or host:port) "
+                         "like registry.ollama.ai; got: %r" % (registry,))
+    for key in ("hf_home", "ollama_source_dir", "hf_token_file"):
+        value = result[key]
+        if value is not None and (not isinstance(value, str) or not value.startswith("/")
+                                  or any(c.isspace() for c in value)):
+            raise ValueError("services_%s must be an absolute path without spaces; got: %r"
+                             % (key, value))
+    endpoint = result["hf_endpoint"]
+    if endpoint is not None and (not isinstance(endpoint, str) or not re.match(
+            r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/\S*)?$", endpoint)):
+        raise ValueError("services_hf_endpoint must be an http(s) URL like "
+                         "https://huggingface.co; got: %r" % (endpoint,))
+    if endpoint is not None:
+        result["hf_endpoint"] = endpoint.rstrip("/")
+    return result
+
+
+def _ollama_models(model, models):
+    """The models an Ollama server needs: its ``model``, then ``models``, each once."""
+    result = []
+    for name in ([model] if model else []) + list(models or []):
+        if name.strip() not in result:
+            result.append(name.strip())
+    return result
+
+
+def ollama_models_dir(service):
+    """The host directory an Ollama container keeps its models in: the bind mount that holds
+    OLLAMA_MODELS (``~/.ollama/models`` when unset). None when no mount holds it."""
+    inside = service["environment"].get("OLLAMA_MODELS") or OLLAMA_DEFAULT_MODELS
+    for volume in sorted(service["volumes"], key=lambda v: -len(v["target"])):
+        target = volume["target"].rstrip("/") or "/"
+        if inside == target or inside.startswith(target.rstrip("/") + "/"):
+            return (volume["source"].rstrip("/") + inside[len(target):]) or "/"
+    return None
+
+
+def _local_url(service, container_port):
+    """The URL of a service's published port, from the host."""
+    for port in service["ports"]:
+        if port["container"] == container_port:
+            address = port.get("address") or "127.0.0.1"
+            if address in ("0.0.0.0", "::"):
+                address = "127.0.0.1"
+            return "http://%s:%d" % ("[%s]" % address if ":" in address else address,
+                                     port["host"])
+    return None
+
+
+def _with_sources(item, sources):
+    """A plan service with its image pulled through the mirror and vLLM's weights in the
+    host's Hugging Face cache, read offline once fetched."""
+    item["image_source"] = item["image"]
+    item["image"] = mirror_image(item["image"], sources["image_mirrors"])
+    item["env_files"] = []
+    if item["engine"] == "vllm":
+        env = dict(item["environment"])
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        if sources["hf_endpoint"]:
+            env.setdefault("HF_ENDPOINT", sources["hf_endpoint"])
+        item["environment"] = env
+        if not any(v["target"] == HF_CONTAINER_HOME for v in item["volumes"]):
+            item["volumes"] = item["volumes"] + [
+                {"source": sources["hf_home"], "target": HF_CONTAINER_HOME, "read_only": False}]
+        if sources["hf_token_file"]:
+            item["env_files"] = [sources["hf_token_file"]]
+    return item
+
+
+def downloads(services, sources):
+    """What the active services need on the host before they serve, each once:
+    ``{items: [...], options: {...}}`` for gpufleet.inference.downloads."""
+    items = []
+    index = {}
+
+    def add(key, services_name, item):
+        if key in index:
+            index[key]["services"].append(services_name)
+            return
+        item["services"] = [services_name]
+        index[key] = item
+        items.append(item)
+
+    insecure = set(sources["insecure_registries"])
+    for service in services:
+        if not service["active"]:
+            continue
+        name = service["name"]
+        registry = service["image"].split("/", 1)[0] if "/" in service["image"] else ""
+        add(("image", service["image"]), name,
+            {"kind": "image", "name": service["image"], "insecure": registry in insecure})
+        if service["engine"] == "ollama":
+            models_dir = ollama_models_dir(service)
+            port = (service["health"] or {}).get("port") or (
+                service["ports"][0]["container"] if service["ports"] else 11434)
+            for model in service["models"]:
+                add(("ollama", models_dir, model), name,
+                    {"kind": "ollama", "name": model, "models_dir": models_dir,
+                     "url": _local_url(service, port)})
+        elif service["engine"] == "vllm" and not service["model"].startswith("/"):
+            add(("huggingface", service["model"]), name,
+                {"kind": "huggingface", "name": service["model"], "revision": "main",
+                 "hf_home": sources["hf_home"]})
+    options = {
+        "ollama_registry": sources["ollama_registry"],
+        "ollama_insecure": sources["ollama_registry"] in insecure,
+        "ollama_source_dir": sources["ollama_source_dir"],
+        "hf_endpoint": sources["hf_endpoint"] or "https://huggingface.co",
+        "hf_token_file": sources["hf_token_file"],
+    }
+    return {"items": items, "options": options}
+
+
 # ---- the plan -----------------------------------------------------------------------------
 
 def _budget(engine, assignment):
@@ -508,14 +708,17 @@ def _idle_note(profile, idle, used):
 
 
 def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
-         extra_profiles=None):
+         extra_profiles=None, sources=None):
     """The ``services_plan`` fact: every enabled service, which run, and where.
 
     ``placement`` is the result of gpu_placement for :func:`placement_input` (None or ``{}``
-    when nothing was placed), ``gpus`` the host's ``ansible_facts.gpus``. ``idle_gpus`` lists
-    the healthy GPUs no active service is placed on; the summary says why.
+    when nothing was placed), ``gpus`` the host's ``ansible_facts.gpus``, ``sources`` where
+    images, Ollama models and Hugging Face weights come from (:func:`check_sources`).
+    ``idle_gpus`` lists the healthy GPUs no active service is placed on; the summary says why.
+    ``downloads`` lists what the active services need fetched (:func:`downloads`).
     """
     checked = check_catalog(catalog, extra_profiles)
+    sources = check_sources(sources)
     resolved = resolve_profile(profile, gpus)
     profiles = active_profiles(resolved, mode, extra_profiles)
     active = select(checked, resolved, mode, extra_profiles)
@@ -536,8 +739,8 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
         assignments[name] = assignment
     services = []
     for name, entry in checked.items():
-        item = dict(entry, compose_profiles=compose_profiles(entry), active=name in active,
-                    placement=None)
+        item = _with_sources(dict(entry, compose_profiles=compose_profiles(entry),
+                                  active=name in active, placement=None), sources)
         assignment = assignments.get(name)
         if assignment is not None and assignment.get("gpu_index") is not None:
             env, args = _budget(entry["engine"], assignment)
@@ -584,6 +787,8 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
         "warnings": list(placement.get("warnings") or []),
         "summary": summary,
         "idle_gpus": idle,
+        "sources": sources,
+        "downloads": downloads(services, sources),
         "gpu_assignments": {"strategy": gpu_assignments.get("strategy"),
                             "assignments": dict(gpu_assignments.get("assignments") or {})},
     }

@@ -192,8 +192,12 @@ def build_catalog(extra=None):
 
 
 def lookup(catalog, model):
-    """The catalog entry for a model name or alias (case-insensitive), or None."""
-    name = catalog["index"].get(str(model).strip().lower())
+    """The catalog entry for a model name or alias (case-insensitive), or None. An Ollama
+    name's ``:latest`` tag is its default: ``moondream:latest`` is ``moondream``."""
+    key = str(model).strip().lower()
+    name = catalog["index"].get(key)
+    if name is None and key.endswith(":latest"):
+        name = catalog["index"].get(key[:-len(":latest")])
     return None if name is None else catalog["entries"][name]
 
 

@@ -83,6 +83,21 @@ options:
         C(catalog) and C(pin_not_found). Another key fails naming it.
     type: dict
     default: {}
+  sources:
+    description:
+      - Where images, Ollama models and Hugging Face weights come from. Keys (each optional)
+        C(image_mirrors) (registry -> mirror, for example C({docker.io: mirror.lan:5000,
+        quay.io: mirror.lan:5000/quay.io}); an image is then pulled as
+        C(mirror.lan:5000/ollama/ollama:latest)), C(insecure_registries) (registry hosts
+        reached over plain HTTP), C(ollama_registry) (default C(registry.ollama.ai)),
+        C(ollama_source_dir) (an offline directory in Ollama's layout), C(hf_home) (the
+        host's Hugging Face cache, default C(/srv/gpufleet/models/huggingface)),
+        C(hf_endpoint) (a Hugging Face mirror) and C(hf_token_file) (the 0600 env file
+        holding C(HF_TOKEN), when a token is set). Another key fails naming it.
+      - The plan's C(downloads) lists what the active services need, for
+        M(gpufleet.inference.downloads).
+    type: dict
+    default: {}
 extends_documentation_fragment:
   - gpufleet.inference.attributes
   - gpufleet.inference.attributes.facts
@@ -174,8 +189,23 @@ ansible_facts:
             - Every enabled service with its checked keys, C(compose_profiles), C(active) and
               C(placement) (GPU index, UUID, C(device_id), vendor, budget, C(environment),
               C(budget_env), C(engine_args)), or V(null) when not on a GPU.
+            - C(image) is the reference the host pulls (through O(sources)'s mirror),
+              C(image_source) the catalog's; C(models) the models an Ollama server needs;
+              C(env_files) the token file of a vLLM service.
           type: list
           elements: dict
+        sources:
+          description: O(sources), checked, with the defaults filled in.
+          type: dict
+        downloads:
+          description:
+            - What the active services need on the host, each once, for
+              M(gpufleet.inference.downloads) - C(items) (C(kind) V(image), V(ollama) or
+              V(huggingface), C(name), C(services), and C(models_dir) and C(url) for Ollama
+              models, C(hf_home) and C(revision) for Hugging Face weights, C(insecure) for
+              images) and C(options) (C(ollama_registry), C(ollama_insecure),
+              C(ollama_source_dir), C(hf_endpoint), C(hf_token_file)).
+          type: dict
         strategy:
           description: The placement strategy, V(null) when nothing was placed.
           type: str
@@ -228,6 +258,7 @@ ARGUMENT_SPEC = dict(
     visible_devices_by=dict(type="str", default="uuid",
                             choices=list(_placement.VISIBLE_DEVICES_BY)),
     placement_options=dict(type="dict", default={}),
+    sources=dict(type="dict", default={}),
 )
 
 

@@ -182,9 +182,6 @@ def _dual_boxes(names):
                           check=False, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, "lab up failed:\n%s\n%s" % (proc.stdout, proc.stderr)
     sys.stderr.write("lab up (%s) in %.1f s\n" % (hosts, time.time() - t0))
-    dual = Host(names[0])
-    # The catalog's vision image is gpufleet/vision; the lab ships it as gpufleet-lab/vision.
-    dual.sh("docker tag gpufleet-lab/vision:latest gpufleet/vision:latest")
     yield {name: Host(name) for name in names}
     if os.environ.get("GPUFLEET_LAB_KEEP") != "1":
         subprocess.run([sys.executable, os.path.join(LAB, "lab.py"), "down", "--hosts", hosts],

@@ -19,7 +19,8 @@ SERVICES = {"ollama": {"image": "ollama/ollama:latest", "port": 11434, "containe
 
 def test_filters_are_registered_with_their_docs():
     assert sorted(FILTERS) == ["mode_switch_active_modes", "mode_switch_compose",
-                               "mode_switch_devices", "mode_switch_drain_targets",
+                               "mode_switch_devices", "mode_switch_downloads",
+                               "mode_switch_drain_targets",
                                "mode_switch_preloads", "mode_switch_record",
                                "mode_switch_state", "mode_switch_status",
                                "mode_switch_verify_checks"]

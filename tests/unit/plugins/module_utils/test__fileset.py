@@ -71,8 +71,8 @@ EXPECTED_FIRST = {
                 ("project/compose.podman-gpu.yml", "0o644"), ("project/.env", "0o640"),
                 ("project/gpu-assignments.yml", "0o644")],
     "systemd": [("units/ollama@.service", "0o644"), ("units/vllm@.service", "0o644"),
-                ("env/ollama.env", "0o640"), ("env/ollama_research.env", "0o640"),
-                ("env/vllm.env", "0o640")],
+                ("env/ollama.env", "0o640"), ("env/vision.env", "0o640"),
+                ("env/ollama_research.env", "0o640"), ("env/vllm.env", "0o640")],
 }
 
 
@@ -171,7 +171,7 @@ def test_instance_env_file_as_the_template_wrote_it(tmp_path):
         HEADER + "\n"
         "# vllm@vllm.service: written from services_plan (placement and catalog); edit the "
         "inventory.\n"
-        "VLLM_MODEL=Qwen/Qwen2.5-1.5B-Instruct\nVLLM_HOST=127.0.0.1\nVLLM_PORT=8000\n"
+        "HF_HUB_OFFLINE=1\nVLLM_MODEL=Qwen/Qwen2.5-1.5B-Instruct\nVLLM_HOST=127.0.0.1\nVLLM_PORT=8000\n"
         "VLLM_GPU_MEMORY_UTILIZATION=0.41\nVLLM_EXTRA_ARGS=\nCUDA_VISIBLE_DEVICES=GPU-0001\n")
 
 
@@ -205,17 +205,18 @@ def _research_env(catalog):
      ["unchanged", "unchanged", "unchanged", "changed", "unchanged"],
      {"services_changed": [], "services_removed": []}),
     ("systemd", make_plan(mode="mixed", change=_research_env), {},
-     ["unchanged", "unchanged", "unchanged", "changed", "unchanged"],
+     ["unchanged", "unchanged", "unchanged", "unchanged", "changed", "unchanged"],
      {"units_changed": False, "restart": ["ollama@ollama_research.service"],
       "stale_instances": []}),
     ("systemd", make_plan(mode="mixed"), {"vllm_bin": "/opt/vllm/bin/vllm"},
-     ["unchanged", "changed", "unchanged", "unchanged", "unchanged"],
+     ["unchanged", "changed", "unchanged", "unchanged", "unchanged", "unchanged"],
      {"units_changed": True, "restart": ["vllm@vllm.service"], "stale_instances": []}),
     ("systemd", make_plan(mode="ollama"), {},
-     ["unchanged", "unchanged", "unchanged", "changed", "removed"],
+     ["unchanged", "unchanged", "unchanged", "unchanged", "changed", "removed"],
      {"units_changed": False, "restart": ["ollama@ollama_research.service"],
       "stale_instances": ["vllm@vllm.service"],
-      "instances": ["ollama@ollama.service", "ollama@ollama_research.service"]}),
+      "instances": ["ollama@ollama.service", "ollama@vision.service",
+                    "ollama@ollama_research.service"]}),
 ])
 def test_changed_plan_changes_only_what_it_must(tmp_path, runtime, plan, more, states, keys):
     present(runtime, make_plan(mode="mixed"), options(tmp_path, runtime))
@@ -317,7 +318,8 @@ def test_restored_after_a_change_is_the_previous_set(tmp_path, runtime, more):
         assert "FOREIGN=1\n" in (tmp_path / "project/.env").read_text()
     else:
         assert result["instances"] == ["ollama@ollama.service",
-                                       "ollama@ollama_research.service", "vllm@vllm.service"]
+                                       "ollama@ollama_research.service",
+                                       "ollama@vision.service", "vllm@vllm.service"]
     assert _fileset.restored(runtime, opts)["changed"] is False
     assert leftovers(tmp_path) == []
 
@@ -343,7 +345,7 @@ def test_restored_removes_instance_env_files_the_snapshot_has_not(tmp_path):
     (tmp_path / "env/handmade.env").write_text("X=1\n")
     result = _fileset.restored("systemd", opts)
     assert sorted(os.listdir(tmp_path / "env")) == [
-        _fileset.SNAPSHOT_NAME, "ollama.env", "ollama_research.env"]
+        _fileset.SNAPSHOT_NAME, "ollama.env", "ollama_research.env", "vision.env"]
     assert ("vllm.env", "removed") in names(result) and ("handmade.env", "removed") in \
         names(result)
 
@@ -525,8 +527,8 @@ def _exposed(catalog):
         {"name": "ollama", "engine": "ollama", "model": "llama3.2:3b",
          "url": "http://127.0.0.1:11434/api/version", "device_id": "GPU-0000", "gpu_index": 0,
          "project": "gpufleet", "service": "ollama"},
-        {"name": "vision", "engine": "other", "model": "moondream2",
-         "url": "http://127.0.0.1:8002/health", "device_id": "GPU-0000", "gpu_index": 0,
+        {"name": "vision", "engine": "ollama", "model": "moondream:latest",
+         "url": "http://127.0.0.1:8002/api/version", "device_id": "GPU-0000", "gpu_index": 0,
          "project": "gpufleet", "service": "vision"},
         {"name": "ollama_research", "engine": "ollama", "model": "llama3.2:3b",
          "url": "http://127.0.0.1:11435/api/version", "device_id": "GPU-0001", "gpu_index": 1,
@@ -542,6 +544,9 @@ def _exposed(catalog):
         {"name": "ollama", "engine": "ollama", "model": "llama3.2:3b",
          "url": "http://127.0.0.1:11434/api/version", "device_id": "GPU-0000", "gpu_index": 0,
          "unit": "ollama@ollama.service", "cuda_visible_devices": "GPU-0000"},
+        {"name": "vision", "engine": "ollama", "model": "moondream:latest",
+         "url": "http://127.0.0.1:8002/api/version", "device_id": "GPU-0000", "gpu_index": 0,
+         "unit": "ollama@vision.service", "cuda_visible_devices": "GPU-0000"},
         {"name": "ollama_research", "engine": "ollama", "model": "llama3.2:3b",
          "url": "http://127.0.0.1:11435/api/version", "device_id": "GPU-0001", "gpu_index": 1,
          "unit": "ollama@ollama_research.service", "cuda_visible_devices": "GPU-0001"},

@@ -231,11 +231,14 @@ def test_bad_service(svc, message):
 
 # ---- from the plan ----------------------------------------------------------------------------
 
-def _plan():
-    """services_plan of seed 000's stack in vllm mode on two GPUs, from the real catalog."""
+def _plan(change=None):
+    """services_plan of seed 000's stack in vllm mode on two GPUs, from the real catalog;
+    ``change(catalog)`` edits the catalog first."""
     root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..")
     with open(os.path.join(root, "roles", "services", "defaults", "main.yml")) as handle:
         catalog = yaml.safe_load(handle)["services_catalog"]
+    if change is not None:
+        change(catalog)
     for entry in catalog.values():
         for volume in entry.get("volumes") or []:
             volume["source"] = "/srv/models"
@@ -254,15 +257,42 @@ def _plan():
                          extra_profiles={"finetune": False})
 
 
+def _http_vision(catalog):
+    """vision as a sidecar of its own image on GPU 0 (engine other), not an Ollama server."""
+    catalog["vision"] = dict(
+        catalog["vision"], engine="other", image="example/vision:1", model="moondream2",
+        ports=[{"host": 8002, "container": 8002}], volumes=[], environment={},
+        health={"path": "/health", "port": 8002})
+
+
 def test_from_plan_compose_checks_every_active_service_on_its_published_port():
     services = {s["name"]: s for s in _health.from_plan(_plan(), "compose", "stack")}
     assert sorted(services) == ["docling", "ollama", "vision", "vllm"]
     assert services["ollama"] == {"name": "ollama", "engine": "ollama", "port": 11434,
                                   "path": "/api/version", "gpu": "GPU-0", "project": "stack",
                                   "service": "ollama", "vram_budget_mib": 6000}
-    assert services["vision"]["engine"] == "http" and services["vision"]["path"] == "/health"
-    assert services["docling"]["gpu"] is None and "vram_budget_mib" not in services["docling"]
+    # The default vision is a second Ollama server, published on 8002.
+    assert services["vision"] == {"name": "vision", "engine": "ollama", "port": 8002,
+                                  "path": "/api/version", "gpu": "GPU-0", "project": "stack",
+                                  "service": "vision", "vram_budget_mib": 3000}
+    assert services["docling"] == {"name": "docling", "engine": "http", "port": 5001,
+                                   "path": "/health", "gpu": None, "project": "stack",
+                                   "service": "docling"}
     assert not any("process_names" in s for s in services.values())
+    calls = _health.verify_checks(list(services.values()), "compose")
+    assert {"name": "vision", "url": "http://127.0.0.1:8002/api/tags", "engine": "ollama",
+            "device_id": "GPU-0", "gpu_index": None, "project": "stack",
+            "service": "vision"} in calls
+    assert {"name": "docling", "url": "http://127.0.0.1:5001/health", "engine": "other",
+            "device_id": None, "gpu_index": None, "project": "stack",
+            "service": "docling"} in calls
+
+
+def test_from_plan_compose_checks_a_gpu_sidecar_by_http():
+    services = {s["name"]: s for s in _health.from_plan(_plan(_http_vision), "compose",
+                                                        "stack")}
+    assert sorted(services) == ["docling", "ollama", "vision", "vllm"]
+    assert services["vision"]["engine"] == "http" and services["vision"]["path"] == "/health"
     calls = _health.verify_checks(list(services.values()), "compose")
     assert {"name": "vision", "url": "http://127.0.0.1:8002/health", "engine": "other",
             "device_id": "GPU-0", "gpu_index": None, "project": "stack",
@@ -273,11 +303,16 @@ def test_from_plan_systemd_checks_only_the_instances_by_their_units():
     services = _health.from_plan(_plan(), "systemd")
     assert [(s["name"], s["unit"], s["cuda_visible_devices"], s["gpu"]) for s in services] == [
         ("ollama", "ollama@ollama.service", "GPU-0", "GPU-0"),
+        ("vision", "ollama@vision.service", "GPU-0", "GPU-0"),
         ("vllm", "vllm@vllm.service", "GPU-1", "GPU-1")]
     assert not any("project" in s for s in services)
     checks = _health.verify_checks(services, "systemd")
     assert [(c["unit"], c["cuda_visible_devices"]) for c in checks] == [
-        ("ollama@ollama.service", "GPU-0"), ("vllm@vllm.service", "GPU-1")]
+        ("ollama@ollama.service", "GPU-0"), ("ollama@vision.service", "GPU-0"),
+        ("vllm@vllm.service", "GPU-1")]
+    # A sidecar of its own image (and docling) is a container of the compose path only.
+    sidecar = _health.from_plan(_plan(_http_vision), "systemd")
+    assert [s["unit"] for s in sidecar] == ["ollama@ollama.service", "vllm@vllm.service"]
 
 
 @pytest.mark.parametrize("plan, runtime, message", [

@@ -40,7 +40,10 @@ DEFAULT_DOCUMENT = {"name": "gpufleet-modes", "services": {
                "deploy": _gpu("0")},
     "vllm": {"image": "vllm/vllm-openai:latest",
              "command": ["Qwen/Qwen2.5-7B-Instruct", "--gpu-memory-utilization", "0.5"],
-             **_base("ingestion", "127.0.0.1:8000:8000"), "deploy": _gpu("0")},
+             **_base("ingestion", "127.0.0.1:8000:8000"), "deploy": _gpu("0"),
+             # The host's Hugging Face cache, read offline (the role fetches before it starts).
+             "environment": {"HF_HUB_OFFLINE": "1"},
+             "volumes": ["/srv/gpufleet/models/huggingface:/root/.cache/huggingface"]},
     "docling": {"image": "quay.io/docling-project/docling-serve:latest",
                 **_base("ingestion", "127.0.0.1:5001:5001"), "deploy": _gpu("0")},
 }}
@@ -90,6 +93,36 @@ def test_compose_document_is_what_the_template_rendered(args, expected):
     assert args == inputs  # the inputs are left alone
     dumped = yaml.safe_dump(document, sort_keys=False)
     assert "&" not in dumped and yaml.safe_load(dumped) == expected  # no YAML anchors
+
+
+def test_compose_document_with_lab_sources():
+    sources = {"image_mirrors": {"docker.io": "registry.lab:5000",
+                                 "quay.io": "registry.lab:5000/quay.io"},
+               "hf_endpoint": "http://hub.lab:8080", "hf_token_file": "/etc/gpufleet/hf.env"}
+    doc = _mode_switch.compose_document(MODES, SERVICES, "m", ["0"], sources, "/srv/models")
+    ollama, vllm, docling = (doc["services"][n] for n in ("ollama", "vllm", "docling"))
+    assert ollama["image"] == "registry.lab:5000/ollama/ollama:latest"
+    assert ollama["environment"] == {"OLLAMA_MODELS": "/root/.ollama"}
+    assert ollama["volumes"] == ["/srv/models:/root/.ollama"]
+    assert docling["image"] == "registry.lab:5000/quay.io/docling-project/docling-serve:latest"
+    assert vllm["environment"] == {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://hub.lab:8080"}
+    assert vllm["env_file"] == ["/etc/gpufleet/hf.env"]
+
+
+def test_downloads_of_a_mode():
+    sources = {"image_mirrors": {"docker.io": "registry.lab:5000"},
+               "insecure_registries": ["registry.lab:5000"]}
+    chat = _mode_switch.downloads(SERVICES, ["ollama"], sources, "/srv/models")
+    assert chat["items"] == [
+        {"kind": "image", "name": "registry.lab:5000/ollama/ollama:latest", "insecure": True,
+         "services": ["ollama"]},
+        {"kind": "ollama", "name": "qwen2.5:7b", "models_dir": "/srv/models",
+         "url": "http://127.0.0.1:11434", "services": ["ollama"]}]
+    ingestion = _mode_switch.downloads(SERVICES, ["vllm", "docling"], sources, "/srv/models")
+    assert [(i["kind"], i["name"]) for i in ingestion["items"]] == [
+        ("image", "registry.lab:5000/vllm/vllm-openai:latest"),
+        ("huggingface", "Qwen/Qwen2.5-7B-Instruct"),
+        ("image", "quay.io/docling-project/docling-serve:latest")]
 
 
 def test_compose_document_passes_the_roles_check():

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _plan
+from ansible_collections.gpufleet.inference.plugins.module_utils import _plan, _render
 from ansible_collections.gpufleet.inference.plugins.module_utils._placement import place
 from tests.support.plans import MODELS, REPO, TWO_GPUS, default_catalog, gpu, make_plan
 
@@ -371,3 +372,151 @@ def test_example_inventory_catalog_is_valid():
     example = yaml.safe_load(path.read_text().replace("{{ services_models_dir }}", MODELS))
     checked = _plan.check_catalog(example["services_catalog"], example["services_extra_profiles"])
     assert _plan.compose_profiles(checked["vllm"])[:2] == ["dual-gpu-vllm", "dual-gpu-mixed"]
+
+
+# ---- where images, models and weights come from -------------------------------------------
+
+@pytest.mark.parametrize("image, registry, rest", [
+    ("ollama/ollama:latest", "docker.io", "ollama/ollama:latest"),
+    ("python:3.11", "docker.io", "library/python:3.11"),
+    ("docker.io/vllm/vllm-openai:v0.9.2", "docker.io", "vllm/vllm-openai:v0.9.2"),
+    ("index.docker.io/library/python", "docker.io", "library/python"),
+    ("quay.io/docling-project/docling-serve:latest", "quay.io",
+     "docling-project/docling-serve:latest"),
+    ("registry.lab:5000/a/b@sha256:" + "0" * 64, "registry.lab:5000", "a/b@sha256:" + "0" * 64),
+    ("localhost/x:1", "localhost", "x:1"),
+])
+def test_split_image(image, registry, rest):
+    assert _plan.split_image(image) == (registry, rest)
+
+
+def test_mirror_rewrites_only_the_mirrored_registries():
+    mirrors = {"docker.io": "m.lan:5000", "quay.io": "m.lan:5000/quay.io"}
+    assert _plan.mirror_image("ollama/ollama:latest", mirrors) == "m.lan:5000/ollama/ollama:latest"
+    assert _plan.mirror_image("python:3.11", mirrors) == "m.lan:5000/library/python:3.11"
+    assert _plan.mirror_image("quay.io/d/s:1", mirrors) == "m.lan:5000/quay.io/d/s:1"
+    assert _plan.mirror_image("ghcr.io/a/b:1", mirrors) == "ghcr.io/a/b:1"
+
+
+LAB_SOURCES = {"image_mirrors": {"docker.io": "registry.lab:5000",
+                                 "quay.io": "registry.lab:5000/quay.io"},
+               "insecure_registries": ["registry.lab:5000"],
+               "ollama_registry": "registry.lab:5000", "hf_endpoint": "http://hub.lab:8080/",
+               "hf_token_file": "/etc/gpufleet/huggingface.env"}
+
+
+def _sourced_plan(mode="mixed", sources=None):
+    catalog, extra = default_catalog()
+    services = _plan.placement_input(catalog, "dual-gpu", mode, extra, TWO_GPUS)
+    return _plan.plan(catalog, place(TWO_GPUS, services), TWO_GPUS, "dual-gpu", mode, extra,
+                      sources)
+
+
+def test_plan_pulls_images_through_the_mirror_and_keeps_the_catalog_name():
+    plan = _sourced_plan(sources=LAB_SOURCES)
+    by_name = {s["name"]: s for s in plan["services"]}
+    assert by_name["ollama"]["image"] == "registry.lab:5000/ollama/ollama:latest"
+    assert by_name["ollama"]["image_source"] == "ollama/ollama:latest"
+    assert by_name["docling"]["image"] == (
+        "registry.lab:5000/quay.io/docling-project/docling-serve:latest")
+    compose = _render.compose_document(plan)
+    assert compose["services"]["vllm"]["image"] == "registry.lab:5000/vllm/vllm-openai:latest"
+
+
+def test_plan_lists_each_download_once_with_its_services():
+    plan = _sourced_plan(sources=LAB_SOURCES)
+    items = plan["downloads"]["items"]
+    images = [i for i in items if i["kind"] == "image"]
+    assert [(i["name"], i["services"], i["insecure"]) for i in images] == [
+        ("registry.lab:5000/ollama/ollama:latest", ["ollama", "vision", "ollama_research"], True),
+        ("registry.lab:5000/vllm/vllm-openai:latest", ["vllm"], True),
+        ("registry.lab:5000/quay.io/docling-project/docling-serve:latest", ["docling"], True),
+    ]
+    models = [i for i in items if i["kind"] == "ollama"]
+    # ollama and ollama_research share the model directory: llama3.2:3b is pulled once.
+    assert [(i["name"], i["services"], i["models_dir"], i["url"]) for i in models] == [
+        ("llama3.2:3b", ["ollama", "ollama_research"], MODELS, "http://127.0.0.1:11434"),
+        ("moondream:latest", ["vision"], MODELS, "http://127.0.0.1:8002"),
+    ]
+    weights = [i for i in items if i["kind"] == "huggingface"]
+    assert weights == [{"kind": "huggingface", "name": "Qwen/Qwen2.5-1.5B-Instruct",
+                        "revision": "main", "services": ["vllm"],
+                        "hf_home": "/srv/gpufleet/models/huggingface"}]
+    assert plan["downloads"]["options"] == {
+        "ollama_registry": "registry.lab:5000", "ollama_insecure": True,
+        "ollama_source_dir": None, "hf_endpoint": "http://hub.lab:8080",
+        "hf_token_file": "/etc/gpufleet/huggingface.env"}
+
+
+def test_inactive_services_need_no_download():
+    plan = _sourced_plan(mode="ollama")
+    names = [i["name"] for i in plan["downloads"]["items"]]
+    assert "vllm/vllm-openai:latest" not in names
+    assert "Qwen/Qwen2.5-1.5B-Instruct" not in names
+
+
+def test_vllm_reads_the_host_cache_offline_and_the_token_from_its_file_only():
+    plan = _sourced_plan(sources=LAB_SOURCES)
+    vllm = _render.compose_document(plan)["services"]["vllm"]
+    assert vllm["environment"]["HF_HUB_OFFLINE"] == "1"
+    assert vllm["environment"]["HF_ENDPOINT"] == "http://hub.lab:8080"
+    assert {"type": "bind", "source": "/srv/gpufleet/models/huggingface",
+            "target": "/root/.cache/huggingface", "read_only": False,
+            "bind": {"create_host_path": True}} in vllm["volumes"]
+    assert vllm["env_file"] == ["/etc/gpufleet/huggingface.env"]
+    assert "env_file" not in _render.compose_document(_sourced_plan())["services"]["vllm"]
+
+
+def test_ollama_models_dir_follows_the_mount_of_ollama_models():
+    service = {"environment": {"OLLAMA_MODELS": "/root/.ollama"},
+               "volumes": [{"source": "/srv/m", "target": "/root/.ollama"}]}
+    assert _plan.ollama_models_dir(service) == "/srv/m"
+    service = {"environment": {}, "volumes": [{"source": "/srv/o", "target": "/root/.ollama"}]}
+    assert _plan.ollama_models_dir(service) == "/srv/o/models"
+    assert _plan.ollama_models_dir({"environment": {}, "volumes": []}) is None
+
+
+def test_extra_ollama_models_are_pulled_too():
+    def more(catalog):
+        catalog["ollama"]["models"] = ["qwen2.5:1.5b", "llama3.2:3b"]
+    plan = make_plan(change=more)
+    assert next(s for s in plan["services"] if s["name"] == "ollama")["models"] == [
+        "llama3.2:3b", "qwen2.5:1.5b"]
+
+
+@pytest.mark.parametrize("sources, message", [
+    ({"image_mirror": {}}, "sources has unknown key(s): image_mirror"),
+    ({"image_mirrors": ["x"]}, "services_image_mirrors must be a dict of registry: mirror; "
+                               "got: ['x']"),
+    ({"image_mirrors": {"docker.io": "http://m:5000"}},
+     "services_image_mirrors.docker.io must be a registry host with an optional path"),
+    ({"insecure_registries": "m:5000"}, "services_insecure_registries must be a list"),
+    ({"ollama_registry": "https://registry.ollama.ai"}, "services_ollama_registry must be a "
+                                                        "registry host"),
+    ({"hf_home": "models/hf"}, "services_hf_home must be an absolute path without spaces; "
+                               "got: 'models/hf'"),
+    ({"hf_endpoint": "hub.lab:8080"}, "services_hf_endpoint must be an http(s) URL"),
+])
+def test_bad_sources_name_field_and_value(sources, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _sourced_plan(sources=sources)
+
+
+def test_models_only_for_ollama():
+    def bad(catalog):
+        catalog["vllm"]["models"] = ["x"]
+    with pytest.raises(ValueError, match=re.escape(
+            "services_catalog.vllm.models lists the models an Ollama server pulls")):
+        make_plan(change=bad)
+
+
+def test_two_ollama_servers_on_one_gpu_leave_each_other_their_budgets():
+    """Both load lazily, in any order: each one's OLLAMA_GPU_OVERHEAD keeps the other's budget
+    free, so whichever loads second still has its own budget."""
+    plan = make_plan(mode="mixed")
+    by_name = {s["name"]: s for s in plan["services"]}
+    ollama, vision = by_name["ollama"]["placement"], by_name["vision"]["placement"]
+    total = 24576
+    for me, other in ((ollama, vision), (vision, ollama)):
+        overhead = int(me["budget_env"]["OLLAMA_GPU_OVERHEAD"]) // (1024 * 1024)
+        assert overhead == total - me["vram_budget_mib"] - other["vram_budget_mib"]

@@ -71,6 +71,14 @@ def by_name(plan):
     return {s["name"]: s for s in plan["services"]}
 
 
+def _sidecar_vision(catalog):
+    """vision as a sidecar of its own image on GPU 0 (engine other), not an Ollama server."""
+    catalog["vision"] = dict(
+        catalog["vision"], engine="other", image="example/vision:1", model="moondream2",
+        ports=[{"host": 8002, "container": 8002}], volumes=[], environment={},
+        health={"path": "/health", "port": 8002})
+
+
 def test_compose_base_has_every_service_with_its_profiles():
     doc = _render.compose_document(make_plan(), "base", project="gpufleet")
     assert doc["name"] == "gpufleet"
@@ -104,7 +112,13 @@ def test_gpu_overlays_select_devices_never_by_host_index(mode):
     if "vllm" in gpu_doc["services"]:
         assert gpu_doc["services"]["vllm"]["command"][-2:] == [
             "--gpu-memory-utilization", plan["services"][3]["placement"]["engine_args"][1]]
-    assert gpu_doc["services"]["vision"]["environment"]["VRAM_BUDGET_GB"] == "2.3"
+    # vision is a second Ollama server on GPU 0: Ollama's knobs hold it to its budget.
+    assert gpu_doc["services"]["vision"]["environment"] == {
+        "OLLAMA_GPU_OVERHEAD": "20235419648", "OLLAMA_MAX_LOADED_MODELS": "1"}
+    # A sidecar of another engine gets its budget as VRAM_BUDGET_MIB / VRAM_BUDGET_GB.
+    sidecar = _render.compose_document(make_plan(mode=mode, change=_sidecar_vision), "gpu")
+    assert sidecar["services"]["vision"]["environment"] == {
+        "VRAM_BUDGET_MIB": "2315", "VRAM_BUDGET_GB": "2.3"}
 
 
 def test_cpu_profile_has_empty_overlays():
@@ -144,12 +158,17 @@ def test_systemd_instances_for_mixed_mode():
     instances = {i["service"]: i for i in _render.systemd_instances(make_plan(mode="mixed"),
                                                                     models_dir=MODELS)}
     assert [i["unit"] for i in instances.values()] == [
-        "ollama@ollama.service", "ollama@ollama_research.service", "vllm@vllm.service"]
+        "ollama@ollama.service", "ollama@vision.service", "ollama@ollama_research.service",
+        "vllm@vllm.service"]
     research = instances["ollama_research"]["environment"]
     assert research["OLLAMA_HOST"] == "127.0.0.1:11435"
     assert research["OLLAMA_MODELS"] == MODELS
     assert instances["ollama"]["environment"]["OLLAMA_MODELS"] == MODELS
     assert research["CUDA_VISIBLE_DEVICES"] == "GPU-0001"
+    vision = instances["vision"]["environment"]
+    assert (vision["OLLAMA_HOST"], vision["OLLAMA_MODELS"], vision["DEFAULT_OLLAMA_MODEL"],
+            vision["CUDA_VISIBLE_DEVICES"]) == (
+        "127.0.0.1:8002", MODELS, "moondream:latest", "GPU-0000")
     vllm = instances["vllm"]["environment"]
     assert (vllm["VLLM_PORT"], vllm["VLLM_GPU_MEMORY_UTILIZATION"], vllm["VLLM_EXTRA_ARGS"]) == \
         ("8000", "0.41", "")
@@ -167,12 +186,16 @@ def test_systemd_index_selection_sets_pci_bus_order():
     services = _plan.placement_input(CATALOG, "single-gpu", "ollama", EXTRA, TWO_GPUS)
     placement = place(TWO_GPUS, services, visible_devices_by="index")
     plan = _plan.plan(CATALOG, placement, TWO_GPUS, "single-gpu", "ollama", EXTRA)
-    (instance,) = _render.systemd_instances(plan)
-    assert instance["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
-    assert instance["environment"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    instances = _render.systemd_instances(plan)
+    assert [i["unit"] for i in instances] == ["ollama@ollama.service", "ollama@vision.service"]
+    for instance in instances:
+        assert instance["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
+        assert instance["environment"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     # ...and a container never gets the host index.
-    overlay = _render.compose_document(plan, "gpu")["services"]["ollama"]
-    assert "CUDA_VISIBLE_DEVICES" not in overlay.get("environment", {})
+    overlays = _render.compose_document(plan, "gpu")["services"]
+    assert list(overlays) == ["ollama", "vision"]
+    for overlay in overlays.values():
+        assert "CUDA_VISIBLE_DEVICES" not in overlay.get("environment", {})
 
 
 # ---- Kubernetes ----------------------------------------------------------------------------

@@ -118,7 +118,8 @@ def test_check_real_check_real_then_restored(tmp_path, runtime):
         assert restored["compose_profiles"] == ["dual-gpu", "dual-gpu-mixed"]
     else:
         assert restored["instances"] == ["ollama@ollama.service",
-                                         "ollama@ollama_research.service", "vllm@vllm.service"]
+                                         "ollama@ollama_research.service",
+                                         "ollama@vision.service", "vllm@vllm.service"]
     assert run(back)["changed"] is False
 
 
@@ -126,8 +127,10 @@ def test_returns_what_the_roles_need(tmp_path):
     result = run(args(tmp_path, "systemd", plan=make_plan(mode="mixed")))
     assert (result["instances"], result["units_changed"], result["restart"],
             result["stale_instances"]) == (
-        ["ollama@ollama.service", "ollama@ollama_research.service", "vllm@vllm.service"], True,
-        ["ollama@ollama.service", "ollama@ollama_research.service", "vllm@vllm.service"], [])
+        ["ollama@ollama.service", "ollama@vision.service", "ollama@ollama_research.service",
+         "vllm@vllm.service"], True,
+        ["ollama@ollama.service", "ollama@vision.service", "ollama@ollama_research.service",
+         "vllm@vllm.service"], [])
     assert [c["unit"] for c in result["verify"]] == result["instances"]
     result = run(args(tmp_path, "compose", plan=make_plan(mode="mixed"),
                       compose_runtime="podman"))
