@@ -180,16 +180,28 @@ class JSONHandler(BaseHTTPRequestHandler):
     def send_text(self, code, text, content_type="text/plain; charset=utf-8"):
         self.send_json(code, text.encode(), content_type)
 
-    def stream_lines(self, lines, content_type="application/x-ndjson"):
+    def begin_stream(self, content_type="application/x-ndjson"):
+        """Start a chunked 200 answer; then send_chunk() each line, end_stream() once."""
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for line in lines:
-            chunk = line.encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            self.wfile.flush()
+
+    def send_chunk(self, text):
+        """One chunk, flushed at once (OSError when the client has gone)."""
+        chunk = text.encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.flush()
+
+    def end_stream(self):
         self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def stream_lines(self, lines, content_type="application/x-ndjson"):
+        self.begin_stream(content_type)
+        for line in lines:
+            self.send_chunk(line)
+        self.end_stream()
 
     def _dispatch(self, method):
         path = self.path.split("?", 1)[0]
@@ -200,7 +212,7 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.send_text(404, "404 page not found")
             return
         body = None
-        if method == "POST":
+        if method in ("POST", "DELETE"):
             body = self._body()
             if body is None:
                 self.send_json(400, {"error": "invalid JSON body"})
@@ -215,6 +227,9 @@ class JSONHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self._dispatch("POST")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
 
 
 def serve(handler_cls, host, port, on_stop=None):

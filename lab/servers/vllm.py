@@ -8,11 +8,16 @@
 `python -m vllm.entrypoints.openai.api_server`).
 
 Startup, like vLLM's worker (timings from GPUFLEET_STANDIN_VLLM_*_SECONDS):
-1. startup delay (imports, engine args);
+1. startup delay (imports, engine args); then the model: a local directory, or a repository
+   of the Hugging Face cache (HF_HOME, HF_HUB_CACHE), fetched from HF_ENDPOINT (token from
+   HF_TOKEN or $HF_HOME/token) unless HF_HUB_OFFLINE, with huggingface_hub's and vLLM's error
+   texts (offline and not cached, gated, unknown, unreachable): exit 1, no GPU touched;
 2. device init: snapshot of free memory; refuses when free < utilization x total:
    "ValueError: Free memory on device (F/T GiB) on startup is less than desired GPU memory
    utilization (U, R GiB). ..."
-3. weights load: holds the model's weights on the GPU;
+3. weights: found in the model's directory or downloaded into --download-dir or the cache
+   (no progress bars, as vLLM's), else "Cannot find any model weights with `MODEL`"; then
+   held on the GPU (by one process per GPU, ``VLLM::Worker_TP<n>``, with tensor parallel);
 4. profiling window: then asserts that free memory did not grow since the snapshot:
    "AssertionError: Error in memory profiling. Initial free memory X GiB, current free
    memory Y GiB. This happens when other processes sharing the same container release GPU
@@ -28,10 +33,19 @@ core (PRs 21445, 22205): a match on the name "vllm" finds it no more than the re
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import glob
+import json
 import os
+import re
+import socket
+import subprocess
 import sys
 import time
 import traceback
+import urllib.parse
+import uuid
+from http.client import HTTPConnection, HTTPSConnection, IncompleteRead
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 import gpuview
@@ -67,6 +81,8 @@ def parse(argv):
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     parser.add_argument("--kv-cache-memory", type=int)
+    parser.add_argument("--download-dir")
+    parser.add_argument("--revision")
     args, unknown = parser.parse_known_args(argv)
     args.model = args.model_tag or args.model or "facebook/opt-125m"
     if not 0 < args.gpu_memory_utilization <= 1:
@@ -77,23 +93,478 @@ def parse(argv):
 
 
 REG = None
+VLLM = "/usr/local/lib/python3.12/dist-packages/vllm"
+HF = "/usr/local/lib/python3.12/dist-packages/huggingface_hub"
 
 
-def crash(exc_type, message):
+def _traceback(chain):
+    """Python's report of chained exceptions: each (type, message, frame) of the chain, the
+    root cause first, as vLLM's process prints it when it dies."""
+    out = []
+    for i, (exc_type, message, frame) in enumerate(chain):
+        if i:
+            out.append("\nThe above exception was the direct cause of the following exception:\n\n")
+        out.append("Traceback (most recent call last):\n")
+        out.append('  File "%s", line 0, in %s (lab stand-in)\n' % frame)
+        out.append("%s: %s\n" % (exc_type, message))
+    return "".join(out)
+
+
+def die(chain):
+    """The API server process dies before any engine started (no GPU touched): exit 1."""
+    sys.stderr.write(_traceback(chain))
+    sys.stderr.flush()
+    sys.exit(1)
+
+
+def crash(exc_type, message, frame=None):
+    """The engine core dies after it touched the GPU: its memory goes, the server exits 1."""
     if REG is not None:
         REG.release()  # the engine core exits: the driver tears its context down
     sys.stderr.write(
         "ERROR %s [core.py] EngineCore failed to start.\n" % time.strftime("%m-%d %H:%M:%S")
     )
-    sys.stderr.write(
-        "Traceback (most recent call last):\n"
-        '  File "/usr/local/lib/python3.12/dist-packages/vllm/v1/worker/gpu_worker.py", line 0, '
-        "in determine_available_memory (lab stand-in)\n"
-    )
-    sys.stderr.write("%s: %s\n" % (exc_type, message))
+    frame = frame or ("%s/v1/worker/gpu_worker.py" % VLLM, "determine_available_memory")
+    sys.stderr.write(_traceback([(exc_type, message, frame)]))
     sys.stderr.write("RuntimeError: Engine core initialization failed. See root cause above.\n")
     sys.stderr.flush()
     sys.exit(1)
+
+
+# --- the Hugging Face cache and hub, as huggingface_hub 0.34 uses them (constants.py,
+# file_download.py, _snapshot_download.py, utils/_http.py) ---------------------------------
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")  # vLLM's load format "auto"
+NOT_DOWNLOADED_EARLY = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack",
+                        ".onnx", ".ckpt", ".pkl")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _is_true(value):
+    return (value or "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+class Hub:
+    """HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and the token (HF_TOKEN, else
+    HUGGING_FACE_HUB_TOKEN, else the file HF_TOKEN_PATH, default $HF_HOME/token)."""
+
+    def __init__(self):
+        env = os.environ
+        home = env.get("HF_HOME") or os.path.join(
+            env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+            "huggingface")
+        home = os.path.expandvars(os.path.expanduser(home))
+        cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+        self.cache = os.path.expandvars(os.path.expanduser(cache or os.path.join(home, "hub")))
+        self.offline = _is_true(env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE"))
+        self.endpoint = (env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
+        if not token:
+            try:
+                with open(env.get("HF_TOKEN_PATH") or os.path.join(home, "token"),
+                          encoding="utf-8") as handle:
+                    token = handle.read()
+            except OSError:
+                token = None
+        self.token = (token or "").replace("\r", "").replace("\n", "").strip() or None
+
+    @staticmethod
+    def repo_dir(cache, repo):
+        return os.path.join(cache, "models--" + repo.replace("/", "--"))
+
+    def snapshot(self, cache, repo, revision):
+        """The cached snapshot folder of a revision (a commit, or a ref naming one), or None."""
+        folder = self.repo_dir(cache, repo)
+        commit = revision
+        if not COMMIT.match(revision):
+            try:
+                with open(os.path.join(folder, "refs", revision), encoding="utf-8") as handle:
+                    commit = handle.read().strip()
+            except OSError:
+                return None
+        path = os.path.join(folder, "snapshots", commit)
+        return path if os.path.isdir(path) else None
+
+
+class HubError(Exception):
+    """An error of a hub call: its exception type (qualified name) and message."""
+
+    def __init__(self, exc_type, message):
+        super().__init__(message)
+        self.exc_type = exc_type
+
+
+def _connection_error(parts, exc):
+    """requests' ConnectionError text (urllib3 2) with the request id huggingface_hub adds."""
+    scheme = "HTTPS" if parts.scheme == "https" else "HTTP"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    obj = "<urllib3.connection.%sConnection object at 0x7f3a9c2b1d50>" % scheme
+    if isinstance(exc, socket.gaierror):
+        cause = 'NameResolutionError("%s: Failed to resolve \'%s\' ([Errno %d] %s)")' % (
+            obj, parts.hostname, exc.errno, exc.strerror)
+    else:
+        cause = "NewConnectionError(%r)" % (
+            "%s: Failed to establish a new connection: [Errno %s] %s"
+            % (obj, exc.errno, exc.strerror or exc))
+    path = urllib.parse.urlunsplit(("", "", parts.path, parts.query, ""))
+    text = "%sConnectionPool(host='%s', port=%d): Max retries exceeded with url: %s " \
+           "(Caused by %s)" % (scheme, parts.hostname, port, path, cause)
+    return "(MaxRetryError(%r), '(Request ID: %s)')" % (text, uuid.uuid4())
+
+
+def hub_request(hub, method, url, headers=None, body=True, sink=None):
+    """One request to the hub (no redirect followed); returns (status, headers, data). With
+    a sink, a 2xx body is written to it as it comes (data is then b"")."""
+    parts = urllib.parse.urlsplit(url)
+    conn_class = HTTPSConnection if parts.scheme == "https" else HTTPConnection
+    conn = conn_class(parts.hostname, parts.port, timeout=10)
+    sent = {"user-agent": "unknown/None; hf_hub/0.34.4; python/3.12.3", **(headers or {})}
+    if hub.token:
+        sent["authorization"] = "Bearer %s" % hub.token
+    try:
+        try:
+            conn.request(method, urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")),
+                         headers=sent)
+            resp = conn.getresponse()
+        except OSError as exc:
+            raise HubError("requests.exceptions.ConnectionError",
+                           _connection_error(parts, exc)) from None
+        data, got = b"", 0
+        try:
+            if sink is not None and resp.status < 400:
+                while chunk := resp.read(1 << 16):
+                    sink.write(chunk)
+                    got += len(chunk)
+            elif body:
+                data = resp.read()
+        except (OSError, IncompleteRead) as exc:
+            expected = int(resp.getheader("Content-Length") or 0)
+            if isinstance(exc, IncompleteRead):
+                got += len(exc.partial)
+                if sink is not None:
+                    sink.write(exc.partial)
+            raise HubError("requests.exceptions.ChunkedEncodingError",
+                           "(\"Connection broken: IncompleteRead(%d bytes read, %d more "
+                           "expected)\", IncompleteRead(%d bytes read, %d more expected))"
+                           % (got, expected - got, got, expected - got)) from None
+    finally:
+        conn.close()
+    if resp.status >= 400:
+        raise hub_error(url, resp.status, resp.reason, resp.headers, data)
+    return resp.status, resp.headers, data
+
+
+def hub_error(url, status, reason, headers, data):
+    """hf_raise_for_status: the error class from X-Error-Code, the server's message after."""
+    code, message = headers.get("X-Error-Code"), headers.get("X-Error-Message")
+    kind = "huggingface_hub.errors.HfHubHTTPError"
+    head = "%d %s Error: %s for url: %s" % (
+        status, "Client" if status < 500 else "Server", reason, url)
+    if code == "RevisionNotFound":
+        kind = "huggingface_hub.errors.RevisionNotFoundError"
+        head = "%d Client Error.\n\nRevision Not Found for url: %s." % (status, url)
+    elif code == "EntryNotFound":
+        kind = "huggingface_hub.errors.RemoteEntryNotFoundError"
+        head = "%d Client Error.\n\nEntry Not Found for url: %s." % (status, url)
+    elif code == "GatedRepo":
+        kind = "huggingface_hub.errors.GatedRepoError"
+        head = "%d Client Error.\n\nCannot access gated repo for url %s." % (status, url)
+    elif code == "RepoNotFound" or (
+            status == 401 and message != "Invalid credentials in Authorization header"
+            and re.match(r"^https://[^/]+(/api/(models|datasets|spaces)/(.+)|/(.+)/resolve/(.+))",
+                         url)):
+        kind = "huggingface_hub.errors.RepositoryNotFoundError"
+        head = ("%d Client Error.\n\nRepository Not Found for url: %s.\nPlease make sure you "
+                "specified the correct `repo_id` and `repo_type`.\nIf you are trying to access a "
+                "private or gated repo, make sure you are authenticated. For more details, see "
+                "https://huggingface.co/docs/huggingface_hub/authentication" % (status, url))
+    elif status == 403:
+        head = ("\n\n403 Forbidden: %s.\nCannot access content at: %s.\nMake sure your token "
+                "has the correct permissions." % (message, url))
+    server = [message] if message else []
+    try:
+        error = json.loads(data or b"{}").get("error")
+        server += error if isinstance(error, list) else [error] if error else []
+    except (ValueError, AttributeError):
+        pass
+    server = "\n".join(dict.fromkeys(str(s).strip() for s in server if str(s).strip()))
+    text = head
+    if server and server.lower() not in head.lower():
+        text += ("\n" if "\n\n" in head else "\n\n") + server
+    request_id = headers.get("x-request-id")
+    if request_id:
+        first, newline, rest = text.partition("\n")
+        text = first + " (Request ID: %s)" % request_id + newline + rest
+    return HubError(kind, text.strip())
+
+
+def repo_info(hub, repo, revision):
+    """GET /api/models/{repo}/revision/{revision}: the commit and the files of a revision."""
+    url = "%s/api/models/%s/revision/%s" % (
+        hub.endpoint, repo, urllib.parse.quote(revision, safe=""))
+    _status, _headers, data = hub_request(hub, "GET", url)
+    return json.loads(data)
+
+
+def download(hub, repo, commit, filename, cache, progress=False):
+    """hf_hub_download into the cache layout: blobs/<etag> (written as <etag>.incomplete
+    first, resumed with a Range), snapshots/<commit>/<file> -> ../../blobs/<etag>."""
+    folder = Hub.repo_dir(cache, repo)
+    pointer = os.path.join(folder, "snapshots", commit, filename)
+    if os.path.exists(pointer):
+        return pointer
+    url = "%s/%s/resolve/%s/%s" % (hub.endpoint, repo, commit, urllib.parse.quote(filename))
+    _status, headers, _data = hub_request(
+        hub, "HEAD", url, {"Accept-Encoding": "identity"}, body=False)
+    location = headers.get("Location")
+    etag = (headers.get("X-Linked-Etag") or headers.get("ETag") or "").removeprefix("W/")
+    etag = etag.strip('"')
+    size = int(headers.get("X-Linked-Size") or headers.get("Content-Length") or 0)
+    blob = os.path.join(folder, "blobs", etag)
+    os.makedirs(os.path.dirname(blob), exist_ok=True)
+    if not os.path.exists(blob):
+        incomplete = blob + ".incomplete"
+        have = os.path.getsize(incomplete) if os.path.exists(incomplete) else 0
+        started = time.time()
+        target = urllib.parse.urljoin(url, location) if location else url
+        wanted = {"Accept-Encoding": "identity"}
+        if have:
+            wanted["Range"] = "bytes=%d-" % have
+        with open(incomplete, "ab") as handle:  # left behind by a cut: the next one resumes
+            hub_request(hub, "GET", target, wanted, sink=handle)
+        got = os.path.getsize(incomplete)
+        if got != size:
+            shown = filename if len(filename) <= 40 else "(…)" + filename[-40:]
+            raise HubError("OSError", "Consistency check failed: file should be of size %d but "
+                           "has size %d (%s).\nThis is usually due to network issues while "
+                           "downloading the file. Please retry with `force_download=True`."
+                           % (size, got, shown))
+        os.rename(incomplete, blob)
+        if progress:  # tqdm's line, as transformers' downloads show it
+            took = max(time.time() - started, 1e-3)
+            sys.stderr.write("%s: 100%%|%s| %s/%s [00:00<00:00, %sB/s]\n" % (
+                filename, "\u2588" * 10, _si(size), _si(size), _si(got / took)))
+    os.makedirs(os.path.dirname(pointer), exist_ok=True)
+    os.symlink(os.path.relpath(blob, os.path.dirname(pointer)), pointer)
+    return pointer
+
+
+def _si(size):
+    """tqdm's format_sizeof: 660, 1.21k, 3.45M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if size >= scale * 0.9995:
+            return "%.2f%s" % (size / scale, unit)
+    return "%d" % size
+
+
+def _write_ref(cache, repo, revision, commit):
+    if revision != commit:
+        path = os.path.join(Hub.repo_dir(cache, repo), "refs", revision)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(commit)
+
+
+INVALID_REPO = (
+    "Invalid repository ID or local directory specified: '{model}'.\nPlease verify the "
+    "following requirements:\n1. Provide a valid Hugging Face repository ID.\n2. Specify a "
+    "local directory that contains a recognized configuration file.\n   - For Hugging Face "
+    "models: ensure the presence of a 'config.json'.\n   - For Mistral models: ensure the "
+    "presence of a 'params.json'.\n3. For GGUF: pass the local path of the GGUF checkpoint.\n"
+    "   Loading GGUF from a remote repo directly is not yet supported.\n")
+NO_CONFIG = ("Could not detect config format for no config file found. Ensure your model has "
+             "either config.json (HF format) or params.json (Mistral format).")
+CONFIG_FRAME = ("%s/transformers_utils/config.py" % VLLM, "get_config")
+
+
+class Source:
+    """Where the model comes from: a local directory (given, or the cached snapshot with
+    HF_HUB_OFFLINE), or a hub repository (its info: commit, files)."""
+
+    def __init__(self, model, local=None, info=None, revision="main"):
+        self.model, self.local, self.info, self.revision = model, local, info, revision
+
+
+def resolve(args, hub):
+    """What vLLM does with MODEL before it starts an engine (no GPU touched; dies on error):
+    EngineArgs.__post_init__ with HF_HUB_OFFLINE (vllm/engine/arg_utils.py: get_model_path,
+    snapshot_download(local_files_only=True)), then get_config (config.json, over the hub
+    when online: vllm/transformers_utils/config.py) and the tokenizer files."""
+    model, revision = args.model, args.revision or "main"
+    if not os.path.isdir(model) and hub.offline:
+        path = hub.snapshot(hub.cache, model, revision)
+        if path is None:
+            die([("huggingface_hub.errors.LocalEntryNotFoundError",
+                  "Cannot find an appropriate cached snapshot folder for the specified revision "
+                  "on the local disk and outgoing traffic has been disabled. To enable repo "
+                  "look-ups and downloads online, pass 'local_files_only=False' as input.",
+                  ("%s/_snapshot_download.py" % HF, "snapshot_download"))])
+        standin.log("arg_utils.py", "HF_HUB_OFFLINE is True, replace model_id [%s] to "
+                    "model_path [%s]" % (model, path))
+        model = path
+    if os.path.isdir(model):
+        if not any(os.path.isfile(os.path.join(model, f)) for f in ("config.json", "params.json")):
+            die([("ValueError", NO_CONFIG, CONFIG_FRAME),
+                 ("ValueError", INVALID_REPO.format(model=model), CONFIG_FRAME)])
+        return Source(model, local=model, revision=revision)
+    cached = hub.snapshot(hub.cache, model, revision)
+    if cached and os.path.isfile(os.path.join(cached, "config.json")):
+        # try_to_load_from_cache finds it; transformers falls back to the cached files when
+        # the hub cannot be asked whether they changed
+        return Source(model, revision=revision)
+    info = None
+    for attempt in (1, 2):  # vLLM's with_retry around the file listing: 2 tries, 2 s apart
+        try:
+            info = repo_info(hub, model, revision)
+            break
+        except HubError as exc:
+            error = exc
+            if attempt == 1:
+                standin.log("config.py", "Error retrieving file list: %s, retrying 1 of 2" % exc)
+                time.sleep(float(standin.setting("GPUFLEET_STANDIN_VLLM_RETRY_SECONDS", "2")))
+            else:
+                standin.log("config.py", "Error retrieving file list: %s" % exc)
+    if info is None:
+        die([(error.exc_type, str(error), ("%s/utils/_http.py" % HF, "hf_raise_for_status")),
+             ("ValueError", INVALID_REPO.format(model=model), CONFIG_FRAME)])
+    files = [s["rfilename"] for s in info.get("siblings") or []]
+    if "config.json" not in files and "params.json" not in files:
+        die([("ValueError", NO_CONFIG, CONFIG_FRAME),
+             ("ValueError", INVALID_REPO.format(model=model), CONFIG_FRAME)])
+    commit = info["sha"]
+    for name in files:  # config, tokenizer, generation config: transformers fetches them
+        if name.endswith(NOT_DOWNLOADED_EARLY):
+            continue
+        try:
+            download(hub, model, commit, name, hub.cache, progress=True)
+        except HubError as exc:
+            die([(exc.exc_type, str(exc), ("%s/file_download.py" % HF, "hf_hub_download")),
+                 ("OSError", _transformers_error(model, exc),
+                  ("/usr/local/lib/python3.12/dist-packages/transformers/utils/hub.py",
+                   "cached_files"))])
+    _write_ref(hub.cache, model, revision, commit)
+    return Source(model, info=info, revision=revision)
+
+
+def _transformers_error(repo, exc):
+    """transformers/utils/hub.py cached_files: how it rewords a hub error."""
+    if exc.exc_type.endswith("GatedRepoError"):
+        return ("You are trying to access a gated repo.\nMake sure to have access to it at "
+                "https://huggingface.co/%s.\n%s" % (repo, exc))
+    if exc.exc_type.endswith("RepositoryNotFoundError"):
+        return ("%s is not a local folder and is not a valid model identifier listed on "
+                "'https://huggingface.co/models'\nIf this is a private repository, make sure to "
+                "pass a token having permission to this repo either by logging in with "
+                "`huggingface-cli login` or by passing `token=<your_token>`" % repo)
+    if exc.exc_type.endswith("ConnectionError"):
+        return ("We couldn't connect to 'https://huggingface.co' to load the files, and "
+                "couldn't find them in the cached files.\nCheck your internet connection or see "
+                "how to run the library in offline mode at "
+                "'https://huggingface.co/docs/transformers/installation#offline-mode'.")
+    return "There was a specific connection error when trying to load %s:\n%s" % (repo, exc)
+
+
+def fetch_weights(args, hub, source):
+    """The engine core's weights step (model_executor/model_loader/default_loader.py
+    _prepare_weights, weight_utils.download_weights_from_hf): a local directory must hold
+    weights; a repository's are downloaded (snapshot_download) into --download-dir or the hub
+    cache, without progress bars (DisabledTqdm), with a line when that took over 0.5 s; a hub
+    that cannot be reached leaves the cached snapshot, if any. Crashes on error."""
+    loader = ("%s/model_executor/model_loader/default_loader.py" % VLLM, "_prepare_weights")
+    folder = source.local
+    if not folder:
+        cache = args.download_dir or hub.cache
+        patterns, info = list(WEIGHT_PATTERNS), None
+        try:  # HfFileSystem().ls: which format the repository has
+            info = repo_info(hub, source.model, source.revision)
+            files = [s["rfilename"] for s in info.get("siblings") or []]
+            patterns = [next((p for p in patterns if fnmatch.filter(files, p)), patterns[0])]
+        except HubError as exc:
+            standin.log("weight_utils.py", "Failed to get file list for '%s'. Trying each "
+                        "pattern in allow_patterns individually until weights have been "
+                        "downloaded. Error: %s" % (source.model, exc))
+        standin.log("weight_utils.py", "Using model weights format %s" % patterns)
+        started = time.time()
+        for pattern in patterns:
+            folder = snapshot_download(hub, source, cache, pattern, info)
+            if glob.glob(os.path.join(folder, pattern)):
+                break
+        took = time.time() - started
+        if took > 0.5:
+            standin.log("weight_utils.py", "Time spent downloading weights for %s: %.6f "
+                        "seconds" % (source.model, took))
+    if not any(glob.glob(os.path.join(folder, p)) for p in WEIGHT_PATTERNS):
+        crash("RuntimeError", "Cannot find any model weights with `%s`" % source.model, loader)
+
+
+def snapshot_download(hub, source, cache, pattern, info):
+    """huggingface_hub's snapshot_download of the files matching pattern: the folder of the
+    revision's snapshot; without the hub, the cached one; else the error (crash)."""
+    frame = ("%s/_snapshot_download.py" % HF, "snapshot_download")
+    error = None
+    if info is None:
+        try:
+            info = repo_info(hub, source.model, source.revision)
+        except HubError as exc:
+            error = exc
+    if info is None:
+        folder = hub.snapshot(cache, source.model, source.revision)
+        if folder:
+            return folder
+        if error.exc_type.endswith(("RepositoryNotFoundError", "GatedRepoError",
+                                    "RevisionNotFoundError")) or str(error).startswith("401"):
+            crash(error.exc_type, str(error), frame)
+        crash("huggingface_hub.errors.LocalEntryNotFoundError",
+              "An error happened while trying to locate the files on the Hub and we cannot find "
+              "the appropriate snapshot folder for the specified revision on the local disk. "
+              "Please check your internet connection and try again.", frame)
+    files = fnmatch.filter([s["rfilename"] for s in info.get("siblings") or []], pattern)
+    for name in files:
+        try:
+            download(hub, source.model, info["sha"], name, cache)
+        except HubError as exc:
+            crash(exc.exc_type, str(exc), ("%s/file_download.py" % HF, "hf_hub_download"))
+    _write_ref(cache, source.model, source.revision, info["sha"])
+    return os.path.join(Hub.repo_dir(cache, source.model), "snapshots", info["sha"])
+
+
+class Workers:
+    """Tensor parallel: one process per GPU, titled <prefix>::Worker_TP<n> (kernel comm
+    "VLLM::Worker_TP"), holds that GPU's memory (vLLM PR 22205); the engine core holds none.
+    The workers only wait: this process registers their memory under their pids, and they
+    exit when it does (their stdin closes)."""
+
+    def __init__(self, gpus):
+        self.regs = {}
+        prefix = os.environ.get("VLLM_PROCESS_NAME_PREFIX") or "VLLM"
+        self.procs = []
+        for rank, gpu in enumerate(gpus):
+            proc = subprocess.Popen(
+                [sys.executable, os.path.realpath(__file__), "--worker",
+                 "%s::Worker_TP%d" % (prefix, rank)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            proc.stdout.readline()  # titled
+            self.procs.append(proc)
+            self.regs[gpu["index"]] = gpuview.Registration(pid=proc.pid)
+
+    def set(self, index, mib):
+        self.regs[index].set(index, mib)
+
+    def release(self):
+        for reg in self.regs.values():
+            reg.release()
+        for proc in self.procs:
+            proc.stdin.close()
+
+
+def worker(title):
+    standin.set_process_name(title)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    try:
+        sys.stdin.read()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 class Handler(standin.JSONHandler):
@@ -217,6 +688,8 @@ def process_title():
 
 
 def main():
+    if sys.argv[1:2] == ["--worker"]:
+        return worker(sys.argv[2])
     args, unknown = parse(sys.argv[1:])
     args.names = args.served_model_name or [args.model]
     # The kernel keeps 15 characters: NVML and nvidia-smi show "VLLM::EngineCor".
@@ -235,6 +708,9 @@ def main():
         ignored=" ".join(unknown),
     )
     time.sleep(standin.seconds("GPUFLEET_STANDIN_VLLM_STARTUP_SECONDS"))
+    # 1. the model's config and tokenizer: local, cached, or from the hub (dies on error)
+    hub = Hub()
+    source = resolve(args, hub)
 
     gpus = gpuview.visible_gpus()[: args.tensor_parallel_size]
     if len(gpus) < args.tensor_parallel_size:
@@ -263,8 +739,9 @@ def main():
                 ),
             )
     global REG  # noqa: PLW0603 - crash() frees it
-    reg = REG = gpuview.Registration()
-    # 3. weights
+    reg = REG = gpuview.Registration() if len(gpus) == 1 else Workers(gpus)
+    # 3. weights: found (or downloaded) first, then held
+    fetch_weights(args, hub, source)
     weights = weights_of(args.model) // len(gpus)
     for index in init:
         reg.set(index, weights)

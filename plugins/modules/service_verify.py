@@ -26,7 +26,7 @@ description:
     O(services[].model) is asked to load it (C(POST /api/generate)); on a GPU, C(/api/ps) must
     show it entirely in VRAM (C(size_vram == size)), else it fails with
     C(GPU detected is not GPU used). A model the server does not have fails with Ollama's
-    own words (C(model ... not found, try pulling it first)).
+    own words (C(model '...' not found)).
   - B(GPU really used.) With O(gpu_check), the GPU O(services[].device_id) must list a process
     of THIS service holding memory, read through the readers of
     M(gpufleet.inference.gpu_facts) (NVML, else nvidia-smi). A process belongs to the service
