@@ -4,7 +4,8 @@ LAB_HOSTS ?=
 LAB_INVENTORY ?= inventory/lab
 LAB_ARGS := --inventory $(LAB_INVENTORY) $(if $(LAB_HOSTS),--hosts $(LAB_HOSTS))
 
-.PHONY: lab-setup lab-image lab-up lab-down lab-status lab-test lab-molecule lab-engine-stop
+.PHONY: lab-setup lab-image lab-up lab-down lab-down-all lab-status lab-test lab-molecule \
+	lab-engine-stop
 
 $(VENV)/.lab-installed: requirements/lab.txt requirements/test.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ lab-status:
 
 lab-down:
 	$(BIN)/python lab/lab.py down $(if $(LAB_HOSTS),--hosts $(LAB_HOSTS))
+
+# Every host, and the lab registry (with its volume), hub and networks.
+lab-down-all:
+	$(BIN)/python lab/lab.py down --all
 
 # Only the engine that lab/engine.sh started itself, by its recorded PID.
 lab-engine-stop:

@@ -3,9 +3,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The simulated GPU lab: start, show and remove its hosts (lab/README.md).
 
-  lab/lab.py up     [--inventory inventory/lab] [--hosts a,b]   start (or refresh) hosts
-  lab/lab.py status [--inventory inventory/lab]                 one line a host
-  lab/lab.py down   [--hosts a,b]                                stop and remove hosts
+  lab/lab.py up     [--inventory inventory/lab] [--hosts a,b]   start (or refresh) hosts, and
+                                                   the lab network, registry and hub before them
+  lab/lab.py status [--inventory inventory/lab]                 registry, hub, one line a host
+  lab/lab.py down   [--hosts a,b] [--all]                        stop and remove hosts (--all:
+                                                   the registry, hub and network too)
+  lab/lab.py services [--json]                                   registry and hub addresses
   lab/lab.py image                                               build the images only
   lab/lab.py write-state HOST                                    rewrite a host's driver state
   lab/lab.py up|down|status --fleet N      the generated fleet lab-fleet-01..N (beside the rest)
@@ -13,19 +16,29 @@
   ansible-playbook -i lab/lab.py ...       the same, as a script inventory (--list / --host)
 
 Each host is a container of the image lab/image/build.sh makes, named like the inventory
-host and labelled org.gpufleet.lab=<host>; only containers and volumes with that label are
-ever touched. The Docker engine is the one lab/engine.sh chooses (DOCKER_HOST).
+host and labelled org.gpufleet.lab=<host>; only containers, volumes and networks with that
+label are ever touched. The hosts start with no image at all, on the internal network
+gpufleet-lab, where the lab registry (registry.lab:5000: the stand-in images under the real
+names, the Ollama models) and the lab Hugging Face hub (hub.lab:8080) answer; what they hold
+is lab/content.yml. The Docker engine is the one lab/engine.sh chooses (DOCKER_HOST).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import fcntl
+import hashlib
+import http.client
+import ipaddress
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import time
+import urllib.parse
 
 import yaml
 
@@ -56,8 +69,6 @@ RUN_FLAGS = [
     "/tmp",
     "--stop-signal",
     "SIGRTMIN+3",
-    "--network",
-    "none",
 ]
 
 
@@ -291,7 +302,579 @@ def inventory_json(inv_dir, running):
 
 def running_lab_hosts():
     proc = docker("ps", "--filter", "label=%s" % LABEL, "--format", "{{.Names}}")
-    return sorted(proc.stdout.decode().split())
+    return sorted(set(proc.stdout.decode().split()) - set(SERVICES))
+
+
+# --- the lab's registry and Hugging Face hub (lab/content.yml) -----------------------------
+
+CONTENT = os.path.join(LAB, "content.yml")
+BUILD = os.environ.get("GPUFLEET_LAB_BUILD") or os.path.join(ROOT, ".build", "lab")
+NETWORK = "gpufleet-lab"  # internal: the hosts, the registry and the hub; no way out
+# Only for the ports published on the engine's 127.0.0.1 (Docker publishes no port of a
+# container that is on internal networks alone): the registry and the hub, never a host.
+PUBLISH_NETWORK = "gpufleet-lab-publish"
+# A fixed subnet outside the pools a host's inner engine takes its networks from
+# (172.17-31.x, 192.168.x), so that a compose network in a host never shadows the registry.
+SUBNET = os.environ.get("GPUFLEET_LAB_SUBNET", "10.213.0.0/24")
+REGISTRY = "gpufleet-lab-registry"
+REGISTRY_ALIAS = "registry.lab"
+REGISTRY_PORT = 5000
+REGISTRY_DATA = "/var/lib/docker-registry"  # the storage root in lab/image/registry/config.yml
+HUB = "gpufleet-lab-hub"
+HUB_ALIAS = "hub.lab"
+HUB_CDN_ALIAS = "cdn-lfs.lab"  # where the hub redirects LFS downloads (hf_hub.py CDN_NAMES)
+HUB_PORT = 8080
+HUB_ROOT = "/srv/hub"
+HUB_STORAGE = "/srv/registry"  # the registry's volume, read-only, in the hub container
+SERVICES = (REGISTRY, HUB)
+CONTENT_LABEL = "org.gpufleet.lab.content"
+# The stand-in images, pushed to the registry under the real images' names (build.sh key).
+REGISTRY_IMAGES = {
+    "ollama/ollama:latest": "STANDIN_ollama",
+    "vllm/vllm-openai:latest": "STANDIN_vllm",
+    "quay.io/docling-project/docling-serve:latest": "STANDIN_docling-serve",
+    "gpufleet-lab/standin:latest": "STANDIN_IMAGE",
+}
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+IMAGE_CONFIG = "application/vnd.docker.container.image.v1+json"
+MIB = 1 << 20
+
+
+def storage_url():
+    """Where the registry redirects blob downloads: the hub (hf_hub.py --storage) at a fixed
+    address of the lab network, which this machine's engine reaches too (docker push HEADs a
+    blob and follows the redirect)."""
+    last = ipaddress.ip_network(SUBNET).broadcast_address - 1
+    return "http://%s:%d" % (last, HUB_PORT)
+
+
+def load_content(path=CONTENT):
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def filler(seed, size):
+    """``size`` deterministic bytes (the same on every machine and run)."""
+    return hashlib.shake_256(seed.encode()).digest(size)
+
+
+def _sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _canonical(obj):
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# GGUF file types (llama.cpp's llama_ftype) of the quantizations content.yml uses.
+GGUF_FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8,
+                   "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+
+
+def gguf_header(architecture, name, file_type, context_length):
+    """A GGUF v3 header (magic, version, no tensors, a few metadata keys)."""
+
+    def text(value):
+        raw = value.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    keys = [
+        ("general.architecture", 8, text(architecture)),
+        ("general.name", 8, text(name)),
+        ("general.file_type", 4, struct.pack("<I", file_type)),
+        ("%s.context_length" % architecture, 4, struct.pack("<I", context_length)),
+        ("general.description", 8, text("gpufleet lab stand-in: filler, not weights")),
+    ]
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(keys))
+    for key, kind, value in keys:
+        out += text(key) + struct.pack("<I", kind) + value
+    return out
+
+
+def ollama_model(spec, content):
+    """(manifest bytes, [(media type, blob bytes)]) of one model of content.yml, as Ollama's
+    registry stores it (ollama/ollama server/images.go: ManifestV2, Layer;
+    types/model/config.go: ConfigV2 with the model_* fields and architecture, os, rootfs)."""
+    name = spec["name"]
+    family = spec["family"]
+    quant = spec["quantization"]
+    model = gguf_header(family, name, GGUF_FILE_TYPES.get(quant, 15),
+                        int(spec.get("context_length", 4096)))
+    model += filler("ollama model " + name, int(float(spec["size_mib"]) * MIB) - len(model))
+    layers = [("application/vnd.ollama.image.model", model)]
+    families = [family]
+    if spec.get("projector_mib"):
+        projector = gguf_header("clip", name + " projector", 1, 0)
+        projector += filler("ollama projector " + name,
+                            int(float(spec["projector_mib"]) * MIB) - len(projector))
+        layers.append(("application/vnd.ollama.image.projector", projector))
+        families.append("clip")
+    layers += [
+        ("application/vnd.ollama.image.template",
+         content["ollama_templates"][spec["template"]].encode()),
+        ("application/vnd.ollama.image.license",
+         content["licenses"][spec["license"]].encode()),
+        ("application/vnd.ollama.image.params", _canonical(spec.get("params") or {})),
+    ]
+    config = _canonical({
+        "model_format": "gguf",
+        "model_family": family,
+        "model_families": families,
+        "model_type": spec["parameter_size"],
+        "file_type": quant,
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [_sha256(data) for _t, data in layers]},
+    })
+    manifest = _canonical({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_V2,
+        "config": {"mediaType": IMAGE_CONFIG, "digest": _sha256(config), "size": len(config)},
+        "layers": [{"mediaType": media, "digest": _sha256(data), "size": len(data)}
+                   for media, data in layers],
+    })
+    return manifest, [(IMAGE_CONFIG, config), *layers]
+
+
+def ollama_repository(name):
+    """llama3.2:3b -> ("library/llama3.2", "3b"), as Ollama names a model in its registry."""
+    model, _sep, tag = name.partition(":")
+    return ("library/" + model if "/" not in model else model), (tag or "latest")
+
+
+# --- Hugging Face repositories ---
+
+
+def _bytes_to_unicode():
+    """GPT-2's byte-level alphabet: each byte as a printable character (a tokenizer's vocab)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in keep:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def tokenizer_json(tokenizer):
+    """A tiny but valid byte-level BPE tokenizer.json with the family's special tokens."""
+    first = int(tokenizer["first_special_id"])
+    added = [{"id": first + i, "content": tok, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True}
+             for i, tok in enumerate(tokenizer["special"])]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": True}
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                  "fuse_unk": False, "byte_fallback": False,
+                  "vocab": {c: i for i, c in enumerate(_bytes_to_unicode())}, "merges": []},
+    }
+
+
+def safetensors_file(name, size, hidden, dtype):
+    """A valid safetensors file of about ``size`` bytes: one 2-D tensor of filler values."""
+    rows = max(1, size // (2 * hidden))
+    header = {"__metadata__": {"format": "pt"},
+              "model.embed_tokens.weight": {"dtype": dtype, "shape": [rows, hidden],
+                                            "data_offsets": [0, rows * hidden * 2]}}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + filler("safetensors " + name, rows * hidden * 2)
+
+
+# The Hub's default .gitattributes: what a new repository stores with Git LFS.
+GITATTRIBUTES = "".join(
+    "%s filter=lfs diff=lfs merge=lfs -text\n" % p
+    for p in ("*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5",
+              "*.joblib", "*.lfs.*", "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz",
+              "*.onnx", "*.ot", "*.parquet", "*.pb", "*.pickle", "*.pkl", "*.pt", "*.pth",
+              "*.rar", "*.safetensors", "saved_model/**/*", "*.tar.*", "*.tar", "*.tflite",
+              "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst", "*tfevents*")
+)
+
+
+def hf_repo_files(spec, content):
+    """{path: bytes} of one repository of content.yml."""
+    config = spec["config"]
+    tokenizer = content["hf_tokenizers"][spec["tokenizer"]]
+    dtype = {"float16": "F16", "float32": "F32"}.get(config.get("torch_dtype"), "BF16")
+
+    def pretty(obj):
+        return (json.dumps(obj, indent=2) + "\n").encode()
+
+    readme = (
+        "---\nlicense: %s\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n"
+        "# %s\n\ngpufleet lab stand-in of https://huggingface.co/%s: the real config.json, "
+        "filler weights.\n" % (spec.get("license", "other"), spec["id"].split("/")[-1], spec["id"])
+    )
+    return {
+        ".gitattributes": GITATTRIBUTES.encode(),
+        "README.md": readme.encode(),
+        "config.json": pretty(config),
+        "generation_config.json": pretty(spec.get("generation_config") or {}),
+        "tokenizer.json": pretty(tokenizer_json(tokenizer)),
+        "tokenizer_config.json": pretty(tokenizer["config"]),
+        "model.safetensors": safetensors_file(
+            spec["id"], int(float(spec["weights_mib"]) * MIB), int(config["hidden_size"]), dtype
+        ),
+    }
+
+
+# Bump when hf_repo_files or write_hub_tree changes what they write (the tree is regenerated).
+HUB_TREE_RECIPE = 1
+
+
+def hub_spec(content):
+    """The part of content.yml the hub serves (its hash names the generated tree)."""
+    keys = ("hf_repos", "hf_tokenizers", "hf_tokens", "licenses")
+    return {k: content.get(k) for k in keys}
+
+
+def write_hub_tree(content, build=BUILD):
+    """Generate the hub's --root from content.yml (once per content): returns (path, hash)."""
+    spec = hub_spec(content)
+    with open(os.path.join(LAB, "servers", "hf_hub.py"), "rb") as handle:
+        server = handle.read()
+    digest = hashlib.sha256(
+        _canonical([HUB_TREE_RECIPE, spec]) + hashlib.sha256(server).digest()
+    ).hexdigest()[:16]
+    root = os.path.join(build, "hub-" + digest)
+    if os.path.isdir(root):
+        return root, digest
+    tmp = root + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    repos = {}
+    for repo in spec["hf_repos"] or []:
+        repos[repo["id"]] = {"gated": repo.get("gated", False),
+                             "tags": ["transformers", "safetensors", repo["config"]["model_type"],
+                                      "text-generation"]}
+        for path, data in hf_repo_files(repo, content).items():
+            full = os.path.join(tmp, "files", repo["id"], path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "wb") as handle:
+                handle.write(data)
+    os.makedirs(tmp, exist_ok=True)
+    with open(os.path.join(tmp, "hub.json"), "w", encoding="utf-8") as handle:
+        json.dump({"repos": repos, "tokens": spec["hf_tokens"] or {}}, handle, indent=2)
+    os.rename(tmp, root)
+    for old in os.listdir(build):
+        if old.startswith("hub-") and old != os.path.basename(root):
+            shutil.rmtree(os.path.join(build, old), ignore_errors=True)
+    return root, digest
+
+
+# --- talking to the registry (the distribution HTTP API v2) ---
+
+
+def http_call(base, method, path, body=None, headers=None, timeout=30):
+    """(status, headers, body) of one request to http://127.0.0.1:<port>; never raises on
+    an HTTP status."""
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        answer = conn.getresponse()
+        data = answer.read()
+        return answer.status, answer.headers, data
+    finally:
+        conn.close()
+
+
+def registry_manifest(base, repo, tag):
+    """(digest, manifest dict) of repo:tag in the registry, or (None, None)."""
+    status, headers, body = http_call(base, "GET", "/v2/%s/manifests/%s" % (repo, tag),
+                                      headers={"Accept": MANIFEST_V2})
+    if status != 200:
+        return None, None
+    return headers.get("Docker-Content-Digest"), json.loads(body)
+
+
+def registry_has_blob(base, repo, digest):
+    # 307: there, and served from the storage (the redirect middleware).
+    return http_call(base, "HEAD", "/v2/%s/blobs/%s" % (repo, digest))[0] in (200, 307)
+
+
+def registry_upload(base, repo, data):
+    """Upload one blob (POST then a monolithic PUT ?digest=), unless it is there."""
+    digest = _sha256(data)
+    if registry_has_blob(base, repo, digest):
+        return False
+    status, headers, body = http_call(base, "POST", "/v2/%s/blobs/uploads/" % repo)
+    if status != 202:
+        raise LabError("registry: starting an upload to %s failed (%d): %s"
+                       % (repo, status, body[:200]))
+    location = urllib.parse.urlsplit(headers["Location"])
+    path = "%s?%s" % (location.path, location.query) if location.query else location.path
+    path += ("&" if "?" in path else "?") + "digest=" + urllib.parse.quote(digest)
+    status, _headers, body = http_call(base, "PUT", path, body=data, headers={
+        "Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
+    if status != 201:
+        raise LabError("registry: uploading %s to %s failed (%d): %s"
+                       % (digest, repo, status, body[:200]))
+    return True
+
+
+def push_model(base, spec, content):
+    """Push one Ollama model (all its tags); True when something was missing."""
+    manifest, blobs = ollama_model(spec, content)
+    want = _sha256(manifest)
+    changed = False
+    for name in [spec["name"], *(spec.get("also") or [])]:
+        repo, tag = ollama_repository(name)
+        digest, _old = registry_manifest(base, repo, tag)
+        if digest == want and all(registry_has_blob(base, repo, _sha256(d)) for _m, d in blobs):
+            continue
+        for _media, data in blobs:
+            registry_upload(base, repo, data)
+        status, _headers, body = http_call(base, "PUT", "/v2/%s/manifests/%s" % (repo, tag),
+                                           body=manifest, headers={"Content-Type": MANIFEST_V2})
+        if status != 201:
+            raise LabError("registry: pushing the manifest of %s failed (%d): %s"
+                           % (name, status, body[:300]))
+        changed = True
+    return changed
+
+
+def push_image(base, port, name, local):
+    """Push a stand-in image built on the lab engine as ``name`` (repository:tag), unless the
+    registry has that tag at this content (same config digest = image id, every layer)."""
+    repo, _sep, tag = name.rpartition(":")
+    image_id = docker("image", "inspect", "-f", "{{.Id}}", local).stdout.decode().strip()
+    _digest, manifest = registry_manifest(base, repo, tag)
+    if (
+        manifest
+        and manifest.get("config", {}).get("digest") == image_id
+        and all(registry_has_blob(base, repo, layer["digest"]) for layer in manifest["layers"])
+    ):
+        return False
+    target = "127.0.0.1:%d/%s" % (port, name)
+    docker("tag", local, target)
+    try:
+        docker("push", "--quiet", target, timeout=600)
+    finally:
+        docker("rmi", target, check=False)  # only the tag
+    return True
+
+
+# --- the containers ---
+
+
+def inspect_service(name):
+    """docker inspect of a lab service container (None if absent; refused if not ours)."""
+    proc = docker("inspect", "--type", "container", name, check=False)
+    if proc.returncode != 0:
+        return None
+    info = json.loads(proc.stdout)[0]
+    if (info["Config"].get("Labels") or {}).get(LABEL) != name:
+        raise LabError("a container named %s exists that the lab did not create; "
+                       "not touching it" % name)
+    return info
+
+
+def ensure_network(name, internal):
+    proc = docker("network", "inspect", name, check=False)
+    if proc.returncode == 0:
+        if (json.loads(proc.stdout)[0].get("Labels") or {}).get(LABEL) != name:
+            raise LabError("a network named %s exists that the lab did not create" % name)
+        return
+    args = ["network", "create", "--label", "%s=%s" % (LABEL, name)]
+    if internal:
+        args += ["--internal", "--subnet", SUBNET]
+    docker(*args, name)
+
+
+def published_port(name, port):
+    """The 127.0.0.1 port the engine publishes ``port`` of container ``name`` on."""
+    out = docker("port", name, "%d/tcp" % port).stdout.decode().split()
+    return int(out[0].rsplit(":", 1)[1])
+
+
+def service_url(name, port):
+    return "http://127.0.0.1:%d" % published_port(name, port)
+
+
+def registry_url():
+    """The lab registry as this machine reaches it (push, delete): http://127.0.0.1:<port>."""
+    return service_url(REGISTRY, REGISTRY_PORT)
+
+
+def hub_url():
+    """The lab hub as this machine reaches it: http://127.0.0.1:<port>."""
+    return service_url(HUB, HUB_PORT)
+
+
+def _service_ok(info, image, labels=None):
+    return (
+        info is not None
+        and info["State"]["Running"]
+        and info["Config"]["Image"] == image
+        and NETWORK in info["NetworkSettings"]["Networks"]
+        and all((info["Config"].get("Labels") or {}).get(k) == v
+                for k, v in (labels or {}).items())
+    )
+
+
+def _start_service(name, aliases, port, run_args, before_start=None, connect=()):
+    """create (on the publish network, port on 127.0.0.1), join the lab network under
+    ``aliases`` (and ``connect`` options), optional copy-in, start."""
+    docker("rm", "-f", name, check=False)
+    docker("create", "--name", name, "--hostname", aliases[0],
+           "--label", "%s=%s" % (LABEL, name),
+           "--network", PUBLISH_NETWORK, "-p", "127.0.0.1::%d" % port, *run_args)
+    docker("network", "connect", *(a for alias in aliases for a in ("--alias", alias)),
+           *connect, NETWORK, name)
+    if before_start:
+        before_start()
+    docker("start", name)
+
+
+def _wait_http(name, port, path):
+    def answers():
+        try:
+            return http_call(service_url(name, port), "GET", path, timeout=2)[0] == 200
+        except (OSError, LabError, IndexError, ValueError):
+            return False
+
+    wait_for("%s to answer" % name, answers, 30)
+
+
+def ensure_registry(images):
+    info = inspect_service(REGISTRY)
+    storage = storage_url()
+    if _service_ok(info, images["REGISTRY_IMAGE"], {CONTENT_LABEL: storage}):
+        return False
+    volume = docker("volume", "inspect", REGISTRY, check=False)
+    if volume.returncode != 0:
+        docker("volume", "create", "--label", "%s=%s" % (LABEL, REGISTRY), REGISTRY)
+    # Blob downloads redirect (307) to the storage, as ollama.com's registry redirects them to
+    # its object storage: Ollama follows no other (it fails with "http: no Location header in
+    # response" on a registry that serves a blob itself). distribution 2.8's redirect storage
+    # middleware, configured through its REGISTRY_* environment override.
+    middleware = '[{name: redirect, options: {baseurl: "%s"}}]' % storage
+    _start_service(REGISTRY, [REGISTRY_ALIAS], REGISTRY_PORT,
+                   ["--label", "%s=%s" % (CONTENT_LABEL, storage),
+                    "-e", "REGISTRY_MIDDLEWARE_STORAGE=" + middleware,
+                    "-v", "%s:%s" % (REGISTRY, REGISTRY_DATA), images["REGISTRY_IMAGE"]])
+    _wait_http(REGISTRY, REGISTRY_PORT, "/v2/")
+    return True
+
+
+def ensure_hub(images, content):
+    root, digest = write_hub_tree(content)
+    image = images["STANDIN_IMAGE"]
+    ip = urllib.parse.urlsplit(storage_url()).hostname
+    label = "%s@%s" % (digest, ip)
+    if _service_ok(inspect_service(HUB), image, {CONTENT_LABEL: label}):
+        return False
+    _start_service(
+        HUB, [HUB_ALIAS, HUB_CDN_ALIAS], HUB_PORT,
+        ["--label", "%s=%s" % (CONTENT_LABEL, label),
+         "-v", "%s:%s:ro" % (REGISTRY, HUB_STORAGE), "--entrypoint", "python3", image,
+         "/opt/gpufleet-lab/servers/hf_hub.py", "--root", HUB_ROOT, "--storage", HUB_STORAGE,
+         "--port", str(HUB_PORT)],
+        before_start=lambda: docker("cp", root + "/.", "%s:%s" % (HUB, HUB_ROOT)),
+        connect=("--ip", ip),
+    )
+    _wait_http(HUB, HUB_PORT, "/api/models/" + content["hf_repos"][0]["id"])
+    return True
+
+
+def up_services(images, content_path=CONTENT):
+    """The lab network, registry and hub, and what they hold; quick when all is there.
+    One `lab.py up` at a time does this (make test runs several, one per xdist worker)."""
+    os.makedirs(BUILD, exist_ok=True)
+    with open(os.path.join(BUILD, "services.lock"), "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _up_services(images, content_path)
+
+
+def _up_services(images, content_path):
+    t0 = time.time()
+    content = load_content(content_path)
+    ensure_network(NETWORK, internal=True)
+    ensure_network(PUBLISH_NETWORK, internal=False)
+    done = []
+    if ensure_registry(images):
+        done.append("registry started")
+    if ensure_hub(images, content):
+        done.append("hub started")
+    base = registry_url()
+    port = published_port(REGISTRY, REGISTRY_PORT)
+    pushed = [n for n, key in REGISTRY_IMAGES.items() if push_image(base, port, n, images[key])]
+    if pushed:
+        done.append("pushed " + ", ".join(pushed))
+    models = [m["name"] for m in content.get("ollama_models") or [] if push_model(base, m, content)]
+    if models:
+        done.append("pushed models " + ", ".join(models))
+    return "registry %s:%d, hub %s:%d on %s (%s) in %.1f s" % (
+        REGISTRY_ALIAS, REGISTRY_PORT, HUB_ALIAS, HUB_PORT, NETWORK,
+        "; ".join(done) or "all there", time.time() - t0)
+
+
+def down_services():
+    """Remove the registry (and its volume), the hub and the lab networks; refused while a
+    host is still on the lab network."""
+    networks = []
+    for name in (NETWORK, PUBLISH_NETWORK):
+        proc = docker("network", "inspect", name, check=False)
+        if proc.returncode != 0:
+            continue
+        info = json.loads(proc.stdout)[0]
+        if (info.get("Labels") or {}).get(LABEL) != name:
+            continue
+        others = sorted({c["Name"] for c in (info.get("Containers") or {}).values()}
+                        - set(SERVICES))
+        if others:
+            raise LabError("--all: %s still on network %s" % (", ".join(others), name))
+        networks.append(name)
+    removed = []
+    for name in SERVICES:
+        if inspect_service(name) is not None:
+            docker("rm", "-f", name)
+            removed.append(name)
+    volume = docker("volume", "inspect", REGISTRY, check=False)
+    if volume.returncode == 0 and (json.loads(volume.stdout)[0].get("Labels") or {}).get(
+        LABEL
+    ) == REGISTRY:
+        docker("volume", "rm", REGISTRY)
+        removed.append("volume " + REGISTRY)
+    for name in networks:
+        docker("network", "rm", name)
+        removed.append("network " + name)
+    return removed
+
+
+def delete_blob_data(digest):
+    """Delete a blob's data from the registry's storage, as a pull cut off midway leaves a
+    client without it (no blob descriptor cache: the registry then answers 404 at once)."""
+    hexa = digest.split(":", 1)[1]
+    path = "%s/docker/registry/v2/blobs/sha256/%s/%s/data" % (REGISTRY_DATA, hexa[:2], hexa)
+    docker("exec", REGISTRY, "rm", "-f", path)
+
+
+def services_status():
+    rows = []
+    for name, alias, port in ((REGISTRY, REGISTRY_ALIAS, REGISTRY_PORT),
+                              (HUB, HUB_ALIAS, HUB_PORT)):
+        info = inspect_service(name)
+        row = {"service": name, "state": info["State"]["Status"] if info else "absent",
+               "address": "%s:%d" % (alias, port)}
+        if info and info["State"]["Running"]:
+            row["url"] = service_url(name, port)
+            if name == REGISTRY:
+                status, _h, body = http_call(row["url"], "GET", "/v2/_catalog?n=1000")
+                row["repositories"] = json.loads(body)["repositories"] if status == 200 else []
+            else:
+                hub = json.loads(docker("exec", HUB, "cat", HUB_ROOT + "/hub.json").stdout)
+                row["repositories"] = sorted(hub["repos"])
+        rows.append(row)
+    return rows
 
 
 # --- the hosts ---------------------------------------------------------------------------------
@@ -349,6 +932,15 @@ done
 """ % HOST_PROCS
 
 
+# The lab network is --internal, but an engine run with --iptables=false (lab/engine.sh's own)
+# cannot enforce that: its gateway is this machine. An air-gapped host has no route out, and
+# reaches only its own network (the registry and the hub there).
+NO_WAY_OUT = """
+gw=$(ip -4 route show default | awk '{print $3; exit}')
+if [ -n "$gw" ]; then ip route del default; ip route replace prohibit "$gw/32"; fi
+"""
+
+
 def configure(host, hvars):
     """Driver state, stand-in settings, NVML library and hook (GPU hosts only), then the engine."""
     gpus = hvars.get("lab_gpus") or []
@@ -375,7 +967,7 @@ def configure(host, hvars):
     # What a real GPU box has for the hardened units (systemd_units role): a `render` group, and
     # (stand-in driver only) write access for the video group where it counts VRAM; a real
     # driver needs /dev/nvidia*, which ProtectSystem=strict leaves alone.
-    dexec(host, LAB_UNIT_ACCESS)
+    dexec(host, LAB_UNIT_ACCESS + NO_WAY_OUT)
     dexec(host, "touch /etc/gpufleet-lab/configured; systemctl start docker.service")
 
 
@@ -383,7 +975,10 @@ def up_host(host, hvars, images, recreate=False):
     t0 = time.time()
     info = inspect(host)
     if info is not None and (
-        recreate or info["Config"]["Image"] != images["HOST_IMAGE"] or not info["State"]["Running"]
+        recreate
+        or info["Config"]["Image"] != images["HOST_IMAGE"]
+        or not info["State"]["Running"]
+        or info["HostConfig"]["NetworkMode"] != NETWORK
     ):
         down_host(host, keep_volume=False)
         info = None
@@ -404,6 +999,9 @@ def up_host(host, hvars, images, recreate=False):
             "--label",
             "%s=%s" % (LABEL, host),
             *RUN_FLAGS,
+            # The lab network: the registry and the hub answer there, nothing else does.
+            "--network",
+            NETWORK,
             "-v",
             "%s:/var/lib/docker" % volume,
             "-e",
@@ -428,16 +1026,8 @@ def up_host(host, hvars, images, recreate=False):
         ),
         60,
     )
-    with open(images["RUNTIME_TAR"], "rb") as tar:
-        docker(
-            "exec",
-            "-i",
-            host,
-            "sh",
-            "/opt/gpufleet-lab/inner/load-images.sh",
-            input=tar.read(),
-            timeout=300,
-        )
+    # No image is loaded: the host pulls from registry.lab:5000 like an air-gapped host from
+    # its mirror (insecure-registries in lab/image/rootfs/etc/docker/daemon.json).
     return "%s up in %.1f s" % (host, time.time() - t0)
 
 
@@ -465,8 +1055,9 @@ def down_host(host, keep_volume=False):
 
 
 def lab_containers():
+    """The lab's hosts (every labelled container but the registry and the hub)."""
     proc = docker("ps", "-a", "--filter", "label=%s" % LABEL, "--format", "{{.Names}}")
-    return sorted(proc.stdout.decode().split())
+    return sorted(set(proc.stdout.decode().split()) - set(SERVICES))
 
 
 def host_status(host):
@@ -498,8 +1089,12 @@ def host_status(host):
     return row
 
 
-def print_status(rows, engine):
+def print_status(rows, engine, services=()):
     print("engine: %s" % engine)
+    for row in services:
+        print("%-10s %-8s %s %s %s" % (
+            row["service"].replace("gpufleet-lab-", ""), row["state"], row["address"],
+            row.get("url", ""), " ".join(row.get("repositories", []))))
     if not rows:
         print("no lab hosts (make lab-up)")
     for row in rows:
@@ -541,7 +1136,8 @@ def main(argv=None):
         argv = ["inventory", *argv]
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument(
-        "command", choices=["up", "down", "status", "image", "write-state", "inventory"]
+        "command",
+        choices=["up", "down", "status", "services", "image", "write-state", "inventory"],
     )
     parser.add_argument("host", nargs="?")
     parser.add_argument("--inventory", default=os.path.join(ROOT, "inventory", "lab"))
@@ -550,6 +1146,9 @@ def main(argv=None):
         "--fleet", type=int, default=0, help="up/down/status: the generated hosts lab-fleet-01..N"
     )
     parser.add_argument("--recreate", action="store_true", help="up: replace running hosts")
+    parser.add_argument(
+        "--all", action="store_true", help="down: the registry, hub and lab network too"
+    )
     parser.add_argument("--json", action="store_true", help="status: JSON")
     parser.add_argument("--list", action="store_true", help="inventory: every running host")
     parser.add_argument("--host", dest="inventory_host", help="inventory: one host's variables")
@@ -557,7 +1156,7 @@ def main(argv=None):
 
     if "DOCKER_HOST" not in os.environ:
         # Looking (status, down, inventory) never starts an engine; up and image may.
-        looking = args.command in ("status", "down", "inventory")
+        looking = args.command in ("status", "down", "inventory", "services")
         engine = subprocess.run(
             [os.path.join(LAB, "engine.sh"), "ensure"],
             check=False,
@@ -603,6 +1202,7 @@ def main(argv=None):
         elif args.command == "up":
             t0 = time.time()
             images = build_images()
+            print(up_services(images))
             done, errors = parallel(
                 lambda h: up_host(h, inventory[h], images, args.recreate), [(h,) for h in chosen]
             )
@@ -621,6 +1221,8 @@ def main(argv=None):
                 else sorted(set(lab_containers()) | set(inventory))
             )
             done, errors = parallel(down_host, [(h,) for h in hosts])
+            if args.all and not errors:
+                done += down_services()
             print("lab down: %s" % (", ".join(sorted(done)) or "nothing to remove"))
             if errors:
                 raise LabError("; ".join(errors))
@@ -631,7 +1233,13 @@ def main(argv=None):
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
-                print_status(rows, os.environ["DOCKER_HOST"])
+                print_status(rows, os.environ["DOCKER_HOST"], services_status())
+        elif args.command == "services":
+            rows = services_status()
+            if args.json:
+                print(json.dumps({row["service"]: row for row in rows}, indent=2))
+            else:
+                print_status([], os.environ["DOCKER_HOST"], rows)
         elif args.command == "write-state":
             write_file(args.host, STATE, state_text(args.host, inventory[args.host]))
     except LabError as exc:

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Build the lab's images locally, without any container registry (lab/README.md, "Images").
+# Build the lab's images locally, without any container registry (lab/README.md, "Hosts" and
+# "Registry and hub"), on the lab's (outer) engine.
 #
 #   gpufleet-lab/host-base:<hash>   mmdebstrap minbase + systemd + docker.io ... (packages-host.txt)
-#   gpufleet-lab/runtime:<hash>      mmdebstrap minbase + python3, the base of the inner images
-#                                    (saved to .build/lab/runtime-<hash>.tar for `docker load` in hosts)
+#   gpufleet-lab/runtime:<hash>      mmdebstrap minbase + python3, the base of the stand-in images
+#   gpufleet-lab/registry:<hash>     mmdebstrap minbase + Debian's docker-registry (the real
+#                                    distribution registry 2.8) + registry/config.yml
 #   gpufleet-lab/host:<hash>         host-base + stand-in hook, NVML stand-in, nvidia-ml-py,
 #                                    Compose v2 plugin, stand-in servers (host.Dockerfile)
+#   gpufleet-lab/standin:<hash>      runtime + the stand-in servers (inner/Dockerfile); the hub
+#   gpufleet-lab/standin-<name>:<hash>  inner/<name>.Dockerfile on it: ollama, vllm,
+#                                    docling-serve (lab/lab.py pushes them to the lab registry
+#                                    under the real images' names)
 #
 # Each tag is a content hash of its inputs: an image whose tag exists is not rebuilt.
 # The Debian mirror is the one apt already uses on this machine, read at run time.
-# Prints the host image tag and the runtime tar path on stdout (two lines: KEY=VALUE).
+# Prints the image tags on stdout, one KEY=VALUE a line.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -87,8 +93,10 @@ BASE_HASH=$(hash_inputs "$HERE/packages-host.txt" "text:recipe $RECIPE")
 BASE_TAG=gpufleet-lab/host-base:$BASE_HASH
 RT_HASH=$(hash_inputs "$HERE/packages-runtime.txt" "text:recipe $RECIPE")
 RT_TAG=gpufleet-lab/runtime:$RT_HASH
-RT_TAR=$BUILD/runtime-$RT_HASH.tar
+REG_HASH=$(hash_inputs "$HERE/packages-registry.txt" "$HERE/registry" "text:recipe $RECIPE")
+REG_TAG=gpufleet-lab/registry:$REG_HASH
 rt_pid=
+reg_pid=
 if ! have_image "$RT_TAG"; then
     (
         t0=$SECONDS
@@ -96,6 +104,17 @@ if ! have_image "$RT_TAG"; then
         log "built $RT_TAG in $((SECONDS - t0)) s"
     ) &
     rt_pid=$!
+fi
+if ! have_image "$REG_TAG"; then
+    (
+        t0=$SECONDS
+        debootstrap_import "$HERE/packages-registry.txt" "$REG_TAG" \
+            "copy-in $HERE/registry/config.yml /etc/docker/registry" \
+            'CMD ["/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"]' \
+            'EXPOSE 5000' 'VOLUME ["/var/lib/docker-registry"]'
+        log "built $REG_TAG in $((SECONDS - t0)) s"
+    ) &
+    reg_pid=$!
 fi
 if ! have_image "$BASE_TAG"; then
     t0=$SECONDS
@@ -113,16 +132,16 @@ if [[ -n $rt_pid ]] && ! wait "$rt_pid"; then
     log "building $RT_TAG failed"
     exit 1
 fi
-if [[ ! -s $RT_TAR ]]; then
-    docker save "$RT_TAG" -o "$RT_TAR.tmp"
-    mv "$RT_TAR.tmp" "$RT_TAR"
+if [[ -n $reg_pid ]] && ! wait "$reg_pid"; then
+    log "building $REG_TAG failed"
+    exit 1
 fi
 
 # 3. host = host-base + the lab's own files -------------------------------------------------
 SITE=$("$PY" -c 'import pynvml, os; print(os.path.dirname(pynvml.__file__))')
 COMPOSE_BIN=$("$PY" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
 NVML_SRC=$LAB/nvml/libnvidia-ml.c
-HOST_HASH=$(hash_inputs "$HERE/host.Dockerfile" "$HERE/rootfs" "$HERE/inner" "$LAB/hook" "$LAB/servers" \
+HOST_HASH=$(hash_inputs "$HERE/host.Dockerfile" "$HERE/rootfs" "$LAB/hook" "$LAB/servers" \
     "$LAB/nvml/build.sh" "$NVML_SRC" "$SITE/pynvml.py" "$COMPOSE_BIN" "$HERE/build.sh" "text:$BASE_TAG $RT_TAG")
 HOST_TAG=gpufleet-lab/host:$HOST_HASH
 if ! have_image "$HOST_TAG"; then
@@ -130,8 +149,7 @@ if ! have_image "$HOST_TAG"; then
     ctx=$BUILD/context-host
     rm -rf "$ctx"
     mkdir -p "$ctx/usr/libexec/docker/cli-plugins" "$ctx/usr/local/lib/python3.11/dist-packages" \
-        "$ctx/opt/gpufleet-lab/servers" "$ctx/opt/gpufleet-lab/inner" "$ctx/opt/gpufleet-lab/hook" \
-        "$ctx/opt/gpufleet-lab/nvml"
+        "$ctx/opt/gpufleet-lab/servers" "$ctx/opt/gpufleet-lab/hook" "$ctx/opt/gpufleet-lab/nvml"
     cp -a "$HERE/rootfs/." "$ctx/"
     # Hook and NVML library wait under /opt: lab/lab.py links them in on hosts that have GPUs
     # (a CPU-only host has neither, as a real one would not).
@@ -141,8 +159,6 @@ if ! have_image "$HOST_TAG"; then
     cp "$SITE/pynvml.py" "$ctx/usr/local/lib/python3.11/dist-packages/"
     cp -a "$SITE"/nvidia_ml_py-*.dist-info "$ctx/usr/local/lib/python3.11/dist-packages/" 2>/dev/null || true
     cp -a "$LAB/servers/." "$ctx/opt/gpufleet-lab/servers/"
-    cp "$SITE/pynvml.py" "$ctx/opt/gpufleet-lab/inner/"
-    cp -a "$HERE/inner/." "$ctx/opt/gpufleet-lab/inner/"
     find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
     if [[ -f $NVML_SRC ]]; then
         command -v gcc >/dev/null || { log "gcc missing: apt-get install -y gcc libc6-dev"; exit 1; }
@@ -158,14 +174,54 @@ if ! have_image "$HOST_TAG"; then
     log "built $HOST_TAG in $((SECONDS - t0)) s"
 fi
 
+# 4. the stand-in server images, on this (outer) engine: lab/lab.py pushes them to the lab
+# registry; the hosts pull them from there ----------------------------------------------------
+SI_HASH=$(hash_inputs "$HERE/inner" "$LAB/servers" "$SITE/pynvml.py" "text:$RT_TAG")
+SI_TAG=gpufleet-lab/standin:$SI_HASH
+flavors=()
+for f in "$HERE"/inner/*.Dockerfile; do
+    flavors+=("$(basename "$f" .Dockerfile)")
+done
+build_quiet() {  # docker build args...; only real errors on stderr
+    DOCKER_BUILDKIT=0 docker build --quiet "$@" >/dev/null \
+        2> >(grep -v -i 'deprecated\|legacy builder\|buildx\|buildkit\|environment-variable\|^\s*$' >&2)
+}
+if ! have_image "$SI_TAG"; then
+    t0=$SECONDS
+    ctx=$BUILD/context-standin
+    rm -rf "$ctx"
+    mkdir -p "$ctx/servers" "$ctx/inner"
+    cp -a "$LAB/servers/." "$ctx/servers/"
+    cp "$SITE/pynvml.py" "$ctx/inner/"
+    find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
+    cp "$HERE/inner/Dockerfile" "$ctx/Dockerfile"
+    build_quiet --build-arg "RUNTIME=$RT_TAG" -t "$SI_TAG" "$ctx"
+    log "built $SI_TAG in $((SECONDS - t0)) s"
+fi
+for flavor in "${flavors[@]}"; do
+    if ! have_image "gpufleet-lab/standin-$flavor:$SI_HASH"; then
+        build_quiet --build-arg "STANDIN=$SI_TAG" -t "gpufleet-lab/standin-$flavor:$SI_HASH" \
+            - <"$HERE/inner/$flavor.Dockerfile"
+    fi
+done
+
 # Older builds of our own repositories only (gpufleet-lab/*): keep the disk tidy.
-for repo_tag in "gpufleet-lab/host-base:$BASE_HASH" "gpufleet-lab/runtime:$RT_HASH" "gpufleet-lab/host:$HOST_HASH"; do
+keep=("gpufleet-lab/host-base:$BASE_HASH" "gpufleet-lab/runtime:$RT_HASH" "gpufleet-lab/host:$HOST_HASH"
+      "gpufleet-lab/registry:$REG_HASH" "gpufleet-lab/standin:$SI_HASH")
+for flavor in "${flavors[@]}"; do
+    keep+=("gpufleet-lab/standin-$flavor:$SI_HASH")
+done
+for repo_tag in "${keep[@]}"; do
     repo=${repo_tag%%:*}
     docker image ls "$repo" --format '{{.Repository}}:{{.Tag}}' | grep -vx "$repo_tag" \
         | xargs -r docker rmi >/dev/null 2>&1 || true
 done
-find "$BUILD" -maxdepth 1 -name 'runtime-*.tar' ! -name "runtime-$RT_HASH.tar" -delete
+find "$BUILD" -maxdepth 1 -name 'runtime-*.tar' -delete
 
 echo "HOST_IMAGE=$HOST_TAG"
-echo "RUNTIME_TAR=$RT_TAR"
 echo "RUNTIME_IMAGE=$RT_TAG"
+echo "REGISTRY_IMAGE=$REG_TAG"
+echo "STANDIN_IMAGE=$SI_TAG"
+for flavor in "${flavors[@]}"; do
+    echo "STANDIN_$flavor=gpufleet-lab/standin-$flavor:$SI_HASH"
+done
