@@ -43,6 +43,9 @@ def modes(gpu0, gpu1):
 
 
 MODES = modes(GPU0, GPU1)
+# The Ollama servers of the default catalog and the model each loads (vision: moondream2).
+OLLAMA_MODEL = {"ollama": "llama3.2:3b", "ollama_research": "llama3.2:3b",
+                "vision": "moondream:latest"}
 HEALTH = {"ollama": 11434, "ollama_research": 11435, "vllm": 8000, "vision": 8002,
           "docling": 5001}
 _RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
@@ -144,13 +147,13 @@ def assert_compose_state(host, expected):
         if uuid:
             assert requests[0]["Driver"] == "nvidia"
         status, payload = host.http("http://127.0.0.1:%d/%s" % (
-            HEALTH[name], "api/version" if name.startswith("ollama") else "health"))
+            HEALTH[name], "api/version" if name in OLLAMA_MODEL else "health"))
         assert status == 200, (name, payload)
     for name, uuid in expected.items():
-        if name.startswith("ollama"):
+        if name in OLLAMA_MODEL:
             # A no-op when verify loaded it; after a rollback the model loads here.
             status, payload = host.http("http://127.0.0.1:%d/api/generate" % HEALTH[name],
-                                        body={"model": "llama3.2:3b"})
+                                        body={"model": OLLAMA_MODEL[name]})
             assert status == 200, payload
             status, payload = host.http("http://127.0.0.1:%d/api/ps" % HEALTH[name])
             models = payload["models"]
