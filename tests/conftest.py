@@ -28,7 +28,8 @@ HOST_FIXTURES = {"lab": "lab-ws", "ws": "lab-ws", "cpu": "lab-ws", "dual_lab": "
 LAB_MODULE_GROUPS = {
     "test_lab_hosts.py": "lab-ws", "test_lab_placement.py": "lab-ws",
     "test_lab_molecule.py": "lab-ws", "test_lab_report.py": "lab-ws",
-    "test_lab_apply.py": "lab-dual2", "test_lab_site.py": "lab-dual",
+    "test_lab_apply.py": "lab-dual2", "test_lab_first_run.py": "lab-dual2",
+    "test_lab_site.py": "lab-dual",
     "test_lab_switch.py": "lab-spark",
 }
 

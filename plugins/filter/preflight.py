@@ -20,10 +20,12 @@ def dual_gpu_mode_plan(gpus, existing_text, default="ollama", remote=False):
     return _preflight.dual_gpu_mode_plan(len(healthy), existing_text, default, remote)
 
 
-def report(services_plan, host, gpus, host_facts, dual_gpu_mode=None, options=None):
-    """``services_plan | gpufleet.inference.preflight_report(host, gpus, facts, mode, options)``."""
+def report(services_plan, host, gpus, host_facts, dual_gpu_mode=None, options=None,
+           downloads=None):
+    """``services_plan | gpufleet.inference.preflight_report(host, gpus, facts, mode, options,
+    downloads)``."""
     return _preflight.build_report(host, services_plan, gpus, host_facts, dual_gpu_mode,
-                                   options)
+                                   options, downloads)
 
 
 class FilterModule:

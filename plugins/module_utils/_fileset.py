@@ -604,7 +604,7 @@ def _unit_options(opts, plan=None):
     options = {key: opts[key] for key in ("user", "group", "env_dir", "models_dir", "ollama_bin",
                                           "vllm_bin", "state_dir_name")}
     sources = (plan or {}).get("sources") or {}
-    options.update(hf_home=sources.get("hf_home"), hf_token_file=sources.get("hf_token_file"))
+    options.update(hf_home=sources.get("hf_home"))
     return options
 
 

@@ -243,8 +243,6 @@ def _with_sources(svc, item, sources, models_dir):
         if sources["hf_endpoint"]:
             env.setdefault("HF_ENDPOINT", sources["hf_endpoint"])
         volumes.append("%s:%s" % (sources["hf_home"], _plan.HF_CONTAINER_HOME))
-        if sources["hf_token_file"]:
-            item["env_file"] = [sources["hf_token_file"]]
     if env:
         item["environment"] = env
     if volumes:

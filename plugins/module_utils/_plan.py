@@ -614,10 +614,10 @@ def _local_url(service, container_port):
 
 def _with_sources(item, sources):
     """A plan service with its image pulled through the mirror and vLLM's weights in the
-    host's Hugging Face cache, read offline once fetched."""
+    host's Hugging Face cache, read offline once fetched: vLLM itself never needs (nor gets)
+    the Hugging Face token, only the fetch on the host does."""
     item["image_source"] = item["image"]
     item["image"] = mirror_image(item["image"], sources["image_mirrors"])
-    item["env_files"] = []
     if item["engine"] == "vllm":
         env = dict(item["environment"])
         env.setdefault("HF_HUB_OFFLINE", "1")
@@ -627,8 +627,6 @@ def _with_sources(item, sources):
         if not any(v["target"] == HF_CONTAINER_HOME for v in item["volumes"]):
             item["volumes"] = item["volumes"] + [
                 {"source": sources["hf_home"], "target": HF_CONTAINER_HOME, "read_only": False}]
-        if sources["hf_token_file"]:
-            item["env_files"] = [sources["hf_token_file"]]
     return item
 
 

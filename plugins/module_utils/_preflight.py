@@ -5,15 +5,17 @@
 Not a public API: the leading underscore says so. Pure functions, stdlib only, no
 AnsibleModule: the ``preflight_facts`` module uses the /proc parsers, the preflight role's
 filters use the rest. Bad input raises ValueError naming the field and its value
-(``preflight_size_table[2].size_mb must be an integer >= 0; got: -5``).
+(``preflight_disk_reserve_mib must be an integer >= 0; got: -5``).
 
-What it covers (seed 000, "scripts/preflight.py")
+What it covers
   profile         the recommended profile (``_plan.recommend_profile``): cpu, single-gpu,
                   dual-gpu, multi-gpu, or remote when the inventory says inference runs elsewhere.
-  downloads       the first-run download size from a size table (seed 000's is the default), the
-                  active profile and DUAL_GPU_MODE: images and model weights listed apart, a
-                  model directory shared by several servers counted once.
-  disks           what each filesystem must hold against what it has free.
+  downloads       what the run will fetch, from the planned result of the downloads module
+                  (``gpufleet.inference.downloads``, ``state: planned``): the images, Ollama
+                  models and Hugging Face weights of the plan, each with its real size, what
+                  is already present costing nothing, and the filesystem it lands on.
+  disks           per filesystem: the bytes fetched onto it plus the reserve against its free
+                  space.
   mixed mode      GPU 1 must have room for the budgets of every service placed on it, and vLLM's
                   start rule (free >= gpu_memory_utilization x total) must hold.
   ports           /proc/net/tcp{,6} listeners and who holds them.
@@ -36,31 +38,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._plan import (
     GPU_PROFILES,
     MODE_PROFILES,
     MODES,
-    PROFILES,
     recommend_profile,
-)
-
-KINDS = ("image", "model")
-SIZE_KEYS = ("name", "kind", "size_mb", "profiles", "modes", "services", "dir", "note")
-# Seed 000's "Size table (used by the warning calculator)", in MB.
-DEFAULT_SIZE_TABLE = (
-    {"name": "ollama/ollama", "kind": "image", "size_mb": 800,
-     "profiles": ["cpu", "single-gpu", "dual-gpu", "multi-gpu"], "dir": "images",
-     "note": "shared by ollama + ollama_research"},
-    {"name": "searxng/searxng", "kind": "image", "size_mb": 300, "dir": "images"},
-    {"name": "app (Python build)", "kind": "image", "size_mb": 1500, "dir": "images"},
-    {"name": "vision service", "kind": "image", "size_mb": 3000,
-     "profiles": ["single-gpu", "dual-gpu", "multi-gpu"], "dir": "images",
-     "note": "single-gpu and above"},
-    {"name": "vllm/vllm-openai", "kind": "image", "size_mb": 10000,
-     "profiles": ["dual-gpu", "multi-gpu"], "modes": ["vllm", "mixed"], "dir": "images",
-     "note": "vllm / mixed mode only"},
-    {"name": "llama3.2:3b", "kind": "model", "size_mb": 2000,
-     "profiles": ["cpu", "single-gpu", "dual-gpu", "multi-gpu"], "dir": "models",
-     "note": "shared model directory: ollama + ollama_research download it once"},
-    {"name": "moondream2", "kind": "model", "size_mb": 1800,
-     "profiles": ["single-gpu", "dual-gpu", "multi-gpu"], "dir": "vision_cache",
-     "note": "vision container cache"},
 )
 
 # /proc/net/tcp: "sl local_address rem_address st ..."; st 0A is LISTEN.
@@ -69,7 +47,7 @@ _SOCKET_LINK_RE = re.compile(r"^socket:\[(\d+)\]$")
 
 
 def gb_text(mb):
-    """MB as seed 000 prints sizes: 800 -> '800 MB', 1500 -> '1.5 GB', 10000 -> '10.0 GB'."""
+    """MB as the summary prints sizes: 800 -> '800 MB', 1500 -> '1.5 GB', 10000 -> '10.0 GB'."""
     if mb < 1000:
         return "%d MB" % mb
     return "%.1f GB" % (mb / 1000.0)
@@ -78,7 +56,7 @@ def gb_text(mb):
 # ---- profile and .env -------------------------------------------------------------------
 
 def dual_gpu_mode_plan(gpu_count, existing_text, default="ollama", remote=False):
-    """Seed 000: write DUAL_GPU_MODE=<default> into .env on the first setup of a 2-GPU host.
+    """Write DUAL_GPU_MODE=<default> into .env on the first setup of a 2-GPU host.
 
     Returns ``{write, mode, existing}``: ``write`` is true only on a host with two GPUs or
     more (not remote) whose .env
@@ -99,157 +77,104 @@ def dual_gpu_mode_plan(gpu_count, existing_text, default="ollama", remote=False)
 
 # ---- downloads --------------------------------------------------------------------------
 
-def _names(entry, key, at, allowed=None):
-    value = entry.get(key)
-    if value is None:
+MIB = 1048576
+
+
+def size_text(size_bytes):
+    """Bytes as gb_text prints them (MB of 10^6 bytes): less than one MB is '< 1 MB'."""
+    if 0 < size_bytes < 1000000:
+        return "< 1 MB"
+    return gb_text(round(size_bytes / 1000000.0))
+
+
+def _byte_count(value, at):
+    if not is_int(value) or value < 0:
+        raise ValueError("%s must be an integer >= 0; got: %r" % (at, value))
+    return value
+
+
+def download_table(result, where="downloads"):
+    """What the run will fetch, from the planned result of gpufleet.inference.downloads.
+
+    ``result`` is the registered result of the module in ``state: planned``: its
+    ``downloads`` (one per item: ``kind``, ``name``, ``services``, ``present``, ``bytes``,
+    ``filesystem``) and ``by_filesystem`` (mount point: ``{bytes, free_bytes}``). None, or a
+    skipped result, gives None (no table, no disk check). Returns ``{items, total_bytes,
+    present, unknown, by_filesystem}``: an item already present costs nothing; ``unknown``
+    names the items whose size could not be read (``bytes`` None, not counted).
+    """
+    if result is None:
         return None
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("%s.%s must be a list of names; got: %r" % (at, key, value))
-    for i, item in enumerate(value):
-        if allowed is not None and item not in allowed:
-            raise ValueError("%s.%s[%d] must be one of %s; got: %r"
-                             % (at, key, i, ", ".join(allowed), item))
-    return list(value)
-
-
-def check_size_table(table, where="preflight_size_table"):
-    """Check the size table; returns it with every key filled in."""
-    if not isinstance(table, (list, tuple)) or not table:
-        raise ValueError("%s must be a non-empty list of components; got: %r" % (where, table))
-    checked = []
-    for i, entry in enumerate(table):
-        at = "%s[%d]" % (where, i)
+    if not isinstance(result, dict):
+        raise ValueError("%s must be the result of gpufleet.inference.downloads (state: "
+                         "planned); got: %r" % (where, result))
+    if result.get("skipped") or "downloads" not in result:
+        return None
+    listed = result["downloads"]
+    if not isinstance(listed, list):
+        raise ValueError("%s.downloads must be a list; got: %r" % (where, listed))
+    items = []
+    for i, item in enumerate(listed):
+        at = "%s.downloads[%d]" % (where, i)
+        if not isinstance(item, dict):
+            raise ValueError("%s must be a dict; got: %r" % (at, item))
+        for key in ("kind", "name"):
+            if not isinstance(item.get(key), str) or not item[key]:
+                raise ValueError("%s.%s must be a non-empty string; got: %r"
+                                 % (at, key, item.get(key)))
+        services = item.get("services") or []
+        if not isinstance(services, list):
+            raise ValueError("%s.services must be a list of names; got: %r" % (at, services))
+        present = bool(item.get("present"))
+        # bytes is None when the registry could not be read (a login only docker has).
+        size = item.get("bytes")
+        size = 0 if present else (None if size is None else _byte_count(size, at + ".bytes"))
+        items.append({"kind": item["kind"], "name": item["name"],
+                      "services": [str(s) for s in services], "present": present,
+                      "bytes": size, "filesystem": item.get("filesystem")})
+    by_filesystem = result.get("by_filesystem")
+    by_filesystem = {} if by_filesystem is None else by_filesystem
+    if not isinstance(by_filesystem, dict):
+        raise ValueError("%s.by_filesystem must be a dict of mount point: {bytes, free_bytes}; "
+                         "got: %r" % (where, by_filesystem))
+    filesystems = {}
+    for mount, entry in sorted(by_filesystem.items()):
+        at = "%s.by_filesystem[%r]" % (where, mount)
         if not isinstance(entry, dict):
-            raise ValueError("%s must be a dict; got: %r" % (at, entry))
-        unknown = sorted(set(entry) - set(SIZE_KEYS))
-        if unknown:
-            raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError("%s.name must be a non-empty string; got: %r" % (at, name))
-        kind = entry.get("kind")
-        if kind not in KINDS:
-            raise ValueError("%s.kind must be one of %s; got: %r" % (at, ", ".join(KINDS), kind))
-        size = entry.get("size_mb")
-        if not is_int(size) or size < 0:
-            raise ValueError("%s.size_mb must be an integer >= 0; got: %r" % (at, size))
-        directory = entry.get("dir") or ("images" if kind == "image" else "models")
-        if not isinstance(directory, str):
-            raise ValueError("%s.dir must be a key of preflight_dirs; got: %r" % (at, directory))
-        note = entry.get("note")
-        if note is not None and not isinstance(note, str):
-            raise ValueError("%s.note must be a string; got: %r" % (at, note))
-        checked.append({
-            "name": name.strip(), "kind": kind, "size_mb": size,
-            "profiles": _names(entry, "profiles", at, PROFILES),
-            "modes": _names(entry, "modes", at, MODES),
-            "services": _names(entry, "services", at), "dir": directory, "note": note,
-        })
-    return checked
+            raise ValueError("%s must be a dict with bytes and free_bytes; got: %r"
+                             % (at, entry))
+        free = entry.get("free_bytes")
+        filesystems[mount] = {
+            "bytes": _byte_count(entry.get("bytes"), at + ".bytes"),
+            "free_bytes": None if free is None else _byte_count(free, at + ".free_bytes")}
+    return {"items": items, "total_bytes": sum(item["bytes"] or 0 for item in items),
+            "present": sum(1 for item in items if item["present"]),
+            "unknown": [item["name"] for item in items if item["bytes"] is None],
+            "by_filesystem": filesystems}
 
 
-def _needed(entry, profile, mode, active):
-    if entry["profiles"] is not None and profile not in entry["profiles"]:
-        return False
-    if entry["modes"] is not None and profile in MODE_PROFILES and mode not in entry["modes"]:
-        return False
-    if entry["services"] is not None and active is not None and \
-            not set(entry["services"]) & set(active):
-        return False
-    return True
+def disk_check(by_filesystem, reserve_mib=0):
+    """What each filesystem must hold against what it has free.
 
-
-def download_plan(table, profile, mode="ollama", dirs=None, active=None):
-    """The first-run downloads for ``profile`` and ``mode``.
-
-    ``dirs`` maps a table entry's ``dir`` key (images, models, vision_cache...) to a host path;
-    ``active`` (optional) the names of the services that run, for entries with ``services``.
-    A component listed twice for one directory (a model two servers share) is counted once.
-    Returns ``{profile, mode, images, models, images_mb, models_mb, total_mb, by_path}``.
+    ``by_filesystem`` is ``download_table()['by_filesystem']``: the bytes the run fetches onto
+    each filesystem and its free bytes. The need is those bytes (rounded up to MiB) plus
+    ``reserve_mib``. Returns ``[{filesystem, bytes, required_mib, free_mib, ok}]``; an
+    unknown free space is not ok.
     """
-    checked = check_size_table(table)
-    if profile not in PROFILES:
-        raise ValueError("profile must be one of %s; got: %r" % (", ".join(PROFILES), profile))
-    if mode not in MODES:
-        raise ValueError("mode must be one of %s; got: %r" % (", ".join(MODES), mode))
-    dirs = dirs or {}
-    if not isinstance(dirs, dict):
-        raise ValueError("preflight_dirs must be a dict of key: path; got: %r" % (dirs,))
-    if active is not None and not isinstance(active, list):
-        raise ValueError("active must be a list of service names; got: %r" % (active,))
-    lists = {"image": [], "model": []}
-    seen = set()
-    by_path = {}
-    for i, entry in enumerate(checked):
-        if not _needed(entry, profile, mode, active):
-            continue
-        path = dirs.get(entry["dir"])
-        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
-            raise ValueError("preflight_dirs.%s must be an absolute path; got: %r"
-                             % (entry["dir"], path))
-        if path is None and dirs:
-            raise ValueError("preflight_size_table[%d].dir is not a key of preflight_dirs (%s); "
-                             "got: %r" % (i, ", ".join(sorted(dirs)), entry["dir"]))
-        key = (entry["kind"], entry["name"], path or entry["dir"])
-        if key in seen:
-            continue
-        seen.add(key)
-        lists[entry["kind"]].append({"name": entry["name"], "size_mb": entry["size_mb"],
-                                     "dir": entry["dir"], "path": path, "note": entry["note"]})
-        if path is not None:
-            by_path[path] = by_path.get(path, 0) + entry["size_mb"]
-    images_mb = sum(item["size_mb"] for item in lists["image"])
-    models_mb = sum(item["size_mb"] for item in lists["model"])
-    return {"profile": profile, "mode": mode, "images": lists["image"],
-            "models": lists["model"], "images_mb": images_mb, "models_mb": models_mb,
-            "total_mb": images_mb + models_mb, "by_path": by_path}
-
-
-def disk_check(by_path, disks, reserve_mib=0):
-    """Sum what each filesystem must hold and compare it with its free space.
-
-    ``by_path`` is ``download_plan()['by_path']`` (MB); ``disks`` the ``disks`` list of the
-    preflight_facts module (``path``, ``device``, ``free_bytes``). Paths on one filesystem
-    (same device) are added up. Returns one entry per filesystem:
-    ``{device, paths, required_mib, free_mib, ok}``.
-    """
-    if not isinstance(by_path, dict):
-        raise ValueError("by_path must be a dict of path: MB; got: %r" % (by_path,))
+    if not isinstance(by_filesystem, dict):
+        raise ValueError("by_filesystem must be a dict of mount point: {bytes, free_bytes}; "
+                         "got: %r" % (by_filesystem,))
     if not is_int(reserve_mib) or reserve_mib < 0:
         raise ValueError("preflight_disk_reserve_mib must be an integer >= 0; got: %r"
                          % (reserve_mib,))
-    if not isinstance(disks, list):
-        raise ValueError("disks must be the disks list of preflight_facts; got: %r" % (disks,))
-    known = {}
-    for i, disk in enumerate(disks):
-        if not isinstance(disk, dict) or not isinstance(disk.get("path"), str):
-            raise ValueError("disks[%d] must be a dict with path; got: %r" % (i, disk))
-        free = disk.get("free_bytes")
-        if free is not None and (not is_int(free) or free < 0):
-            raise ValueError("disks[%d].free_bytes must be an integer >= 0; got: %r" % (i, free))
-        known[disk["path"]] = disk
-    groups = {}
-    for path, size_mb in sorted(by_path.items()):
-        if not is_int(size_mb) or size_mb < 0:
-            raise ValueError("by_path[%r] must be an integer >= 0; got: %r" % (path, size_mb))
-        disk = known.get(path)
-        if disk is None:
-            raise ValueError("disks has no entry for %s (checked: %s); got: %r"
-                             % (path, ", ".join(sorted(known)) or "none", path))
-        device = disk.get("device")
-        key = device if device is not None else "path:" + path
-        group = groups.setdefault(key, {"device": device, "paths": [], "required_mb": 0,
-                                        "free_bytes": disk.get("free_bytes")})
-        group["paths"].append(path)
-        group["required_mb"] += size_mb
     result = []
-    for group in groups.values():
-        # The table is in MB (10^6 bytes), free space in bytes: compare in MiB, rounded up.
-        required = math.ceil(group["required_mb"] * 1000000 / 1048576.0) + reserve_mib
-        free = None if group["free_bytes"] is None else group["free_bytes"] // 1048576
-        result.append({"device": group["device"], "paths": group["paths"],
-                       "required_mib": required, "free_mib": free,
-                       "ok": free is not None and free >= required})
+    for mount, entry in sorted(by_filesystem.items()):
+        required = math.ceil(entry["bytes"] / float(MIB)) + reserve_mib
+        free = entry.get("free_bytes")
+        free_mib = None if free is None else free // MIB
+        result.append({"filesystem": mount, "bytes": entry["bytes"], "required_mib": required,
+                       "free_mib": free_mib,
+                       "ok": free is not None and free >= entry["bytes"] + reserve_mib * MIB})
     return result
 
 
@@ -298,7 +223,7 @@ def _placed(services_plan):
 def gpu_memory_check(services_plan, gpus, managed_processes=("ollama", "*vllm*")):
     """Mixed mode's GPU 1 check and vLLM's start rule, from the placement budgets.
 
-    Seed 000 warns when GPU 1 has < 12 GB free in mixed mode; here the need is the sum of the
+    Mixed mode needs room on GPU 1 for both of its tenants: the need is the sum of the
     budgets of the services placed on the GPU (ollama_research + vllm by default), compared
     with its free memory plus what our own engines already hold. For every vLLM, free memory
     when it starts (after the co-tenants started before it) must be at least
@@ -485,6 +410,27 @@ def port_conflicts(report, ignore_processes=()):
 
 # ---- summary ----------------------------------------------------------------------------
 
+def download_lines(table):
+    """The download table of the summary (nothing without a downloads result)."""
+    if table is None:
+        return []
+    items = table["items"]
+    if not items:
+        return ["Downloads: nothing to fetch"]
+    lines = ["Downloads (what this run fetches)"]
+    width = max(len(item["name"]) for item in items)
+    for item in items:
+        lines.append("  %-11s  %-*s  %-8s  -> %s  (%s)" % (
+            item["kind"], width, item["name"],
+            "present" if item["present"] else
+            "unknown" if item["bytes"] is None else size_text(item["bytes"]),
+            item["filesystem"] or "?", ", ".join(item["services"])))
+    total = size_text(table["total_bytes"]) if table["total_bytes"] else "nothing"
+    lines.append("  Total: %s to fetch (%d of %d already present)"
+                 % (total, table["present"], len(items)))
+    return lines
+
+
 def summary_lines(report):
     """The readable block of one host, from the ``preflight_report`` the role builds."""
     lines = ["Preflight %s" % report.get("host", "")]
@@ -495,22 +441,7 @@ def summary_lines(report):
     for item in report.get("checks") or []:
         status = "ok" if item["ok"] else ("WARN" if item.get("warn_only") else "FAIL")
         lines.append("%-5s %s" % (status, item["text"]))
-    downloads = report.get("downloads")
-    if downloads:
-        lines.append("Download sizes (first-run estimates)")
-        lines.append("  Docker images")
-        for item in downloads["images"]:
-            note = "  (%s)" % item["note"] if item["note"] else ""
-            lines.append("    %-24s ~%-8s%s" % (item["name"], gb_text(item["size_mb"]), note))
-        lines.append("  Model weights (lazy-loaded on first use)")
-        for item in downloads["models"]:
-            lines.append("    %-24s ~%-8s -> %s%s" % (
-                item["name"], gb_text(item["size_mb"]), item["path"] or item["dir"],
-                "  (%s)" % item["note"] if item["note"] else ""))
-        lines.append("  Total first-run: ~%s (images %s, models %s; models persist between "
-                     "restarts)" % (gb_text(downloads["total_mb"]),
-                                    gb_text(downloads["images_mb"]),
-                                    gb_text(downloads["models_mb"])))
+    lines.extend(download_lines(report.get("downloads")))
     for warning in report.get("warnings") or []:
         lines.append("warning: %s" % warning)
     return [line.rstrip() for line in lines]
@@ -519,8 +450,6 @@ def summary_lines(report):
 # ---- the report -------------------------------------------------------------------------
 
 REPORT_OPTIONS = {
-    "size_table": DEFAULT_SIZE_TABLE,
-    "dirs": {},
     "remote": False,
     "disk_reserve_mib": 0,
     "ignore_port_processes": [],
@@ -573,28 +502,20 @@ def _check_report_options(options):
         for i, item in enumerate(value):
             if not isinstance(item, str) or not item.strip():
                 raise ValueError("%s[%d] must be a non-empty string; got: %r" % (where, i, item))
-    dirs = opts["dirs"]
-    if not isinstance(dirs, dict):
-        raise ValueError("preflight_dirs must be a dict of key: path; got: %r" % (dirs,))
-    for key, path in dirs.items():
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError("preflight_dirs.%s must be an absolute path; got: %r" % (key, path))
-    for i, entry in enumerate(check_size_table(opts["size_table"])):
-        if dirs and entry["dir"] not in dirs:
-            raise ValueError("preflight_size_table[%d].dir is not a key of preflight_dirs (%s); "
-                             "got: %r" % (i, ", ".join(sorted(dirs)), entry["dir"]))
     return opts
 
 
-ROLE_OPTIONS = ("env_file", "nvidia_smi_timeout")
+ROLE_OPTIONS = ("env_file", "nvidia_smi_timeout", "download_kinds")
+DOWNLOAD_KINDS = ("image", "ollama", "huggingface")
 
 
 def check_options(options, role_options=None):
     """The preflight role's options, checked before the role reads or writes anything.
 
     ``options`` are the report options (:func:`build_report`); ``role_options`` the role's
-    other options, each checked when given: ``env_file`` (the .env path, absolute) and
-    ``nvidia_smi_timeout`` (seconds, 1-3600; a number's text counts, as ``-e`` gives it).
+    other options, each checked when given: ``env_file`` (the .env path, absolute),
+    ``nvidia_smi_timeout`` (seconds, 1-3600; a number's text counts, as ``-e`` gives it) and
+    ``download_kinds`` (the kinds of download the run checks: image, ollama, huggingface).
     """
     _check_report_options(options)
     role_options = known_keys(role_options, ROLE_OPTIONS, "role_options")
@@ -608,6 +529,15 @@ def check_options(options, role_options=None):
         if not is_int(number) or not 1 <= number <= MAX_TOOL_TIMEOUT_S:
             raise ValueError("preflight_nvidia_smi_timeout must be 1-%d seconds; got: %r"
                              % (MAX_TOOL_TIMEOUT_S, value))
+    if "download_kinds" in role_options:
+        kinds = role_options["download_kinds"]
+        if not isinstance(kinds, list):
+            raise ValueError("preflight_download_kinds must be a list of %s; got: %r"
+                             % (", ".join(DOWNLOAD_KINDS), kinds))
+        for i, kind in enumerate(kinds):
+            if kind not in DOWNLOAD_KINDS:
+                raise ValueError("preflight_download_kinds[%d] must be one of %s; got: %r"
+                                 % (i, ", ".join(DOWNLOAD_KINDS), kind))
     return True
 
 
@@ -616,13 +546,15 @@ def _check(checks, opts, name, ok, text):
                    "text": text})
 
 
-def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, options=None):
+def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, options=None,
+                 downloads=None):
     """Everything preflight found on one host, and whether it may go on.
 
     ``host_facts`` is ``ansible_facts.preflight_host`` (the preflight_facts module);
-    ``dual_gpu_mode`` the result of :func:`dual_gpu_mode_plan`. A check that fails blocks
-    (``ok: false``) unless its name is in ``warn_only``; the mixed-mode GPU check and the
-    persistence mode only ever warn (seed 000: warn, not block).
+    ``dual_gpu_mode`` the result of :func:`dual_gpu_mode_plan`; ``downloads`` the planned
+    result of gpufleet.inference.downloads (None or skipped: no table, no disk check). A
+    check that fails blocks (``ok: false``) unless its name is in ``warn_only``; the
+    mixed-mode GPU check and the persistence mode only ever warn.
     """
     opts = _check_report_options(options)
     if not isinstance(host_facts, dict):
@@ -652,18 +584,20 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
            "; ".join(c["text"] for c in blocking) if blocking else
            "ports free: %s" % (", ".join(str(p["port"]) for p in wanted if p["active"])
                                or "none needed"))
-    # Downloads and disks.
-    active = list(services_plan.get("active") or [])
-    downloads = None
+    # Downloads and disks: what the run fetches onto each filesystem, plus the reserve.
+    table = download_table(downloads)
     disks = []
-    if profile in PROFILES:
-        downloads = download_plan(opts["size_table"], profile, mode, opts["dirs"], active)
-        disks = disk_check(downloads["by_path"], host_facts.get("disks") or [],
-                           opts["disk_reserve_mib"])
+    if table is not None:
+        disks = disk_check(table["by_filesystem"], opts["disk_reserve_mib"])
+        if table["unknown"]:
+            warnings.append("the size of %s is unknown (its registry could not be read): the "
+                            "disk check does not count it" % ", ".join(table["unknown"]))
         for item in disks:
             _check(checks, opts, "disk", item["ok"],
-                   "disk at %s: %s MiB needed, %s MiB free" % (
-                       ", ".join(item["paths"]), item["required_mib"],
+                   "disk at %s: %s MiB needed (%s to fetch, %s MiB reserve), %s MiB free" % (
+                       item["filesystem"], item["required_mib"],
+                       size_text(item["bytes"]) if item["bytes"] else "nothing",
+                       opts["disk_reserve_mib"],
                        "unknown" if item["free_mib"] is None else item["free_mib"]))
     # Driver, container toolkit and runtime for the GPU profiles.
     binaries = host_facts.get("binaries") or {}
@@ -712,7 +646,7 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
         "host": host, "profile": profile, "recommended_profile": recommended,
         "dual_gpu_mode": mode, "gpu_count": len(healthy),
         "env_written": bool(isinstance(dual_gpu_mode, dict) and dual_gpu_mode.get("write")),
-        "checks": checks, "ports": report, "downloads": downloads, "disks": disks,
+        "checks": checks, "ports": report, "downloads": table, "disks": disks,
         "gpu_memory": memory["gpus"], "warnings": warnings, "failed": [c["text"] for c in failed],
         "ok": not failed,
     }

@@ -61,10 +61,6 @@ def _compose_base(service):
         doc["command"] = command
     if service["environment"]:
         doc["environment"] = dict(service["environment"])
-    if service.get("env_files"):
-        # The Hugging Face token file (0600, written by a no_log task): the token itself is
-        # never in a compose file.
-        doc["env_file"] = list(service["env_files"])
     if service["ports"]:
         doc["ports"] = [{"target": p["container"], "published": str(p["host"]),
                          "host_ip": p.get("address") or DEFAULT_BIND_ADDRESS,
@@ -444,9 +440,8 @@ Group={group}
 EnvironmentFile={env_dir}/%i.env
 Environment=HOME=/var/lib/{state_dir_name}/%i
 # The host's Hugging Face cache, filled by gpufleet.inference.downloads before the start
-# (HF_HUB_OFFLINE=1 in the instance file); the token file only exists when a token is set.
+# and read offline (HF_HUB_OFFLINE=1 in the instance file): vLLM needs no token.
 Environment=HF_HOME={hf_home}
-EnvironmentFile=-{hf_token_file}
 StateDirectory={state_dir_name}/%i
 WorkingDirectory=/var/lib/{state_dir_name}/%i
 ExecStart={vllm_bin} serve ${{VLLM_MODEL}} --host ${{VLLM_HOST}} --port ${{VLLM_PORT}} \
@@ -460,8 +455,6 @@ TimeoutStopSec=60
 # MemoryDenyWriteExecute=: PyTorch and Triton compile kernels at run time.
 """ + _HARDENING_HEAD + "ReadWritePaths={hf_home}\n" + _HARDENING_REST,
 }
-# The token file vllm@.service reads when a Hugging Face token is set (mode 0600, root).
-DEFAULT_HF_TOKEN_FILE = "/etc/gpufleet/huggingface.env"
 
 
 def _unit_path(options, key):
@@ -479,8 +472,8 @@ def systemd_unit(engine, options):
     ``options``: ``user``, ``group`` (the dedicated account), ``env_dir`` (where each
     instance's ``<instance>.env`` is), ``models_dir`` (Ollama's writable model directory),
     ``ollama_bin`` / ``vllm_bin`` (the executables), ``state_dir_name`` (``StateDirectory=``
-    under /var/lib), ``hf_home`` (the Hugging Face cache vLLM reads, default
-    /srv/gpufleet/models/huggingface) and ``hf_token_file`` (its optional token env file).
+    under /var/lib) and ``hf_home`` (the Hugging Face cache vLLM reads, default
+    /srv/gpufleet/models/huggingface).
     The same options always give the same text.
     """
     if engine not in SYSTEMD_UNIT_ENGINES:
@@ -495,10 +488,9 @@ def systemd_unit(engine, options):
             raise ValueError("%s must be an account or group name (lower case letters, digits, "
                              "'_' and '-', at most 32); got: %r" % (key, value))
         fields[key] = value
-    options = dict({"hf_home": _plan.SOURCE_DEFAULTS["hf_home"],
-                    "hf_token_file": DEFAULT_HF_TOKEN_FILE},
+    options = dict({"hf_home": _plan.SOURCE_DEFAULTS["hf_home"]},
                    **{k: v for k, v in options.items() if v is not None})
-    for key in ("env_dir", "models_dir", "ollama_bin", "vllm_bin", "hf_home", "hf_token_file"):
+    for key in ("env_dir", "models_dir", "ollama_bin", "vllm_bin", "hf_home"):
         fields[key] = _unit_path(options, key)
     name = options.get("state_dir_name")
     if not isinstance(name, str) or not _STATE_DIR_RE.match(name) or ".." in name:

@@ -50,8 +50,8 @@ author:
 options:
   downloads:
     description:
-      - A plan's C(downloads) (C(services_plan.downloads) of M(gpufleet.inference.services_plan):
-        C(items) and C(options)), instead of O(items). Its items of the kinds O(kinds) are
+      - A plan's C(downloads) (C(services_plan.downloads) of M(gpufleet.inference.services_plan),
+        with C(items) and C(options)), instead of O(items). Its items of the kinds O(kinds) are
         fetched, and its options apply where the task gives none.
       - Exactly one of O(items) and O(downloads).
     type: dict
@@ -120,9 +120,9 @@ options:
       - The registry Ollama models come from (V(registry.ollama.ai) when neither the task nor
         O(downloads) gives one). Another one (a mirror) is pulled from as
         C(<registry>/library/<model>:<tag>) and copied to the catalog's name.
-      - A registry must answer a blob request with a redirect (as registry.ollama.ai does):
-        Ollama fails with C(http: no Location header in response) against one that serves
-        blobs itself (ollama/ollama#7244).
+      - A registry must answer a blob request with a redirect (as registry.ollama.ai does);
+        against one that serves blobs itself Ollama fails with
+        C(http - no Location header in response) (ollama/ollama#7244).
     type: str
   ollama_insecure:
     description:

@@ -86,9 +86,9 @@ options:
   sources:
     description:
       - Where images, Ollama models and Hugging Face weights come from. Keys (each optional)
-        C(image_mirrors) (registry -> mirror, for example C({docker.io: mirror.lan:5000,
-        quay.io: mirror.lan:5000/quay.io}); an image is then pulled as
-        C(mirror.lan:5000/ollama/ollama:latest)), C(insecure_registries) (registry hosts
+        C(image_mirrors) (registry to mirror, for example V(docker.io) to
+        V(mirror.lan:5000) and V(quay.io) to V(mirror.lan:5000/quay.io); an image is then
+        pulled as C(mirror.lan:5000/ollama/ollama:latest)), C(insecure_registries) (registry hosts
         reached over plain HTTP), C(ollama_registry) (default C(registry.ollama.ai)),
         C(ollama_source_dir) (an offline directory in Ollama's layout), C(hf_home) (the
         host's Hugging Face cache, default C(/srv/gpufleet/models/huggingface)),
@@ -190,8 +190,9 @@ ansible_facts:
               C(placement) (GPU index, UUID, C(device_id), vendor, budget, C(environment),
               C(budget_env), C(engine_args)), or V(null) when not on a GPU.
             - C(image) is the reference the host pulls (through O(sources)'s mirror),
-              C(image_source) the catalog's; C(models) the models an Ollama server needs;
-              C(env_files) the token file of a vLLM service.
+              C(image_source) the catalog's; C(models) the models an Ollama server needs.
+              A vLLM service reads the host's Hugging Face cache offline and never gets the
+              token.
           type: list
           elements: dict
         sources:

@@ -121,14 +121,16 @@ CASES = [
      [role("router", router_api_keys={"vllm": SECRET + "\nsecond"})],
      ["router_api_keys.vllm must be one non-empty line", "(value hidden)"]),
     # preflight
-    ("preflight-relative-dir", [role("preflight", preflight_dirs={
-        "images": "/var/lib/docker", "models": "models", "vision_cache": "/srv/v"})],
-     ["preflight_dirs.models must be an absolute path; got: 'models'"]),
     ("preflight-unknown-warn-only", [role("preflight", preflight_warn_only=["gpu"])],
      ["preflight_warn_only", "gpu"]),
-    ("preflight-size-negative", [role("preflight", preflight_size_table=[
-        {"name": "x", "kind": "image", "size_mb": -5, "dir": "images"}])],
-     ["preflight_size_table[0].size_mb must be an integer >= 0; got: -5"]),
+    ("preflight-unknown-download-kind",
+     [role("preflight", preflight_download_kinds=["image", "model"])],
+     ["preflight_download_kinds", "model"]),
+    ("preflight-reserve-negative", [role("preflight", preflight_disk_reserve_mib=-1)],
+     ["preflight_disk_reserve_mib must be an integer >= 0; got: -1"]),
+    ("preflight-size-table-removed", [role("preflight", preflight_size_table=[
+        {"name": "x", "kind": "image", "size_mb": 5, "dir": "images"}])],
+     ["preflight_size_table and preflight_dirs were removed"]),
     # mode_switch (its preflight only: a pass would go on to stop and start containers)
     ("mode-switch-unknown-mode", [role("mode_switch", "preflight", mode_switch_mode="gaming")],
      ["mode_switch_mode must be one of chat, ingestion; got: 'gaming'"]),
@@ -256,8 +258,6 @@ def ran(tmp_path_factory):
             "router_config_dir": str(project / "config"),
             "router_probe": False,
             "preflight_env_file": str(project / "compose/.env"),
-            "preflight_dirs": {"images": str(tmp), "models": str(tmp),
-                               "vision_cache": str(tmp)},
             "mode_switch_project_dir": str(project / "modes"),
             "mode_switch_state_file": str(project / "mode.json"),
             "mode_switch_metrics_file": str(project / "mode_switch.prom"),

@@ -46,7 +46,10 @@ def test_templates_start_with_ansible_managed(template):
 # lines or more is logic: it belongs in a unit-tested function of module_utils, used through a
 # filter (STYLE.md, "Logic in Jinja").
 MAX_JINJA_LINES = 6
-MAX_TASK_FILE_LINES = 1100
+# All role task files together: they stay a table of contents. Issue 14 added the fetch steps
+# (one task each in compose, systemd_units, mode_switch; the token file and the planned
+# downloads in preflight), about 120 lines.
+MAX_TASK_FILE_LINES = 1250
 
 _JINJA_FILES = sorted(p for top in ("roles", "playbooks") for p in (REPO / top).rglob("*")
                       if p.is_file() and p.suffix in (".yml", ".yaml", ".j2"))

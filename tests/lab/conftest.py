@@ -20,6 +20,16 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "lab")
 HOSTS = ("lab-ws", "lab-cpu")
+# What a lab host fetches from (lab/README.md, "Registry and hub"): it starts with no image and
+# no Ollama model, as a new real host does.
+REGISTRY = "registry.lab:5000"
+HF_ENDPOINT = "http://hub.lab:8080"
+
+
+def lab_image(ref):
+    """The lab registry's name of an image: the mirror that services_image_mirrors names for
+    docker.io and quay.io (inventory/lab/group_vars/lab.yml), so the engine pulls it there."""
+    return "%s/%s" % (REGISTRY, ref)
 
 
 def _docker_host():
@@ -98,6 +108,24 @@ class Host:
             return int(status), json.loads(text)
         except ValueError:
             return int(status), text
+
+    def pull_image(self, ref, timeout=300):
+        """``docker pull`` the lab registry's copy of ``ref``; returns the name pulled."""
+        name = lab_image(ref)
+        self.sh("docker pull -q %s >/dev/null" % name, timeout=timeout)
+        return name
+
+    def pull_model(self, url, model, timeout=120):
+        """Pull ``model`` (``llama3.2:3b``) into the Ollama server at ``url`` as a host without
+        registry.ollama.ai does: ``/api/pull`` from the lab registry (plain HTTP, hence
+        ``insecure``), then ``/api/copy`` to the plain name."""
+        source = "%s/library/%s" % (REGISTRY, model)
+        status, body = self.http(url + "/api/pull",
+                                 {"model": source, "insecure": True, "stream": False},
+                                 timeout=timeout)
+        assert (status, body) == (200, {"status": "success"}), (self.name, model, status, body)
+        status, body = self.http(url + "/api/copy", {"source": source, "destination": model})
+        assert status == 200, (self.name, model, status, body)
 
     def wait_http(self, url, timeout=30.0):
         deadline = time.time() + timeout

@@ -12,10 +12,12 @@ import sys
 import time
 
 import pytest
+from conftest import HF_ENDPOINT, REGISTRY, lab_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "lab")
 
+STANDIN = lab_image("gpufleet-lab/standin:latest")
 DRAIN = 1.0  # inventory/lab/group_vars/lab.yml lab_drain_delay
 GPU1_UUID = "GPU-5a1c0d3e-1a2b-4c3d-8e9f-a40000000001"
 
@@ -40,16 +42,23 @@ def stop(host, name):
 
 
 def test_hosts_run_systemd_their_own_engine_and_hostname(lab):
+    """Each host's engine pulls the stand-in images from the lab registry (a host starts with
+    none, as a new real one does)."""
+    images = [lab_image("ollama/ollama:latest"), lab_image("vllm/vllm-openai:latest")]
     for name, host in lab.items():
         out = host.sh(
             "hostname; systemctl is-system-running; docker info -f '{{.ServerVersion}} {{.CgroupDriver}}'; "  # noqa: E501
-            "docker image inspect -f '{{.Id}}' ollama/ollama:latest vllm/vllm-openai:latest >/dev/null "  # noqa: E501
-            "&& echo images"
+            "docker info -f '{{json .RegistryConfig.IndexConfigs}}'; "
+            "for i in %s; do docker pull -q $i >/dev/null; done; "
+            "docker image inspect -f '{{.Id}}' %s >/dev/null && echo images"
+            % (" ".join(images), " ".join(images)),
+            timeout=300,
         ).stdout.split("\n")
         assert out[0] == name
         assert out[1] == "running"
         assert out[2].endswith(" systemd")
-        assert out[3] == "images"
+        assert json.loads(out[3])[REGISTRY]["Secure"] is False
+        assert out[4] == "images"
 
 
 def test_gpu_host_has_driver_and_hook_cpu_host_has_neither(ws, cpu):
@@ -61,7 +70,7 @@ def test_gpu_host_has_driver_and_hook_cpu_host_has_neither(ws, cpu):
         "import pynvml\ntry:\n    pynvml.nvmlInit()\nexcept pynvml.NVMLError as e:\n    print(type(e).__name__)\n"  # noqa: E501
     )
     assert err.strip() == "NVMLError_LibraryNotFound"
-    run = cpu.sh("docker run --rm --gpus all gpufleet-lab/standin:latest true", check=False)
+    run = cpu.sh("docker run --rm --gpus all %s true" % STANDIN, check=False, timeout=300)
     assert run.returncode != 0
     assert re.search(
         r'could not select device driver ".*" with capabilities: \[\[gpu\]\]', run.stderr
@@ -129,11 +138,19 @@ def test_process_on_gpu1_raises_used_memory_then_frees_it_after_drain(ws):
 # --- stand-in servers -----------------------------------------------------------------------------
 
 
+def fresh_models(host, name):
+    """An empty OLLAMA_MODELS for the server ``name`` (a new host's Ollama has no model)."""
+    path = "/var/tmp/%s-models" % name
+    host.sh("rm -rf %s" % path)
+    return path
+
+
 def test_ollama_unit_pinned_to_gpu1_loads_and_unloads_with_keep_alive(ws):
     unit(
         ws,
         "lab-test-ollama",
-        {"CUDA_VISIBLE_DEVICES": "1", "OLLAMA_HOST": "127.0.0.1:11435"},
+        {"CUDA_VISIBLE_DEVICES": "1", "OLLAMA_HOST": "127.0.0.1:11435",
+         "OLLAMA_MODELS": fresh_models(ws, "lab-test-ollama")},
         "/usr/local/bin/ollama serve",
     )
     try:
@@ -143,6 +160,12 @@ def test_ollama_unit_pinned_to_gpu1_loads_and_unloads_with_keep_alive(ws):
         ws.wait_http("http://127.0.0.1:11435/api/version")
         status, info = ws.http("http://127.0.0.1:11435/api/standin")
         assert [g["uuid"] for g in info["gpus"]] == [GPU1_UUID]
+        status, body = ws.http(
+            "http://127.0.0.1:11435/api/generate",
+            {"model": "llama3.2:3b", "prompt": "hi", "stream": False},
+        )
+        assert (status, body) == (404, {"error": "model 'llama3.2:3b' not found"})
+        ws.pull_model("http://127.0.0.1:11435", "llama3.2:3b")
         status, tags = ws.http("http://127.0.0.1:11435/api/tags")
         assert "llama3.2:3b" in [m["name"] for m in tags["models"]]
         status, body = ws.http(
@@ -172,9 +195,12 @@ def test_ollama_unit_pinned_to_gpu1_loads_and_unloads_with_keep_alive(ws):
 
 def test_ollama_without_gpu_says_low_vram_mode_and_runs_on_cpu(cpu):
     """Seed 004: the server starts but sees no GPU."""
-    unit(cpu, "lab-test-ollama", {"OLLAMA_HOST": "127.0.0.1:11434"}, "/usr/local/bin/ollama serve")
+    unit(cpu, "lab-test-ollama",
+         {"OLLAMA_HOST": "127.0.0.1:11434", "OLLAMA_MODELS": fresh_models(cpu, "lab-test-ollama")},
+         "/usr/local/bin/ollama serve")
     try:
         cpu.wait_http("http://127.0.0.1:11434/api/version")
+        cpu.pull_model("http://127.0.0.1:11434", "llama3.2:3b")
         status, body = cpu.http(
             "http://127.0.0.1:11434/api/generate",
             {"model": "llama3.2:3b", "prompt": "hi", "stream": False},
@@ -199,7 +225,8 @@ PROFILING = re.compile(
 
 def test_vllm_starts_serves_and_holds_its_share(ws):
     base = ws.used_mib()
-    unit(ws, "lab-test-vllm", {"CUDA_VISIBLE_DEVICES": "0"}, VLLM.format(port=8011, util=0.5))
+    unit(ws, "lab-test-vllm", {"CUDA_VISIBLE_DEVICES": "0", "HF_ENDPOINT": HF_ENDPOINT},
+         VLLM.format(port=8011, util=0.5))
     try:
         assert ws.http("http://127.0.0.1:8011/health", timeout=2)[0] == 0, (
             "the port opens only after startup"
@@ -231,7 +258,8 @@ def test_vllm_refuses_when_free_memory_is_below_its_utilization(ws):
     try:
         ws.wait_http("http://127.0.0.1:18003/health")
         run = ws.sh(
-            "CUDA_VISIBLE_DEVICES=0 GPUFLEET_STANDIN_VLLM_STARTUP_SECONDS=0 "
+            "CUDA_VISIBLE_DEVICES=0 GPUFLEET_STANDIN_VLLM_STARTUP_SECONDS=0 HF_ENDPOINT=%s "
+            % HF_ENDPOINT
             + VLLM.format(port=8012, util=0.9),
             check=False,
         )
@@ -250,17 +278,20 @@ def test_vllm_crashes_when_a_cotenant_frees_memory_while_it_profiles(ws):
     unit(
         ws,
         "lab-test-ollama0",
-        {"CUDA_VISIBLE_DEVICES": "0", "OLLAMA_HOST": "127.0.0.1:11440"},
+        {"CUDA_VISIBLE_DEVICES": "0", "OLLAMA_HOST": "127.0.0.1:11440",
+         "OLLAMA_MODELS": fresh_models(ws, "lab-test-ollama0")},
         "/usr/local/bin/ollama serve",
     )
     try:
         ws.wait_http("http://127.0.0.1:11440/api/version")
+        ws.pull_model("http://127.0.0.1:11440", "qwen2.5:7b")
         status, _body = ws.http(
             "http://127.0.0.1:11440/api/generate", {"model": "qwen2.5:7b", "keep_alive": -1}
         )
         assert status == 200
         env = {
             "CUDA_VISIBLE_DEVICES": "0",
+            "HF_ENDPOINT": HF_ENDPOINT,
             "GPUFLEET_STANDIN_VLLM_STARTUP_SECONDS": "0",
             "GPUFLEET_STANDIN_VLLM_LOAD_SECONDS": "0.2",
             "GPUFLEET_STANDIN_VLLM_PROFILE_SECONDS": "3",
@@ -293,7 +324,7 @@ def test_vllm_crashes_when_a_cotenant_frees_memory_while_it_profiles(ws):
 COMPOSE = """
 services:
   research:
-    image: ollama/ollama:latest
+    image: %s
     ports: ["11436:11434"]
     deploy:
       resources:
@@ -303,16 +334,16 @@ services:
               device_ids: ['1']
               capabilities: [gpu]
   docling:
-    image: quay.io/docling-project/docling-serve:latest
+    image: %s
     ports: ["5001:5001"]
-"""
+""" % (lab_image("ollama/ollama:latest"), lab_image("quay.io/docling-project/docling-serve:latest"))
 
 
 def test_compose_service_with_device_ids_1_sees_only_gpu1(ws):
     ws.sh("mkdir -p /srv/labtest && cat > /srv/labtest/compose.yml", input=COMPOSE)
     base = ws.used_mib()
     try:
-        ws.sh("cd /srv/labtest && docker compose up -d --quiet-pull")
+        ws.sh("cd /srv/labtest && docker compose up -d --quiet-pull", timeout=300)
         environ = ws.sh("docker exec labtest-research-1 cat /proc/1/environ").stdout.split("\0")
         assert "NVIDIA_VISIBLE_DEVICES=1" in environ
         requests = json.loads(
@@ -329,6 +360,7 @@ def test_compose_service_with_device_ids_1_sees_only_gpu1(ws):
         assert "NVIDIA_VISIBLE_DEVICES" not in no_gpu
         # The container's VRAM is seen by the host's NVML on GPU 1 (and nowhere else).
         ws.wait_http("http://127.0.0.1:11436/api/version")
+        ws.pull_model("http://127.0.0.1:11436", "qwen2.5:1.5b")
         status, body = ws.http(
             "http://127.0.0.1:11436/api/generate",
             {"model": "qwen2.5:1.5b", "prompt": "hi", "stream": False},
@@ -345,7 +377,7 @@ def test_compose_service_with_device_ids_1_sees_only_gpu1(ws):
 
 def test_unknown_device_fails_like_the_real_toolkit(ws):
     run = ws.sh(
-        "docker run --rm --gpus '\"device=7\"' gpufleet-lab/standin:latest true", check=False
+        "docker run --rm --gpus '\"device=7\"' %s true" % STANDIN, check=False, timeout=300
     )
     assert run.returncode != 0
     assert "unknown device" in run.stderr
@@ -356,8 +388,9 @@ def test_unknown_device_fails_like_the_real_toolkit(ws):
 )
 def test_gpus_flag_gives_the_container_those_gpus(ws, spec, expected):
     out = ws.sh(
-        "docker run --rm --gpus '\"device=%s\"' gpufleet-lab/standin:latest nvidia-smi -L" % spec
+        "docker run --rm --gpus '\"device=%s\"' %s nvidia-smi -L" % (spec, STANDIN)
         if spec != "all"
-        else "docker run --rm --gpus all gpufleet-lab/standin:latest nvidia-smi -L"
+        else "docker run --rm --gpus all %s nvidia-smi -L" % STANDIN,
+        timeout=300,
     ).stdout
     assert len(out.splitlines()) == expected

@@ -106,7 +106,7 @@ def test_compose_document_with_lab_sources():
     assert ollama["volumes"] == ["/srv/models:/root/.ollama"]
     assert docling["image"] == "registry.lab:5000/quay.io/docling-project/docling-serve:latest"
     assert vllm["environment"] == {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://hub.lab:8080"}
-    assert vllm["env_file"] == ["/etc/gpufleet/hf.env"]
+    assert "env_file" not in vllm  # vLLM reads offline: the token stays with the fetch
 
 
 def test_downloads_of_a_mode():

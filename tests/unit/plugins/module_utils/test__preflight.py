@@ -1,6 +1,6 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Preflight logic: .env, seed 000's download sizes, disks, GPU memory, ports, the report.
+"""Preflight logic: .env, what the run fetches, disks, GPU memory, ports, the report.
 
 The recommended profile is _plan.recommend_profile's (test__plan.py)."""
 
@@ -13,8 +13,9 @@ import pytest
 from ansible_collections.gpufleet.inference.plugins.module_utils import _preflight as pf
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "unit" / "fixtures" / "preflight"
-TABLE = list(pf.DEFAULT_SIZE_TABLE)
-DIRS = {"images": "/var/lib/docker", "models": "/srv/models", "vision_cache": "/srv/vision"}
+GB = 1000 * 1000 * 1000
+GIB = 1024 * 1024 * 1024
+MIB = 1024 * 1024
 
 
 @pytest.mark.parametrize("count, text, default, remote, want", [
@@ -47,118 +48,125 @@ def test_dual_gpu_mode_plan_rejects(text, default, message):
     assert str(info.value) == message
 
 
-# ---- downloads (seed 000's table) ---------------------------------------------------------
+# ---- downloads ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("profile, mode, images, models, total", [
-    ("remote", "ollama", ["searxng/searxng", "app (Python build)"], [], 1800),
-    ("cpu", "ollama", ["ollama/ollama", "searxng/searxng", "app (Python build)"],
-     ["llama3.2:3b"], 4600),
-    ("single-gpu", "vllm", ["ollama/ollama", "searxng/searxng", "app (Python build)",
-                            "vision service"], ["llama3.2:3b", "moondream2"], 9400),
-    ("dual-gpu", "ollama", ["ollama/ollama", "searxng/searxng", "app (Python build)",
-                            "vision service"], ["llama3.2:3b", "moondream2"], 9400),
-    ("dual-gpu", "vllm", ["ollama/ollama", "searxng/searxng", "app (Python build)",
-                          "vision service", "vllm/vllm-openai"],
-     ["llama3.2:3b", "moondream2"], 19400),
-    ("dual-gpu", "mixed", ["ollama/ollama", "searxng/searxng", "app (Python build)",
-                           "vision service", "vllm/vllm-openai"],
-     ["llama3.2:3b", "moondream2"], 19400),
-    ("multi-gpu", "vllm", ["ollama/ollama", "searxng/searxng", "app (Python build)",
-                           "vision service", "vllm/vllm-openai"],
-     ["llama3.2:3b", "moondream2"], 19400),
+def item(kind, name, services, size=0, present=False, filesystem="/"):
+    """One entry of the downloads module's planned result."""
+    return {"kind": kind, "name": name, "services": services, "present": present,
+            "bytes": 0 if present else size, "fetched_bytes": 0, "filesystem": filesystem}
+
+
+def planned(items, free=None):
+    """The downloads module's result with state: planned (its by_filesystem from the items)."""
+    free = free or {}
+    by_fs = {}
+    for entry in items:
+        fs = by_fs.setdefault(entry["filesystem"], {
+            "bytes": 0, "free_bytes": free.get(entry["filesystem"], 100 * GIB)})
+        fs["bytes"] += entry["bytes"] or 0
+    return {"changed": False, "downloads": items, "by_filesystem": by_fs,
+            "total_bytes": sum(e["bytes"] or 0 for e in items)}
+
+
+DUAL_ITEMS = [
+    item("image", "ollama/ollama:latest", ["ollama", "vision", "ollama_research"],
+         1300 * 1000 * 1000, filesystem="/var/lib/docker"),
+    item("image", "quay.io/docling-project/docling-serve:latest", ["docling"],
+         4400 * 1000 * 1000, filesystem="/var/lib/docker"),
+    item("ollama", "llama3.2:3b", ["ollama", "ollama_research"], present=True,
+         filesystem="/srv"),
+    item("ollama", "moondream:latest", ["vision"], 1700 * 1000 * 1000, filesystem="/srv"),
+    item("huggingface", "Qwen/Qwen2.5-1.5B-Instruct", ["vllm"], 3087467108, filesystem="/srv"),
+]
+
+
+def test_download_table_counts_what_is_missing_per_filesystem():
+    table = pf.download_table(planned(DUAL_ITEMS))
+    assert [(i["kind"], i["name"], i["present"], i["bytes"], i["filesystem"])
+            for i in table["items"]] == [
+        ("image", "ollama/ollama:latest", False, 1300000000, "/var/lib/docker"),
+        ("image", "quay.io/docling-project/docling-serve:latest", False, 4400000000,
+         "/var/lib/docker"),
+        ("ollama", "llama3.2:3b", True, 0, "/srv"),
+        ("ollama", "moondream:latest", False, 1700000000, "/srv"),
+        ("huggingface", "Qwen/Qwen2.5-1.5B-Instruct", False, 3087467108, "/srv")]
+    assert table["items"][0]["services"] == ["ollama", "vision", "ollama_research"]
+    assert table["total_bytes"] == 10487467108 and table["present"] == 1
+    assert table["unknown"] == []
+    assert table["by_filesystem"] == {
+        "/srv": {"bytes": 4787467108, "free_bytes": 100 * GIB},
+        "/var/lib/docker": {"bytes": 5700000000, "free_bytes": 100 * GIB}}
+
+
+def test_download_table_present_costs_nothing_and_unknown_sizes_are_named():
+    listed = [dict(item("image", "a:1", ["x"], 5), present=True, bytes=7),
+              dict(item("image", "private.example/b:1", ["y"]), bytes=None)]
+    table = pf.download_table(planned(listed))
+    assert [i["bytes"] for i in table["items"]] == [0, None]
+    assert table["total_bytes"] == 0 and table["unknown"] == ["private.example/b:1"]
+
+
+@pytest.mark.parametrize("result", [None, {"skipped": True, "changed": False,
+                                           "skip_reason": "Conditional result was False"}])
+def test_download_table_without_a_result_is_none(result):
+    assert pf.download_table(result) is None
+
+
+@pytest.mark.parametrize("result, message", [
+    ("x", "downloads must be the result of gpufleet.inference.downloads (state: planned); "
+     "got: 'x'"),
+    ({"downloads": {}}, "downloads.downloads must be a list; got: {}"),
+    ({"downloads": [item("image", "", ["x"])]},
+     "downloads.downloads[0].name must be a non-empty string; got: ''"),
+    ({"downloads": [item("image", "a:1", ["x"], -1)]},
+     "downloads.downloads[0].bytes must be an integer >= 0; got: -1"),
+    ({"downloads": [dict(item("image", "a:1", ["x"]), services="x")]},
+     "downloads.downloads[0].services must be a list of names; got: 'x'"),
+    ({"downloads": [], "by_filesystem": {"/": {"bytes": 1, "free_bytes": -2}}},
+     "downloads.by_filesystem['/'].free_bytes must be an integer >= 0; got: -2"),
+    ({"downloads": [], "by_filesystem": []},
+     "downloads.by_filesystem must be a dict of mount point: {bytes, free_bytes}; got: []"),
 ])
-def test_download_plan_follows_seed_000(profile, mode, images, models, total):
-    plan = pf.download_plan(TABLE, profile, mode, DIRS)
-    assert [i["name"] for i in plan["images"]] == images
-    assert [m["name"] for m in plan["models"]] == models
-    assert plan["total_mb"] == total == plan["images_mb"] + plan["models_mb"]
-    assert sum(plan["by_path"].values()) == total
-
-
-def test_shared_model_directory_is_counted_once():
-    table = [
-        {"name": "llama3.2:3b", "kind": "model", "size_mb": 2000, "services": ["ollama"]},
-        {"name": "llama3.2:3b", "kind": "model", "size_mb": 2000,
-         "services": ["ollama_research"]},
-        {"name": "llama3.2:3b", "kind": "model", "size_mb": 2000, "dir": "elsewhere"},
-    ]
-    dirs = {"models": "/srv/models", "elsewhere": "/data/models"}
-    plan = pf.download_plan(table, "dual-gpu", "ollama", dirs, ["ollama", "ollama_research"])
-    assert [(m["name"], m["path"]) for m in plan["models"]] == [
-        ("llama3.2:3b", "/srv/models"), ("llama3.2:3b", "/data/models")]
-    assert plan["by_path"] == {"/srv/models": 2000, "/data/models": 2000}
-    only_research = pf.download_plan(table[1:2], "dual-gpu", "vllm", dirs, ["ollama"])
-    assert only_research["models"] == []
-
-
-@pytest.mark.parametrize("table, message", [
-    ([], "preflight_size_table must be a non-empty list of components; got: []"),
-    ([{"name": "x", "kind": "image", "size_mb": -5}],
-     "preflight_size_table[0].size_mb must be an integer >= 0; got: -5"),
-    ([{"name": "x", "kind": "layer", "size_mb": 5}],
-     "preflight_size_table[0].kind must be one of image, model; got: 'layer'"),
-    ([{"name": "x", "kind": "image", "size_mb": 5, "profiles": ["gpu"]}],
-     "preflight_size_table[0].profiles[0] must be one of remote, cpu, single-gpu, dual-gpu, "
-     "multi-gpu; got: 'gpu'"),
-    ([{"name": "x", "kind": "image", "size_mb": 5, "modes": ["both"]}],
-     "preflight_size_table[0].modes[0] must be one of ollama, vllm, mixed; got: 'both'"),
-    ([{"name": "x", "kind": "image", "size_mb": 5, "size": 1}],
-     "preflight_size_table[0] has unknown key(s): size"),
-    ([{"name": "", "kind": "image", "size_mb": 5}],
-     "preflight_size_table[0].name must be a non-empty string; got: ''"),
-    ([{"name": "x", "kind": "image", "size_mb": 5, "dir": "cache"}],
-     "preflight_size_table[0].dir is not a key of preflight_dirs (images, models, "
-     "vision_cache); got: 'cache'"),
-])
-def test_size_table_rejects(table, message):
+def test_download_table_rejects(result, message):
     with pytest.raises(ValueError) as info:
-        pf.download_plan(table, "dual-gpu", "ollama", DIRS)
+        pf.download_table(result)
     assert str(info.value) == message
 
 
-def test_download_plan_rejects_profile_mode_and_relative_dir():
-    with pytest.raises(ValueError, match=r"^profile must be one of .*; got: 'gpu'$"):
-        pf.download_plan(TABLE, "gpu", "ollama")
-    with pytest.raises(ValueError, match=r"^mode must be one of ollama, vllm, mixed; got: 'x'$"):
-        pf.download_plan(TABLE, "cpu", "x")
-    with pytest.raises(ValueError, match=r"^preflight_dirs.images must be an absolute path; "
-                                         r"got: 'docker'$"):
-        pf.download_plan(TABLE, "cpu", "ollama", dict(DIRS, images="docker"))
+@pytest.mark.parametrize("size, text", [
+    (0, "0 MB"), (1, "< 1 MB"), (999999, "< 1 MB"), (1000000, "1 MB"), (800 * 10 ** 6, "800 MB"),
+    (999600000, "1.0 GB"), (1500 * 10 ** 6, "1.5 GB"), (10 ** 10, "10.0 GB"),
+])
+def test_size_text(size, text):
+    assert pf.size_text(size) == text
 
 
 # ---- disks --------------------------------------------------------------------------------
 
-GIB = 1024 * 1024 * 1024
-
-
-@pytest.mark.parametrize("disks, reserve, want", [
-    # One filesystem holds all three: 19400 MB = 18502 MiB.
-    ([{"path": p, "device": 1, "free_bytes": 20 * GIB} for p in DIRS.values()], 0,
-     [(1, 18502, 20480, True)]),
-    ([{"path": p, "device": 1, "free_bytes": 20 * GIB} for p in DIRS.values()], 2048,
-     [(1, 20550, 20480, False)]),
-    ([{"path": "/var/lib/docker", "device": 1, "free_bytes": 20 * GIB},
-      {"path": "/srv/models", "device": 2, "free_bytes": 1 * GIB},
-      {"path": "/srv/vision", "device": 2, "free_bytes": 1 * GIB}], 0,
-     [(1, 14878, 20480, True), (2, 3624, 1024, False)]),
-    ([{"path": p, "device": None, "free_bytes": None} for p in DIRS.values()], 0,
-     [(None, 1908, None, False), (None, 1717, None, False), (None, 14878, None, False)]),
+@pytest.mark.parametrize("by_fs, reserve, want", [
+    # 5700000000 bytes = 5436 MiB (rounded up).
+    ({"/var/lib/docker": {"bytes": 5700000000, "free_bytes": 20 * GIB}}, 0,
+     [("/var/lib/docker", 5436, 20480, True)]),
+    ({"/var/lib/docker": {"bytes": 5700000000, "free_bytes": 20 * GIB}}, 15045,
+     [("/var/lib/docker", 20481, 20480, False)]),
+    ({"/var/lib/docker": {"bytes": 20 * GIB, "free_bytes": 20 * GIB}}, 0,
+     [("/var/lib/docker", 20480, 20480, True)]),
+    ({"/": {"bytes": 0, "free_bytes": 0}, "/srv": {"bytes": 2 * GIB, "free_bytes": GIB}}, 0,
+     [("/", 0, 0, True), ("/srv", 2048, 1024, False)]),
+    ({"/srv": {"bytes": 1, "free_bytes": None}}, 0, [("/srv", 1, None, False)]),
 ])
-def test_disk_check_adds_up_per_filesystem(disks, reserve, want):
-    plan = pf.download_plan(TABLE, "dual-gpu", "vllm", DIRS)
-    result = pf.disk_check(plan["by_path"], disks, reserve)
-    rows = [(r["device"], r["required_mib"], r["free_mib"], r["ok"]) for r in result]
-    known = sorted(row for row in rows if row[0] is not None)
-    assert known + [row for row in rows if row[0] is None] == want
+def test_disk_check_per_filesystem(by_fs, reserve, want):
+    result = pf.disk_check(by_fs, reserve)
+    assert [(r["filesystem"], r["required_mib"], r["free_mib"], r["ok"]) for r in result] == want
 
 
 def test_disk_check_rejects():
     with pytest.raises(ValueError) as info:
-        pf.disk_check({"/srv/models": 10}, [])
-    assert str(info.value) == "disks has no entry for /srv/models (checked: none); got: " \
-        "'/srv/models'"
+        pf.disk_check([], 0)
+    assert str(info.value) == "by_filesystem must be a dict of mount point: {bytes, " \
+        "free_bytes}; got: []"
     with pytest.raises(ValueError) as info:
-        pf.disk_check({}, [], -1)
+        pf.disk_check({}, -1)
     assert str(info.value) == "preflight_disk_reserve_mib must be an integer >= 0; got: -1"
 
 
@@ -275,10 +283,9 @@ def plan_fixture(mode="ollama"):
                  "ports": [{"host": 8000, "container": 8000}]}]}
 
 
-def host_facts(free_bytes=100 * GIB, holders=None, binaries=None):
+def host_facts(holders=None, binaries=None):
     return {"ports": [{"port": 11434, "held": bool(holders), "holders": holders or []}],
-            "disks": [{"path": p, "device": 1, "free_bytes": free_bytes}
-                      for p in DIRS.values()],
+            "disks": [],
             "binaries": binaries if binaries is not None else {"docker": "/usr/bin/docker",
                                                                "nvidia-ctk": "/usr/bin/nvidia-ctk"},
             "nvidia": {"persistence_mode": [{"index": 0, "persistence_mode": "Disabled"}],
@@ -289,42 +296,92 @@ GPUS = [dict(gpu(0, 24576, 24576), driver_version="590.48.01"),
         dict(gpu(1, 24576, 24576), driver_version="590.48.01")]
 
 
-def test_report_passes_and_prints_the_seed_block():
+def test_report_passes_and_prints_the_download_table():
     report = pf.build_report("box", plan_fixture(), GPUS, host_facts(),
-                             {"write": True, "mode": "ollama", "existing": None},
-                             {"dirs": DIRS})
+                             {"write": True, "mode": "ollama", "existing": None}, {},
+                             planned(DUAL_ITEMS))
     assert report["ok"] is True and report["env_written"] is True
     assert report["summary"][:3] == [
         "Preflight box",
         "Profile: dual-gpu (recommended: dual-gpu, 2 GPU(s)), DUAL_GPU_MODE=ollama",
         "ok    ports free: 11434, 11435"]
-    assert "  Total first-run: ~9.4 GB (images 5.6 GB, models 3.8 GB; models persist between " \
-        "restarts)" in report["summary"]
-    assert "    llama3.2:3b              ~2.0 GB   -> /srv/models  (shared model directory: " \
-        "ollama + ollama_research download it once)" in report["summary"]
+    assert [c["text"] for c in report["checks"] if c["check"] == "disk"] == [
+        "disk at /srv: 4566 MiB needed (4.8 GB to fetch, 0 MiB reserve), 102400 MiB free",
+        "disk at /var/lib/docker: 5436 MiB needed (5.7 GB to fetch, 0 MiB reserve), "
+        "102400 MiB free"]
+    start = report["summary"].index("Downloads (what this run fetches)")
+    assert report["summary"][start:start + 7] == [
+        "Downloads (what this run fetches)",
+        "  image        ollama/ollama:latest                          1.3 GB    -> "
+        "/var/lib/docker  (ollama, vision, ollama_research)",
+        "  image        quay.io/docling-project/docling-serve:latest  4.4 GB    -> "
+        "/var/lib/docker  (docling)",
+        "  ollama       llama3.2:3b                                   present   -> /srv  "
+        "(ollama, ollama_research)",
+        "  ollama       moondream:latest                              1.7 GB    -> /srv  "
+        "(vision)",
+        "  huggingface  Qwen/Qwen2.5-1.5B-Instruct                    3.1 GB    -> /srv  "
+        "(vllm)",
+        "  Total: 10.5 GB to fetch (1 of 5 already present)"]
+    assert report["downloads"]["total_bytes"] == 10487467108
     assert report["warnings"] == [
         "persistence mode is off on GPU 0: nvidia-smi can take ~30 s per call on multi-GPU "
         "hosts (nvidia-smi -pm 1, or nvidia-persistenced)"]
 
 
-@pytest.mark.parametrize("facts, warn_only, failed", [
+def test_report_without_downloads_has_no_table_and_no_disk_check():
+    for downloads in (None, {"skipped": True, "changed": False}):
+        report = pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {},
+                                 downloads)
+        assert report["downloads"] is None and report["disks"] == []
+        assert "disk" not in {c["check"] for c in report["checks"]}
+        assert not any(line.startswith("Downloads") for line in report["summary"])
+
+
+def test_report_when_everything_is_present():
+    listed = [item("image", "ollama/ollama:latest", ["ollama"], present=True),
+              item("ollama", "llama3.2:3b", ["ollama"], present=True)]
+    report = pf.build_report("box", plan_fixture(), GPUS, host_facts(), None,
+                             {"disk_reserve_mib": 10}, planned(listed, {"/": 5 * MIB}))
+    assert report["summary"][-4:-1] == [
+        "  image        ollama/ollama:latest  present   -> /  (ollama)",
+        "  ollama       llama3.2:3b           present   -> /  (ollama)",
+        "  Total: nothing to fetch (2 of 2 already present)"]
+    # The reserve still holds on a filesystem the downloads land on.
+    assert report["failed"] == [
+        "disk at /: 10 MiB needed (nothing to fetch, 10 MiB reserve), 5 MiB free"]
+    empty = pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {}, planned([]))
+    assert "Downloads: nothing to fetch" in empty["summary"] and empty["ok"] is True
+
+
+def test_report_warns_about_unknown_sizes():
+    listed = [dict(item("image", "private.example/app:1", ["app"]), bytes=None)]
+    report = pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {},
+                             planned(listed))
+    assert "  image        private.example/app:1  unknown   -> /  (app)" in report["summary"]
+    assert "the size of private.example/app:1 is unknown (its registry could not be read): " \
+        "the disk check does not count it" in report["warnings"]
+
+
+@pytest.mark.parametrize("facts, downloads, warn_only, failed", [
     (host_facts(holders=[{"address": "0.0.0.0", "family": "ipv4", "pid": 9,
-                          "process": "nginx"}]), [],
+                          "process": "nginx"}]), None, [],
      ["port 11434 (ollama) is held by nginx (pid 9) on 0.0.0.0"]),
     (host_facts(holders=[{"address": "0.0.0.0", "family": "ipv4", "pid": 9,
-                          "process": "ollama"}]), [], []),
-    (host_facts(free_bytes=1 * GIB), [],
-     ["disk at /srv/models, /srv/vision, /var/lib/docker: 8965 MiB needed, 1024 MiB free"]),
-    (host_facts(free_bytes=1 * GIB), ["disk"], []),
-    (host_facts(binaries={"docker": "/usr/bin/docker"}), [],
+                          "process": "ollama"}]), None, [], []),
+    (host_facts(), planned(DUAL_ITEMS, {"/srv": GIB}), [],
+     ["disk at /srv: 4566 MiB needed (4.8 GB to fetch, 0 MiB reserve), 1024 MiB free"]),
+    (host_facts(), planned(DUAL_ITEMS, {"/srv": GIB}), ["disk"], []),
+    (host_facts(binaries={"docker": "/usr/bin/docker"}), None, [],
      ["NVIDIA container toolkit not found (none of nvidia-container-toolkit, "
       "nvidia-container-runtime-hook, nvidia-ctk)"]),
-    (host_facts(binaries={}), ["toolkit"], ["no container runtime found (none of docker, podman)"]),
+    (host_facts(binaries={}), None, ["toolkit"],
+     ["no container runtime found (none of docker, podman)"]),
 ])
-def test_report_blocks_on_failed_checks(facts, warn_only, failed):
+def test_report_blocks_on_failed_checks(facts, downloads, warn_only, failed):
     report = pf.build_report("box", plan_fixture(), GPUS, facts, None,
-                             {"dirs": DIRS, "warn_only": warn_only,
-                              "ignore_port_processes": ["ollama"]})
+                             {"warn_only": warn_only, "ignore_port_processes": ["ollama"]},
+                             downloads)
     assert report["failed"] == failed
     assert report["ok"] is (not failed)
 
@@ -334,26 +391,27 @@ def test_report_rejects_unknown_options():
         pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {"warn_only": ["gpu"]})
     assert str(info.value) == "preflight_warn_only[0] must be one of ports, disk, driver, " \
         "toolkit, runtime, gpu_memory, persistence; got: 'gpu'"
-    with pytest.raises(ValueError) as info:
-        pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {"sizes": []})
-    assert str(info.value) == "options has unknown key(s): sizes"
+    for removed in ("size_table", "dirs"):
+        with pytest.raises(ValueError) as info:
+            pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {removed: []})
+        assert str(info.value) == "options has unknown key(s): %s" % removed
 
 
 def test_report_of_a_multi_gpu_plan_checks_the_gpu_stack():
     gpus = [*GPUS, dict(gpu(2, 24576, 24576), driver_version="590.48.01")]
     report = pf.build_report("box", dict(plan_fixture("vllm"), profile="multi-gpu"), gpus,
-                             host_facts(), None, {"dirs": DIRS})
+                             host_facts(), None, {}, planned(DUAL_ITEMS))
     assert report["summary"][1] == \
         "Profile: multi-gpu (recommended: multi-gpu, 3 GPU(s)), DUAL_GPU_MODE=vllm"
     checks = {c["check"] for c in report["checks"]}
     assert checks >= {"ports", "disk", "driver", "toolkit", "runtime"}
-    assert report["downloads"]["total_mb"] == 19400
+    assert report["downloads"]["total_bytes"] == 10487467108
     assert not any("differs" in w for w in report["warnings"])
 
 
 def test_report_warns_when_a_3_gpu_host_runs_dual_gpu():
     gpus = [*GPUS, dict(gpu(2, 24576, 24576), driver_version="590.48.01")]
-    report = pf.build_report("box", plan_fixture(), gpus, host_facts(), None, {"dirs": DIRS})
+    report = pf.build_report("box", plan_fixture(), gpus, host_facts(), None, {})
     assert "profile dual-gpu differs from the recommended multi-gpu (3 healthy GPU(s))" in \
         report["warnings"]
 
@@ -362,14 +420,20 @@ def test_report_warns_when_a_3_gpu_host_runs_dual_gpu():
 
 @pytest.mark.parametrize("role_options", [
     None, {}, {"env_file": "/opt/gpufleet/.env", "nvidia_smi_timeout": 10},
-    {"nvidia_smi_timeout": "3600"}, {"nvidia_smi_timeout": 1}])
+    {"nvidia_smi_timeout": "3600"}, {"nvidia_smi_timeout": 1},
+    {"download_kinds": ["image", "ollama", "huggingface"]}, {"download_kinds": []}])
 def test_check_options_passes_good_input(role_options):
-    assert pf.check_options({"dirs": DIRS}, role_options) is True
+    assert pf.check_options({"disk_reserve_mib": 512}, role_options) is True
 
 
 @pytest.mark.parametrize("options, role_options, message", [
-    ({"dirs": {"models": "models"}}, {},
-     "preflight_dirs.models must be an absolute path; got: 'models'"),
+    ({"dirs": {"models": "/srv/models"}}, {}, "options has unknown key(s): dirs"),
+    ({"disk_reserve_mib": -1}, {},
+     "preflight_disk_reserve_mib must be an integer >= 0; got: -1"),
+    ({}, {"download_kinds": ["image", "model"]},
+     "preflight_download_kinds[1] must be one of image, ollama, huggingface; got: 'model'"),
+    ({}, {"download_kinds": "image"},
+     "preflight_download_kinds must be a list of image, ollama, huggingface; got: 'image'"),
     ({}, {"env_file": ".env"}, "preflight_env_file must be an absolute path; got: '.env'"),
     ({}, {"env_file": None}, "preflight_env_file must be an absolute path; got: None"),
     ({}, {"nvidia_smi_timeout": 0}, "preflight_nvidia_smi_timeout must be 1-3600 seconds; "
