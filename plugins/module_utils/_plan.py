@@ -654,6 +654,13 @@ def downloads(services, sources):
             {"kind": "image", "name": service["image"], "insecure": registry in insecure})
         if service["engine"] == "ollama":
             models_dir = ollama_models_dir(service)
+            if models_dir is None and service["models"]:
+                raise ValueError(
+                    "services_catalog.%s.volumes must mount a host directory at OLLAMA_MODELS "
+                    "(%s; %s when unset): its models are pulled there before the verify and "
+                    "kept when the container is recreated; got: %r"
+                    % (name, service["environment"].get("OLLAMA_MODELS") or "unset",
+                       OLLAMA_DEFAULT_MODELS, service["volumes"]))
             port = (service["health"] or {}).get("port") or (
                 service["ports"][0]["container"] if service["ports"] else 11434)
             for model in service["models"]:

@@ -272,7 +272,8 @@ def test_every_unit_passes_systemd_analyze_verify(rendered, profile, mode):
     host_dir = rendered["root"] / host_name(profile, mode)
     found = instances(host_dir)
     expected = ACTIVE[(profile, mode if profile == "dual-gpu" else None)]
-    engines = {"ollama": "ollama", "ollama_research": "ollama", "vllm": "vllm"}
+    engines = {"ollama": "ollama", "ollama_research": "ollama", "vision": "ollama",
+               "vllm": "vllm"}
     assert set(found) == {"%s@%s.service" % (engines[s], s) for s in expected if s in engines}
     for unit, env in found.items():
         assert verify_unit(host_dir / "units", unit) == (0, ""), unit
@@ -283,7 +284,7 @@ def test_every_unit_passes_systemd_analyze_verify(rendered, profile, mode):
             assert env["CUDA_VISIBLE_DEVICES"] == PINNED[name]
         if unit.startswith("ollama@"):
             assert env["OLLAMA_MODELS"] == str(rendered["root"] / "models")
-            port = 11435 if name == "ollama_research" else 11434
+            port = {"ollama_research": 11435, "vision": 8002}.get(name, 11434)
             assert env["OLLAMA_HOST"] == "127.0.0.1:%d" % port
         else:
             assert env["VLLM_PORT"] == "8000" and 0 < float(env["VLLM_GPU_MEMORY_UTILIZATION"]) < 1

@@ -8,8 +8,9 @@ batches are one canary, then 25 %, then the rest ([01], [02, 03], [04..08]), and
 max_fail_percentage 0. Two faults:
 - a host lost mid-rollout (its container stopped while the canary converges) fails as its batch
   starts, the rollout stops there, and the outcome table says which host changed;
-- a canary whose service cannot start is rolled back and the rollout stops after it; a host
-  whose GPUs differ from its inventory is reported before anything changes on it.
+- a canary whose service cannot start (no such entrypoint) is rolled back and the rollout stops
+  after it; a host whose GPUs differ from its inventory is reported before anything changes on
+  it.
 Every host the rollout did not reach is checked to be untouched: no project, no container.
 Then the same broken service on one host of a rollout that tolerates a failure
 (gpufleet_max_fail_percentage 50, batches [1, 100%]): that host fails (a first apply has
@@ -33,6 +34,10 @@ from conftest import LAB, ROOT, Host, _docker_host
 FLEET = ["lab-fleet-%02d" % i for i in range(1, 9)]
 PROJECT = "/opt/gpufleet"
 CANARY_PORT = 11500  # inventory/fleet/host_vars/lab-fleet-01.yml
+# A service that cannot start: its container's entrypoint does not exist, so `docker compose up`
+# fails after the files changed (an image that is not in the registry no longer gets that far:
+# the preflight's download plan fails the host before anything changes).
+NO_SUCH_ENTRYPOINT = "/usr/local/bin/no-such-server"
 _ROW = re.compile(r"^(lab-fleet-\d\d) +(changed|unchanged|failed|unreachable|rolled back|"
                   r"not reached) +(\d+) *(.*)$", re.MULTILINE)
 
@@ -178,7 +183,7 @@ def test_a_broken_canary_is_rolled_back_and_a_wrong_gpu_host_is_left_alone(fleet
     canary = fleet["lab-fleet-01"]
     broken = yaml.safe_load(open(os.path.join(ROOT, "inventory", "fleet", "host_vars",
                                               "lab-fleet-01.yml"), encoding="utf-8"))
-    broken["services_catalog"]["ollama"]["image"] = "ollama/ollama:no-such-tag"
+    broken["services_catalog"]["ollama"]["entrypoint"] = [NO_SUCH_ENTRYPOINT]
     rc, out, rows = rollout(tmp_path, host_vars={
         "lab-fleet-01": broken,
         "lab-fleet-08": {"gpufleet_expected_gpus": {"count": 1, "name": "NVIDIA H100*"}},
@@ -193,7 +198,7 @@ def test_a_broken_canary_is_rolled_back_and_a_wrong_gpu_host_is_left_alone(fleet
         assert_untouched(fleet[name])
     # The canary serves what it served before the broken change.
     assert_canary_serves(canary)
-    assert "no-such-tag" not in canary.sh("cat %s/compose.yml" % PROJECT).stdout
+    assert NO_SUCH_ENTRYPOINT not in canary.sh("cat %s/compose.yml" % PROJECT).stdout
     record = json.loads(canary.sh("cat /etc/gpufleet/apply.json").stdout)
     assert record["result"] == "rolled_back", record
 
@@ -205,7 +210,7 @@ def test_a_tolerated_failure_does_not_stop_the_rollout(fleet, tmp_path):
         "lab-fleet-05": {"services_catalog": {"ollama": dict(
             yaml.safe_load(open(os.path.join(ROOT, "inventory", "fleet", "group_vars",
                                              "lab_fleet.yml"), encoding="utf-8"))
-            ["services_catalog"]["ollama"], image="ollama/ollama:no-such-tag")}},
+            ["services_catalog"]["ollama"], entrypoint=[NO_SUCH_ENTRYPOINT])}},
     }, hosts=running, extra_vars={"gpufleet_serial": [1, "100%"],
                                   "gpufleet_max_fail_percentage": 50})
     # One failed host makes the play's result a failure, but the batch went on.

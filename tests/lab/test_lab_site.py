@@ -67,10 +67,12 @@ def assert_first_run(out, host, mode):
     # Preflight: one summary block with the download total of this profile and mode.
     assert "Profile: dual-gpu (recommended: dual-gpu, 2 GPU(s)), DUAL_GPU_MODE=%s" % mode in out
     block = out[out.index("Preflight lab-dual"):]
-    total = re.search(r"Total first-run: ~([\d.]+) GB", block)
+    total = re.search(r"Total: (.+) to fetch \((\d+) of (\d+) already present\)", block)
     assert total, out
-    # vLLM's image (10 GB) is downloaded only in the modes that run it (seed 000's table).
-    assert (float(total.group(1)) > 10) == (mode != "ollama"), total.group(0)
+    # vLLM's image and weights are fetched only in the modes that run it.
+    assert bool(re.search(r"image\s+\S*vllm/vllm-openai", block)) == (mode != "ollama"), block
+    assert bool(re.search(r"huggingface\s+Qwen/Qwen2.5-1.5B-Instruct", block)) == (
+        mode != "ollama"), block
     # Health: the table of every service of the plan, all healthy.
     assert "lab-dual: HEALTHY" in out, out
     for name in MODES[mode]:
@@ -91,7 +93,7 @@ VERIFY_PROBE = """
 docker rm -f gpufleet-probe-1 >/dev/null 2>&1
 docker run -d --name gpufleet-probe-1 --label com.docker.compose.project=gpufleet \
   --label com.docker.compose.service=probe --gpus '"device=%s"' --entrypoint sleep \
-  vllm/vllm-openai:latest 600 >/dev/null
+  registry.lab:5000/vllm/vllm-openai:latest 600 >/dev/null
 """ % GPU1
 
 

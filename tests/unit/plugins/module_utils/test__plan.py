@@ -520,3 +520,12 @@ def test_two_ollama_servers_on_one_gpu_leave_each_other_their_budgets():
     for me, other in ((ollama, vision), (vision, ollama)):
         overhead = int(me["budget_env"]["OLLAMA_GPU_OVERHEAD"]) // (1024 * 1024)
         assert overhead == total - me["vram_budget_mib"] - other["vram_budget_mib"]
+
+
+def test_an_ollama_server_without_a_models_mount_is_refused_naming_it():
+    def no_volume(catalog):
+        del catalog["ollama"]["volumes"]
+    with pytest.raises(ValueError, match=re.escape(
+            "services_catalog.ollama.volumes must mount a host directory at OLLAMA_MODELS "
+            "(/root/.ollama; /root/.ollama/models when unset)")):
+        make_plan(change=no_volume)
