@@ -70,6 +70,8 @@ MIB = 1024 * 1024
 COMMAND_TIMEOUT_S = 120
 HTTP_TIMEOUT_S = 30
 PROGRESS_INTERVAL_S = 1.0
+# How long an Ollama server may take to answer once started (its verify waits as long).
+SERVER_WAIT_S = 180
 
 _OLLAMA_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _OLLAMA_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
@@ -626,9 +628,12 @@ class _Run:
         return self.host.local_opener.open(request, timeout=timeout)
 
     def wait_server(self, index, item, url):
-        """Wait (until the deadline) for the Ollama server to answer /api/version, saying so
-        in the progress (a server that does not start shows there, not as a silent wait)."""
+        """Wait (SERVER_WAIT_S at most, and not past the deadline) for the Ollama server to
+        answer /api/version, saying so in the progress (a server that does not start shows
+        there, not as a silent wait; one that crashed ends the wait in minutes, not hours)."""
         reason = "no answer"
+        started = self.host.clock()
+        give_up = min(self.deadline, started + SERVER_WAIT_S)
         while True:
             try:
                 with self._http(url + "/api/version", timeout=5) as answer:
@@ -636,9 +641,9 @@ class _Run:
                     return
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 reason = _registry.reason_text(exc)
-            if self.host.clock() >= self.deadline:
-                raise FetchError("the Ollama server at %s did not answer in time: %s"
-                                 % (url, reason))
+            if self.host.clock() >= give_up:
+                raise FetchError("the Ollama server at %s did not answer within %d s: %s"
+                                 % (url, give_up - started, reason))
             self.progress.emit(index, item, "waiting for the Ollama server at %s to pull %s "
                                "(%s)" % (url, item["name"], reason))
             self.host.sleep(1)

@@ -261,11 +261,22 @@ def test_the_ollama_server_is_waited_for_until_the_timeout(world):
     _result, failure = _downloads.run([item], world.options(timeout=5), world.host(
         clock=clock, sleep=clock.sleep), _downloads.Progress(str(progress), clock=clock))
     assert failure.startswith('ollama model "llama3.2:3b" (service ollama): the Ollama server at '
-                              "http://127.0.0.1:9 did not answer in time: ")
+                              "http://127.0.0.1:9 did not answer within 5 s: ")
     assert clock.now >= 5
     texts = [json.loads(line)["text"] for line in progress.read_text().splitlines()]
     assert len(texts) == 5 and texts[0].startswith(
         "waiting for the Ollama server at http://127.0.0.1:9 to pull llama3.2:3b (")
+
+
+def test_a_server_that_never_answers_ends_the_wait_long_before_the_fetch_timeout(world):
+    """A crashed Ollama container: the pull gives up after SERVER_WAIT_S, not after the
+    hour the whole fetch may take."""
+    clock = FakeClock()
+    item = dict(world.items()[1], url="http://127.0.0.1:9")
+    _result, failure = _downloads.run([item], world.options(timeout=3600), world.host(
+        clock=clock, sleep=clock.sleep), _downloads.Progress(None, clock=clock))
+    assert "did not answer within %d s" % _downloads.SERVER_WAIT_S in failure, failure
+    assert _downloads.SERVER_WAIT_S <= clock.now < _downloads.SERVER_WAIT_S + 30
 
 
 def test_a_docker_engine_that_does_not_answer(world):
