@@ -103,8 +103,9 @@ def test_systemd_dual_gpu_mode(dual2_lab, tmp_path, mode):
     clear_compose(host)
     converge(tmp_path, BOX, {"gpufleet_runtime": "systemd",
                              "services_dual_gpu_mode": mode}, check=mode == "mixed")
+    # Every inference engine is an instance; the vision sidecar is an Ollama server too.
     expected = {name: uuid for name, uuid in MODES[mode].items()
-                if name in ("ollama", "ollama_research", "vllm")}
+                if name in ("ollama", "ollama_research", "vision", "vllm")}
     units = host.sh("systemctl list-units --plain --no-legend --state=active"
                     " 'ollama@*' 'vllm@*'").stdout.split()
     wanted = {"%s@%s.service" % ("vllm" if name == "vllm" else "ollama", name)
@@ -147,13 +148,15 @@ def test_systemd_rollback_restores_units_and_instances(dual2_lab, tmp_path):
     assert rc != 0, out
     assert recap[BOX][2] == 1, out
     assert re.search(r"systemd_units: .*vllm.*; rolled back to the last good files and instances "
-                     r"\(ollama@ollama.service, ollama@ollama_research.service\)", out), out
+                     r"\(ollama@ollama.service, ollama@ollama_research.service, "
+                     r"ollama@vision.service\)", out), out
     assert host.sh("sha256sum %s" % SYSTEMD_FILES).stdout == before
     active = host.sh("systemctl list-units --plain --no-legend --state=active 'ollama@*' 'vllm@*'"
                      ).stdout.split()
     assert {u for u in active if u.endswith(".service")} == {
-        "ollama@ollama.service", "ollama@ollama_research.service"}, active
-    for name in ("ollama", "ollama_research"):
+        "ollama@ollama.service", "ollama@ollama_research.service",
+        "ollama@vision.service"}, active
+    for name in ("ollama", "ollama_research", "vision"):
         status, payload = host.http("http://127.0.0.1:%d/api/version" % HEALTH[name])
         assert status == 200, (name, payload)
 

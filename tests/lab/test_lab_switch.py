@@ -22,7 +22,7 @@ import time
 
 import pytest
 import yaml
-from conftest import Host, _docker_host
+from conftest import HF_ENDPOINT, Host, _docker_host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "lab")
@@ -197,19 +197,19 @@ NAIVE = """
 name: naive
 services:
   ollama:
-    image: ollama/ollama:latest
+    image: registry.lab:5000/ollama/ollama:latest
     ports: ["127.0.0.1:11500:11434"]
     deploy: &gpu
       resources:
         reservations:
           devices: [{driver: nvidia, device_ids: ["0"], capabilities: [gpu]}]
   vllm:
-    image: vllm/vllm-openai:latest
+    image: registry.lab:5000/vllm/vllm-openai:latest
     command: %s
     ports: ["127.0.0.1:8100:8000"]
     environment: %s
     deploy: *gpu
-""" % (json.dumps(VLLM_COMMAND), json.dumps(NAIVE_VLLM_ENV))
+""" % (json.dumps(VLLM_COMMAND), json.dumps(dict(NAIVE_VLLM_ENV, HF_ENDPOINT=HF_ENDPOINT)))
 
 
 def test_naive_stop_then_start_crashes_vllm_in_memory_profiling(spark):
@@ -219,8 +219,10 @@ def test_naive_stop_then_start_crashes_vllm_in_memory_profiling(spark):
     # machine, and the drain must still be on when vLLM takes its snapshot.
     set_drain_delay(spark, NAIVE_DRAIN)
     try:
-        spark.sh("cd /srv/naive && docker compose up -d ollama")
+        # The script's user pulled the images, the model and the weights beforehand.
+        spark.sh("cd /srv/naive && docker compose pull -q && docker compose up -d ollama")
         spark.wait_http("http://127.0.0.1:11500/api/version")
+        spark.pull_model("http://127.0.0.1:11500", "qwen2.5:7b")
         status, body = spark.http("http://127.0.0.1:11500/api/generate",
                                   {"model": "qwen2.5:7b", "keep_alive": -1})
         assert status == 200, body
