@@ -821,16 +821,7 @@ def _makedirs(path, top):
 
 
 def _write_atomic(path, data):
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _hf.write_atomic(path, data)
 
 
 def _copy_checked(source, target, digest):

@@ -209,19 +209,23 @@ def missing_files(hf_home, repo_id, files):
     return [f for f in files if not os.path.isfile(os.path.join(blobs, f["etag"]))]
 
 
-def _write_text(path, text):
-    """Write a small file through a temporary file and a rename."""
+def write_atomic(path, data):
+    """Write a small file (bytes) through a temporary file and a rename, mode 0644."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _write_text(path, text):
+    write_atomic(path, text.encode("utf-8"))
 
 
 def _link(snapshot, name, blob):
