@@ -127,7 +127,7 @@ def parse_name(text):
     """ParseName: defaults registry.ollama.ai / library / latest, https."""
     name, rest = Name(), text or ""
     if rest.rfind(":") > rest.rfind("/"):
-        rest, name.tag, _ = _cut(rest, ":")
+        rest, name.tag, _promised = _cut(rest, ":")
     rest, name.model, promised = _cut(rest, "/")
     if not promised:
         name.model = rest
@@ -752,7 +752,6 @@ class Models:
                     }
                 )
             return out
-
 
 
 MODELS = None

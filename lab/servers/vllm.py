@@ -411,7 +411,7 @@ def resolve(args, hub):
         # try_to_load_from_cache finds it; transformers falls back to the cached files when
         # the hub cannot be asked whether they changed
         return Source(model, revision=revision)
-    info = None
+    info = error = None
     for attempt in (1, 2):  # vLLM's with_retry around the file listing: 2 tries, 2 s apart
         try:
             info = repo_info(hub, model, revision)

@@ -176,8 +176,8 @@ def test_a_gated_model_needs_hf_token_which_never_shows(empty_box, tmp_path):
                    ).stdout.strip() == "gone"
 
 
-def test_a_pull_cut_off_midway_fails_keeps_serving_and_completes_next_time(empty_box,
-                                                                            tmp_path):
+def test_a_pull_cut_off_midway_fails_keeps_serving_and_completes_next_time(
+        empty_box, tmp_path):
     host = empty_box
     rc, out, _recap = apply(tmp_path, BOX, {"dual_gpu_mode": "ollama"}, playbook="site.yml")
     assert rc == 0, out

@@ -448,8 +448,8 @@ def test_ollama_copy_and_delete(standin, tmp_path, registry):
     assert (copied / "3b").read_bytes() == manifest
     names = sorted(m["name"] for m in wait_http(base + "/api/tags", None)["models"])
     assert names == sorted([name, "llama3.2:3b"])
-    status, lines = post_lines(base + "/api/generate", {"model": "llama3.2:3b", "prompt": "hi",
-                                                         "stream": False})
+    status, lines = post_lines(base + "/api/generate",
+                               {"model": "llama3.2:3b", "prompt": "hi", "stream": False})
     assert status == 200 and lines[0]["model"] == "llama3.2:3b"
     assert post_lines(base + "/api/copy", {"source": "nope:1", "destination": "x:1"}) == (
         404, [{"error": 'model "nope:1" not found'}])
