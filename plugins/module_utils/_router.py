@@ -249,7 +249,9 @@ def _local_backend(service, opts):
         base = "http://%s:%d" % (name, container_port)
     return {
         "name": name, "service": name, "engine": service["engine"], "type": "openai_compat",
-        "base_url": base + "/v1", "model": "__auto__", "supports_images": False,
+        "base_url": base + "/v1", "model": "__auto__",
+        # A vision model (the catalog's role) takes images, as Ollama's moondream does.
+        "supports_images": service.get("role") == "vision",
         "litellm_model": "%s/%s" % (LITELLM_PROVIDER[service["engine"]], model),
         "probe_url": "http://%s:%d/v1/models" % (opts["host_address"], host_port),
     }

@@ -14,19 +14,19 @@ SECRET = "sk-planted-9f8e7d6c5b4a"
 
 MODES = {
     "ollama": {
-        "backends": ["ollama", "ollama_research"],
+        "backends": ["ollama", "ollama_research", "vision"],
         "fallback_order": ["ollama"],
         "research_fallback_order": ["ollama_research"],
         "fallbacks": [],
     },
     "vllm": {
-        "backends": ["ollama", "vllm", "vllm_research"],
+        "backends": ["ollama", "vllm", "vllm_research", "vision"],
         "fallback_order": ["ollama", "vllm"],
         "research_fallback_order": ["vllm_research"],
         "fallbacks": [{"ollama": ["vllm"]}],
     },
     "mixed": {
-        "backends": ["ollama", "vllm", "vllm_research", "ollama_research"],
+        "backends": ["ollama", "vllm", "vllm_research", "ollama_research", "vision"],
         "fallback_order": ["ollama", "vllm"],
         "research_fallback_order": ["vllm_research", "ollama_research"],
         "fallbacks": [{"ollama": ["vllm"]}, {"vllm_research": ["ollama_research"]}],
@@ -57,8 +57,8 @@ def test_each_mode_renders_and_litellm_loads_it(tmp_path, mode):
         service = "vllm" if name == "vllm_research" else name
         port = 8000 if service == "vllm" else 11434
         assert backend == {"api_key": "", "base_url": "http://%s:%d/v1" % (service, port),
-                           "enabled": True, "model": "__auto__", "supports_images": False,
-                           "type": "openai_compat"}
+                           "enabled": True, "model": "__auto__",
+                           "supports_images": name == "vision", "type": "openai_compat"}
     assert llm["fallback_order"] == want["fallback_order"]
     assert llm["research_fallback_order"] == want["research_fallback_order"]
     loaded = load_litellm_config(tmp_path / "config/litellm.yaml")
