@@ -1124,12 +1124,7 @@ def runner(args):
     for item in filter(None, spec.split(",")):
         index, mib = item.split("=")
         reg.set(int(index), int(mib))
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    try:
-        sys.stdin.read()
-    except KeyboardInterrupt:
-        pass
+    standin.hold_until_stdin_closes()
     reg.release()
 
 

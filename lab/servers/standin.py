@@ -95,6 +95,17 @@ def set_process_name(name):
         return name.encode()[:COMM_MAX].decode(errors="replace")
 
 
+def hold_until_stdin_closes():
+    """A child process's life: say ``ready`` to the parent, then wait until the parent closes
+    our stdin (or stops us)."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    try:
+        sys.stdin.read()
+    except KeyboardInterrupt:
+        pass
+
+
 def seconds(name):
     return float(setting(name, "0"))
 

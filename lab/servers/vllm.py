@@ -558,12 +558,7 @@ class Workers:
 
 def worker(title):
     standin.set_process_name(title)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    try:
-        sys.stdin.read()
-    except KeyboardInterrupt:
-        pass
+    standin.hold_until_stdin_closes()
     return 0
 
 

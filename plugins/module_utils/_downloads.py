@@ -730,7 +730,7 @@ class _Run:
         target = work["manifest_path"]
         created = _makedirs(os.path.dirname(target), models)
         with open(work["source_manifest"], "rb") as source:
-            _write_atomic(target, source.read())
+            _hf.write_atomic(target, source.read())
         _own_like([blob_dir, *written, *created, target], models)
 
     def fetch_hf(self, index, item, entry, work):
@@ -818,10 +818,6 @@ def _makedirs(path, top):
         probe = os.path.dirname(probe)
     os.makedirs(path, exist_ok=True)
     return [p for p in reversed(created) if p.startswith(top)]
-
-
-def _write_atomic(path, data):
-    _hf.write_atomic(path, data)
 
 
 def _copy_checked(source, target, digest):

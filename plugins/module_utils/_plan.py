@@ -649,9 +649,9 @@ def downloads(services, sources):
         if not service["active"]:
             continue
         name = service["name"]
-        registry = service["image"].split("/", 1)[0] if "/" in service["image"] else ""
         add(("image", service["image"]), name,
-            {"kind": "image", "name": service["image"], "insecure": registry in insecure})
+            {"kind": "image", "name": service["image"],
+             "insecure": split_image(service["image"])[0] in insecure})
         if service["engine"] == "ollama":
             models_dir = ollama_models_dir(service)
             if models_dir is None and service["models"]:
