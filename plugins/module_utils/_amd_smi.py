@@ -10,8 +10,9 @@ Python 3.8 syntax (modules run on the targets).
 amd-smi changed its JSON shape over releases: one GPU as a bare dict or several
 as a list, ``vram.size`` as ``"65520 MB"`` or ``{"value": 65520, "unit": "MB"}``,
 and the newest wraps the list in ``{"gpu_data": [...]}``. Both tools may print
-warnings before the JSON; parsing starts at the first ``{`` or ``[`` that opens
-valid JSON. Indexes are amd-smi's ``gpu`` number and rocm-smi's ``cardN`` number.
+warnings before the JSON (``WARNING: GPU[0] ...``); parsing starts at the first line
+that opens a JSON document and runs to the end (see :func:`load_json`). Indexes are
+amd-smi's ``gpu`` number and rocm-smi's ``cardN`` number.
 """
 
 from __future__ import annotations
@@ -40,24 +41,45 @@ ROCM_SMI = (
     "--showuse", "--showtemp", "--showmaxpower", "--showdriverversion", "--json",
 )
 
-_CARD_RE = re.compile(r"^card(\d+)$")
+_CARD_RE = re.compile(r"^card(\d+)\Z")
 # amd-smi reports the in-tree amdgpu driver's version as the squashed /proc/version.
 _KERNEL_VERSION_RE = re.compile(r"^Linuxversion([0-9][^(\s]*)\(")
+# A line that opens a JSON document: '{' then a key or '}', or '[' then a value or ']'.
+_JSON_START_RE = re.compile(r'^\s*(?:\{\s*(?:"|\}|$)|\[\s*(?:[\[{"\]0-9tfn-]|$))')
 
 
 def load_json(text, what):
-    """The JSON document in a tool's output, skipping any warning lines before it."""
+    """The JSON document in a tool's output, skipping any warning lines before it.
+
+    The document starts at the first line that opens a JSON object or array (``{``, or ``[``
+    followed by a value or ``]``), so a line like ``WARNING: GPU[0] ...`` is skipped, and it
+    runs to the end of the output: a cut document or text after it is an error naming the
+    line, never a smaller document found further on.
+    """
     if text is None or not text.strip():
         raise ValueError("%s: no output" % what)
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[\[{]", text):
-        try:
-            value = decoder.raw_decode(text, match.start())[0]
-        except ValueError:
-            continue
-        if isinstance(value, (dict, list)):
-            return value
-    raise ValueError("%s: no JSON in the output (line 1: %r)" % (what, first_line(text)))
+    offset, number = 0, None
+    for count, line in enumerate(text.splitlines(True), start=1):
+        if _JSON_START_RE.match(line):
+            number = count
+            break
+        offset += len(line)
+    if number is None:
+        raise ValueError("%s: no JSON in the output (line 1: %r)" % (what, first_line(text)))
+    body = text[offset:]
+    try:
+        value, end = json.JSONDecoder().raw_decode(body, len(body) - len(body.lstrip()))
+    except ValueError as exc:
+        raise ValueError("%s: the output is not valid JSON: %s (line %d, column %d)"
+                         % (what, getattr(exc, "msg", exc), getattr(exc, "lineno", 1)
+                            + number - 1, getattr(exc, "colno", 0))) from None
+    rest = body[end:]
+    if rest.strip():
+        at = end + len(rest) - len(rest.lstrip())
+        raise ValueError("%s: the output is not valid JSON: text after the JSON document "
+                         "(line %d: %r)" % (what, number + body[:at].count("\n"),
+                                            first_line(rest)))
+    return value
 
 
 def _value(item):
@@ -218,13 +240,21 @@ def _run(run, argv):
 
 
 def _optional(run, argv, parse, warnings, missing):
-    """Run a command whose answer only adds detail: a failure becomes a warning."""
+    """Run a command whose answer only adds detail: a failure (an error exit, or an answer
+    that does not parse) becomes a warning and its values stay null, as amd-smi's own N/A."""
     rc, out, err = _run(run, argv)
     command = " ".join(argv)
     if rc != 0:
         warnings.append("%s exited %d: %s; %s" % (command, rc, first_line(out or err), missing))
         return {}
-    return parse(out)
+    try:
+        return parse(out)
+    except ValueError as exc:
+        said = str(exc)
+        if not said.startswith(argv[0]):
+            said = "%s: %s" % (command, said)
+        warnings.append("%s; %s" % (said, missing))
+        return {}
 
 
 def collect_amd_smi(run, system_memory_mib=None):

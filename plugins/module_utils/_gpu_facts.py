@@ -10,6 +10,11 @@ order, the fallbacks and the summary without touching a machine.
 from __future__ import annotations
 
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import parse_meminfo
+from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import (
+    VENDORS,
+    check_values,
+    gpu_label,
+)
 from ansible_collections.gpufleet.inference.plugins.module_utils._plan import recommend_profile
 
 BACKENDS = ("auto", "nvml", "nvidia-smi", "amd-smi", "rocm-smi", "sysfs")
@@ -58,12 +63,75 @@ def _of_vendor(result, vendor):
 
 
 def _merge(collected, name, result, gpus):
+    """Add one backend's GPUs (of one vendor family); its name and warnings only once."""
+    for gpu in gpus:
+        _check_health(gpu, name)
+        check_values(gpu, collected["warnings"])
     collected["gpus"].extend(gpus)
-    collected["answered"].append(name)
-    collected["warnings"].extend(result.get("warnings") or [])
+    if name not in collected["answered"]:
+        collected["answered"].append(name)
+        collected["warnings"].extend(result.get("warnings") or [])
     for key in ("driver_version", "cuda_driver_version"):
         if collected[key] is None and result.get(key):
             collected[key] = result[key]
+
+
+def _check_health(gpu, backend):
+    """A GPU without an index cannot be addressed: it is unhealthy, and an unhealthy GPU says
+    why (``errors`` is never empty when ``healthy`` is false)."""
+    if gpu.get("index") is None and gpu.get("healthy"):
+        gpu["healthy"] = False
+        gpu["errors"] = [*(gpu.get("errors") or []),
+                         "%s reported no index for this GPU; it cannot be addressed" % backend]
+    if not gpu.get("healthy") and not gpu.get("errors"):
+        gpu["errors"] = ["%s marked this GPU unhealthy without saying why" % backend]
+
+
+def assign_indexes(gpus, warnings):
+    """Make ``index`` unique on the host; ``vendor_index`` keeps each vendor's own number.
+
+    Each vendor numbers its GPUs from 0 (CUDA, ROCm and Level Zero each count their own), so
+    an NVIDIA GPU 0 and an AMD GPU 0 would share an index. NVIDIA's numbers are kept (what
+    CUDA_VISIBLE_DEVICES means); a later vendor (in VENDORS order) whose numbers collide with
+    those already taken is numbered after them, in its own order, and a warning says so. Two
+    GPUs of one vendor with the same number cannot be told apart: the later one loses its
+    index and becomes unhealthy. GPUs without an index (lost ones) keep none. Sorts ``gpus``
+    by index, GPUs without one last.
+    """
+    for gpu in gpus:
+        gpu["vendor_index"] = gpu.get("index")
+    order = list(VENDORS) + sorted({str(gpu.get("vendor")) for gpu in gpus} - set(VENDORS))
+    taken = set()
+    earlier = []
+    for vendor in order:
+        family = [gpu for gpu in gpus if str(gpu.get("vendor")) == vendor
+                  and gpu.get("index") is not None]
+        if not family:
+            continue
+        seen = {}
+        for gpu in family:
+            first = seen.setdefault(gpu["index"], gpu)
+            if first is not gpu:
+                gpu["errors"] = [*(gpu.get("errors") or []),
+                                 "the backend gave this GPU index %s, as it gave %s: it cannot "
+                                 "be told apart, so it has no index"
+                                 % (gpu["index"], gpu_label(first))]
+                gpu.update(index=None, healthy=False)
+        family = sorted(seen.values(), key=lambda gpu: gpu["index"])
+        if taken & set(seen):
+            start = max(taken) + 1
+            moves = []
+            for offset, gpu in enumerate(family):
+                moves.append("%s -> %s" % (gpu["index"], start + offset))
+                gpu["index"] = start + offset
+            warnings.append(
+                "%s GPUs are numbered after the %s GPUs so that indexes are unique on this "
+                "host: index %s; vendor_index keeps %s's own numbers"
+                % (vendor, " and ".join(earlier), ", ".join(moves), vendor))
+        taken.update(gpu["index"] for gpu in family)
+        earlier.append(vendor)
+    gpus.sort(key=lambda gpu: (gpu.get("index") is None, gpu.get("index") or 0))
+    return gpus
 
 
 def gather(backend, readers):
@@ -112,6 +180,7 @@ def gather(backend, readers):
             )
         else:
             _merge(collected, backend, value, value.get("gpus", []))
+        assign_indexes(collected["gpus"], collected["warnings"])
         return collected
 
     for vendor, names in AUTO_FAMILIES:
@@ -135,6 +204,11 @@ def gather(backend, readers):
             break
         if errors:
             raise BackendError(errors[0].split(": ", 1)[0], "; ".join(errors))
+    for name, (outcome, value) in cache.items():
+        if outcome == "ok" and name not in collected["answered"]:
+            # sysfs found only GPUs it left out (an integrated GPU): say which.
+            collected["warnings"].extend(value.get("warnings") or [])
+    assign_indexes(collected["gpus"], collected["warnings"])
     return collected
 
 
@@ -152,11 +226,8 @@ def summarize(gpus, backend, driver_version, warnings):
     summary_warnings = list(warnings)
     for gpu in gpus:
         if not gpu.get("healthy"):
-            summary_warnings.append(
-                "GPU %s (%s) is unhealthy: %s"
-                % (gpu.get("index"), gpu.get("uuid") or gpu.get("pci_bus_id") or "identity unknown",
-                   "; ".join(gpu.get("errors") or ["no detail"]))
-            )
+            summary_warnings.append("%s is unhealthy: %s" % (
+                gpu_label(dict(gpu, name=None)), "; ".join(gpu.get("errors") or ["no detail"])))
     return {
         "count": len(gpus),
         "healthy_count": len(healthy),

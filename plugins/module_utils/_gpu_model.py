@@ -14,6 +14,7 @@ import re
 
 GPU_KEYS = (
     "index",
+    "vendor_index",
     "uuid",
     "name",
     "vendor",
@@ -52,6 +53,12 @@ PROCESS_KEYS = ("pid", "name", "used_memory_mib")
 VENDORS = ("nvidia", "amd", "intel")
 MEMORY_KINDS = ("dedicated", "unified")
 
+# Parts built around memory shared with the host (no memory of their own to report): NVIDIA
+# GB10 (DGX Spark and its OEM versions) and the Jetson modules (Orin, Xavier, Thor; older
+# drivers print "Tegra"). Only these are given the host's memory when the tool reports none;
+# a discrete GPU whose size reads N/A stays dedicated with an unknown size.
+_KNOWN_UNIFIED_RE = re.compile(r"\b(?:GB10|Orin|Xavier|Thor|Tegra|Jetson)\b", re.IGNORECASE)
+
 # Values the vendor tools print where they have nothing to say.
 _UNKNOWN_MARKERS = frozenset(
     {
@@ -63,14 +70,19 @@ _UNKNOWN_MARKERS = frozenset(
         "[unknown error]",
         "unknown",
         "[insufficient permissions]",
+        "insufficient permissions",
+        "[requested functionality has been deprecated]",
+        "requested functionality has been deprecated",
         "[gpu is lost]",
         "[requires root]",
+        "requires root",
         "none",
         "-",
     }
 )
 
-_NUMBER_RE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([A-Za-z%/]*)\s*$")
+# A number as the tools print it: '81559', '-3.5', '1.8446744073709552e+19' (JSON floats).
+_NUMBER_RE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([A-Za-z%/]*)\s*\Z")
 
 # Multipliers to MiB for the units the tools print.
 _TO_MIB = {
@@ -84,6 +96,11 @@ _TO_MIB = {
     "gb": 1024.0,
     "tib": 1024.0 * 1024,
 }
+
+
+def is_known_unified(name):
+    """True when ``name`` is a part known to share the host's memory (GB10, Jetson)."""
+    return bool(name) and _KNOWN_UNIFIED_RE.search(str(name)) is not None
 
 
 def new_gpu(**values):
@@ -208,4 +225,105 @@ def fill_free(gpu):
     total, used = gpu.get("memory_total_mib"), gpu.get("memory_used_mib")
     if gpu.get("memory_free_mib") is None and total is not None and used is not None:
         gpu["memory_free_mib"] = max(total - used - (gpu.get("memory_reserved_mib") or 0), 0)
+    return gpu
+
+
+# --------------------------------------------------------------------------- plausible values
+
+# NVML_VALUE_NOT_AVAILABLE (2^64-1) in bytes, as whole MiB. Through a float it reads one more
+# (1.8446744073709552e19 B is 2^64 B), so everything from here up is the sentinel.
+NOT_AVAILABLE_MIB = (2**64 - 1) // (1024 * 1024)
+# More than a pebibyte of memory on one GPU is no reading, whatever the tool meant.
+MAX_MEMORY_MIB = 1024 * 1024 * 1024
+MEMORY_KEYS = ("memory_total_mib", "memory_used_mib", "memory_free_mib", "memory_reserved_mib")
+# Inclusive bounds of the other numbers; outside them a value is a sentinel or garbage.
+VALUE_RANGES = {
+    "utilization_pct": (0, 100),
+    "temperature_c": (-100, 250),
+    "power_limit_w": (0, 100000),
+}
+
+
+def gpu_label(gpu):
+    """How messages name a GPU: ``GPU 0 (NVIDIA RTX A5500)``; a GPU without an index by its
+    UUID or PCI bus id: ``GPU 0000:3b:00.0 (no index)``."""
+    if gpu.get("index") is not None:
+        return "GPU %s (%s)" % (gpu["index"], gpu.get("name") or gpu.get("uuid")
+                                or gpu.get("pci_bus_id") or "identity unknown")
+    uuid, bus = gpu.get("uuid"), gpu.get("pci_bus_id")
+    if uuid and bus:
+        return "GPU %s (no index, %s)" % (uuid, bus)
+    return "GPU %s (no index)" % (uuid or bus or "of unknown identity")
+
+
+def _plausible(value, low, high, what, warnings):
+    """``value`` when it is None or within [low, high], else None with a warning."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if high == MAX_MEMORY_MIB and value >= NOT_AVAILABLE_MIB:
+        warnings.append("%s reads %s, the tools' 2^64-1 'not available' value: read as unknown"
+                        % (what, value))
+        return None
+    if value < low or value > high:
+        warnings.append("%s is out of range (%s): read as unknown" % (what, value))
+        return None
+    return value
+
+
+def _plausible_memory(owner, keys, label, warnings):
+    for key in keys:
+        owner[key] = _plausible(owner.get(key), 0, MAX_MEMORY_MIB,
+                                "%s %s" % (label, key), warnings)
+
+
+def check_values(gpu, warnings):
+    """Make a GPU fact's numbers plausible, in place; each value dropped is named in a warning.
+
+    Negative sizes, the 2^64-1 "not available" sentinel (also through a float), a percentage
+    over 100 and the like become None. ``memory_free_mib`` over ``memory_total_mib`` is worked
+    out again from total and used when those agree, else None; ``memory_used_mib`` over the
+    total becomes None. The same for each process's and MIG device's memory. MIG devices
+    without an index, or with an index another MIG device of the GPU has, are left out.
+    """
+    label = gpu_label(gpu)
+    _plausible_memory(gpu, MEMORY_KEYS, label, warnings)
+    for key, (low, high) in VALUE_RANGES.items():
+        gpu[key] = _plausible(gpu.get(key), low, high, "%s %s" % (label, key), warnings)
+    total, used, free = (gpu.get("memory_total_mib"), gpu.get("memory_used_mib"),
+                         gpu.get("memory_free_mib"))
+    if total is not None and used is not None and used > total:
+        warnings.append("%s memory_used_mib %s is more than memory_total_mib %s: read as unknown"
+                        % (label, used, total))
+        gpu["memory_used_mib"] = used = None
+    if total is not None and free is not None and free > total:
+        if used is None:
+            warnings.append("%s memory_free_mib %s is more than memory_total_mib %s: "
+                            "read as unknown" % (label, free, total))
+        else:
+            warnings.append("%s memory_free_mib %s is more than memory_total_mib %s: "
+                            "free read as total - used" % (label, free, total))
+        gpu["memory_free_mib"] = None
+    fill_free(gpu)
+    for process in gpu.get("processes") or []:
+        process["used_memory_mib"] = _plausible(
+            process.get("used_memory_mib"), 0, MAX_MEMORY_MIB,
+            "%s process %s used_memory_mib" % (label, process.get("pid")), warnings)
+    kept = {}
+    for device in gpu.get("mig_devices") or []:
+        name = device.get("uuid") or device.get("name") or "(no uuid)"
+        index = device.get("index")
+        if index is None:
+            warnings.append("%s MIG device %s has no index: left out" % (label, name))
+            continue
+        if index in kept:
+            other = kept[index]
+            warnings.append("%s MIG device %s has index %s, as MIG device %s does: left out"
+                            % (label, name, index,
+                               other.get("uuid") or other.get("name") or "(no uuid)"))
+            continue
+        kept[index] = device
+        _plausible_memory(device, ("memory_total_mib", "memory_used_mib", "memory_free_mib"),
+                          "%s MIG device %s" % (label, index), warnings)
+    if gpu.get("mig_devices"):
+        gpu["mig_devices"] = list(kept.values())
     return gpu

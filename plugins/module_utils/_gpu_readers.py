@@ -37,10 +37,11 @@ else:
 class Readers:
     """The backend readers, bound to one module run (commands, timeout, roots)."""
 
-    def __init__(self, module, timeout, sysfs_root="/"):
+    def __init__(self, module, timeout, sysfs_root="/", include_integrated=False):
         self.module = module
         self.timeout = timeout
         self.root = sysfs_root
+        self.include_integrated = include_integrated
         self.memory_mib = _gpu_facts.read_meminfo_mib(
             os.path.join(self.root, "proc", "meminfo"))
 
@@ -104,7 +105,8 @@ class Readers:
 
     def sysfs(self):
         try:
-            result = _sysfs.collect_sysfs(root=self.root, system_memory_mib=self.memory_mib)
+            result = _sysfs.collect_sysfs(root=self.root, system_memory_mib=self.memory_mib,
+                                          include_integrated=self.include_integrated)
         except ValueError as exc:
             raise _gpu_facts.BackendError("sysfs", str(exc)) from exc
         if result is None:
@@ -112,7 +114,10 @@ class Readers:
         return result
 
 
-def read_gpus(module, backend="auto", timeout=60, sysfs_root="/"):
+def read_gpus(module, backend="auto", timeout=60, sysfs_root="/", include_integrated=False):
     """``_gpu_facts.gather``'s result for this host: {'gpus', 'answered', 'tried', 'warnings',
-    'driver_version', 'cuda_driver_version'}; raises ``_gpu_facts.BackendError``."""
-    return _gpu_facts.gather(backend, Readers(module, timeout, sysfs_root).mapping())
+    'driver_version', 'cuda_driver_version'}; raises ``_gpu_facts.BackendError``.
+    ``include_integrated`` counts an integrated GPU that shares the host's memory (the
+    Intel iGPU) as an inference GPU; by default it is left out with a warning."""
+    readers = Readers(module, timeout, sysfs_root, include_integrated)
+    return _gpu_facts.gather(backend, readers.mapping())

@@ -25,6 +25,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model impo
     clean_text,
     fill_free,
     first_line,
+    is_known_unified,
     new_gpu,
     new_mig_device,
     new_process,
@@ -58,13 +59,13 @@ APPS_FIELDS = ("gpu_uuid", "pid", "process_name", "used_gpu_memory")
 # Texts nvidia-smi prints in place of a value when the GPU itself failed.
 _ERROR_MARKERS = ("gpu is lost", "unknown error", "gpu requires reset")
 
-_HEADER_RE = re.compile(r"^([A-Za-z0-9_.]+)(?: \[([^\]]*)\])?$")
+_HEADER_RE = re.compile(r"^([A-Za-z0-9_.]+)(?: \[([^\]]*)\])?\Z")
 _INVALID_FIELD_RE = re.compile(r'Field "([^"]+)" is not a valid field to query')
 _HANDLE_ERROR_RE = re.compile(
     r"^Unable to determine the device handle for (?:GPU|gpu)\s*([0-9A-Fa-f:.]+):\s*(.*)$"
 )
-_LIST_GPU_RE = re.compile(r"^GPU (\d+): (.+?) \(UUID: ([^)]+)\)\s*$")
-_LIST_MIG_RE = re.compile(r"^\s+(MIG \S+)\s+Device\s+(\d+): \(UUID: ([^)]+)\)\s*$")
+_LIST_GPU_RE = re.compile(r"^GPU (\d+): (.+?) \(UUID: ([^)]+)\)\s*\Z")
+_LIST_MIG_RE = re.compile(r"^\s+(MIG \S+)\s+Device\s+(\d+): \(UUID: ([^)]+)\)\s*\Z")
 
 
 class InvalidField(ValueError):
@@ -353,7 +354,7 @@ def parse_xml(text, system_memory_mib=None):
     :func:`collect` replaces it with nvidia-smi's own index from the CSV. Lines
     ``Unable to determine the device handle for GPU ...: GPU is lost`` that
     nvidia-smi prints before the XML become GPUs with ``healthy: false``.
-    A GPU without dedicated memory (``fb_memory_usage/total`` N/A or 0, as on
+    A part known to share the host's memory (``fb_memory_usage/total`` N/A or 0, as on
     DGX Spark GB10) gets ``memory_kind: unified`` (see :func:`apply_unified_memory`).
     """
     if text is None or not text.strip():
@@ -416,24 +417,34 @@ def _lost_gpu(bus_id, message, driver_version=None, cuda_version=None):
         pci_bus_id = None
     return new_gpu(vendor="nvidia", pci_bus_id=pci_bus_id, driver_version=driver_version,
                    cuda_driver_version=cuda_version, healthy=False,
-                   errors=["nvidia-smi cannot open the GPU: %s" % message])
+                   errors=["nvidia-smi cannot open the GPU %s: %s"
+                           % (pci_bus_id or bus_id, message)])
 
 
 def apply_unified_memory(gpus, system_memory_mib, warnings):
-    """Mark healthy GPUs whose driver reports no dedicated memory as unified.
+    """Mark healthy GPUs known to share the host's memory, and that report none, as unified.
 
-    On DGX Spark (GB10) and other shared-memory NVIDIA parts ``fb_memory_usage``
-    reads N/A or 0: the GPU uses system memory. Its size becomes
-    ``system_memory_mib`` (None when unknown); used/free/reserved stay None, since
-    the driver does not say how much of the host memory the GPU holds.
+    On DGX Spark (GB10) and the Jetson modules ``fb_memory_usage`` reads N/A or 0: the GPU
+    uses system memory. Its size becomes ``system_memory_mib`` (None when unknown);
+    used/free/reserved stay None, since the driver does not say how much of the host memory
+    the GPU holds. Any other GPU reading N/A or 0 (a discrete card behind a driver fault or a
+    virtual GPU) keeps ``memory_kind: dedicated`` with its size None and a warning: it is
+    never given the host's memory.
     """
     for gpu in gpus:
         if not gpu["healthy"] or gpu["memory_total_mib"] not in (None, 0):
             continue
+        label = "GPU %s (%s)" % (gpu["index"], gpu["name"] or gpu["uuid"] or gpu["pci_bus_id"])
+        if not is_known_unified(gpu["name"]):
+            gpu["memory_total_mib"] = None
+            warnings.append(
+                "%s reports no memory size and is not a part known to share the host's "
+                "memory: memory_total_mib is null" % label
+            )
+            continue
         gpu["memory_kind"] = "unified"
         gpu["memory_total_mib"] = system_memory_mib
         gpu["memory_used_mib"] = gpu["memory_free_mib"] = gpu["memory_reserved_mib"] = None
-        label = "GPU %s (%s)" % (gpu["index"], gpu["name"] or gpu["uuid"] or gpu["pci_bus_id"])
         if system_memory_mib is None:
             warnings.append(
                 "%s reports no dedicated memory (unified memory) and the system memory is "

@@ -12,6 +12,7 @@ read as usual.
 from __future__ import annotations
 
 from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import (
+    is_known_unified,
     new_gpu,
     new_mig_device,
     new_process,
@@ -227,7 +228,13 @@ def _read_gpu(pynvml, index, system_memory_mib, warnings):
     gpu["processes"] = processes or []
 
     if memory_code == NVML_ERROR_NOT_SUPPORTED:
-        _unified(gpu, processes, system_memory_mib, warnings)
+        if is_known_unified(gpu["name"]):
+            _unified(gpu, processes, system_memory_mib, warnings)
+        else:
+            warnings.append(
+                "GPU %d (%s): NVML reports no memory size and it is not a part known to share "
+                "the host's memory: memory_total_mib is null"
+                % (index, gpu["name"] or gpu["uuid"] or "unknown"))
 
     gpu["errors"] = calls.errors
     gpu["healthy"] = not calls.errors
@@ -235,7 +242,8 @@ def _read_gpu(pynvml, index, system_memory_mib, warnings):
 
 
 def _unified(gpu, processes, system_memory_mib, warnings):
-    """Fill memory from system memory for a GPU that shares it (DGX Spark / GB10)."""
+    """Fill memory from system memory for a GPU known to share it (DGX Spark / GB10, Jetson;
+    see ``is_known_unified``). Any other GPU without a memory size keeps it unknown."""
     used = None
     if processes is not None:
         used = sum(p["used_memory_mib"] for p in processes if p["used_memory_mib"] is not None)

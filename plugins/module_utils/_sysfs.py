@@ -10,14 +10,18 @@ Not a public API: the leading underscore says so. Needs no vendor tool: reads
   bytes, ``gpu_busy_percent``, ``product_name`` and ``unique_id`` where the board
   has them, temperature and power cap from ``hwmon``.
 - Intel (vendor 0x8086): i915/xe expose no memory size here. The integrated GPU
-  (always at PCI 0000:00:02.0) shares system memory: ``memory_kind: unified`` with
-  the system memory as its size, and a warning. A discrete Intel GPU keeps
-  ``memory_kind: dedicated`` with its size null, and a warning.
+  (always at PCI 0000:00:02.0) shares system memory and is a display GPU, not an
+  inference GPU: it is left out with a warning unless ``include_integrated``; then it
+  has ``memory_kind: unified`` with the system memory as its size, and a warning. A
+  discrete Intel GPU keeps ``memory_kind: dedicated`` with its size null, and a warning.
 - NVIDIA (vendor 0x10de) is skipped: the NVML and nvidia-smi backends own it and
   nouveau exposes no memory figures. Other vendors (a BMC's VGA, virtio) are not
   compute GPUs and are skipped too.
 
-``index`` is the DRM card number (``card1`` -> 1), the number rocm-smi shows.
+``index`` counts each vendor's cards in DRM card order (the driver's probe order) from 0:
+the vendor-local number ROCR_VISIBLE_DEVICES and ZE_AFFINITY_MASK mean, as amd-smi and
+rocm-smi number AMD GPUs. Never the DRM card number itself: a server's BMC VGA or an
+iGPU takes ``card0`` and would shift every AMD GPU by one.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ INTEL = "0x8086"
 NVIDIA = "0x10de"
 INTEL_IGPU_BUS_ID = "0000:00:02.0"
 
-_CARD_RE = re.compile(r"^card(\d+)$")
-_PCI_RE = re.compile(r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+_CARD_RE = re.compile(r"^card(\d+)\Z")
+_PCI_RE = re.compile(r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\Z")
 
 
 def _read(path):
@@ -105,10 +109,10 @@ def _amd_gpu(index, device, what):
     )
 
 
-def _intel_gpu(index, device, system_memory_mib, warnings):
+def _intel_gpu(index, card, device, system_memory_mib, warnings):
     pci_bus_id = _pci_bus_id(device)
     gpu = new_gpu(index=index, vendor="intel", pci_bus_id=pci_bus_id)
-    label = "Intel GPU card%d (%s)" % (index, pci_bus_id)
+    label = "Intel GPU card%d (%s)" % (card, pci_bus_id)
     if pci_bus_id == INTEL_IGPU_BUS_ID:
         gpu["memory_kind"] = "unified"
         gpu["memory_total_mib"] = system_memory_mib
@@ -124,11 +128,12 @@ def _intel_gpu(index, device, system_memory_mib, warnings):
     return gpu
 
 
-def collect_sysfs(root="/", system_memory_mib=None):
+def collect_sysfs(root="/", system_memory_mib=None, include_integrated=False):
     """Read AMD and Intel GPUs from ``<root>/sys/class/drm``.
 
     ``system_memory_mib`` sizes unified-memory GPUs; when None it is read from
-    ``<root>/proc/meminfo``. Returns None when ``<root>/sys/class/drm`` does not
+    ``<root>/proc/meminfo``. The Intel integrated GPU is left out (with a warning naming
+    it) unless ``include_integrated``. Returns None when ``<root>/sys/class/drm`` does not
     exist (no DRM on this host), else ``{"gpus", "driver_version",
     "cuda_driver_version": None, "warnings"}``. Raises ValueError naming the card
     and the attribute when an attribute holds something other than a number.
@@ -144,16 +149,25 @@ def collect_sysfs(root="/", system_memory_mib=None):
     warnings = []
     gpus = []
     intel_memory = system_memory_mib
-    for index, name in sorted(cards):
+    counted = {AMD: 0, INTEL: 0}
+    for card, name in sorted(cards):
         device = os.path.join(drm, name, "device")
         vendor = (_read(os.path.join(device, "vendor")) or "").lower()
         what = "sysfs %s" % name
         if vendor == AMD:
-            gpus.append(fill_free(_amd_gpu(index, device, what)))
+            gpus.append(fill_free(_amd_gpu(counted[AMD], device, what)))
+            counted[AMD] += 1
         elif vendor == INTEL:
+            if not include_integrated and _pci_bus_id(device) == INTEL_IGPU_BUS_ID:
+                warnings.append(
+                    "Intel GPU %s (%s) is integrated and shares the host's memory: not counted "
+                    "as an inference GPU (include_integrated=true counts it)"
+                    % (name, INTEL_IGPU_BUS_ID))
+                continue
             if intel_memory is None:
                 intel_memory = read_meminfo_mib(os.path.join(root, "proc", "meminfo"))
-            gpus.append(_intel_gpu(index, device, intel_memory, warnings))
+            gpus.append(_intel_gpu(counted[INTEL], card, device, intel_memory, warnings))
+            counted[INTEL] += 1
     driver_version = None
     if any(gpu["vendor"] == "amd" for gpu in gpus):
         driver_version = _read(os.path.join(root, "sys", "module", "amdgpu", "version")) or None

@@ -49,6 +49,16 @@ options:
         copied or simulated tree.
     type: path
     default: /
+  include_integrated:
+    description:
+      - Count an integrated GPU that shares the host's memory and is made for display (the
+        Intel GPU of the CPU, at PCI C(0000:00:02.0)) as an inference GPU.
+      - By default it is left out of RV(ansible_facts.gpus) and a warning names it, so that an
+        NVIDIA workstation with an Intel CPU is not taken for a two-GPU host.
+      - Parts built around unified memory for compute (NVIDIA GB10 and Jetson, AMD APUs read
+        through amd-smi) are counted either way.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - gpufleet.inference.attributes
   - gpufleet.inference.attributes.facts
@@ -66,8 +76,15 @@ requirements:
   - nvidia-ml-py for O(backend=nvml) (and for the first choice of O(backend=auto)).
 notes:
   - PCI bus ids are normalised to the Linux form C(0000:01:00.0) whatever the tool printed.
-  - Indexes are each vendor's own (NVML and nvidia-smi enumerate in PCI bus order). Use the UUID
-    to pin a service to a GPU.
+  - C(index) is unique on the host. NVIDIA GPUs keep their own numbers (NVML and nvidia-smi
+    enumerate in PCI bus order, what C(CUDA_VISIBLE_DEVICES) means with
+    C(CUDA_DEVICE_ORDER=PCI_BUS_ID)). When the GPUs of another vendor would reuse a number, that
+    vendor's GPUs are numbered after the ones already counted and a warning says so; their own
+    number (what C(ROCR_VISIBLE_DEVICES) or C(ZE_AFFINITY_MASK) mean) stays in C(vendor_index).
+    Use the UUID to pin a service to a GPU.
+  - Numbers a tool reports that cannot be true (negative memory, free memory over the total, the
+    2^64-1 "not available" value, a utilization over 100 %) are returned as V(null) with a warning
+    naming the GPU and the field.
 seealso:
   - module: gpufleet.inference.gpu_placement
 """
@@ -97,8 +114,41 @@ ansible_facts:
       returned: always
       type: list
       elements: dict
+      contains:
+        index:
+          description:
+            - The GPU's number on this host, unique among its GPUs. V(null) only for a GPU
+              that is not healthy (one that fell off the bus and that the tool could not
+              number).
+          type: int
+        vendor_index:
+          description:
+            - The vendor's own number for the GPU (CUDA's for NVIDIA, ROCm's for AMD, Level
+              Zero's for Intel), the number C(CUDA_VISIBLE_DEVICES), C(ROCR_VISIBLE_DEVICES)
+              or C(ZE_AFFINITY_MASK) mean. Equal to C(index) unless the GPU was renumbered
+              because another vendor's GPU has the same number.
+          type: int
+        memory_kind:
+          description:
+            - V(dedicated) for a GPU with its own memory, V(unified) for a part known to share
+              the host's memory (NVIDIA GB10 and Jetson, the Intel integrated GPU), whose
+              C(memory_total_mib) is the host's memory.
+            - A discrete GPU whose tool cannot tell its memory size stays V(dedicated) with
+              C(memory_total_mib=null) and a warning; it is never given the host's memory.
+          type: str
+        healthy:
+          description:
+            - V(false) when the GPU failed (for example fell off the bus), or has no index.
+          type: bool
+        errors:
+          description:
+            - Why the GPU is not healthy, in the tool's words, naming the GPU by its PCI bus id
+              or UUID when known; never empty when C(healthy) is V(false).
+          type: list
+          elements: str
       sample:
         - index: 0
+          vendor_index: 0
           uuid: GPU-5b5d9ab2-8d59-7bd6-2b3a-1c7b4c3a6f10
           name: NVIDIA RTX A5500
           vendor: nvidia
@@ -177,6 +227,7 @@ def main():
             timeout=dict(type="int", default=60),
             fail_on_missing=dict(type="bool", default=False),
             sysfs_root=dict(type="path", default="/"),
+            include_integrated=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -192,7 +243,7 @@ def main():
 
     try:
         collected = _gpu_readers.read_gpus(module, params["backend"], params["timeout"],
-                                           params["sysfs_root"])
+                                           params["sysfs_root"], params["include_integrated"])
     except _gpu_facts.BackendError as exc:
         module.fail_json(msg="Reading GPUs failed: %s" % exc, backend=exc.backend)
 

@@ -258,3 +258,36 @@ def test_nvidia_smi_without_a_driver_is_no_gpu(tmp_path):
     gpus, summary = _facts(result)
     assert gpus == [] and summary["recommended_profile"] == "cpu"
     assert summary["backends_tried"][1]["detail"] == "nvidia-smi: " + message
+
+
+def _intel_igpu_tree(root):
+    """A sysfs tree with the CPU's Intel GPU as card0 and 64 GiB of host memory."""
+    device = root / "sys" / "devices" / "pci0000:00" / "0000:00:02.0"
+    device.mkdir(parents=True)
+    (device / "vendor").write_text("0x8086\n")
+    card = root / "sys" / "class" / "drm" / "card0"
+    card.mkdir(parents=True)
+    (card / "device").symlink_to(device)
+    (root / "proc").mkdir()
+    (root / "proc" / "meminfo").write_text("MemTotal:       67108864 kB\n")
+
+
+@pytest.mark.parametrize(("option", "expected", "profile"), [
+    ("", [(0, 0, "nvidia", "dedicated")], "single-gpu"),
+    ("include_integrated=true", [(0, 0, "nvidia", "dedicated"), (1, 0, "intel", "unified")],
+     "dual-gpu"),
+], ids=["default", "opted-in"])
+def test_nvidia_workstation_with_an_intel_igpu(nvml_env, tmp_path, option, expected, profile):
+    state, env = nvml_env
+    state.write_gpus([A5500])
+    _intel_igpu_tree(tmp_path)
+    rc, result = run_module("gpufleet.inference.gpu_facts",
+                            "sysfs_root=%s %s" % (tmp_path, option), env=env)
+    assert rc == 0, result
+    gpus, summary = _facts(result)
+    assert [(g["index"], g["vendor_index"], g["vendor"], g["memory_kind"]) for g in gpus] == \
+        expected
+    assert summary["recommended_profile"] == profile
+    if not option:
+        assert "Intel GPU card0 (0000:00:02.0) is integrated and shares the host's memory: not " \
+            "counted as an inference GPU (include_integrated=true counts it)" in summary["warnings"]

@@ -260,3 +260,73 @@ def test_rocm_smi_unknown_values_are_none_never_zero(value):
     assert gpu["index"] == 3
     for key in ("memory_total_mib", "utilization_pct", "temperature_c", "pci_bus_id"):
         assert gpu[key] is None, "%s for %r; got: %r" % (key, value, gpu[key])
+
+
+# --------------------------------------------------------------------------- where the JSON is
+
+
+def _four_gpus():
+    """The MI210 capture as a host with four of them (gpu 0..3), as amd-smi prints it."""
+    data = _mi210()
+    entry = data["gpu_data"][0]
+    data["gpu_data"] = [dict(copy.deepcopy(entry), gpu=n) for n in range(4)]
+    return json.dumps(data, indent=4)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    # Cut in the middle of the second GPU: it used to parse as one GPU (the first inner '{').
+    (lambda: _four_gpus()[: len(_four_gpus()) // 3],
+     r"^amd-smi static --json: the output is not valid JSON: .* \(line \d+, column \d+\)$"),
+    (lambda: _four_gpus()[:-2],
+     r"^amd-smi static --json: the output is not valid JSON: .* \(line \d+, column \d+\)$"),
+    # Text after the document: not ours to guess at.
+    (lambda: _four_gpus() + "\nERROR: GPU[2] lost during the query\n",
+     r"^amd-smi static --json: the output is not valid JSON: text after the JSON document "
+     r"\(line \d+: 'ERROR: GPU\[2\] lost during the query'\)$"),
+], ids=["cut-in-the-middle", "cut-at-the-end", "text-after"])
+def test_truncated_or_trailing_json_is_an_error_not_fewer_gpus(text, message):
+    with pytest.raises(ValueError, match=message):
+        _amd_smi.parse_amd_smi_static(text())
+
+
+def test_four_gpus_parse_as_four():
+    assert [g["index"] for g in _amd_smi.parse_amd_smi_static(_four_gpus())["gpus"]] == [
+        0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("preamble", [
+    "WARNING: GPU[0]\t: Unable to get the memory partition: not supported\n",
+    "WARNING: GPU[0] [1] render node missing\nWARNING: {kfd} not loaded\n",
+], ids=["gpu-bracket", "brackets-and-braces"])
+def test_warning_lines_with_brackets_before_the_json_are_skipped(preamble):
+    result = _amd_smi.parse_amd_smi_static(preamble + MI210_STATIC.read_text())
+    [gpu] = result["gpus"]
+    assert pick(gpu, MI210) == MI210
+
+
+# --------------------------------------------------------------------------- optional answers
+
+
+@pytest.mark.parametrize(("name", "answer", "warning"), [
+    ("METRIC", "Segmentation fault (core dumped)\n",
+     "amd-smi metric --json: no JSON in the output (line 1: 'Segmentation fault (core "
+     "dumped)'); used memory, temperature and utilization unknown"),
+    ("METRIC", json.dumps({"gpu_data": [{"gpu": 0, "mem_usage": {
+        "used_vram": {"value": "lots", "unit": "MB"}}}]}),
+     "amd-smi metric --json gpu 0 mem_usage.used_vram is not a memory amount; got: 'lots MB'; "
+     "used memory, temperature and utilization unknown"),
+    ("PROCESS", '[{"gpu": 0, "process_list": [{"process_info": {"pid": "x"}}]}]',
+     "amd-smi process --json pid x is not a number; got: 'x'; processes unknown"),
+    ("LIST", '{"gpu": 0, "bdf": "slot 3"}',
+     "amd-smi list --json: pci_bus_id is not a PCI address; got: 'slot 3'; bus ids and UUIDs "
+     "unknown"),
+], ids=["metric-garbage", "metric-bad-value", "process-bad-pid", "list-bad-bdf"])
+def test_a_failing_optional_subcommand_leaves_its_values_null(tmp_path, name, answer, warning):
+    path = tmp_path / ("hand-written-%s.json" % name)
+    path.write_text(answer)
+    env = {"GPUFLEET_FIXTURE_AMD_SMI_" + name: path}
+    result = _amd_smi.collect_amd_smi(stand_in_run(GPUFLEET_FIXTURE_AMD_SMI_STATIC=MI210_STATIC,
+                                                   **env))
+    [gpu] = result["gpus"]
+    assert pick(gpu, MI210) == MI210
+    assert warning in result["warnings"], result["warnings"]

@@ -14,7 +14,10 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_facts impo
     read_meminfo_mib,
     summarize,
 )
-from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import new_gpu
+from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import (
+    new_gpu,
+    new_mig_device,
+)
 
 
 def _gpu(vendor, index, total=1000, free=800, healthy=True):
@@ -185,3 +188,203 @@ def test_read_meminfo(tmp_path, text, want):
 )
 def test_no_gpu_reason(rc, output, reason):
     assert no_gpu_reason(rc, output) == reason
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def _at(gpu, **changes):
+    gpu.update(changes)
+    return gpu
+
+
+@pytest.mark.parametrize(("nvidia", "amd", "intel", "indexes", "vendor_indexes"), [
+    # NVIDIA keeps its own numbers (what CUDA_VISIBLE_DEVICES means); AMD and Intel follow.
+    ([0, 1], [0, 1], [0], [0, 1, 2, 3, 4], [0, 1, 0, 1, 0]),
+    ([0], [0, 1], [], [0, 1, 2], [0, 0, 1]),
+    # No collision: nobody is renumbered.
+    ([0], [], [], [0], [0]),
+    ([], [0, 1], [], [0, 1], [0, 1]),
+    ([0, 1], [2], [], [0, 1, 2], [0, 1, 2]),
+    # A lost GPU has no index and none is made up for it; it is listed last.
+    ([0, None], [0], [], [0, 1, None], [0, 0, None]),
+], ids=["nvidia2-amd2-intel1", "nvidia1-amd2", "nvidia-only", "amd-only", "no-collision",
+        "lost-nvidia"])
+def test_indexes_are_unique_across_vendors(nvidia, amd, intel, indexes, vendor_indexes):
+    def family(vendor, numbers):
+        return [_at(_gpu(vendor, n if n is not None else 9), index=n,
+                    healthy=n is not None, errors=[] if n is not None else ["GPU is lost"])
+                for n in numbers]
+
+    readers = dict(ALL_ABSENT, nvml=_answers(*family("nvidia", nvidia)),
+                   **{"amd-smi": _answers(*family("amd", amd)),
+                      "sysfs": _answers(*family("intel", intel))})
+    result = gather("auto", readers)
+    assert [g["index"] for g in result["gpus"]] == indexes
+    assert [g["vendor_index"] for g in result["gpus"]] == vendor_indexes
+
+
+def test_renumbered_gpus_are_named_in_a_warning():
+    readers = dict(ALL_ABSENT, nvml=_answers(_gpu("nvidia", 0)),
+                   **{"amd-smi": _answers(_gpu("amd", 0))})
+    result = gather("auto", readers)
+    assert result["warnings"] == [
+        "amd GPUs are numbered after the nvidia GPUs so that indexes are unique on this host: "
+        "index 0 -> 1; vendor_index keeps amd's own numbers"]
+
+
+def test_two_gpus_of_one_vendor_with_one_index_cannot_be_told_apart():
+    readers = dict(ALL_ABSENT, nvml=_answers(_gpu("nvidia", 0), _gpu("nvidia", 1),
+                                             _at(_gpu("nvidia", 1), uuid="GPU-dup")))
+    result = gather("auto", readers)
+    assert [(g["index"], g["vendor_index"], g["healthy"]) for g in result["gpus"]] == [
+        (0, 0, True), (1, 1, True), (None, 1, False)]
+    assert result["gpus"][2]["errors"] == [
+        "the backend gave this GPU index 1, as it gave GPU 1 (nvidia-1): it cannot be told "
+        "apart, so it has no index"]
+
+
+def test_sysfs_answering_two_families_is_named_once():
+    readers = dict(ALL_ABSENT, sysfs=lambda: {
+        "gpus": [_gpu("amd", 0), _gpu("intel", 0)], "driver_version": None,
+        "cuda_driver_version": None, "warnings": ["one sysfs warning"]})
+    result = gather("auto", readers)
+    assert result["answered"] == ["sysfs"]
+    assert result["warnings"][0] == "one sysfs warning"
+    assert result["warnings"].count("one sysfs warning") == 1
+    assert [g["index"] for g in result["gpus"]] == [0, 1]
+
+
+def test_sysfs_warnings_are_kept_when_it_skipped_every_gpu():
+    readers = dict(ALL_ABSENT, sysfs=lambda: {
+        "gpus": [], "driver_version": None, "cuda_driver_version": None,
+        "warnings": ["Intel GPU card0 (0000:00:02.0) is integrated: not counted"]})
+    result = gather("auto", readers)
+    assert result["answered"] == []
+    assert result["warnings"] == ["Intel GPU card0 (0000:00:02.0) is integrated: not counted"]
+
+
+# --------------------------------------------------------------------------- lost GPUs
+
+
+@pytest.mark.parametrize(("gpu", "healthy", "errors"), [
+    # What nvidia-smi gives for a GPU that fell off the bus: kept, no index, its errors.
+    (new_gpu(vendor="nvidia", pci_bus_id="0000:3b:00.0", healthy=False,
+             errors=["nvidia-smi cannot open the GPU 0000:3b:00.0: GPU is lost"]),
+     False, ["nvidia-smi cannot open the GPU 0000:3b:00.0: GPU is lost"]),
+    # A GPU said to be healthy but without an index cannot be addressed: unhealthy, and why.
+    (new_gpu(vendor="nvidia", uuid="GPU-x", pci_bus_id="0000:3b:00.0"),
+     False, ["nvidia-smi reported no index for this GPU; it cannot be addressed"]),
+    # Unhealthy without a word: the errors list says so instead of staying empty.
+    (new_gpu(index=1, vendor="nvidia", uuid="GPU-y", healthy=False),
+     False, ["nvidia-smi marked this GPU unhealthy without saying why"]),
+], ids=["lost", "healthy-without-index", "unhealthy-without-errors"])
+def test_a_gpu_without_an_index_is_unhealthy_and_says_why(gpu, healthy, errors):
+    readers = dict(ALL_ABSENT, **{"nvidia-smi": _answers(_gpu("nvidia", 0), gpu)})
+    result = gather("auto", readers)
+    first, second = result["gpus"]
+    assert (first["index"], first["healthy"]) == (0, True)
+    assert (second["healthy"], second["errors"]) == (healthy, errors)
+
+
+@pytest.mark.parametrize(("gpu", "warning"), [
+    (new_gpu(vendor="nvidia", pci_bus_id="0000:3b:00.0", healthy=False,
+             errors=["nvidia-smi cannot open the GPU 0000:3b:00.0: GPU is lost"]),
+     "GPU 0000:3b:00.0 (no index) is unhealthy: nvidia-smi cannot open the GPU "
+     "0000:3b:00.0: GPU is lost"),
+    (new_gpu(vendor="nvidia", uuid="GPU-z", pci_bus_id="0000:3b:00.0", healthy=False,
+             errors=["GPU is lost"]),
+     "GPU GPU-z (no index, 0000:3b:00.0) is unhealthy: GPU is lost"),
+])
+def test_summary_names_a_lost_gpu_by_bus_id_or_uuid(gpu, warning):
+    summary = summarize([_gpu("nvidia", 0), gpu], ["nvidia-smi"], "590.48.01", [])
+    assert summary["warnings"] == [warning]
+    assert (summary["count"], summary["healthy_count"]) == (2, 1)
+    assert summary["recommended_profile"] == "single-gpu"
+
+
+# --------------------------------------------------------------------------- value ranges
+
+SENTINEL_MIB = (2 ** 64 - 1) // (1024 * 1024)
+
+
+@pytest.mark.parametrize(("values", "expected", "warning"), [
+    (dict(memory_used_mib=-5, memory_free_mib=None),
+     dict(memory_used_mib=None, memory_free_mib=None),
+     "GPU 0 (nvidia-0) memory_used_mib is out of range (-5): read as unknown"),
+    (dict(memory_used_mib=100, memory_free_mib=-1),
+     dict(memory_used_mib=100, memory_free_mib=900),
+     "GPU 0 (nvidia-0) memory_free_mib is out of range (-1): read as unknown"),
+    (dict(memory_total_mib=SENTINEL_MIB, memory_used_mib=100, memory_free_mib=None),
+     dict(memory_total_mib=None, memory_used_mib=100, memory_free_mib=None),
+     "GPU 0 (nvidia-0) memory_total_mib reads %d, the tools' 2^64-1 'not available' value: "
+     "read as unknown" % SENTINEL_MIB),
+    # 2^64-1 bytes through a float (1.8446744073709552e19 B) rounds up by one MiB.
+    (dict(memory_used_mib=SENTINEL_MIB + 1, memory_free_mib=500),
+     dict(memory_used_mib=None, memory_free_mib=500),
+     "GPU 0 (nvidia-0) memory_used_mib reads %d, the tools' 2^64-1 'not available' value: "
+     "read as unknown" % (SENTINEL_MIB + 1)),
+    # free > total: total and used agree, so free is worked out from them.
+    (dict(memory_used_mib=200, memory_free_mib=5000),
+     dict(memory_used_mib=200, memory_free_mib=800),
+     "GPU 0 (nvidia-0) memory_free_mib 5000 is more than memory_total_mib 1000: "
+     "free read as total - used"),
+    # free > total and used unknown: nothing to trust it against.
+    (dict(memory_used_mib=None, memory_free_mib=5000),
+     dict(memory_used_mib=None, memory_free_mib=None),
+     "GPU 0 (nvidia-0) memory_free_mib 5000 is more than memory_total_mib 1000: "
+     "read as unknown"),
+    (dict(memory_used_mib=1200, memory_free_mib=None),
+     dict(memory_used_mib=None, memory_free_mib=None),
+     "GPU 0 (nvidia-0) memory_used_mib 1200 is more than memory_total_mib 1000: "
+     "read as unknown"),
+    (dict(utilization_pct=4294967295), dict(utilization_pct=None),
+     "GPU 0 (nvidia-0) utilization_pct is out of range (4294967295): read as unknown"),
+    (dict(temperature_c=-274), dict(temperature_c=None),
+     "GPU 0 (nvidia-0) temperature_c is out of range (-274): read as unknown"),
+    (dict(power_limit_w=-1.0), dict(power_limit_w=None),
+     "GPU 0 (nvidia-0) power_limit_w is out of range (-1.0): read as unknown"),
+], ids=["negative-used", "negative-free", "sentinel-total", "sentinel-float-used",
+        "free-over-total-used-known", "free-over-total-used-unknown", "used-over-total",
+        "utilization", "temperature", "power"])
+def test_out_of_range_values_become_unknown_with_a_warning(values, expected, warning):
+    gpu = _at(_gpu("nvidia", 0, total=1000, free=800), **values)
+    result = gather("nvml", dict(ALL_ABSENT, nvml=_answers(gpu)))
+    [got] = result["gpus"]
+    assert {key: got[key] for key in expected} == expected
+    assert result["warnings"] == [warning]
+
+
+def test_out_of_range_process_and_mig_memory_become_unknown():
+    gpu = _gpu("nvidia", 0, total=81559, free=80000)
+    gpu["processes"] = [{"pid": 7, "name": "python3", "used_memory_mib": SENTINEL_MIB}]
+    gpu["mig_devices"] = [new_mig_device(index=0, memory_total_mib=-3, memory_used_mib=1)]
+    result = gather("nvml", dict(ALL_ABSENT, nvml=_answers(gpu)))
+    [got] = result["gpus"]
+    assert got["processes"][0]["used_memory_mib"] is None
+    assert got["mig_devices"][0]["memory_total_mib"] is None
+    assert result["warnings"] == [
+        "GPU 0 (nvidia-0) process 7 used_memory_mib reads %d, the tools' 2^64-1 "
+        "'not available' value: read as unknown" % SENTINEL_MIB,
+        "GPU 0 (nvidia-0) MIG device 0 memory_total_mib is out of range (-3): read as unknown"]
+
+
+# --------------------------------------------------------------------------- MIG devices
+
+
+@pytest.mark.parametrize(("mig", "kept", "warnings"), [
+    ([(0, "MIG-a"), (1, "MIG-b")], ["MIG-a", "MIG-b"], []),
+    ([(0, "MIG-a"), (0, "MIG-b")], ["MIG-a"],
+     ["GPU 0 (nvidia-0) MIG device MIG-b has index 0, as MIG device MIG-a does: left out"]),
+    ([(None, "MIG-a"), (1, "MIG-b")], ["MIG-b"],
+     ["GPU 0 (nvidia-0) MIG device MIG-a has no index: left out"]),
+    ([(None, None)], [],
+     ["GPU 0 (nvidia-0) MIG device (no uuid) has no index: left out"]),
+], ids=["distinct", "duplicate", "null", "null-without-uuid"])
+def test_mig_devices_with_duplicate_or_null_index_are_left_out(mig, kept, warnings):
+    gpu = _gpu("nvidia", 0)
+    gpu["mig_mode"] = "enabled"
+    gpu["mig_devices"] = [new_mig_device(index=i, uuid=u) for i, u in mig]
+    result = gather("nvml", dict(ALL_ABSENT, nvml=_answers(gpu)))
+    assert [d["uuid"] for d in result["gpus"][0]["mig_devices"]] == kept
+    assert result["warnings"] == warnings

@@ -10,6 +10,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model impo
     GPU_KEYS,
     clean_text,
     fill_free,
+    is_known_unified,
     new_gpu,
     normalize_pci_bus_id,
     parse_int,
@@ -24,6 +25,7 @@ def test_new_gpu_has_every_key_and_safe_defaults():
     assert gpu["memory_total_mib"] is None
     assert gpu["processes"] == [] and gpu["errors"] == [] and gpu["mig_devices"] == []
     assert gpu["healthy"] is True and gpu["memory_kind"] == "dedicated"
+    assert GPU_KEYS[:2] == ("index", "vendor_index") and gpu["vendor_index"] is None
 
 
 def test_new_gpu_refuses_unknown_keys():
@@ -35,7 +37,11 @@ def test_new_gpu_refuses_unknown_keys():
     ("text", "expected"),
     [("230.00 W", 230.0), ("45 C", 45.0), ("12 %", 12.0), ("81559 MiB", 81559.0),
      (7, 7.0), ("[N/A]", None), ("[Not Supported]", None), ("N/A", None), (None, None),
-     ("  ", None), ("-3.5", -3.5)],
+     ("  ", None), ("-3.5", -3.5),
+     # what a JSON float of 2^64-1 bytes prints as; check_values then drops it
+     ("1.8446744073709552e+19 B", 1.8446744073709552e19), ("2E3", 2000.0),
+     # bare, as nvidia-smi -q -x writes them (the CSV brackets them)
+     ("Insufficient Permissions", None), ("Requested functionality has been deprecated", None)],
 )
 def test_parse_number(text, expected):
     assert parse_number(text) == expected
@@ -59,6 +65,15 @@ def test_parse_int_rounds():
 )
 def test_to_mib(text, unit, expected):
     assert to_mib(text, default_unit=unit) == expected
+
+
+@pytest.mark.parametrize(("name", "known"), [
+    ("NVIDIA GB10", True), ("Orin (nvgpu)", True), ("NVIDIA Jetson AGX Thor", True),
+    ("Xavier", True), ("NVIDIA RTX A5500", False), ("NVIDIA GeForce RTX 4090", False),
+    ("NVIDIA GB100", False), (None, False),
+])
+def test_is_known_unified(name, known):
+    assert is_known_unified(name) is known
 
 
 def test_to_mib_rejects_unknown_unit():

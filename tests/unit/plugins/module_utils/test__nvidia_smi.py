@@ -367,6 +367,12 @@ def _t4_xml():
     return (XML_DIR / "telegraf-tesla-t4.xml").read_text()
 
 
+def _gb10_xml():
+    """The T4 fixture renamed to the DGX Spark part (no GB10 capture exists)."""
+    return _t4_xml().replace("<product_name>Tesla T4</product_name>",
+                             "<product_name>NVIDIA GB10</product_name>")
+
+
 def test_xml_gpu_reading_gpu_is_lost_is_unhealthy():
     # Derived in memory from the T4 fixture: the values a fallen-off GPU prints.
     text = (_t4_xml()
@@ -407,6 +413,48 @@ def test_collect_keeps_the_healthy_gpus_when_one_is_lost():
         "0000:3B:00.0: Unknown Error" in result["warnings"]
 
 
+@pytest.mark.parametrize(("csv_answer", "index", "errors"), [
+    # The CSV fails too: the lost GPU comes from the line before the XML alone.
+    ((15, "Unable to determine the device handle for GPU 0000:3B:00.0: GPU is lost.  Reboot "
+          "the system to recover this GPU\n", ""), None,
+     ["nvidia-smi cannot open the GPU 0000:3b:00.0: GPU is lost.  Reboot the system to "
+      "recover this GPU"]),
+    # The CSV lists it with the failure in its cells, and its number: that one is kept.
+    ((15, "index, uuid, pci.bus_id, memory.total [MiB]\n"
+          "0, GPU-d37e67a5-91dd-3774-a5cb-99096249601a, 00000000:00:1E.0, 15360 MiB\n"
+          "1, [GPU is lost], 00000000:3B:00.0, [GPU is lost]\n", ""), 1,
+     ["nvidia-smi cannot open the GPU 0000:3b:00.0: GPU is lost.  Reboot the system to "
+      "recover this GPU"]),
+], ids=["csv-fails", "csv-lists-it"])
+def test_a_lost_gpu_is_unhealthy_without_an_index_and_named(csv_answer, index, errors):
+    text = ("Unable to determine the device handle for GPU 0000:3B:00.0: GPU is lost.  "
+            "Reboot the system to recover this GPU\n" + _t4_xml())
+
+    def run(argv):
+        return (15, text, "") if argv[1] == "-q" else csv_answer
+
+    gpus = _nvidia_smi.collect(run)["gpus"]
+    assert [(g["index"], g["healthy"], g["pci_bus_id"]) for g in gpus] == [
+        (0, True, "0000:00:1e.0"), (index, False, "0000:3b:00.0")]
+    assert gpus[1]["errors"] == errors
+
+
+@pytest.mark.parametrize("path", [
+    "<used_memory>22 MiB</used_memory>", "<used>1032 MiB</used>", "<gpu_temp>40 C</gpu_temp>",
+    "<product_name>Tesla T4</product_name>",
+])
+def test_xml_insufficient_permissions_is_unknown_not_a_failure(path):
+    tag = path[1:path.index(">")]
+    text = _t4_xml().replace(path, "<%s>Insufficient Permissions</%s>" % (tag, tag), 1)
+    result = _nvidia_smi.parse_xml(text)
+    [gpu] = result["gpus"]
+    assert gpu["healthy"] is True
+    values = {"used_memory": gpu["processes"][0]["used_memory_mib"],
+              "used": gpu["memory_used_mib"], "gpu_temp": gpu["temperature_c"],
+              "product_name": gpu["name"]}
+    assert values[tag] is None
+
+
 # --------------------------------------------------------------------------- unified memory
 
 
@@ -417,18 +465,32 @@ def test_collect_keeps_the_healthy_gpus_when_one_is_lost():
 ])
 def test_gpu_without_dedicated_memory_is_unified(total, system, expected, warning):
     # Derived in memory from the T4 fixture: how DGX Spark (GB10) reports its memory.
-    text = _t4_xml().replace("<total>15360 MiB</total>", "<total>%s</total>" % total)
+    text = _gb10_xml().replace("<total>15360 MiB</total>", "<total>%s</total>" % total)
     result = _nvidia_smi.parse_xml(text, system_memory_mib=system)
     [gpu] = result["gpus"]
     assert gpu["memory_kind"] == "unified"
     assert gpu["memory_total_mib"] == expected
     assert gpu["memory_used_mib"] is None and gpu["memory_free_mib"] is None
     assert len(result["warnings"]) == 1 and warning in result["warnings"][0]
-    assert result["warnings"][0].startswith("GPU 0 (Tesla T4) reports no dedicated memory")
+    assert result["warnings"][0].startswith("GPU 0 (NVIDIA GB10) reports no dedicated memory")
+
+
+@pytest.mark.parametrize("total", ["[N/A]", "N/A", "0 MiB"])
+def test_a_discrete_gpu_without_a_memory_size_is_not_given_the_host_memory(total):
+    # Derived in memory from the T4 fixture: a 24 GB RTX A5500 whose memory reads N/A.
+    text = (_t4_xml().replace("<product_name>Tesla T4</product_name>",
+                              "<product_name>NVIDIA RTX A5500</product_name>")
+            .replace("<total>15360 MiB</total>", "<total>%s</total>" % total))
+    result = _nvidia_smi.parse_xml(text, system_memory_mib=61440)
+    [gpu] = result["gpus"]
+    assert (gpu["memory_kind"], gpu["memory_total_mib"]) == ("dedicated", None)
+    assert result["warnings"] == [
+        "GPU 0 (NVIDIA RTX A5500) reports no memory size and is not a part known to share the "
+        "host's memory: memory_total_mib is null"]
 
 
 def test_collect_keeps_unified_memory_when_the_csv_reads_zero():
-    text = _t4_xml().replace("<total>15360 MiB</total>", "<total>[N/A]</total>")
+    text = _gb10_xml().replace("<total>15360 MiB</total>", "<total>[N/A]</total>")
     csv = ("index, uuid, memory.total [MiB], memory.used [MiB], memory.free [MiB], compute_cap\n"
            "0, GPU-d37e67a5-91dd-3774-a5cb-99096249601a, 0 MiB, 0 MiB, 0 MiB, 12.1\n")
     answers = {"-q": (0, text, ""), "--query-gpu": (0, csv, "")}

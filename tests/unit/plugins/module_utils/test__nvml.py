@@ -264,6 +264,20 @@ def test_unified_memory_gb10(nvml, nvml_state, system_memory_mib, expected):
     ]
 
 
+def test_discrete_gpu_without_memory_info_is_not_unified(nvml, nvml_state):
+    # An RTX A5500 whose driver answers NOT_SUPPORTED for its memory (the stand-in's GB10
+    # switch): a 24 GB card must not be given the host's 60 GB.
+    nvml_state.write_gpus([_with(_without(A5500, "memory_total_mib", "memory_reserved_mib",
+                                          "memory_used_mib"), unified=1)])
+    result = read_gpus(nvml, system_memory_mib=61440)
+    [gpu] = result["gpus"]
+    assert (gpu["memory_kind"], gpu["memory_total_mib"], gpu["memory_used_mib"],
+            gpu["memory_free_mib"], gpu["healthy"]) == ("dedicated", None, None, None, True)
+    assert result["warnings"] == [
+        "GPU 0 (NVIDIA RTX A5500): NVML reports no memory size and it is not a part known to "
+        "share the host's memory: memory_total_mib is null"]
+
+
 def test_mig_enabled_h100(nvml, nvml_state):
     nvml_state.write_gpus([
         _with(H100, mig_mode=1, mig_device=[

@@ -69,7 +69,7 @@ def test_reads_amd_and_intel_and_skips_nvidia_and_connectors(tmp_path):
     (tmp_path / "sys" / "module" / "amdgpu").mkdir(parents=True)
     (tmp_path / "sys" / "module" / "amdgpu" / "version").write_text("6.10.5\n")
 
-    result = collect_sysfs(root=str(tmp_path))
+    result = collect_sysfs(root=str(tmp_path), include_integrated=True)
 
     intel, amd = result["gpus"]
     assert all(tuple(gpu) == GPU_KEYS for gpu in result["gpus"])
@@ -77,7 +77,7 @@ def test_reads_amd_and_intel_and_skips_nvidia_and_connectors(tmp_path):
         "index", "vendor", "pci_bus_id", "name", "uuid", "memory_total_mib",
         "memory_used_mib", "memory_free_mib", "memory_kind", "utilization_pct",
         "temperature_c", "power_limit_w", "driver_version")} == dict(
-        index=1, vendor="amd", pci_bus_id="0000:03:00.0", name="AMD Radeon RX 7800 XT",
+        index=0, vendor="amd", pci_bus_id="0000:03:00.0", name="AMD Radeon RX 7800 XT",
         uuid="7e1c0f1a2b3c4d5e", memory_total_mib=16384, memory_used_mib=1536,
         memory_free_mib=14848, memory_kind="dedicated", utilization_pct=37, temperature_c=45,
         power_limit_w=263.0, driver_version="6.10.5")
@@ -103,16 +103,58 @@ def test_reads_amd_and_intel_and_skips_nvidia_and_connectors(tmp_path):
 ])
 def test_intel_memory(tmp_path, bus_id, system, kind, total, warning):
     add_card(tmp_path, 0, "0x8086", bus_id)
-    result = collect_sysfs(root=str(tmp_path), system_memory_mib=system)
+    result = collect_sysfs(root=str(tmp_path), system_memory_mib=system, include_integrated=True)
     [gpu] = result["gpus"]
     assert (gpu["memory_kind"], gpu["memory_total_mib"]) == (kind, total)
     assert result["warnings"] == ["Intel GPU card0 (%s) %s" % (bus_id, warning)]
 
 
+@pytest.mark.parametrize(("cards", "include", "expected", "warnings"), [
+    # An NVIDIA workstation with the CPU's Intel GPU: the iGPU is not an inference GPU.
+    ([(0, "0x8086", "0000:00:02.0"), (1, "0x10de", "0000:01:00.0")], False, [], [
+        "Intel GPU card0 (0000:00:02.0) is integrated and shares the host's memory: not "
+        "counted as an inference GPU (include_integrated=true counts it)"]),
+    ([(1, "0x8086", "0000:00:02.0"), (0, "0x10de", "0000:01:00.0")], False, [], [
+        "Intel GPU card1 (0000:00:02.0) is integrated and shares the host's memory: not "
+        "counted as an inference GPU (include_integrated=true counts it)"]),
+    # Opted in: it is counted, numbered among the Intel GPUs.
+    ([(1, "0x8086", "0000:00:02.0"), (0, "0x10de", "0000:01:00.0")], True,
+     [("intel", 0, "unified")], [
+         "Intel GPU card1 (0000:00:02.0) is integrated (unified memory): memory_total_mib is "
+         "the system memory, 64000 MiB, shared with the host"]),
+    # A discrete Intel GPU (Arc) is counted whatever the option says.
+    ([(0, "0x8086", "0000:00:02.0"), (1, "0x8086", "0000:03:00.0")], False,
+     [("intel", 0, "dedicated")], [
+         "Intel GPU card0 (0000:00:02.0) is integrated and shares the host's memory: not "
+         "counted as an inference GPU (include_integrated=true counts it)",
+         "Intel GPU card1 (0000:03:00.0) is discrete and sysfs does not expose its memory: "
+         "memory_total_mib is null"]),
+], ids=["igpu-card0", "igpu-card1", "igpu-opted-in", "arc-beside-igpu"])
+def test_integrated_gpu_is_left_out_unless_asked(tmp_path, cards, include, expected, warnings):
+    for number, vendor, bus_id in cards:
+        add_card(tmp_path, number, vendor, bus_id)
+    result = collect_sysfs(root=str(tmp_path), system_memory_mib=64000,
+                           include_integrated=include)
+    assert [(g["vendor"], g["index"], g["memory_kind"]) for g in result["gpus"]] == expected
+    assert result["warnings"] == warnings
+
+
+def test_index_counts_each_vendors_cards_not_drm_card_numbers(tmp_path):
+    # A server: the BMC's VGA is card0, the AMD GPUs card1 and card2 (ROCm's 0 and 1).
+    add_card(tmp_path, 0, "0x1a03", "0000:02:00.0")
+    add_card(tmp_path, 1, "0x1002", "0000:c1:00.0", {"mem_info_vram_total": 64 * GIB})
+    add_card(tmp_path, 2, "0x1002", "0000:c2:00.0", {"mem_info_vram_total": 64 * GIB})
+    add_card(tmp_path, 10, "0x1002", "0000:c3:00.0", {"mem_info_vram_total": 64 * GIB})
+    result = collect_sysfs(root=str(tmp_path))
+    assert [(g["index"], g["pci_bus_id"]) for g in result["gpus"]] == [
+        (0, "0000:c1:00.0"), (1, "0000:c2:00.0"), (2, "0000:c3:00.0")]
+
+
 def test_system_memory_argument_wins_over_meminfo(tmp_path):
     add_card(tmp_path, 0, "0x8086", "0000:00:02.0")
     meminfo(tmp_path, 1024 * 1024)
-    [gpu] = collect_sysfs(root=str(tmp_path), system_memory_mib=2048)["gpus"]
+    [gpu] = collect_sysfs(root=str(tmp_path), system_memory_mib=2048,
+                          include_integrated=True)["gpus"]
     assert gpu["memory_total_mib"] == 2048
 
 
@@ -121,7 +163,7 @@ def test_amd_without_optional_files_reports_none_never_zero(tmp_path):
              {"mem_info_vram_total": 64 * GIB}, link=False)
     [gpu] = collect_sysfs(root=str(tmp_path))["gpus"]
     assert (gpu["index"], gpu["pci_bus_id"], gpu["memory_total_mib"]) == (
-        4, "0000:c1:00.0", 65536)
+        0, "0000:c1:00.0", 65536)
     for key in ("memory_used_mib", "memory_free_mib", "utilization_pct", "temperature_c",
                 "power_limit_w", "name", "uuid", "driver_version"):
         assert gpu[key] is None, "%s; got: %r" % (key, gpu[key])
