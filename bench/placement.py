@@ -5,6 +5,7 @@ the seeds' reference cases, and speed at 10 / 100 / 1,000 GPUs.
 
     python bench/placement.py                  # the tables in bench/README.md (1-2 minutes)
     python bench/placement.py --quick          # smoke run, about a second (a unit test runs it)
+    python bench/placement.py --quality-only   # the generated small instances only (~15 s)
     python bench/placement.py --json F --markdown M
 
 Quality: thousands of generated small instances (2-4 GPUs, 3-10 services, demand between
@@ -341,6 +342,13 @@ def markdown(result):
         [[r["contender"], "%d / %d (%s)" % (r["fits"], r["possible"], _pct(r["fit_ratio"])),
           _pct(r["optimal_share"]), f(r["mean_gap"], "%.4f"), f(r["ms_per_instance"])]
          for r in q["rows"]]))
+    if "references" not in result:
+        machine = result["machine"]
+        parts += ["", "Quality only (`--quality-only`). Measured on %s CPUs (load average %s), "
+                  "Python %s, commit %s, %s." % (machine["cpus"], machine["load"],
+                                                  machine["python"], machine["commit"],
+                                                  machine["date"])]
+        return "\n".join(parts)
     parts += ["", "### Reference cases (the seeds' boxes, `bench/reference_cases.yml`)", ""]
     cases = result["references"]
     headers = ["strategy"] + ["%s. %s" % (n, c["case"]) for n, c in enumerate(cases, 1)]
@@ -407,6 +415,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smoke run (about a second)")
     parser.add_argument("--instances", type=int, help="generated instances (default 5000)")
     parser.add_argument("--seed", type=int, default=20250123)
+    parser.add_argument("--quality-only", action="store_true",
+                        help="only the generated small instances (no reference cases, no speed)")
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
     count = args.instances or (60 if args.quick else 5000)
@@ -414,9 +424,10 @@ def main(argv=None):
     result = {
         "benchmark": "placement", "quick": args.quick, "machine": _common.machine(),
         "quality": quality(count, args.seed),
-        "references": reference_cases(),
-        "scale": scale(QUICK_SCALES if args.quick else SCALES, args.seed),
     }
+    if not args.quality_only:
+        result["references"] = reference_cases()
+        result["scale"] = scale(QUICK_SCALES if args.quick else SCALES, args.seed)
     result["seconds"] = time.perf_counter() - started
     _common.write_outputs(args, result, markdown(result))
     wrong = sum(r["wrong_fits"] for r in result["quality"]["rows"])

@@ -12,19 +12,22 @@ Not a public API: the leading underscore says so. Pure logic, no Ansible import:
 from __future__ import annotations
 
 import fnmatch
+import re
 
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int
 
 EXPECTATION_KEYS = ("count", "names", "name", "min_memory_mib", "min_compute_capability",
                     "healthy")
 FIELD = "gpufleet_expected_gpus"
+# ASCII digits only: str.isdigit() and int() also take other scripts' digits ('\uff18').
+_DIGITS = re.compile(r"^[0-9]+\Z")
 
 
 def _capability(value, field):
     """'8.6' -> (8, 6); a clear error naming field and value otherwise."""
     text = str(value).strip()
     major, dot, minor = text.partition(".")
-    if not major.isdigit() or (dot and not minor.isdigit()):
+    if not _DIGITS.match(major) or (dot and not _DIGITS.match(minor)):
         raise ValueError("%s must be a compute capability like '8.6'; got: %r" % (field, value))
     return int(major), int(minor or 0)
 
@@ -91,6 +94,31 @@ def _summary(gpus):
     return "%d GPU(s): %s" % (len(gpus), ", ".join(parts))
 
 
+def _label(gpu, position):
+    """'GPU 1 (NVIDIA L4)'; a GPU without an index (lost) by its bus id, UUID or position."""
+    name = gpu.get("name") or "unknown"
+    index = gpu.get("index")
+    if is_int(index):
+        return "GPU %d (%s)" % (index, name)
+    who = gpu.get("pci_bus_id") or gpu.get("uuid") or "#%d" % position
+    return "GPU %s (%s)" % (who, name)
+
+
+def _unhealthy_detail(gpu):
+    """The UUID of a GPU named by its bus id, then its errors (``errors``, or an old ``error``)."""
+    parts = []
+    if not is_int(gpu.get("index")) and gpu.get("pci_bus_id") and gpu.get("uuid"):
+        parts.append("uuid %s" % gpu["uuid"])
+    errors = gpu.get("errors")
+    if isinstance(errors, list) and errors:
+        parts.extend(str(e) for e in errors)
+    elif isinstance(errors, str) and errors:
+        parts.append(errors)
+    elif gpu.get("error"):
+        parts.append(str(gpu["error"]))
+    return "; ".join(parts) or "no detail"
+
+
 def check_expectation(gpus, expected, field=FIELD):
     """Compare GPU facts (``ansible_facts.gpus``) with a declared expectation.
 
@@ -107,7 +135,7 @@ def check_expectation(gpus, expected, field=FIELD):
             problems.append("expected %d GPU(s), found %d" % (count, len(gpus)))
         for i, gpu in enumerate(gpus):
             name = gpu.get("name") or ""
-            label = "GPU %d (%s)" % (gpu.get("index", i), name or "unknown")
+            label = _label(gpu, i)
             if "names" in want and i < len(want["names"]) and not fnmatch.fnmatchcase(
                     name, want["names"][i]):
                 problems.append("%s: expected name %r" % (label, want["names"][i]))
@@ -125,7 +153,7 @@ def check_expectation(gpus, expected, field=FIELD):
                     problems.append("%s: compute capability %s, expected at least %s"
                                     % (label, have, want["min_compute_capability"]))
             if want["healthy"] and not gpu.get("healthy", True):
-                problems.append("%s: unhealthy (%s)" % (label, gpu.get("error") or "no detail"))
+                problems.append("%s: unhealthy (%s)" % (label, _unhealthy_detail(gpu)))
     return {"ok": not problems, "problems": problems, "summary": _summary(gpus),
             "expected": want}
 

@@ -14,6 +14,10 @@ Vocabulary
   budget     the VRAM a service may take: ``vram_budget_mib``, else ``vram_mib``, else the
              estimate from its ``model`` (``_vram``). Cut to ``usable`` when a unit is smaller
              (``adjusted``), never silently.
+  unhealthy  a GPU with ``healthy: false``, also one lost off the bus without an index (named
+             by its bus id or UUID): never placed on; the first warnings name it and its errors.
+  unknown    a GPU of unknown memory size has no known room (usable 0): it takes its pins and
+             what no other unit has room for, each said. Live usage not read counts as 0, said.
 
 Every strategy honours pins first (``gpu``: index, ``i:j`` for MIG device j of GPU i, or a
 UUID), then places the other services one by one, each on the unit with the smallest key:
@@ -29,13 +33,18 @@ so hard wishes are only given up when no unit grants them, and each give-up is a
   latency_optimized  latency-critical services and LLMs first, onto the fastest unit (compute
                      capability, then memory, then power limit); the others onto the other
                      units first, keeping the fastest free for the critical path.
-  isolation_first    each LLM alone on the largest empty unit; the others share the rest,
-                     and only move next to an LLM when nothing else has room (warning).
+  isolation_first    each LLM alone on the largest empty unit; the others share the rest.
+                     A non-LLM goes next to an LLM (warning) only when every unit it may use
+                     holds one, or when that lets every service fit (``summary.repaired``);
+                     otherwise it overflows the unit without an LLM with the most room left
+                     (warning), and each LLM stays alone.
   balanced           largest budget first, onto the unit whose utilisation after placement is
                      lowest; then moves and swaps that lower the variance of utilisation.
 manual, vram_based and balanced care about memory only: when their pass leaves a service
 without room but a best-fit pass (fullest unit with room first) places everything, the
-best-fit placement is kept (``summary.repaired``; balanced then evens it out).
+best-fit placement is kept (``summary.repaired``; balanced then evens it out). When best fit
+fails too and the instance is small (``EXACT_*``), an exhaustive search looks for a placement
+where every service fits, within the same hard wishes (``summary.exact_search``).
 """
 
 from __future__ import annotations
@@ -114,8 +123,10 @@ REQUIRED_ONE_OF = [("gpus", "hosts")]
 OPTION_KEYS = ("strategy", "headroom_mib", "reserve_mib", "live_usage", "managed_processes",
                "visible_devices_by", "catalog", "pin_not_found")
 
-_CC_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*$")
-_MIG_KEY_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_CC_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*$", re.ASCII)
+# ASCII digits only: str.isdigit() and int() also take '\u0661' or '\uff11', no GPU index.
+_INDEX_RE = re.compile(r"^\s*[0-9]+\s*$", re.ASCII)
+_MIG_KEY_RE = re.compile(r"^\s*([0-9]+)\s*:\s*([0-9]+)\s*$", re.ASCII)
 
 
 # ---- small helpers ----------------------------------------------------------------------
@@ -150,12 +161,14 @@ class _Unit:
         "foreign",
         "headroom",
         "host",
+        "ident",
         "index",
         "key",
         "labels",
         "llms",
         "mig_index",
         "name",
+        "notices",
         "order",
         "placeable",
         "power",
@@ -166,11 +179,13 @@ class _Unit:
         "usable",
         "uuid",
         "vendor",
+        "vendor_index",
     )
 
     def __init__(self, **values):
         for slot in self.__slots__:
             setattr(self, slot, values.get(slot))
+        self.notices = []
         self.assigned = 0
         self.services = []
         self.exclusive = None
@@ -178,7 +193,8 @@ class _Unit:
 
     @property
     def label(self):
-        text = "GPU %s" % self.index
+        # A lost GPU has no index: its bus id, UUID or position in the facts names it.
+        text = "GPU %s" % (self.index if self.index is not None else self.ident)
         if self.mig_index is not None:
             text += " MIG %s" % self.mig_index
         if self.host is not None:
@@ -293,30 +309,46 @@ def _check_gpus(gpus, where):
         at = "%s[%d]" % (where, i)
         if not isinstance(gpu, dict):
             raise ValueError("%s must be a dict; got: %r" % (at, gpu))
-        index = gpu.get("index")
-        if not is_int(index) or index < 0:
-            raise ValueError("%s.index must be an integer >= 0; got: %r" % (at, index))
-        if index in seen:
-            raise ValueError("%s.index duplicates %s[%d]; got: %r"
-                             % (at, where, seen[index], index))
-        seen[index] = i
-        for key in ("memory_total_mib", "memory_used_mib", "memory_free_mib",
-                    "memory_reserved_mib"):
-            _optional_mib(gpu, key, at)
-        uuid = gpu.get("uuid")
-        if uuid is not None and not isinstance(uuid, str):
-            raise ValueError("%s.uuid must be a string or null; got: %r" % (at, uuid))
         healthy = gpu.get("healthy")
         if healthy is not None and not isinstance(healthy, bool):
             raise ValueError("%s.healthy must be a boolean; got: %r" % (at, healthy))
+        index = gpu.get("index")
+        # A GPU that fell off the bus has no index: it is left out of placement (and said).
+        if index is not None or healthy is not False:
+            if not is_int(index) or index < 0:
+                raise ValueError("%s.index must be an integer >= 0; got: %r" % (at, index))
+            if index in seen:
+                raise ValueError("%s.index duplicates %s[%d]; got: %r"
+                                 % (at, where, seen[index], index))
+            seen[index] = i
+        for key in ("memory_total_mib", "memory_used_mib", "memory_free_mib",
+                    "memory_reserved_mib", "vendor_index"):
+            _optional_mib(gpu, key, at)
+        for key in ("uuid", "pci_bus_id"):
+            if gpu.get(key) is not None and not isinstance(gpu[key], str):
+                raise ValueError("%s.%s must be a string or null; got: %r" % (at, key, gpu[key]))
+        errors = gpu.get("errors")
+        if errors is not None and (not isinstance(errors, list)
+                                   or not all(isinstance(e, str) for e in errors)):
+            raise ValueError("%s.errors must be a list of strings or null; got: %r"
+                             % (at, errors))
         for key in ("processes", "mig_devices"):
             if gpu.get(key) is not None and not isinstance(gpu[key], list):
                 raise ValueError("%s.%s must be a list; got: %r" % (at, key, gpu[key]))
+        migs = {}
         for j, mig in enumerate(gpu.get("mig_devices") or []):
             if not isinstance(mig, dict):
                 raise ValueError("%s.mig_devices[%d] must be a dict; got: %r" % (at, j, mig))
-            _optional_mib(mig, "memory_total_mib", "%s.mig_devices[%d]" % (at, j))
-            _optional_mib(mig, "memory_free_mib", "%s.mig_devices[%d]" % (at, j))
+            mig_at = "%s.mig_devices[%d]" % (at, j)
+            _optional_mib(mig, "memory_total_mib", mig_at)
+            _optional_mib(mig, "memory_free_mib", mig_at)
+            mig_index = mig.get("index")
+            if not is_int(mig_index) or mig_index < 0:
+                raise ValueError("%s.index must be an integer >= 0; got: %r" % (mig_at, mig_index))
+            if mig_index in migs:
+                raise ValueError("%s.index duplicates %s.mig_devices[%d]; got: %r"
+                                 % (mig_at, at, migs[mig_index], mig_index))
+            migs[mig_index] = j
     return gpus
 
 
@@ -397,6 +429,7 @@ def _check_services(services, catalog, fleet):
         if pin is not None:
             bad = isinstance(pin, bool) or not isinstance(pin, (int, str))
             bad = bad or (isinstance(pin, int) and pin < 0)
+            bad = bad or (isinstance(pin, str) and any(ord(c) > 127 for c in pin))
             if bad or (isinstance(pin, str) and not pin.strip()):
                 raise ValueError("%s.gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: %r"
                                  % (at, pin))
@@ -433,7 +466,7 @@ def _check_services(services, catalog, fleet):
 
 
 def _pin_is_index(pin):
-    return is_int(pin) or (isinstance(pin, str) and pin.strip().isdigit())
+    return is_int(pin) or (isinstance(pin, str) and _INDEX_RE.match(pin) is not None)
 
 
 # ---- units ------------------------------------------------------------------------------
@@ -464,11 +497,39 @@ def _reserve(opts, index, uuid):
     return reserve.get(str(index), 0)
 
 
+def _unhealthy(unit, gpu, errors):
+    """The warning for a GPU left out of placement, naming it (UUID, bus id) and its errors."""
+    detail = [gpu.get("name")] if gpu.get("name") else []
+    if unit.uuid and unit.ident != unit.uuid:
+        detail.append("uuid %s" % unit.uuid)
+    subject = unit.label + (" (%s)" % ", ".join(detail) if detail else "")
+    return "%s is unhealthy and left out of placement: %s." % (subject, errors)
+
+
+def _memory_notices(unit, opts, free, used=None):
+    """Unknown memory size, or unknown live usage counted as nothing: said, never assumed."""
+    if unit.total is None:
+        unit.notices.append(("memory_unknown", "%s memory size unknown: placement cannot check "
+                             "what fits on it; it takes the services pinned to it and those no "
+                             "other GPU has room for." % unit.label))
+    elif opts["live_usage"] == "account" and free is None and used is None:
+        unit.notices.append(("live_usage_unknown", "%s live memory use unknown (neither used nor "
+                             "free memory was read): counted as %d MiB held by other processes."
+                             % (unit.label, unit.foreign)))
+
+
 def _units(gpus, opts, host=None, labels=None, dedicated=None):
     units = []
-    for gpu in sorted(gpus, key=lambda g: g["index"]):
+    # By index; GPUs without one (lost) last, in the order of the facts.
+    ordered = sorted(enumerate(gpus), key=lambda item: (
+        item[1].get("index") is None, item[1].get("index") or 0, item[0]))
+    for position, gpu in ordered:
+        index = gpu.get("index")
         common = {
-            "host": host, "index": gpu["index"], "vendor": gpu.get("vendor") or "nvidia",
+            "host": host, "index": index, "vendor": gpu.get("vendor") or "nvidia",
+            "vendor_index": gpu.get("vendor_index"),
+            "ident": None if index is not None else (
+                gpu.get("pci_bus_id") or gpu.get("uuid") or "#%d" % position),
             "cc": _parse_cc(gpu.get("compute_capability")),
             "power": gpu.get("power_limit_w") or 0, "labels": labels or {},
             "dedicated": dedicated or [],
@@ -476,38 +537,64 @@ def _units(gpus, opts, host=None, labels=None, dedicated=None):
         healthy = gpu.get("healthy") is not False
         mig_on = str(gpu.get("mig_mode") or "").strip().lower() == "enabled"
         total = gpu.get("memory_total_mib")
-        reason = None
+        reason = errors = None
         if not healthy:
-            reason = "unhealthy: %s" % ("; ".join(str(e) for e in gpu.get("errors") or [])
-                                        or "no detail")
+            errors = "; ".join(str(e) for e in gpu.get("errors") or []) or "no detail"
+            reason = "unhealthy: %s" % errors
         elif mig_on:
             reason = "MIG mode is enabled: services go on its MIG devices"
             if not gpu.get("mig_devices"):
                 reason = "MIG mode is enabled and it has no MIG devices"
-        elif total is None:
-            reason = "memory size unknown"
-        units.append(_make_unit(common, opts, key=str(gpu["index"]), mig_index=None,
-                                uuid=gpu.get("uuid"), name=gpu.get("name"), total=total,
-                                foreign=_foreign_mib(gpu, total, opts), reason=reason))
+        # A GPU of unknown memory size stays placeable with no known room (usable 0): pins
+        # go there, others only when no other unit has room; both are said.
+        unit = _make_unit(common, opts, key=None if index is None else str(index),
+                          mig_index=None, uuid=gpu.get("uuid"), name=gpu.get("name"),
+                          total=total, foreign=_foreign_mib(gpu, total, opts), reason=reason)
+        units.append(unit)
+        if not healthy:
+            unit.notices.append(("gpu_unhealthy", _unhealthy(unit, gpu, errors)))
+        elif not mig_on:
+            _memory_notices(unit, opts, gpu.get("memory_free_mib"), gpu.get("memory_used_mib"))
         if mig_on and healthy:
-            for mig in sorted(gpu.get("mig_devices") or [],
-                              key=lambda m: (m.get("index") is None, m.get("index") or 0)):
+            for mig in sorted(gpu.get("mig_devices") or [], key=lambda m: m["index"]):
                 mig_total = mig.get("memory_total_mib")
-                mig_index = mig.get("index")
+                mig_index = mig["index"]
                 foreign = 0
                 if opts["live_usage"] == "account" and mig_total is not None \
                         and mig.get("memory_free_mib") is not None:
                     foreign = max(mig_total - mig["memory_free_mib"], 0)
-                units.append(_make_unit(
-                    common, opts, key="%s:%s" % (gpu["index"], mig_index), mig_index=mig_index,
+                mig_unit = _make_unit(
+                    common, opts, key="%s:%s" % (index, mig_index), mig_index=mig_index,
                     uuid=mig.get("uuid"), name=mig.get("name"), total=mig_total,
-                    foreign=foreign,
-                    reason=None if mig_total is not None else "memory size unknown"))
+                    foreign=foreign, reason=None)
+                units.append(mig_unit)
+                _memory_notices(mig_unit, opts, mig.get("memory_free_mib"))
     return units
 
 
+def _notices(result, units):
+    """``result`` with what the facts left unknown or unhealthy said first, once per unit."""
+    issues = [{"code": code, "service": None, "gpu": unit.label, "message": message}
+              for unit in units for code, message in unit.notices]
+    result["issues"] = issues + result["issues"]
+    result["warnings"] = [issue["message"] for issue in issues] + result["warnings"]
+    result["summary"]["warning_count"] = len(result["issues"])
+    return result
+
+
+def unhealthy_warnings(gpus):
+    """The warnings :func:`place` gives first for the unhealthy (or lost) GPUs of ``gpus``, in
+    its words, for a caller that says so without placing (preflight)."""
+    _check_gpus(gpus, "gpus")
+    opts = _check_options(strategy=DEFAULT_STRATEGY, headroom_mib=DEFAULT_HEADROOM_MIB,
+                          reserve_mib=None, live_usage="ignore", managed_processes=None,
+                          visible_devices_by="uuid")
+    return [message for unit in _units(gpus, opts) for code, message in unit.notices
+            if code == "gpu_unhealthy"]
+
+
 def _make_unit(common, opts, *, key, mig_index, uuid, name, total, foreign, reason):
-    headroom = opts["headroom_mib"] + _reserve(opts, key, uuid)
+    headroom = opts["headroom_mib"] + (_reserve(opts, key, uuid) if key is not None else 0)
     usable = max((total or 0) - headroom - foreign, 0)
     return _Unit(key=key, mig_index=mig_index, uuid=uuid, name=name, total=total,
                  foreign=foreign, headroom=headroom, usable=usable,
@@ -562,12 +649,14 @@ def _exclusive_conflict(service, unit):
 
 def _mode(strategy, service, repair=False):
     """Which scoring rule a service is placed by under ``strategy``."""
+    if strategy == "isolation_first":
+        if service.is_llm:
+            return "isolated"
+        return "sharing" if repair else "shared"
     if repair:
         return "best_fit"
     if strategy == "latency_optimized":
         return "critical" if service.critical else "noncritical"
-    if strategy == "isolation_first":
-        return "isolated" if service.is_llm else "shared"
     if strategy == "balanced":
         return "balanced"
     return "most_free"
@@ -589,14 +678,22 @@ def _score(mode, service, unit, fits):
         return (1 if unit.speed_rank == 0 else 0, -remaining)
     if mode == "isolated":
         return (1 if unit.services else 0, -unit.usable)
-    if mode == "shared":
+    if mode in ("shared", "sharing"):
         return (1 if unit.llms else 0, -remaining)
     return (-remaining,)
 
 
+def _isolation_conflict(mode, unit):
+    """isolation_first: a unit holding an LLM is kept for it (1), whatever room it has left."""
+    return 1 if mode == "shared" and unit.llms else 0
+
+
 def _key(mode, service, unit, fleet_dedicated):
     fits = service.budget <= unit.remaining
-    prefix = (_cc_rank(service, unit), _exclusive_conflict(service, unit), 0 if fits else 1)
+    # Second: 2 breaks an exclusive wish, 1 puts a service next to an isolated LLM; both come
+    # before room, so a non-LLM overflows a unit without an LLM rather than join one.
+    conflict = 2 if _exclusive_conflict(service, unit) else _isolation_conflict(mode, unit)
+    prefix = (_cc_rank(service, unit), conflict, 0 if fits else 1)
     if fleet_dedicated:
         prefix += (0 if unit.dedicated else 1,)
     return prefix + _score(mode, service, unit, fits) + (unit.order,)
@@ -612,7 +709,11 @@ _RULES = {
     "noncritical": "not latency-critical: the most free memory, keeping the fastest unit for "
                    "the critical path",
     "isolated": "LLM: the largest unit holding nothing else",
-    "shared": "not an LLM: the most free memory on a unit without an LLM",
+    "shared": "not an LLM: the most free memory on a unit without an LLM, where it overflows "
+              "least when it fits on none",
+    "sharing": "not an LLM: the most free memory on a unit without an LLM, next to an LLM "
+               "where none has room: keeping each LLM alone left a service without room, "
+               "sharing places them all",
 }
 
 
@@ -626,6 +727,9 @@ def _why_not(service, unit, keys, mode, fleet_dedicated):
         return "compute capability %s < %s required" % (_cc_text(unit.cc),
                                                         _cc_text(service.min_cc))
     if key[1] > best_key[1]:
+        if key[1] == 1:
+            return "holds an LLM (%s), which isolation_first keeps alone" % ", ".join(
+                s.name for s in unit.services if s.is_llm)
         if unit.exclusive is not None:
             return "held exclusively by %s" % unit.exclusive
         return "%s wants a unit of its own; this one holds %s" % (
@@ -651,7 +755,7 @@ def _why_not(service, unit, keys, mode, fleet_dedicated):
         return "already holds %s" % ", ".join(s.name for s in unit.services)
     if mode == "isolated":
         return "smaller (%d MiB usable)" % unit.usable
-    if mode == "shared" and key[offset] > best_key[offset]:
+    if mode in ("shared", "sharing") and key[offset] > best_key[offset]:
         return "holds an LLM, kept isolated"
     if key[:-1] == best_key[:-1]:
         return "same score; the earlier unit wins"
@@ -684,6 +788,48 @@ def _choose(service, units, mode, fleet_dedicated):
         "rejected": rejected, "rejected_total": len(scored) - 1 + len(hard),
     }
     return best, explanation
+
+
+def _choose_planned(state, service, target):
+    """``target`` (from the exhaustive search) and why each other unit was not used."""
+    soft = []
+    hard = []
+    for unit in state.units:
+        if unit is target:
+            continue
+        reason = _hard_reject(service, unit)
+        if reason is not None:
+            hard.append({"gpu": unit.label, "reason": reason})
+            continue
+        rank = _cc_rank(service, unit)
+        if rank > _cc_rank(service, target):
+            reason = "compute capability unknown; %s needs %s" % (
+                service.name, _cc_text(service.min_cc)) if rank == 1 else \
+                "compute capability %s < %s required" % (_cc_text(unit.cc),
+                                                         _cc_text(service.min_cc))
+        elif _exclusive_conflict(service, unit):
+            reason = "held exclusively by %s" % unit.exclusive if unit.exclusive is not None \
+                else "%s wants a unit of its own; this one holds %s" % (
+                    service.name, ", ".join(s.name for s in unit.services))
+        elif service.budget > unit.remaining:
+            reason = "not enough room: needs %d MiB, %d MiB left" % (service.budget,
+                                                                     unit.remaining)
+        else:
+            reason = "%d MiB left, but the complete fit found places %s on %s" % (
+                unit.remaining, service.name, target.label)
+        soft.append({"gpu": unit.label, "reason": reason})
+    rule = "exhaustive search, %s: the strategy's own rule and best fit each left a service " \
+        "without room; this placement fits every service" % (
+            "the fit with the lowest variance of utilisation found"
+            if state.opts["strategy"] == "balanced"
+            else "the first fit found trying the units with the most free memory first")
+    explanation = {
+        "rule": rule, "rejected": (soft + hard)[:EXPLAIN_LIMIT],
+        "rejected_total": len(soft) + len(hard),
+        "notes": ["the search visited %d of at most %d nodes" % (state.plan_nodes,
+                                                                EXACT_NODE_BUDGET)],
+    }
+    return target, explanation
 
 
 # ---- assigning --------------------------------------------------------------------------
@@ -728,12 +874,17 @@ def _assign(state, service, unit, explanation):
         notes.append("budget cut from %d to %d MiB to fit %s" % (service.budget, unit.usable,
                                                                  unit.label))
         service.budget = unit.usable
+    elif unit.total is None:
+        state.issue("memory_unknown", "%s memory size unknown: %s (%s GB) is placed on it "
+                    "without a memory check and may not load." % (
+                        unit.label, service.name, gb(service.budget)), service, unit)
     elif service.budget > unit.usable:
         state.issue("budget_exceeds_gpu", "%s VRAM budget (%s GB) exceeds %s: it has no usable "
                     "memory (%d MiB total, %d MiB headroom, %d MiB used by other processes)."
                     % (service.name, gb(service.budget), unit.label, unit.total or 0,
                        unit.headroom, unit.foreign), service, unit)
-    if service.is_llm and service.need is not None and service.need > unit.usable:
+    if service.is_llm and service.need is not None and service.need > unit.usable \
+            and unit.total is not None:
         larger = [u for u in state.units if u.placeable and u.usable > unit.usable
                   and _hard_reject(service, u) is None]
         message = "%s: %s requires ~%s GB, %s only has %s GB" % (
@@ -772,8 +923,8 @@ def _assign(state, service, unit, explanation):
     service.explanation = explanation
 
 
-def _resolve_pin(service, units):
-    """(unit, None) or (None, why the pin cannot be honoured)."""
+def _pin_matches(service, units):
+    """(the units ``service``'s pin names, the units it could name)."""
     pin = service.pin
     candidates = [u for u in units if service.host is None or u.host == service.host]
     text = str(pin).strip()
@@ -784,9 +935,15 @@ def _resolve_pin(service, units):
         found = [u for u in candidates if u.key == "%d:%d" % (int(major), int(minor))]
     else:
         found = [u for u in candidates if u.uuid and u.uuid.lower() == text.lower()]
+    return found, candidates
+
+
+def _resolve_pin(service, units):
+    """(unit, None) or (None, why the pin cannot be honoured)."""
+    found, candidates = _pin_matches(service, units)
     if not found:
         known = ", ".join(u.key if u.host is None else "%s:%s" % (u.host, u.key)
-                          for u in candidates) or "none"
+                          for u in candidates if u.key is not None) or "none"
         return None, "which does not exist (GPUs: %s)" % known
     unit = found[0]
     if not unit.placeable:
@@ -809,6 +966,17 @@ def _order(strategy, services):
     return sorted(services, key=key)
 
 
+def _llm_units_with_room(service, units, limit=3):
+    """Labels of the first units holding an LLM that have room for ``service`` (then '...')."""
+    labels = []
+    for unit in units:
+        if unit.llms and service.budget <= unit.remaining and _hard_reject(service, unit) is None:
+            if len(labels) == limit:
+                return [*labels, "..."]
+            labels.append(unit.label)
+    return labels
+
+
 def _place_all(state, services):
     strategy = state.opts["strategy"]
     units = state.units
@@ -829,8 +997,12 @@ def _place_all(state, services):
             "rejected_total": 0,
         })
     for service in _order(strategy, pending):
-        mode = _mode(strategy, service, state.repair)
-        unit, explanation = _choose(service, units, mode, fleet_dedicated)
+        if state.plan is not None:
+            mode = "exact"
+            unit, explanation = _choose_planned(state, service, units[state.plan[service.pos]])
+        else:
+            mode = _mode(strategy, service, state.repair)
+            unit, explanation = _choose(service, units, mode, fleet_dedicated)
         if unit is None:
             reasons = "; ".join("%s: %s" % (r["gpu"], r["reason"])
                                 for r in explanation["rejected"]) or "no GPU at all"
@@ -839,10 +1011,16 @@ def _place_all(state, services):
             explanation.update(rule="not placed", gpu=None, host=None)
             service.explanation = explanation
             continue
-        best_key = explanation.pop("best_key")
-        if best_key[2]:
+        best_key = explanation.pop("best_key", None)
+        if best_key is not None and best_key[2]:
+            if state.stop_early:
+                return  # this pass cannot fit everything; its caller tries the next one
+            beside = _llm_units_with_room(service, units) \
+                if mode == "shared" and not best_key[1] else []
             explanation.setdefault("notes", []).append(
-                "fits on no unit: placed where the overflow is smallest")
+                "fits only next to an LLM (%s), which isolation_first keeps alone: placed where "
+                "the overflow is smallest" % ", ".join(beside) if beside
+                else "fits on no unit: placed where the overflow is smallest")
         _assign(state, service, unit, explanation)
         if service.fallback:
             state.issue("pin_not_found", "%s is pinned to GPU %s, %s; fell back to %s."
@@ -850,8 +1028,11 @@ def _place_all(state, services):
                         service, unit)
             explanation["rule"] = "pin not usable, fell back to " + explanation["rule"]
         elif strategy == "manual":
-            message = "%s has no gpu pin under strategy manual; placed on %s, the unit with " \
-                "the most free memory." % (service.name, _describe(unit))
+            how = {"exact": "by an exhaustive search for a placement where every service fits",
+                   "best_fit": "by best fit (the fullest unit with room), which gives every "
+                               "service room"}.get(mode, "the unit with the most free memory")
+            message = "%s has no gpu pin under strategy manual; placed on %s, %s." % (
+                service.name, _describe(unit), how)
             state.issue("unpinned_in_manual", message, service, unit)
         if mode == "critical" and unit.speed_rank != 0:
             state.issue("latency_not_fastest", "%s is latency-critical but the fastest GPU has "
@@ -976,10 +1157,15 @@ def _visible(state, service, unit):
         value, by_index = unit.uuid, False
     else:
         value, by_index = unit.key, True
+        # ROCR_VISIBLE_DEVICES and ZE_AFFINITY_MASK count the vendor's own GPUs, not the
+        # index across vendors.
+        if unit.vendor in ("amd", "intel") and unit.vendor_index is not None:
+            value = str(unit.vendor_index)
         if by_uuid:
-            state.issue("no_uuid", "%s reports no UUID: %s is given its index %s, with "
-                        "CUDA_DEVICE_ORDER=PCI_BUS_ID." % (unit.label, service.name, unit.key),
-                        service, unit)
+            state.issue("no_uuid", "%s reports no UUID: %s is given its index %s%s." % (
+                unit.label, service.name, value,
+                "" if unit.vendor in ("amd", "intel") else ", with CUDA_DEVICE_ORDER=PCI_BUS_ID"),
+                service, unit)
     if unit.vendor == "amd":
         env = {"ROCR_VISIBLE_DEVICES": value}
     elif unit.vendor == "intel":
@@ -1004,6 +1190,10 @@ def _engine_settings(state, service, unit, started_before):
             settings["max_model_len"] = service.context_length
         if service.parallel:
             settings["max_num_seqs"] = service.parallel
+        if unit.total is None:
+            # Memory size unknown (said): no fraction of it to give; vLLM's own default.
+            del settings["gpu_memory_utilization"]
+            return settings
         needed = math.ceil(util * total)
         if util <= 0:
             state.issue("vllm_start_rule", "%s: a budget of %d MiB is under 1 %% of %s; vLLM "
@@ -1044,7 +1234,7 @@ def _finish(state, services):
     for unit in state.units:
         if not unit.services:
             continue
-        if len(unit.services) > 1 and unit.assigned > unit.usable:
+        if len(unit.services) > 1 and unit.assigned > unit.usable and unit.total is not None:
             names = ", ".join(s.name for s in unit.services)
             state.issue("combined_exceeds_gpu", "Combined VRAM (~%s GB: %s) exceeds %s capacity "
                         "(%s GB; %s GB usable after %d MiB headroom and %d MiB used by other "
@@ -1054,9 +1244,11 @@ def _finish(state, services):
         if strategy == "isolation_first" and unit.llms and len(unit.services) > 1:
             llms = [s.name for s in unit.services if s.is_llm]
             others = [s.name for s in unit.services if s.name not in llms]
-            state.issue("isolation_not_kept", "isolation_first: %s shares %s with %s (no room "
-                        "left elsewhere)." % (", ".join(llms), unit.label,
-                                              ", ".join(others) or "another LLM"), unit=unit)
+            state.issue("isolation_not_kept",
+                        "isolation_first: %s shares %s with %s (every other GPU holds an LLM, "
+                        "or sharing lets every service fit)."
+                        % (", ".join(llms), unit.label, ", ".join(others) or "another LLM"),
+                        unit=unit)
         order = _start_order(unit)
         for i, service in enumerate(order):
             settings[service.name] = _engine_settings(state, service, unit, order[:i])
@@ -1162,7 +1354,129 @@ def _fits(units, services):
         not any(u.services and u.assigned > u.usable for u in units)
 
 
-def _attempt(make_units, services, opts, fleet, repair):
+# Exhaustive search, for the same strategies, when best fit fails too. Bounded so that large
+# instances never slow down: at most this many services to place (pins aside) on at most this
+# many units they may use, and this many search nodes (4-7 us each in pure Python).
+EXACT_SERVICE_LIMIT = 12
+EXACT_UNIT_LIMIT = 8
+EXACT_NODE_BUDGET = 10000
+
+
+def _exact_domains(units, free, loads, count):
+    """Per free service, the units it may use: hard checks passed, the best compute capability
+    rank it can get (as the strategies rank them), room; an exclusive service an empty one."""
+    domains = []
+    for service in free:
+        allowed = [i for i, unit in enumerate(units) if _hard_reject(service, unit) is None]
+        best = min((_cc_rank(service, units[i]) for i in allowed), default=None)
+        domains.append([i for i in allowed if _cc_rank(service, units[i]) == best
+                        and loads[i] + service.budget <= units[i].usable
+                        and not (service.exclusive and count[i])])
+    return domains
+
+
+def _exact_plan(make_units, services, opts):
+    """``(plan, nodes)``: {service position: unit position} where every service fits (pins kept,
+    exclusive services alone), or ``(None, nodes)`` when none is found within the bounds.
+
+    Depth-first, largest budget first; units in the strategy's order (most free first;
+    balanced: lowest utilisation after placement first), a unit skipped when one in the same
+    state was tried; pruned when the rest cannot fit in the room left. The first fit wins,
+    except under balanced, which keeps the fit with the lowest variance of utilisation found.
+    """
+    if sum(1 for s in services if s.pin is None or s.fallback) > EXACT_SERVICE_LIMIT:
+        return None, 0
+    units = make_units()
+    for service in services:
+        service.reset()
+    loads = [0] * len(units)
+    count = [0] * len(units)
+    solo = [False] * len(units)
+    free = []
+    for service in services:
+        unit = _resolve_pin(service, units)[0] if service.pin is not None else None
+        if unit is None:
+            free.append(service)
+            continue
+        i = units.index(unit)
+        loads[i] += service.budget
+        count[i] += 1
+        solo[i] = solo[i] or service.exclusive
+    if not free or len(free) > EXACT_SERVICE_LIMIT or \
+            any(load > unit.usable for load, unit in zip(loads, units)):
+        return None, 0
+    domains = _exact_domains(units, free, loads, count)
+    candidates = sorted(set(i for domain in domains for i in domain))
+    if not all(domains) or len(candidates) > EXACT_UNIT_LIMIT or \
+            sum(s.budget for s in free) > sum(units[i].usable - loads[i] for i in candidates):
+        return None, 0
+    order = sorted(range(len(free)), key=lambda k: (-free[k].budget, free[k].pos))
+    sig = {i: (units[i].usable, bool(units[i].dedicated), tuple(i in domains[k] for k in order))
+           for i in candidates}
+    measured = [i for i, unit in enumerate(units) if unit.placeable and unit.usable > 0]
+    balanced = opts["strategy"] == "balanced"
+    smallest = free[order[-1]].budget
+    layout = [None] * len(free)
+    search = {"nodes": 0, "best": None, "layout": None, "stop": False}
+
+    def variance():
+        utils = [loads[i] / float(units[i].usable) for i in measured]
+        mean = sum(utils) / len(utils)
+        return sum((u - mean) ** 2 for u in utils) / len(utils)
+
+    def preference(i, size):
+        first = 0 if units[i].dedicated else 1  # as the strategies: a dedicated host first
+        if balanced:
+            return (first, (loads[i] + size) / float(units[i].usable), i)
+        return (first, loads[i] - units[i].usable, i)
+
+    def dfs(depth, rest):
+        if depth == len(order):
+            value = variance() if balanced else 0.0
+            if search["best"] is None or value < search["best"] - 1e-12:
+                search["best"], search["layout"] = value, list(layout)
+            search["stop"] = not balanced
+            return
+        search["nodes"] += 1
+        if search["nodes"] > EXACT_NODE_BUDGET:
+            search["stop"] = True
+            return
+        room = 0
+        for i in candidates:
+            left = units[i].usable - loads[i]
+            if left >= smallest:
+                room += left
+        if rest > room:
+            return
+        k = order[depth]
+        service = free[k]
+        size = service.budget
+        tried = set()
+        for i in sorted(domains[k], key=lambda i: preference(i, size)):
+            if loads[i] + size > units[i].usable or solo[i] or (service.exclusive and count[i]):
+                continue
+            same = (sig[i], loads[i])
+            if same in tried:
+                continue
+            tried.add(same)
+            loads[i] += size
+            count[i] += 1
+            solo[i] = service.exclusive
+            layout[k] = i
+            dfs(depth + 1, rest - size)
+            loads[i] -= size
+            count[i] -= 1
+            solo[i] = False
+            if search["stop"]:
+                return
+
+    dfs(0, sum(s.budget for s in free))
+    if search["layout"] is None:
+        return None, search["nodes"]
+    return {free[k].pos: i for k, i in enumerate(search["layout"])}, search["nodes"]
+
+
+def _attempt(make_units, services, opts, fleet, repair, plan=None, nodes=0, stop_early=False):
     units = make_units()
     _rank_speed(units)
     for unit in units:
@@ -1173,19 +1487,35 @@ def _attempt(make_units, services, opts, fleet, repair):
     state = _State(opts, units, fleet)
     state.balance_moves = 0
     state.repair = repair
+    state.plan = plan
+    state.plan_nodes = nodes
+    state.stop_early = stop_early
     _place_all(state, services)
     return state
 
 
 def _solve(make_units, services, opts, fleet):
-    state = _attempt(make_units, services, opts, fleet, repair=False)
-    if opts["strategy"] in REPAIRABLE and not _fits(state.units, services) and \
+    # With a second pass to fall back to, the first stops at the first service without room:
+    # its result is only kept when everything fits (balanced's local search may still make
+    # room, so it runs in full). isolation_first's second pass lets a service join an LLM; it
+    # is kept only if then everything fits, else each LLM stays alone.
+    fallback = opts["strategy"] in REPAIRABLE or opts["strategy"] == "isolation_first"
+    state = _attempt(make_units, services, opts, fleet, repair=False,
+                     stop_early=fallback and opts["strategy"] != "balanced")
+    if fallback and not _fits(state.units, services) and \
             any(s.pin is None or s.fallback for s in services):
         retry = _attempt(make_units, services, opts, fleet, repair=True)
         if _fits(retry.units, services):
             state = retry
         else:
-            state = _attempt(make_units, services, opts, fleet, repair=False)
+            plan, nodes = _exact_plan(make_units, services, opts) \
+                if opts["strategy"] in REPAIRABLE else (None, 0)
+            exact = None if plan is None else _attempt(make_units, services, opts, fleet,
+                                                       repair=False, plan=plan, nodes=nodes)
+            if exact is not None and _fits(exact.units, services):
+                state = exact
+            else:
+                state = _attempt(make_units, services, opts, fleet, repair=False)
     units = state.units
     assignments, explanations = _finish(state, services)
     return {
@@ -1197,7 +1527,8 @@ def _solve(make_units, services, opts, fleet):
         "explanations": explanations,
         "gpus": _gpu_table(units),
         "summary": dict(_summary(units, services, state.issues),
-                        balance_moves=state.balance_moves, repaired=state.repair),
+                        balance_moves=state.balance_moves, repaired=state.repair,
+                        exact_search=state.plan is not None),
         "gpu_assignments": _gpu_assignments(opts["strategy"], services, fleet),
     }
 
@@ -1222,20 +1553,33 @@ def place(gpus, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFAULT_HEA
             raise ValueError("services[%d] has host or node_selector, which only place_fleet "
                              "(the hosts option) uses; got: %r"
                              % (service.pos, service.host or service.node_selector))
-    _check_pins(checked, _units(gpus, opts), opts)
-    return _solve(lambda: _units(gpus, opts), checked, opts, fleet=False)
+    units = _units(gpus, opts)
+    _check_pins(checked, units, opts)
+    return _notices(_solve(lambda: _units(gpus, opts), checked, opts, fleet=False), units)
 
 
 def _check_pins(services, units, opts):
-    """With pin_not_found=fail, a pin to a GPU the facts do not list fails before placing.
+    """A pin naming GPUs on two hosts (a UUID both report) fails before placing; with
+    pin_not_found=fail, so does a pin to a GPU the facts do not list.
 
     A GPU that is listed but cannot take services (unhealthy, lost) still falls back with a
     warning: that is a GPU missing at run time, not a typo.
     """
-    if opts["pin_not_found"] != "fail":
-        return
     for service in services:
         if service.pin is None:
+            continue
+        found = _pin_matches(service, units)[0]
+        hosts = list(dict.fromkeys(u.host for u in found))
+        if len(hosts) > 1:
+            raise ValueError("services[%d].gpu of %s matches a GPU on more than one host (%s): "
+                             "give services[%d].host too; got: %r"
+                             % (service.pos, service.name, ", ".join(hosts), service.pos,
+                                service.pin))
+        if len(found) > 1:
+            raise ValueError("services[%d].gpu of %s matches more than one GPU (%s); got: %r"
+                             % (service.pos, service.name, ", ".join(u.label for u in found),
+                                service.pin))
+        if opts["pin_not_found"] != "fail":
             continue
         unit, problem = _resolve_pin(service, units)
         if unit is None and problem.startswith("which does not exist"):
@@ -1308,8 +1652,9 @@ def place_fleet(hosts, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFA
         if service.host is not None and service.host not in names:
             raise ValueError("services[%d].host is not one of the hosts (%s); got: %r"
                              % (service.pos, ", ".join(sorted(names)) or "none", service.host))
-    _check_pins(checked, make_units(), opts)
-    result = _solve(make_units, checked, opts, fleet=True)
+    units = make_units()
+    _check_pins(checked, units, opts)
+    result = _notices(_solve(make_units, checked, opts, fleet=True), units)
     by_host = {}
     for name in names:
         by_host[name] = {

@@ -30,10 +30,14 @@ options:
     description:
       - The GPUs of one host, in the shape of C(ansible_facts.gpus) from
         M(gpufleet.inference.gpu_facts). Each needs C(index) and C(memory_total_mib); C(uuid),
-        C(memory_free_mib), C(processes), C(compute_capability), C(power_limit_w),
-        C(healthy), C(mig_mode) and C(mig_devices) are used when present.
-      - GPUs with C(healthy=false) are never placed on. A GPU in MIG mode is placed on through
-        its MIG devices.
+        C(vendor_index), C(memory_free_mib), C(processes), C(compute_capability),
+        C(power_limit_w), C(healthy), C(errors), C(mig_mode) and C(mig_devices) are used when
+        present.
+      - GPUs with C(healthy=false) are never placed on and are named in a V(gpu_unhealthy)
+        warning with their errors; only such a lost GPU may have a null C(index).
+      - A null C(memory_total_mib) means the size is unknown, never assumed. That GPU takes the
+        services pinned to it and those that fit nowhere else, with a V(memory_unknown) warning.
+      - A GPU in MIG mode is placed on through its MIG devices (unique, non-null indexes).
       - Exactly one of O(gpus) and O(hosts).
     type: list
     elements: dict
@@ -140,8 +144,13 @@ options:
       - V(vram_based) places the largest budgets first, each onto the GPU with the most free memory.
       - V(latency_optimized) puts latency-critical services and LLMs on the fastest GPU (compute
         capability, then memory, then power limit) and the others elsewhere first.
-      - V(isolation_first) gives each LLM the largest GPU to itself; the others share the rest.
+      - V(isolation_first) gives each LLM the largest GPU to itself; the others share the rest,
+        overflowing it (with a warning) rather than joining an LLM, unless sharing an LLM's GPU
+        lets every service fit (V(isolation_not_kept) warning).
       - V(balanced) evens out utilisation (budget / usable memory) across GPUs.
+      - On small hosts (up to 12 services and 8 GPUs or MIG devices) V(manual), V(vram_based) and
+        V(balanced) fall back to an exhaustive search, bounded, when their rule misses a fit that
+        exists; the explanation says so.
     type: str
     choices: [manual, vram_based, latency_optimized, isolation_first, balanced]
     default: vram_based
@@ -174,6 +183,8 @@ options:
     description:
       - V(uuid) gives C(CUDA_VISIBLE_DEVICES=GPU-...); V(index) gives the index with
         C(CUDA_DEVICE_ORDER=PCI_BUS_ID), since CUDA's default order differs from nvidia-smi's.
+      - AMD and Intel GPUs given by index get their C(vendor_index) (the number
+        C(ROCR_VISIBLE_DEVICES) and C(ZE_AFFINITY_MASK) mean) when the facts have one.
     type: str
     choices: [uuid, index]
     default: uuid
@@ -383,7 +394,8 @@ issues:
   description:
     - Every warning with a code (for example V(budget_exceeds_gpu), V(combined_exceeds_gpu),
       V(llm_on_small_gpu), V(pin_not_found), V(compute_capability_too_low),
-      V(vllm_start_rule)), the service and the GPU. The messages are also the task's warnings.
+      V(vllm_start_rule), V(gpu_unhealthy), V(memory_unknown), V(live_usage_unknown)), the
+      service and the GPU. The messages are also the task's warnings.
   returned: always
   type: list
   elements: dict
@@ -403,7 +415,8 @@ gpus:
 summary:
   description:
     - Counts, unplaced and adjusted services, overcommitted GPUs, utilisation mean and spread,
-      and V(fits).
+      V(fits), V(repaired) (a second pass was kept) and V(exact_search) (true when the fit of
+      the exhaustive search was used).
   returned: always
   type: dict
 gpu_assignments:

@@ -53,3 +53,12 @@ def test_bad_input_raises_a_filter_error(call, message):
     with pytest.raises(AnsibleFilterError) as caught:
         call()
     assert str(caught.value).startswith(message)
+
+
+def test_filter_places_around_a_lost_gpu_and_says_so():
+    lost = {"index": None, "uuid": "GPU-dead", "pci_bus_id": "00000000:65:00.0",
+            "healthy": False, "errors": ["GPU is lost"], "memory_total_mib": None}
+    result = placement.gpu_placement([*SEED_GPUS, lost], SEED_SERVICES)
+    assert result["warnings"][0] == ("GPU 00000000:65:00.0 (uuid GPU-dead) is unhealthy and "
+                                     "left out of placement: GPU is lost.")
+    assert {a["gpu"] for a in result["assignments"]} == {"0", "1"}

@@ -74,6 +74,9 @@ def test_summary_names_each_gpu():
      "gpufleet_expected_gpus.min_compute_capability must be a compute capability like '8.6';"
      " got: 'ampere'"),
     ({"healthy": "yes"}, "gpufleet_expected_gpus.healthy must be true or false; got: 'yes'"),
+    ({"min_compute_capability": "\uff18.6"},
+     "gpufleet_expected_gpus.min_compute_capability must be a compute capability like '8.6';"
+     " got: '\uff18.6'"),
 ])
 def test_bad_expectations_name_the_field_and_value(expected, message):
     with pytest.raises(ValueError) as err:
@@ -112,3 +115,26 @@ def test_outcome_table():
     assert lines[3].split()[:3] == ["c", "not", "reached"]
     assert lines[-1] == "1 changed, 1 failed, 1 not reached"
     assert _fleet.outcome_table([]) == ["HOST  OUTCOME      CHANGED  NOTE", "no hosts"]
+
+
+LOST = {"index": None, "uuid": "GPU-5f3c", "pci_bus_id": "00000000:65:00.0", "name": None,
+        "memory_total_mib": None, "compute_capability": None, "healthy": False,
+        "errors": ["nvidia-smi cannot open the GPU: Unknown Error"]}
+
+
+@pytest.mark.parametrize("gpus, expected, problems", [
+    # A GPU that fell off the bus has no index: it is named by its bus id and its errors read.
+    ([L4, LOST], 2, ["GPU 00000000:65:00.0 (unknown): unhealthy (uuid GPU-5f3c; nvidia-smi "
+                     "cannot open the GPU: Unknown Error)"]),
+    ([L4, dict(LOST, pci_bus_id=None)], {"count": 2, "min_memory_mib": 1},
+     ["GPU GPU-5f3c (unknown): unknown MiB, expected at least 1 MiB",
+      "GPU GPU-5f3c (unknown): unhealthy (nvidia-smi cannot open the GPU: Unknown Error)"]),
+    ([L4, dict(LOST, pci_bus_id=None, uuid=None, errors=[])], 2,
+     ["GPU #1 (unknown): unhealthy (no detail)"]),
+    ([gpu(healthy=False) | {"errors": ["Xid 79", "fell off the bus"]}], 1,
+     ["GPU 0 (NVIDIA L4): unhealthy (Xid 79; fell off the bus)"]),
+])
+def test_check_expectation_names_a_lost_gpu_and_its_errors(gpus, expected, problems):
+    result = _fleet.check_expectation(gpus, expected)
+    assert result["problems"] == problems
+    assert result["ok"] is False

@@ -66,11 +66,12 @@ SEED_EXPECTED = {
     "latency_optimized": ({"ai-llm": "0", "ai-yolo26": "0", "ai-florence": "1", "ai-clip": "1",
                            "ai-enrichment": "1"},
                           ["budget_exceeds_gpu", "combined_exceeds_gpu"]),
-    # Seed 001: "ai-llm alone on largest GPU, everything else shares remaining"; Florence
-    # only fits next to the LLM, which is said.
-    "isolation_first": ({"ai-llm": "0", "ai-yolo26": "1", "ai-florence": "0", "ai-clip": "1",
+    # Seed 001: "ai-llm alone on largest GPU, everything else shares remaining": the LLM
+    # alone on GPU 0; the four others share GPU 1 and overcommit it (warned), since no layout
+    # fits every service.
+    "isolation_first": ({"ai-llm": "0", "ai-yolo26": "1", "ai-florence": "1", "ai-clip": "1",
                          "ai-enrichment": "1"},
-                        ["budget_exceeds_gpu", "isolation_not_kept", "combined_exceeds_gpu"]),
+                        ["budget_exceeds_gpu", "combined_exceeds_gpu"]),
     "balanced": ({"ai-llm": "0", "ai-yolo26": "1", "ai-florence": "0", "ai-clip": "0",
                   "ai-enrichment": "1"},
                  ["budget_exceeds_gpu", "combined_exceeds_gpu", "combined_exceeds_gpu"]),
@@ -274,6 +275,7 @@ def test_pin_to_an_unhealthy_gpu_falls_back():
     result = place(gpus, [{"name": "svc", "vram_mib": 1000, "gpu": 0}])
     assert where(result) == {"svc": "1"}
     assert result["warnings"] == [
+        "GPU 0 (GPU0, uuid GPU-0000) is unhealthy and left out of placement: GPU is lost.",
         "svc is pinned to GPU 0, which cannot take services (unhealthy: GPU is lost); fell back "
         "to GPU 1 (GPU1)."]
     assert result["gpus"][0]["reason"] == "unhealthy: GPU is lost"
@@ -323,6 +325,7 @@ def test_unplaced_when_no_gpu_can_take_a_service():
     assert result["assignments"][0]["gpu"] is None
     assert result["summary"]["unplaced"] == ["svc"]
     assert result["warnings"] == [
+        "GPU 0 (GPU0, uuid GPU-0000) is unhealthy and left out of placement: Xid 79.",
         "svc was not placed: no GPU can take it (GPU 0: unhealthy: Xid 79)."]
 
 
@@ -562,8 +565,17 @@ GOOD = {"name": "s", "vram_mib": 100}
      "services[1].gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: True"),
     ({"name": "s", "vram_mib": 1, "gpu": [0]},
      "services[1].gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: [0]"),
+    # Digits of other scripts: str.isdigit() and int() take them, a GPU index does not.
+    ({"name": "s", "vram_mib": 1, "gpu": "\u0661"},
+     "services[1].gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: '\u0661'"),
+    ({"name": "s", "vram_mib": 1, "gpu": "\uff10"},
+     "services[1].gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: '\uff10'"),
+    ({"name": "s", "vram_mib": 1, "gpu": "0:\u0660"},
+     "services[1].gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: '0:\u0660'"),
     ({"name": "s", "vram_mib": 1, "min_compute_capability": "sm_80"},
      "services[1].min_compute_capability must look like '8.0'; got: 'sm_80'"),
+    ({"name": "s", "vram_mib": 1, "min_compute_capability": "\uff18.0"},
+     "services[1].min_compute_capability must look like '8.0'; got: '\uff18.0'"),
     ({"name": "s", "model": "mystery"},
      "services[1].model is not in the model catalog and its name carries no parameter count "
      "(like ':7b'); add it with the catalog option or give vram_mib; got: 'mystery'"),
@@ -614,6 +626,14 @@ def test_bad_options(kwargs, message):
     ([gpu(0, 100, processes="none")], "gpus[0].processes must be a list; got: 'none'"),
     ([gpu(0, 100, mig_devices=[{"memory_total_mib": "x"}])],
      "gpus[0].mig_devices[0].memory_total_mib must be an integer >= 0 or null; got: 'x'"),
+    ([gpu(0, 100, mig_devices=[{"index": None, "memory_total_mib": 50}])],
+     "gpus[0].mig_devices[0].index must be an integer >= 0; got: None"),
+    ([gpu(0, 100, mig_devices=[{"index": 1}, {"index": 1}])],
+     "gpus[0].mig_devices[1].index duplicates gpus[0].mig_devices[0]; got: 1"),
+    ([gpu(0, 100, vendor_index="0")],
+     "gpus[0].vendor_index must be an integer >= 0 or null; got: '0'"),
+    ([gpu(0, 100, healthy=False, errors="lost")],
+     "gpus[0].errors must be a list of strings or null; got: 'lost'"),
 ])
 def test_bad_gpu_facts(gpus, message):
     with pytest.raises(ValueError) as caught:
@@ -645,3 +665,157 @@ def test_the_benchmarks_quick_modes_run():
     assert "script 1 of 2 switches to ingestion" in done.stdout
     assert re.search(r"^\| collector nvidia-smi \| 2 \| \d+\.\d \|", done.stdout, re.M)
     assert "ERROR" not in done.stdout
+
+
+# ---- hosts as they really are: lost GPUs, unknown memory, unknown live usage ---------------
+
+LOST_ERROR = "nvidia-smi cannot open the GPU: Unable to determine the device handle: Unknown Error"
+
+
+def lost(uuid="GPU-dead", bus="00000000:65:00.0"):
+    """A GPU that fell off the bus, as the facts report it: no index, its errors."""
+    return {"index": None, "uuid": uuid, "pci_bus_id": bus, "name": None, "vendor": "nvidia",
+            "memory_total_mib": None, "memory_used_mib": None, "memory_free_mib": None,
+            "mig_devices": [], "processes": [], "healthy": False, "errors": [LOST_ERROR]}
+
+
+@pytest.mark.parametrize(("lost_gpu", "label"), [
+    (lost(), "GPU 00000000:65:00.0 (uuid GPU-dead)"),
+    (lost(bus=None), "GPU GPU-dead"),
+    (lost(uuid=None, bus=None), "GPU #1"),
+])
+@pytest.mark.parametrize("fleet", [False, True])
+def test_a_lost_gpu_is_left_out_and_named(lost_gpu, label, fleet):
+    gpus = [gpu(0, 24000), lost_gpu, lost(uuid="GPU-gone", bus="00000000:66:00.0")]
+    services = [{"name": "svc", "vram_mib": 1000}]
+    if fleet:
+        result = place_fleet([{"name": "h", "gpus": gpus}], services)
+        label = "h " + label
+    else:
+        result = place(gpus, services)
+    assert where(result) == {"svc": "0"}
+    assert result["issues"][0] == {
+        "code": "gpu_unhealthy", "service": None, "gpu": label.split(" (")[0],
+        "message": "%s is unhealthy and left out of placement: %s." % (label, LOST_ERROR)}
+    assert codes(result) == ["gpu_unhealthy", "gpu_unhealthy"]
+    assert result["summary"]["warning_count"] == 2
+    row = result["gpus"][1]
+    assert (row["index"], row["gpu"], row["placeable"]) == (None, None, False)
+    assert row["reason"] == "unhealthy: " + LOST_ERROR
+    # A null index on a GPU that claims to be healthy is still bad input.
+    for healthy in (True, None):
+        with pytest.raises(ValueError) as caught:
+            place([gpu(0, 24000), dict(lost_gpu, healthy=healthy)], services)
+        assert str(caught.value) == "gpus[1].index must be an integer >= 0; got: None"
+
+
+@pytest.mark.parametrize("pin_not_found", ["warn", "fail"])
+def test_a_uuid_pin_to_a_lost_gpu_falls_back(pin_not_found):
+    result = place([gpu(0, 24000), lost()], [{"name": "svc", "vram_mib": 1000,
+                                             "gpu": "gpu-DEAD"}], pin_not_found=pin_not_found)
+    assert where(result) == {"svc": "0"}
+    assert result["warnings"][1] == (
+        "svc is pinned to GPU gpu-DEAD, which cannot take services (unhealthy: %s); fell back "
+        "to GPU 0 (GPU0)." % LOST_ERROR)
+
+
+def test_a_host_with_a_lost_gpu_places_as_its_healthy_gpus_alone():
+    result = place([*copy.deepcopy(SEED_GPUS), lost()], copy.deepcopy(SEED_SERVICES),
+                   live_usage="ignore")
+    assert where(result) == SEED_EXPECTED["vram_based"][0]
+    assert codes(result) == ["gpu_unhealthy"] + SEED_EXPECTED["vram_based"][1]
+
+
+def unknown_memory(index, **extra):
+    return gpu(index, 0, memory_total_mib=None, memory_used_mib=None, memory_free_mib=None,
+               **extra)
+
+
+def test_a_gpu_of_unknown_memory_takes_only_its_pins_and_what_fits_nowhere_else():
+    gpus = [gpu(0, 8000), unknown_memory(1)]
+    services = [{"name": "free", "vram_mib": 1000},
+                {"name": "pinned", "vram_mib": 60000, "engine": "vllm", "gpu": 1}]
+    result = place(gpus, services)
+    assert where(result) == {"free": "0", "pinned": "1"}
+    assert result["assignments"][1]["pinned"] is True
+    assert result["assignments"][1]["engine_settings"] == {}  # vLLM's own default, not 0 %
+    assert codes(result) == ["memory_unknown", "memory_unknown"]
+    assert result["warnings"] == [
+        "GPU 1 memory size unknown: placement cannot check what fits on it; it takes the "
+        "services pinned to it and those no other GPU has room for.",
+        "GPU 1 memory size unknown: pinned (58.6 GB) is placed on it without a memory check "
+        "and may not load."]
+    assert result["summary"]["fits"] is False  # nothing claims a fit it cannot know
+    row = result["gpus"][1]
+    assert (row["placeable"], row["total_mib"], row["usable_mib"]) == (True, None, 0)
+    # An unpinned service goes there only when no other GPU has room.
+    alone = place([unknown_memory(0)], [{"name": "s", "vram_mib": 1000}])
+    assert where(alone) == {"s": "0"}
+    assert codes(alone) == ["memory_unknown", "memory_unknown"]
+
+
+@pytest.mark.parametrize(("facts", "live_usage", "warned"), [
+    (dict(memory_used_mib=None, memory_free_mib=None), "account", True),
+    (dict(memory_used_mib=None, memory_free_mib=None), "ignore", False),
+    (dict(memory_used_mib=100, memory_free_mib=None), "account", False),
+    (dict(memory_used_mib=None, memory_free_mib=7000), "account", False),
+])
+def test_unknown_live_usage_is_said(facts, live_usage, warned):
+    result = place([gpu(0, 8000, **facts)], [{"name": "s", "vram_mib": 1000}],
+                   live_usage=live_usage)
+    expected = ["GPU 0 live memory use unknown (neither used nor free memory was read): "
+                "counted as 0 MiB held by other processes."] if warned else []
+    assert result["warnings"] == expected
+    assert codes(result) == (["live_usage_unknown"] if warned else [])
+
+
+def test_unknown_live_usage_of_a_mig_device_is_said():
+    migs = [{"index": 0, "uuid": "MIG-aaaa", "name": "3g.40gb", "memory_total_mib": 40192,
+             "memory_free_mib": None}]
+    result = place([gpu(0, 81559, mig_mode="Enabled", mig_devices=migs)],
+                   [{"name": "s", "vram_mib": 1000}])
+    assert codes(result) == ["live_usage_unknown"]
+    assert result["warnings"][0].startswith("GPU 0 MIG 0 live memory use unknown")
+
+
+# ---- pins and indexes as they really come ----------------------------------------------------
+
+def test_a_uuid_pin_matching_gpus_on_two_hosts_fails():
+    hosts = [{"name": "a", "gpus": [gpu(0, 8000)]}, {"name": "b", "gpus": [gpu(0, 8000)]},
+             {"name": "c", "gpus": [gpu(1, 8000)]}]
+    with pytest.raises(ValueError) as caught:
+        place_fleet(hosts, [{"name": "s", "vram_mib": 1, "gpu": "GPU-0000"}])
+    assert str(caught.value) == (
+        "services[0].gpu of s matches a GPU on more than one host (a, b): give services[0].host "
+        "too; got: 'GPU-0000'")
+    result = place_fleet(hosts, [{"name": "s", "vram_mib": 1, "gpu": "GPU-0000", "host": "b"}])
+    assert result["assignments"][0]["host"] == "b"
+    with pytest.raises(ValueError) as caught:
+        place([gpu(0, 8000), gpu(1, 8000, uuid="GPU-0000")],
+              [{"name": "s", "vram_mib": 1, "gpu": "GPU-0000"}])
+    assert str(caught.value) == (
+        "services[0].gpu of s matches more than one GPU (GPU 0, GPU 1); got: 'GPU-0000'")
+
+
+@pytest.mark.parametrize(("by", "facts", "env"), [
+    ("index", dict(vendor="amd", vendor_index=0), {"ROCR_VISIBLE_DEVICES": "0"}),
+    ("index", dict(vendor="intel", vendor_index=1), {"ZE_AFFINITY_MASK": "1"}),
+    ("uuid", dict(vendor="amd", vendor_index=0, uuid=None), {"ROCR_VISIBLE_DEVICES": "0"}),
+    ("index", dict(vendor="amd"), {"ROCR_VISIBLE_DEVICES": "2"}),
+    ("index", dict(vendor="amd", vendor_index=None), {"ROCR_VISIBLE_DEVICES": "2"}),
+    ("uuid", dict(vendor="amd", vendor_index=0), {"ROCR_VISIBLE_DEVICES": "GPU-0002"}),
+    ("index", dict(vendor="nvidia", vendor_index=0),
+     {"CUDA_VISIBLE_DEVICES": "2", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}),
+])
+def test_amd_and_intel_are_made_visible_by_their_own_index(by, facts, env):
+    # GPU 2 across vendors (an NVIDIA GPU holds 0 and 1) is the vendor's own GPU 0 or 1.
+    result = place([gpu(2, 24000, **facts)], [{"name": "s", "vram_mib": 100}],
+                   visible_devices_by=by)
+    assert result["assignments"][0]["environment"] == env
+    assert result["assignments"][0]["gpu"] == "2"
+
+
+def test_an_amd_gpu_without_uuid_is_not_told_about_cuda_order():
+    result = place([gpu(2, 24000, vendor="amd", vendor_index=0, uuid=None)],
+                   [{"name": "s", "vram_mib": 100}])
+    assert result["warnings"] == ["GPU 2 reports no UUID: s is given its index 0."]
