@@ -345,9 +345,9 @@ def markdown(result):
     if "references" not in result:
         machine = result["machine"]
         parts += ["", "Quality only (`--quality-only`). Measured on %s CPUs (load average %s), "
-                  "Python %s, commit %s, %s." % (machine["cpus"], machine["load"],
-                                                  machine["python"], machine["commit"],
-                                                  machine["date"])]
+                  "Python %s, commit %s, %s."
+                  % (machine["cpus"], machine["load"], machine["python"], machine["commit"],
+                     machine["date"])]
         return "\n".join(parts)
     parts += ["", "### Reference cases (the seeds' boxes, `bench/reference_cases.yml`)", ""]
     cases = result["references"]

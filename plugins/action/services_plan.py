@@ -74,9 +74,13 @@ class ActionModule(ActionBase):
             raise PlanError("services_env_file %s is not UTF-8 text (%s)"
                             % (env_file, exc)) from None
         try:
-            return _common.dotenv_get(text, MODE_KEY) or None
+            mode = _common.dotenv_get(text, MODE_KEY)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
+        if mode and mode not in _plan.MODES:  # empty (DUAL_GPU_MODE=) is no mode: the default
+            raise PlanError(".env %s (%s) must be one of %s; got: %r"
+                            % (MODE_KEY, env_file, ", ".join(_plan.MODES), mode))
+        return mode or None
 
     def _settle_mode(self, args, task_vars, said):
         """(mode, source): given, else the .env's DUAL_GPU_MODE, else ollama."""
@@ -118,6 +122,7 @@ class ActionModule(ActionBase):
             # What needs no host first: a bad catalog fails before anything is read.
             _plan.check_catalog(catalog, extra)
             _plan.check_sources(args["sources"])
+            secrets = _plan.check_secret_environment(args["secret_environment"], catalog)
             self._placement_params(args, [], [])
             mode, source = self._settle_mode(args, task_vars, said)
             gpus = args["gpus"]
@@ -134,7 +139,7 @@ class ActionModule(ActionBase):
                                              **{k: params[k] for k in _placement.OPTION_KEYS})
                 said["warnings"].extend(placement["warnings"])
             plan = _plan.plan(catalog, placement, gpus, args["profile"], mode, extra,
-                              args["sources"])
+                              args["sources"], secrets)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
         plan.update(dual_gpu_mode_source=source, env_file=args["env_file"])

@@ -11,16 +11,30 @@ from __future__ import annotations
 
 import re
 
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# NAME=value, with an optional ``export`` prefix (what shells and compose accept).
-_DOTENV_KEY_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
-_DOTENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
-_PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:,@%+=-]*$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# The start of a statement NAME=value, with an optional ``export`` prefix (what shells and
+# compose accept); spaces and tabs only, so that nothing runs on into the next line.
+_DOTENV_KEY_RE = re.compile(r"[ \t\r\f\v]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*")
+# A value written without quotes: nothing Compose would expand, cut or trim.
+_PLAIN_VALUE_RE = re.compile(r"[A-Za-z0-9_./:,@%+=-]*")
+# The escapes of a double-quoted value that Compose v2 turns into one character; any other
+# backslash stays as it is.
+_DOTENV_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", "a": "\a", "b": "\b", "f": "\f",
+                    "v": "\v", "\\": "\\", '"': '"', "$": "$"}
+_DOTENV_ESCAPE = {"\\": "\\\\", '"': '\\"', "$": "\\$", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                  "\a": "\\a", "\b": "\\b", "\f": "\\f", "\v": "\\v"}
+_DOTENV_SPACE = " \t\r\f\v"
 
 
 def is_int(value):
     """True for an int that is not a bool (YAML's ``true`` is no count)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def ascii_digits(text):
+    """True for a text of ASCII digits only: str.isdigit() and int() also take other scripts'
+    digits ('\u0661', '\uff11'), which no count, port or index is written in."""
+    return isinstance(text, str) and text.isascii() and text.isdigit()
 
 
 def scalar_text(value):
@@ -45,28 +59,86 @@ def known_keys(value, known, where):
 
 # ---- .env -------------------------------------------------------------------------------
 
+def _dotenv_quoted(text, start, quote):
+    """``(value, end)`` of a value quoted from ``start``; ``end`` is after the closing quote,
+    or None when there is none (Compose fails on such a file; the reader does not)."""
+    chars = []
+    i = start + 1
+    while i < len(text):
+        char = text[i]
+        if char == quote:
+            return "".join(chars), i + 1
+        if quote == '"' and char == "\\" and i + 1 < len(text):
+            chars.append(_DOTENV_UNESCAPE.get(text[i + 1], char + text[i + 1]))
+            i += 2
+            continue
+        chars.append(char)
+        i += 1
+    return None, None
+
+
+def dotenv_statements(text):
+    """``(key, value, start, end)`` of every NAME=value of an ``.env`` text, as Compose v2's
+    parser reads it: a line is cut at ``\\n`` only, an unquoted value ends at the line's end or
+    at `` #``, a single-quoted one is literal, a double-quoted one may span lines and knows the
+    escapes of _DOTENV_UNESCAPE. ``start:end`` is the statement's text, its lines whole (the
+    last newline included). A line that is no statement (comment, blank, garbage) is skipped."""
+    statements = []
+    pos = 0
+    while pos < len(text):
+        eol = text.find("\n", pos)
+        line_end = len(text) if eol < 0 else eol
+        match = _DOTENV_KEY_RE.match(text, pos, line_end)
+        if match is None:
+            pos = line_end + 1
+            continue
+        value_at = match.end()
+        value = None
+        if value_at < line_end and text[value_at] in "'\"":
+            value, closed = _dotenv_quoted(text, value_at, text[value_at])
+            if closed is not None:
+                eol = text.find("\n", closed)
+                line_end = len(text) if eol < 0 else eol
+        if value is None:  # unquoted, or a quote that is never closed: up to the line's end
+            value = text[value_at:line_end].split(" #", 1)[0]
+            value = value.rstrip(_DOTENV_SPACE)
+        statements.append((match.group(1), value, pos, min(line_end + 1, len(text))))
+        pos = line_end + 1
+    return statements
+
+
 def dotenv_get(text, key):
-    """The value of ``key`` in an ``.env`` text (last one wins, quotes removed), or None."""
+    """The value of ``key`` in an ``.env`` text as Compose reads it (last one wins, quotes and
+    escapes resolved, an unquoted value's `` #`` comment cut), or None."""
     if text is None:
         return None
     if not isinstance(text, str):
         raise ValueError("text must be the content of the .env file; got: %r" % (text,))
     value = None
-    for line in text.splitlines():
-        match = _DOTENV_LINE_RE.match(line)
-        if match and match.group(1) == key:
-            value = match.group(2)
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
+    for name, found, _start, _end in dotenv_statements(text):
+        if name == key:
+            value = found
     return value
 
 
+def dotenv_names(text):
+    """The names an ``.env`` (or EnvironmentFile=) text sets, in order, each once: what a diff
+    may show of a file of secrets."""
+    names = []
+    for name, _value, _start, _end in dotenv_statements(text or ""):
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def dotenv_value(value):
-    """A value as ``.env`` holds it: plain when safe, else double-quoted and escaped."""
+    """A value as ``.env`` holds it: plain when safe, else double-quoted with every character
+    Compose would expand, cut or read as a line's end escaped, so that Compose and dotenv_get
+    read back exactly ``value`` and the statement stays on one line."""
     text = scalar_text(value)
-    if _PLAIN_VALUE_RE.match(text):
+    if _PLAIN_VALUE_RE.fullmatch(text):
         return text
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return '"%s"' % "".join(_DOTENV_ESCAPE.get(char, char) for char in text)
 
 
 def dotenv_merge(existing, owned, header=None):
@@ -88,24 +160,29 @@ def dotenv_merge(existing, owned, header=None):
             raise ValueError("owned has a bad variable name; got: %r" % (key,))
         if value is None or isinstance(value, (dict, list)):
             raise ValueError("owned.%s must be a string or number; got: %r" % (key, value))
-    head = (header or "").rstrip("\n").splitlines()
-    lines = existing.splitlines()
-    if head and lines[:len(head)] == head:
-        lines = lines[len(head):]
+        if "\x00" in scalar_text(value):
+            raise ValueError("owned.%s must not hold a NUL character; got: %r" % (key, value))
+    head = (header or "").rstrip("\n").split("\n") if header else []
+    if head and existing.split("\n")[:len(head)] == head:
+        existing = "\n".join(existing.split("\n")[len(head):])
     written = set()
     result = []
-    for line in lines:
-        match = _DOTENV_KEY_RE.match(line)
-        key = match.group(1) if match else None
-        if key in owned:
-            if key not in written:
-                result.append("%s=%s" % (key, dotenv_value(owned[key])))
-                written.add(key)
+    pos = 0
+    for key, _value, start, end in dotenv_statements(existing):
+        if key not in owned:
             continue
-        result.append(line)
-    result.extend("%s=%s" % (key, dotenv_value(value))
-                  for key, value in owned.items() if key not in written)
-    return "\n".join(result) + "\n"
+        result.append(existing[pos:start])
+        if key not in written:
+            result.append("%s=%s\n" % (key, dotenv_value(owned[key])))
+            written.add(key)
+        pos = end
+    result.append(existing[pos:])
+    text = "".join(result)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += "".join("%s=%s\n" % (key, dotenv_value(value))
+                    for key, value in owned.items() if key not in written)
+    return text or "\n"
 
 
 # ---- /proc/meminfo ----------------------------------------------------------------------

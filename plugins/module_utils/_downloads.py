@@ -73,10 +73,10 @@ PROGRESS_INTERVAL_S = 1.0
 # How long an Ollama server may take to answer once started (its verify waits as long).
 SERVER_WAIT_S = 180
 
-_OLLAMA_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_OLLAMA_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
-_LAYER_LINE_RE = re.compile(r"^([0-9a-f]{12}): (.+?)\s*$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_OLLAMA_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+_OLLAMA_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?\Z")
+_LAYER_LINE_RE = re.compile(r"^([0-9a-f]{12}): (.+?)\s*\Z")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
 class FetchError(Exception):

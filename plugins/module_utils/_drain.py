@@ -26,7 +26,7 @@ import re
 
 # A day: beyond it a wait is a typo (seconds given as milliseconds), not a drain.
 MAX_WAIT_S = 86400
-_GPU_KEY_RE = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)$")
+_GPU_KEY_RE = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)\Z")
 
 
 def _positive(name, value, allow_zero=False):

@@ -13,6 +13,8 @@ Vocabulary
              compose.podman-gpu.yml, .env and gpu-assignments.yml in project_dir. systemd:
              ollama@.service and vllm@.service in units_dir, and every <instance>.env in env_dir
              (the plan's instances, and those it no longer has, which are removed).
+             Both: secrets/<service>.env (in project_dir, in env_dir) for each service whose
+             plan lists a secret environment, mode 0600 in a 0700 folder, from ``secret_env``.
   key        a file's name in the snapshot: compose.yml, .env, units/vllm@.service, env/x.env.
   snapshot   snapshot_dir: a copy of every file of the set that existed before the last write,
              and manifest.json with each file's key, mode and sha256, or ``exists: false``.
@@ -34,6 +36,8 @@ Choices
     is reported, never restored.
   - gpu-assignments.yml keeps its generated_at while the assignments are the same, so a run
     that changes nothing writes nothing.
+  - A secret file's text never leaves this module: its diff shows the names it sets, each
+    ``NAME=(hidden)``, and a line when only values changed. The plan carries the names only.
   - Compose files are the YAML of ``_render.compose_document`` as the compose role's templates
     wrote it (``to_nice_yaml(indent=2, sort_keys=false, width=200)``), under one header line.
 """
@@ -74,22 +78,26 @@ SECRET_MODE = 0o640  # .env and the instance environment files
 DIR_MODE = 0o755
 SNAPSHOT_DIR_MODE = 0o700
 SNAPSHOT_FILE_MODE = 0o600
+SECRETS_DIR = _render.SECRETS_DIR
+SECRET_MODE_FILE = 0o600  # secrets/<service>.env
+SECRET_DIR_MODE = 0o700
 
 COMPOSE_DEFAULTS = {"project_dir": "/opt/gpufleet", "project_name": "gpufleet",
-                    "compose_runtime": "docker", "env": {}, "snapshot_dir": None}
+                    "compose_runtime": "docker", "env": {}, "snapshot_dir": None,
+                    "secret_env": {}}
 SYSTEMD_DEFAULTS = {"units_dir": "/etc/systemd/system", "env_dir": "/etc/gpufleet/instances",
                     "models_dir": "/srv/gpufleet/models/ollama",
                     "bind_address": _render.DEFAULT_BIND_ADDRESS, "user": "gpufleet",
                     "group": "gpufleet", "ollama_bin": "/usr/local/bin/ollama",
                     "vllm_bin": "/usr/local/bin/vllm", "state_dir_name": "gpufleet",
-                    "snapshot_dir": None}
+                    "snapshot_dir": None, "secret_env": {}}
 
 _ASSIGNMENTS_COMMENT = ("# Which GPU each service runs on (seed 001): for reading, generated "
                         "from the placement.")
 _INSTANCE_COMMENT = "# %s: written from services_plan (placement and catalog); edit the inventory."
 # The header the roles' templates wrote before this module ({{ ansible_managed | comment }}).
 _ANSIBLE_MANAGED = "#\n# Ansible managed\n#\n"
-_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 _UNIT_LINE_RE = re.compile(r"^# ((?:ollama|vllm)@[^\s:/]+\.service): ", re.MULTILINE)
 _TEMP_SUFFIX = ".gpufleet-tmp"
 _WILDCARDS = ("0.0.0.0", "::")
@@ -137,6 +145,7 @@ def check_options(runtime, options=None):
             opts[key] = _abs_path(opts[key], key)
         opts["bind_address"] = _plan.check_bind_address(opts["bind_address"], "bind_address")
         default_snapshot = os.path.join(opts["env_dir"], SNAPSHOT_NAME)
+    opts["secret_env"] = _check_secret_env(opts["secret_env"])
     if opts["snapshot_dir"] is None:
         opts["snapshot_dir"] = default_snapshot
     opts["snapshot_dir"] = _abs_path(opts["snapshot_dir"], "snapshot_dir")
@@ -156,6 +165,25 @@ def _check_env(env):
         if value is None or isinstance(value, (dict, list)):
             raise ValueError("env.%s must be a string, number or boolean; got: %r" % (key, value))
     return dict(env)
+
+
+def _check_secret_env(value):
+    """``{service: {NAME: value}}``; a message names the service and the name, never a value."""
+    if not isinstance(value, dict):
+        raise ValueError("secret_env must be a dict of service: {NAME: value}; got: a %s"
+                         % type(value).__name__)
+    for service, env in value.items():
+        if not isinstance(env, dict):
+            raise ValueError("secret_env.%s must be a dict of NAME: value; got: a %s"
+                             % (service, type(env).__name__))
+        for key, item in env.items():
+            if not isinstance(key, str) or not _common.ENV_KEY_RE.match(key):
+                raise ValueError("secret_env.%s has a bad variable name; got: %r" % (service, key))
+            if item is None or isinstance(item, (dict, list)) \
+                    or "\x00" in _common.scalar_text(item):
+                raise ValueError("secret_env.%s.%s must be a string, number or boolean without "
+                                 "a NUL character (value not shown)" % (service, key))
+    return value
 
 
 def _check_plan(plan):
@@ -315,10 +343,45 @@ def _compare(entries):
     return changes
 
 
+def _is_secret(key):
+    return key.startswith(SECRETS_DIR + "/")
+
+
+def _masked(data):
+    """What a diff shows of a secret file: the names it sets, never a value."""
+    if data is None:
+        return ""
+    return "".join("%s=(hidden)\n" % name for name in _common.dotenv_names(_text(data)))
+
+
+def _masked_dotenv(data):
+    """What a diff shows of the project ``.env``: comments and the keys this collection owns as
+    they are, every other key (the user's own, such as HF_TOKEN) as ``NAME=(hidden)``."""
+    if data is None:
+        return ""
+    text = _text(data)
+    parts, pos = [], 0
+    for name, _value, start, end in _common.dotenv_statements(text):
+        parts.append(text[pos:start])
+        parts.append(text[start:end] if name in OWNED_ENV_KEYS else "%s=(hidden)\n" % name)
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
 def _diff(changes):
     result = []
     for change in changes:
         if change["state"] == "unchanged":
+            continue
+        if _is_secret(change["key"]):
+            before, after = _masked(change["before"]), _masked(change["content"])
+            if change["before"] is not None and change["content"] is not None \
+                    and change["before"] != change["content"] and before == after:
+                after += "# values changed\n"
+            path = change["path"] + " (values hidden)"
+            result.append({"before_header": path, "after_header": path, "before": before,
+                           "after": after})
             continue
         before_header = after_header = change["path"]
         if change["before"] is None:
@@ -328,8 +391,16 @@ def _diff(changes):
         elif change["before"] is not None and change["before_mode"] != change["mode"]:
             before_header += " (mode %04o)" % change["before_mode"]
             after_header += " (mode %04o)" % change["mode"]
+        if change["key"] == DOTENV:
+            # The user's own keys (HF_TOKEN) live here too: only ours are shown with values.
+            before, after = _masked_dotenv(change["before"]), _masked_dotenv(change["content"])
+            if change["before"] is not None and change["content"] is not None \
+                    and change["before"] != change["content"] and before == after:
+                after += "# other values changed\n"
+        else:
+            before, after = _shown(change["before"]), _shown(change["content"])
         result.append({"before_header": before_header, "after_header": after_header,
-                       "before": _shown(change["before"]), "after": _shown(change["content"])})
+                       "before": before, "after": after})
     return result
 
 
@@ -438,6 +509,10 @@ def _save_snapshot(snapshot_dir, runtime, changes, mover):
 def _key_path(runtime, opts, key):
     """Where a snapshot key lives in the set; ValueError for a key the set cannot have."""
     if isinstance(key, str):
+        folder, _sep, name = key.partition("/")
+        if folder == SECRETS_DIR and _is_env_name(name):
+            root = opts["project_dir"] if runtime == "compose" else opts["env_dir"]
+            return os.path.join(root, SECRETS_DIR, name)
         if runtime == "compose" and key in COMPOSE_SET:
             return os.path.join(opts["project_dir"], key)
         if runtime == "systemd":
@@ -490,6 +565,69 @@ def _load_snapshot(opts, runtime):
             raise FilesetError("the snapshot in %s is damaged: %s has no mode; nothing "
                                "restored" % (snapshot_dir, key)) from None
         entries.append(_entry(key, path, copy[0], mode))
+    return entries
+
+
+# ---- the secret files ---------------------------------------------------------------------
+
+def _planned_secrets(plan):
+    """``{service: [NAME, ...]}`` of the plan's services that have a secret environment."""
+    planned = {}
+    for service in plan["services"]:
+        names = service.get("secret_environment") if isinstance(service, dict) else None
+        if names:
+            planned[service["name"]] = list(names)
+    return planned
+
+
+def _secret_files(root):
+    """Names of the <service>.env files in root/secrets now."""
+    folder = os.path.join(root, SECRETS_DIR)
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise FilesetError("cannot list %s: %s" % (folder, _why(exc))) from None
+    return sorted(n for n in names if _is_env_name(n)
+                  and os.path.isfile(os.path.join(folder, n))
+                  and not os.path.islink(os.path.join(folder, n)))
+
+
+def _secret_entries(plan, opts, root, services, render_value):
+    """root/secrets/<service>.env (mode 0600) of each of ``services`` whose plan lists a
+    secret environment, from ``secret_env``, whose names must be the plan's; the files of
+    services that have none any more are removed."""
+    planned = _planned_secrets(plan)
+    given = opts["secret_env"]
+    for service in given:
+        if service not in planned:
+            raise ValueError("secret_env has a service whose plan lists no secret environment; "
+                             "got: %r" % (service,))
+    entries = []
+    written = set()
+    for service, names in planned.items():
+        env = given.get(service) or {}
+        missing = [n for n in names if n not in env]
+        if missing:
+            raise ValueError("secret_env.%s has no value for %s (the plan lists %s); got names: "
+                             "%s" % (service, ", ".join(missing), ", ".join(names),
+                                     ", ".join(env) or "none"))
+        if set(env) - set(names):
+            raise ValueError("secret_env.%s has names the plan does not list (%s); got names: %s"
+                             % (service, ", ".join(names), ", ".join(env)))
+        if service not in services:
+            continue
+        name = "%s.env" % service
+        written.add(name)
+        lines = ["%s=%s\n" % (key, render_value(env[key])) for key in names]
+        text = "%s\n%s" % (HEADER, "".join(lines))
+        entries.append(_entry("%s/%s" % (SECRETS_DIR, name), os.path.join(root, SECRETS_DIR, name),
+                              text.encode("utf-8"), SECRET_MODE_FILE))
+    for name in _secret_files(root):
+        if name not in written:
+            entries.append(_entry("%s/%s" % (SECRETS_DIR, name),
+                                  os.path.join(root, SECRETS_DIR, name), None, None))
     return entries
 
 
@@ -550,6 +688,8 @@ def _compose_set(plan, opts, yaml_dump, yaml_load, stamp):
     doc = _rendering(_render.gpu_assignments_document, plan, previous, stamp)
     text = "%s\n%s\n%s" % (HEADER, _ASSIGNMENTS_COMMENT, _yaml(doc, yaml_dump))
     entries.append(_entry(ASSIGNMENTS, path, text.encode("utf-8"), FILE_MODE))
+    services = [s.get("name") for s in plan["services"] if isinstance(s, dict)]
+    entries += _secret_entries(plan, opts, root, services, _common.dotenv_value)
     return entries
 
 
@@ -581,6 +721,8 @@ def _compose_services(changes, yaml_load):
     before_docs, after_docs = {}, {}
     before_env = after_env = None
     for change in changes:
+        if _is_secret(change["key"]):
+            continue
         if change["key"] == DOTENV:
             before_env = _text(change["before"]) if change["before"] is not None else None
             after_env = _text(change["content"])
@@ -591,8 +733,10 @@ def _compose_services(changes, yaml_load):
         else {"name": None, "defined": {}, "active": []}
     new = _compose_state(after_docs, after_env)
     renamed = old["name"] != new["name"]
+    secrets = {c["key"][len(SECRETS_DIR) + 1:-len(".env")] for c in changes
+               if _is_secret(c["key"]) and c["state"] != "unchanged"}
     changed = [name for name in new["active"]
-               if renamed or name not in old["active"]
+               if renamed or name not in old["active"] or name in secrets
                or old["defined"].get(name) != new["defined"][name]]
     removed = [name for name in old["active"] if name not in new["active"]]
     return changed, removed
@@ -653,6 +797,8 @@ def _systemd_set(plan, opts):
         if name not in planned:
             entries.append(_entry("env/" + name, os.path.join(opts["env_dir"], name), None,
                                   None))
+    entries += _secret_entries(plan, opts, opts["env_dir"], [i["service"] for i in instances],
+                               _render.systemd_env_value)
     return instances, entries
 
 
@@ -734,12 +880,20 @@ def _files(changes):
     return [{"path": c["path"], "state": c["state"]} for c in changes]
 
 
-def _prepare(runtime, opts):
+def _prepare(runtime, opts, changes=()):
     if runtime == "compose":
         _makedirs(opts["project_dir"], DIR_MODE)
     else:
         _makedirs(opts["units_dir"], DIR_MODE)
         _makedirs(opts["env_dir"], DIR_MODE)
+    if any(_is_secret(c["key"]) and c["content"] is not None for c in changes):
+        folder = os.path.join(opts["project_dir"] if runtime == "compose" else opts["env_dir"],
+                              SECRETS_DIR)
+        _makedirs(folder, SECRET_DIR_MODE)
+        try:
+            os.chmod(folder, SECRET_DIR_MODE)  # whoever made it before
+        except OSError as exc:
+            raise FilesetError("cannot make %s mode 0700: %s" % (folder, _why(exc))) from None
 
 
 def present(runtime, plan, options=None, check_mode=False, yaml_dump=None, yaml_load=None,
@@ -774,18 +928,21 @@ def present(runtime, plan, options=None, check_mode=False, yaml_dump=None, yaml_
     else:
         written = {c["key"] for c in changes
                    if c["state"] in ("created", "changed") and c["content"] != c["before"]}
+        written |= {c["key"] for c in changes if _is_secret(c["key"]) and c["state"] == "removed"}
         templates = {e for e in ENGINES if "units/%s@.service" % e in written}
         result.update(
             instances=[i["unit"] for i in instances],
             units_changed=bool(templates),
             restart=[i["unit"] for i in instances
-                     if "env/%s.env" % i["service"] in written or i["template"] in templates],
+                     if "env/%s.env" % i["service"] in written or i["template"] in templates
+                     or "%s/%s.env" % (SECRETS_DIR, i["service"]) in written],
             stale_instances=[_instance_unit(c["key"][len("env/"):], c["before"])
-                             for c in changes if c["state"] == "removed"],
+                             for c in changes if c["state"] == "removed"
+                             and c["key"].startswith("env/")],
             verify=verify_checks(plan, runtime, models_dir=opts["models_dir"],
                                  bind_address=opts["bind_address"]))
     if not check_mode:
-        _prepare(runtime, opts)
+        _prepare(runtime, opts, changes)
         _save_snapshot(opts["snapshot_dir"], runtime, changes, mover)
         if result["changed"]:
             _commit(changes, mover)
@@ -812,10 +969,14 @@ def restored(runtime, options=None, check_mode=False, mover=None, yaml_load=None
     opts = check_options(runtime, options)
     mover = mover or os.replace
     entries = _load_snapshot(opts, runtime)
+    known = {e["key"] for e in entries}
     if runtime == "systemd":
-        known = {e["key"] for e in entries}
         entries += [_entry("env/" + name, os.path.join(opts["env_dir"], name), None, None)
                     for name in _env_files(opts["env_dir"]) if "env/" + name not in known]
+    root = opts["project_dir"] if runtime == "compose" else opts["env_dir"]
+    entries += [_entry("%s/%s" % (SECRETS_DIR, name), os.path.join(root, SECRETS_DIR, name),
+                       None, None)
+                for name in _secret_files(root) if "%s/%s" % (SECRETS_DIR, name) not in known]
     changes = _compare(entries)
     existed = [e for e in entries if e["content"] is not None]
     result = {"changed": any(c["state"] != "unchanged" for c in changes),
@@ -834,6 +995,6 @@ def restored(runtime, options=None, check_mode=False, mover=None, yaml_load=None
         result["instances"] = sorted(_instance_unit(e["key"][len("env/"):], e["content"])
                                      for e in existed if e["key"].startswith("env/"))
     if not check_mode and result["changed"]:
-        _prepare(runtime, opts)
+        _prepare(runtime, opts, changes)
         _commit(changes, mover)
     return result

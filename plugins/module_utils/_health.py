@@ -28,7 +28,7 @@ and a second instance of an engine has the same names.
 
 from __future__ import annotations
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _fileset, _plan
+from ansible_collections.gpufleet.inference.plugins.module_utils import _common, _fileset, _plan
 
 # The engines' own endpoints (domain notes): Ollama /api/tags and /api/ps, vLLM /health and
 # /v1/models; the tiny real request is made only where a service asks for it. The first of
@@ -129,7 +129,7 @@ def verify_checks(services, runtime="compose", project=DEFAULT_PROJECT, host="12
         gpu = _gpu(i, svc)
         check = {"name": svc["name"], "url": _health_url(svc, host),
                  "engine": VERIFY_ENGINES[svc["engine"]], "device_id": gpu,
-                 "gpu_index": int(gpu) if gpu is not None and gpu.isdigit() else None}
+                 "gpu_index": int(gpu) if _common.ascii_digits(gpu) else None}
         if runtime == "compose":
             check["project"] = svc.get("project") or project
             check["service"] = svc.get("service") or svc["name"]

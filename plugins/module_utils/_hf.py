@@ -80,9 +80,9 @@ INVALID_TOKEN = "Invalid credentials in Authorization header"
 CHUNK = 1024 * 1024
 MAX_LISTING_BYTES = 32 * 1024 * 1024
 
-_REPO_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-_ETAG_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_REPO_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
+_ETAG_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 
 
 class HubError(Exception):

@@ -28,7 +28,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils import (
     _common,
     _drain,
     _plan,
-    _vram,
+    _render,
 )
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int
 
@@ -39,10 +39,10 @@ SERVICE_KEYS = ("image", "engine", "port", "container_port", "health_path", "gpu
 OLLAMA_MODELS_TARGET = "/root/.ollama"
 MODE_KEYS = ("services",)
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_GPU_KEY_RE = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_GPU_KEY_RE = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)\Z")
 
 
 def _port(value, at):
@@ -103,7 +103,7 @@ def _check_service(name, entry, at):
                                  % (at, key, value))
     for key in ("preload_model", "model"):
         if entry.get(key) is not None:
-            _vram.check_model_name(entry[key], "%s.%s" % (at, key))
+            _plan.check_model(entry[key], "%s.%s" % (at, key))
 
 
 def _number(options, key, allow_zero=False):
@@ -339,7 +339,7 @@ def compose_document(modes, services, project_name, gpu_ids, sources=None, model
                     "device_ids": list(device_ids),
                     "capabilities": ["gpu"],
                 }]}}}
-            out[name] = _with_sources(svc, item, sources, models_dir)
+            out[name] = _render.compose_literal(_with_sources(svc, item, sources, models_dir))
     return {"name": project_name, "services": out}
 
 
@@ -415,7 +415,7 @@ def drain_targets(gpus, gpu_ids, pids, meminfo_text=None):
         text = str(pid).strip()
         if not text:
             continue
-        if isinstance(pid, bool) or not text.isdigit():
+        if isinstance(pid, bool) or not _common.ascii_digits(text):
             raise ValueError("pids[%d] must be a process id; got: %r" % (i, pid))
         leaving.append(int(text))
     held = sum(p.get("used_memory_mib") or 0 for g in chosen for p in g.get("processes") or []

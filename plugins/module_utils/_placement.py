@@ -826,8 +826,8 @@ def _choose_planned(state, service, target):
     explanation = {
         "rule": rule, "rejected": (soft + hard)[:EXPLAIN_LIMIT],
         "rejected_total": len(soft) + len(hard),
-        "notes": ["the search visited %d of at most %d nodes" % (state.plan_nodes,
-                                                                EXACT_NODE_BUDGET)],
+        "notes": ["the search visited %d of at most %d nodes"
+                  % (state.plan_nodes, EXACT_NODE_BUDGET)],
     }
     return target, explanation
 

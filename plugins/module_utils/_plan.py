@@ -61,13 +61,13 @@ PLACEMENT_KEYS = (
 )
 PORT_KEYS = ("host", "container", "protocol", "address")
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,51}$")
-_PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,51}\Z")
+_PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 # An image reference: [registry[:port]/]path[:tag][@sha256:digest], path in lower case.
 _IMAGE_RE = re.compile(
     r"^(?:[A-Za-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-    r"(?:@sha256:[a-f0-9]{64})?$")
+    r"(?:@sha256:[a-f0-9]{64})?\Z")
 
 
 # ---- profiles -----------------------------------------------------------------------------
@@ -140,6 +140,17 @@ def check_image(value, at):
         raise ValueError("%s must be an image reference like ollama/ollama:latest (repository "
                          "in lower case); got: %r" % (at, value))
     return value.strip()
+
+
+def check_model(value, at):
+    """A model name as an engine gets it (vLLM's ``--model``, an Ollama pull): the rules of
+    _vram.check_model_name, and no space, newline or control character anywhere (its pattern
+    lets a final newline through), in the same words."""
+    _vram.check_model_name(value, at)
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("%s must be a model name like llama3.2:3b or Qwen/Qwen2.5-1.5B-Instruct "
+                         "(letters, digits and . _ : / @ + -, no spaces); got: %r" % (at, value))
+    return value
 
 
 def _check_ports(value, at):
@@ -276,7 +287,7 @@ def _check_entry(name, entry, extra, at):
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
     if model is not None:
-        _vram.check_model_name(model, at + ".model")
+        check_model(model, at + ".model")
     if engine == "vllm" and model is None:
         raise ValueError("%s.model must be set for engine vllm; got: None" % at)
     models = _str_list(entry.get("models"), at + ".models")
@@ -284,7 +295,8 @@ def _check_entry(name, entry, extra, at):
         raise ValueError("%s.models lists the models an Ollama server pulls; it is only for "
                          "engine ollama; got: %r" % (at, models))
     for i, extra_model in enumerate(models or []):
-        if not extra_model.strip() or any(c.isspace() for c in extra_model):
+        if not extra_model.strip() or any(c.isspace() or not c.isprintable()
+                                          for c in extra_model):
             raise ValueError("%s.models[%d] must be an Ollama model name like llama3.2:3b; "
                              "got: %r" % (at, i, extra_model))
     ports = _check_ports(entry.get("ports"), at + ".ports")
@@ -424,6 +436,46 @@ def check_catalog(catalog, extra_profiles=None, where="services_catalog"):
     return checked
 
 
+def check_secret_environment(value, catalog, where="services_secret_environment"):
+    """``{service: [NAME, ...]}`` of the secret environment ``{service: {NAME: value}}``: the
+    names only, never a value (not even in an error: a message says the value's type).
+
+    ``catalog`` is the raw catalog: a service may be disabled, but must be in it. A name the
+    catalog's ``environment`` sets too is refused (Compose would take the catalog's, systemd
+    the secret's)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("%s must be a dict of service: {NAME: value}; got: a %s"
+                         % (where, type(value).__name__))
+    known = list(catalog) if isinstance(catalog, dict) else []
+    names = {}
+    for service, env in value.items():
+        if service not in known:
+            raise ValueError("%s has a service not in services_catalog (%s); got: %r"
+                             % (where, ", ".join(map(str, known)), service))
+        at = "%s.%s" % (where, service)
+        if not isinstance(env, dict):
+            raise ValueError("%s must be a dict of NAME: value; got: a %s"
+                             % (at, type(env).__name__))
+        entry = catalog[service] if isinstance(catalog[service], dict) else {}
+        public = entry.get("environment") if isinstance(entry.get("environment"), dict) else {}
+        for key, item in env.items():
+            if not isinstance(key, str) or not ENV_KEY_RE.match(key):
+                raise ValueError("%s has a bad variable name; got: %r" % (at, key))
+            if item is None or isinstance(item, (dict, list)):
+                raise ValueError("%s.%s must be a string, number or boolean; got: a %s"
+                                 % (at, key, type(item).__name__))
+            if "\x00" in scalar_text(item):
+                raise ValueError("%s.%s must not hold a NUL character (value not shown)"
+                                 % (at, key))
+            if key in public:
+                raise ValueError("%s.%s is set in services_catalog.%s.environment too; set it "
+                                 "in one place; got: %r" % (at, key, service, key))
+        names[service] = list(env)
+    return names
+
+
 def resolve_profile(profile, gpus=None):
     """``auto`` becomes cpu, single-gpu, dual-gpu or multi-gpu by the number of healthy GPUs."""
     if profile not in PROFILE_CHOICES:
@@ -504,8 +556,8 @@ SOURCE_DEFAULTS = {
     "hf_endpoint": None,
     "hf_token_file": None,
 }
-_REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
-_MIRROR_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9._-]+)*$")
+_REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?\Z")
+_MIRROR_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9._-]+)*\Z")
 
 
 def split_image(image):
@@ -713,7 +765,7 @@ def _idle_note(profile, idle, used):
 
 
 def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
-         extra_profiles=None, sources=None):
+         extra_profiles=None, sources=None, secrets=None):
     """The ``services_plan`` fact: every enabled service, which run, and where.
 
     ``placement`` is the result of gpu_placement for :func:`placement_input` (None or ``{}``
@@ -721,8 +773,12 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
     images, Ollama models and Hugging Face weights come from (:func:`check_sources`).
     ``idle_gpus`` lists the healthy GPUs no active service is placed on; the summary says why.
     ``downloads`` lists what the active services need fetched (:func:`downloads`).
+    ``secrets`` is :func:`check_secret_environment`'s ``{service: [NAME, ...]}``: each service
+    carries its names as ``secret_environment``, which the renderers read from a mode 0600
+    file (the values never enter the plan).
     """
     checked = check_catalog(catalog, extra_profiles)
+    secrets = secrets or {}
     sources = check_sources(sources)
     resolved = resolve_profile(profile, gpus)
     profiles = active_profiles(resolved, mode, extra_profiles)
@@ -761,6 +817,14 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
                 "engine_settings": dict(assignment.get("engine_settings") or {}),
                 "budget_env": env, "engine_args": args,
             }
+        item["secret_environment"] = list(secrets.get(name) or [])
+        where = item["placement"] or {}
+        for key in item["secret_environment"]:
+            if key in item["environment"] or key in where.get("environment", {}) \
+                    or key in where.get("budget_env", {}):
+                raise ValueError("services_secret_environment.%s.%s is set by the plan too (the "
+                                 "catalog's environment, its sources or the placement); set it "
+                                 "in one place; got: %r" % (name, key, key))
         services.append(item)
     summary = []
     for item in services:

@@ -30,9 +30,13 @@ import math
 import re
 
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
+    ascii_digits,
     dotenv_get,
     is_int,
     known_keys,
+)
+from ansible_collections.gpufleet.inference.plugins.module_utils._placement import (
+    unhealthy_warnings,
 )
 from ansible_collections.gpufleet.inference.plugins.module_utils._plan import (
     GPU_PROFILES,
@@ -43,7 +47,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._plan import (
 
 # /proc/net/tcp: "sl local_address rem_address st ..."; st 0A is LISTEN.
 _TCP_LISTEN = "0A"
-_SOCKET_LINK_RE = re.compile(r"^socket:\[(\d+)\]$")
+_SOCKET_LINK_RE = re.compile(r"^socket:\[(\d+)\]\Z")
 
 
 def gb_text(mb):
@@ -191,9 +195,14 @@ def _gpu_by_index(gpus):
         raise ValueError("gpus must be a list of GPU facts; got: %r" % (gpus,))
     found = {}
     for i, gpu in enumerate(gpus):
-        if not isinstance(gpu, dict) or not is_int(gpu.get("index")):
-            raise ValueError("gpus[%d] must be a GPU fact with an index; got: %r" % (i, gpu))
-        found[gpu["index"]] = gpu
+        if not isinstance(gpu, dict):
+            raise ValueError("gpus[%d] must be a GPU fact (a dict); got: %r" % (i, gpu))
+        index = gpu.get("index")
+        if index is None and gpu.get("healthy") is False:
+            continue  # fell off the bus: nothing is placed on it (build_report names it)
+        if not is_int(index) or index < 0:
+            raise ValueError("gpus[%d].index must be an integer >= 0; got: %r" % (i, index))
+        found[index] = gpu
     return found
 
 
@@ -247,6 +256,9 @@ def gpu_memory_check(services_plan, gpus, managed_processes=("ollama", "*vllm*")
         names = [s["name"] for s in services]
         entry = {"gpu_index": index, "services": names, "need_mib": need,
                  "available_mib": available, "total_mib": total, "ok": True, "vllm": []}
+        if available is None and gpu is not None:
+            warnings.append("GPU %d free memory unknown: the budgets of %s (%.1f GB) are not "
+                            "checked against it." % (index, " + ".join(names), need / 1024.0))
         if available is not None and need > available:
             entry["ok"] = False
             if mode == "mixed" and len(services) > 1:
@@ -302,6 +314,85 @@ def check_facts_options(ports, paths, nvidia_smi_timeout):
     if not is_int(nvidia_smi_timeout) or not 1 <= nvidia_smi_timeout <= MAX_TOOL_TIMEOUT_S:
         raise ValueError("nvidia_smi_timeout must be 1-%d seconds; got: %r"
                          % (MAX_TOOL_TIMEOUT_S, nvidia_smi_timeout))
+
+
+# ---- inventory values: the paths a systemd unit carries, the rollout's batches -------------
+
+# What systemd reads specially in a unit's values: '%' starts a specifier, '$' a variable
+# (ExecStart=), quotes and backslashes are unquoted and unescaped, ';' separates commands
+# (ExecStart=). Whitespace splits words and lists (ExecStart=, ReadWritePaths=), a newline
+# starts a new line of the unit (ExecStartPre=+... would run as root).
+UNIT_PATH_SPECIAL = "%$'\";\\"
+_UNIT_PATH_RULE = ("must be an absolute path without whitespace, control characters, '..' or "
+                   "any of %s" % " ".join(UNIT_PATH_SPECIAL))
+
+
+def check_unit_path(value, where):
+    """``value`` as a path written into a systemd unit: absolute, nothing systemd reads
+    specially (:data:`UNIT_PATH_SPECIAL`), no whitespace or control character, no ``..``
+    component (systemd ignores a ``ReadWritePaths=`` that is not normalized). ValueError naming
+    ``where``, the value and what is wrong with it."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("%s must be an absolute path; got: %r" % (where, value))
+    for char in value:
+        if char.isspace() or not char.isprintable() or char in UNIT_PATH_SPECIAL:
+            raise ValueError("%s %s; got: %r (%r is not allowed)"
+                             % (where, _UNIT_PATH_RULE, value, char))
+    if ".." in value.split("/"):
+        raise ValueError("%s %s; got: %r ('..' is not allowed)" % (where, _UNIT_PATH_RULE, value))
+    return value
+
+
+def check_unit_paths(paths):
+    """``{variable name: path}``, each checked by :func:`check_unit_path`: True or ValueError.
+
+    The systemd_units role's preflight gives it every path its units carry (the executables,
+    the instance, model and Hugging Face directories) and the unit directory, before anything
+    is written.
+    """
+    if not isinstance(paths, dict):
+        raise ValueError("paths must be a dict of variable name: path; got: %r" % (paths,))
+    for where, value in paths.items():
+        check_unit_path(value, where)
+    return True
+
+
+_SERIAL_RE = re.compile(r"([0-9]+)(%?)")
+_SERIAL_RULE = ("must be a count, a percentage like '25%' or a list of them (a count at least "
+                "1, a percentage 1-100%)")
+
+
+def _serial_item_ok(item):
+    if is_int(item):
+        return item >= 1
+    match = _SERIAL_RE.fullmatch(item) if isinstance(item, str) else None
+    if not match:
+        return False
+    number = int(match.group(1))
+    return 1 <= number <= 100 if match.group(2) else number >= 1
+
+
+def check_serial(serial, where="gpufleet_serial"):
+    """The batches of a rollout (the play keyword ``serial``): True or ValueError.
+
+    A count of hosts (at least 1; a number's text counts, as ``-e`` gives it), a percentage of
+    them (1-100%, ``'25%'``) or a non-empty list of those. Ansible itself takes 0 and a
+    percentage over 100 as every host at once (no canary, no batches), and fails on other
+    shapes only after the hosts are known. The message shows the value as ``-e`` would say it
+    (``gpufleet_serial=0``), and which item of a list is wrong.
+    """
+    if isinstance(serial, (list, tuple)):
+        bad = [i for i, item in enumerate(serial) if not _serial_item_ok(item)]
+        if serial and not bad:
+            return True
+        why = " (item %d: %r)" % (bad[0], serial[bad[0]]) if bad else " (an empty list)"
+        shown = "%r%s" % (list(serial), why)
+    elif _serial_item_ok(serial):
+        return True
+    else:
+        printable = isinstance(serial, str) and serial and serial.isprintable()
+        shown = serial if printable else repr(serial)
+    raise ValueError("%s %s; got: %s=%s" % (where, _SERIAL_RULE, where, shown))
 
 
 # ---- ports ------------------------------------------------------------------------------
@@ -525,7 +616,7 @@ def check_options(options, role_options=None):
             raise ValueError("preflight_env_file must be an absolute path; got: %r" % (path,))
     if "nvidia_smi_timeout" in role_options:
         value = role_options["nvidia_smi_timeout"]
-        number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+        number = int(value) if isinstance(value, str) and ascii_digits(value.strip()) else value
         if not is_int(number) or not 1 <= number <= MAX_TOOL_TIMEOUT_S:
             raise ValueError("preflight_nvidia_smi_timeout must be 1-%d seconds; got: %r"
                              % (MAX_TOOL_TIMEOUT_S, value))
@@ -568,6 +659,8 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
     recommended = recommend_profile(len(healthy), bool(opts["remote"]))
     checks = []
     warnings = list(services_plan.get("warnings") or [])
+    # A GPU that fell off the bus: named with its errors (once, when the plan said it too).
+    warnings.extend(w for w in unhealthy_warnings(gpus) if w not in warnings)
     # Ports: an active service's port held by someone else blocks; an inactive one warns.
     host_ports = {p["port"]: p for p in host_facts.get("ports") or []}
     wanted = service_ports(services_plan)

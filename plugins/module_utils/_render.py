@@ -26,15 +26,44 @@ K8S_GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "
 NODE_PLACEMENT_KEYS = ("nodes", "dedicated", "node_selector")
 
 # A compose project name: lower case letters, digits, '_' and '-'.
-_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 # A value an EnvironmentFile holds without quotes.
-_PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:,@%+=-]*$")
+_PLAIN_VALUE_RE = re.compile(r"[A-Za-z0-9_./:,@%+=-]*")
+# The folder, in the compose project and in systemd_units_env_dir, of the mode 0600 files
+# holding each service's secret environment (secrets/<service>.env).
+SECRETS_DIR = "secrets"
 # Published ports and inference instances listen on loopback unless a port's ``address`` (or
 # systemd_units_bind_address) asks for exposure (README of the services role, "Exposure").
 DEFAULT_BIND_ADDRESS = "127.0.0.1"
 
 
 # ---- small helpers ----------------------------------------------------------------------
+
+def _dollars(value):
+    """A string with every '$' doubled ('$$' is Compose's literal '$', and systemd's in
+    ExecStart=); anything else as it is."""
+    return value.replace("$", "$$") if isinstance(value, str) else value
+
+
+def compose_literal(service):
+    """A compose service whose user values (command, entrypoint, environment, volumes, labels)
+    reach the container as written: Compose interpolates ``$VAR`` and ``${VAR}`` everywhere in
+    the file (``pa$word`` would become ``pa``), so every '$' is written '$$'."""
+    service = dict(service)
+    for key in ("command", "entrypoint"):
+        if isinstance(service.get(key), list):
+            service[key] = [_dollars(arg) for arg in service[key]]
+        elif isinstance(service.get(key), str):
+            service[key] = _dollars(service[key])
+    for key in ("environment", "labels"):
+        if isinstance(service.get(key), dict):
+            service[key] = {k: _dollars(v) for k, v in service[key].items()}
+    if isinstance(service.get("volumes"), list):
+        service["volumes"] = [
+            dict(v, source=_dollars(v["source"]), target=_dollars(v["target"]))
+            if isinstance(v, dict) else _dollars(v) for v in service["volumes"]]
+    return service
+
 
 def _host_port(address, port):
     """``address:port`` as OLLAMA_HOST wants it (an IPv6 address in brackets)."""
@@ -61,6 +90,9 @@ def _compose_base(service):
         doc["command"] = command
     if service["environment"]:
         doc["environment"] = dict(service["environment"])
+    if service.get("secret_environment"):
+        # The values are in a mode 0600 file beside the project, never in this one.
+        doc["env_file"] = ["%s/%s.env" % (SECRETS_DIR, service["name"])]
     if service["ports"]:
         doc["ports"] = [{"target": p["container"], "published": str(p["host"]),
                          "host_ip": p.get("address") or DEFAULT_BIND_ADDRESS,
@@ -112,9 +144,9 @@ def compose_document(services_plan, kind="base", project=None):
     services = {}
     for service in services_plan["services"]:
         if kind == "base":
-            services[service["name"]] = _compose_base(service)
+            services[service["name"]] = compose_literal(_compose_base(service))
         elif service["active"] and service["placement"] is not None:
-            services[service["name"]] = _compose_overlay(service, kind)
+            services[service["name"]] = compose_literal(_compose_overlay(service, kind))
     doc = {}
     if kind == "base" and project:
         if not _PROJECT_RE.match(str(project)):
@@ -146,11 +178,14 @@ def gpu_assignments_document(services_plan, previous=None, now=None):
 
 # ---- systemd ------------------------------------------------------------------------------
 
-def _systemd_env_value(value):
+def systemd_env_value(value):
+    """A value as an EnvironmentFile= holds it: plain when safe, else double-quoted with '\\',
+    '"', '$' and '`' escaped, which systemd reads back as those characters (systemd.exec(5));
+    systemd never expands '$' nor '%' in the file itself."""
     text = scalar_text(value)
-    if _PLAIN_VALUE_RE.match(text):
+    if _PLAIN_VALUE_RE.fullmatch(text):
         return text
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"%s"' % "".join("\\" + c if c in '\\"$`' else c for c in text)
 
 
 def systemd_instances(services_plan, models_dir="/srv/gpufleet/models/ollama",
@@ -204,11 +239,16 @@ def systemd_instances(services_plan, models_dir="/srv/gpufleet/models/ollama",
             env.update(where["budget_env"])
         elif service["engine"] == "ollama":
             env["CUDA_VISIBLE_DEVICES"] = "-1"  # no GPU placed: CPU, never "any GPU"
+        for key in service.get("secret_environment") or []:
+            if key in env:
+                raise ValueError("services_secret_environment.%s.%s is set by the %s instance "
+                                 "file too; set it in one place; got: %r"
+                                 % (service["name"], key, service["engine"], key))
         instances.append({
             "service": service["name"], "template": service["engine"],
             "unit": "%s@%s.service" % (service["engine"], service["name"]),
             "environment": env,
-            "env_lines": ["%s=%s" % (k, _systemd_env_value(v)) for k, v in env.items()],
+            "env_lines": ["%s=%s" % (k, systemd_env_value(v)) for k, v in env.items()],
         })
     return instances
 
@@ -312,7 +352,7 @@ def k8s_manifests(services_plan, namespace="gpufleet", node_placement=None,
     Returns ``[{service, name, documents}]``.
     """
     services_plan = _plan.check_plan(services_plan)
-    if not isinstance(namespace, str) or not re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+    if not isinstance(namespace, str) or not re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z",
                                                       namespace):
         raise ValueError("k8s_manifests_namespace must be a DNS-1123 label; got: %r"
                          % (namespace,))
@@ -367,9 +407,9 @@ def k8s_manifests(services_plan, namespace="gpufleet", node_placement=None,
 
 SYSTEMD_UNIT_ENGINES = ("ollama", "vllm")
 # useradd's rules for an account or group name.
-_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[$]?$")
+_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[$]?\Z")
 # StateDirectory= under /var/lib: one relative name, no '..'.
-_STATE_DIR_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_STATE_DIR_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 
 # The hardening both template units share (ollama@ also writes its model directory).
 _HARDENING_HEAD = "NoNewPrivileges=yes\nProtectSystem=strict\nProtectHome=yes\n"
@@ -412,6 +452,8 @@ Type=exec
 User={user}
 Group={group}
 EnvironmentFile={env_dir}/%i.env
+# The instance's secret environment (mode 0600, root), when it has one.
+EnvironmentFile=-{env_dir}/secrets/%i.env
 Environment=HOME=/var/lib/{state_dir_name}/%i
 StateDirectory={state_dir_name}/%i
 WorkingDirectory=/var/lib/{state_dir_name}/%i
@@ -438,6 +480,8 @@ Type=exec
 User={user}
 Group={group}
 EnvironmentFile={env_dir}/%i.env
+# The instance's secret environment (mode 0600, root), when it has one.
+EnvironmentFile=-{env_dir}/secrets/%i.env
 Environment=HOME=/var/lib/{state_dir_name}/%i
 # The host's Hugging Face cache, filled by gpufleet.inference.downloads before the start
 # and read offline (HF_HUB_OFFLINE=1 in the instance file): vLLM needs no token.
@@ -492,6 +536,8 @@ def systemd_unit(engine, options):
                    **{k: v for k, v in options.items() if v is not None})
     for key in ("env_dir", "models_dir", "ollama_bin", "vllm_bin", "hf_home"):
         fields[key] = _unit_path(options, key)
+    for key in ("ollama_bin", "vllm_bin"):  # ExecStart= expands $VAR: '$$' is a literal '$'
+        fields[key] = _dollars(fields[key])
     name = options.get("state_dir_name")
     if not isinstance(name, str) or not _STATE_DIR_RE.match(name) or ".." in name:
         raise ValueError("state_dir_name must be one directory name under /var/lib (letters, "

@@ -38,7 +38,12 @@ import re
 from urllib.parse import urlsplit
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
-from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int, known_keys
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
+    ascii_digits,
+    dotenv_value,
+    is_int,
+    known_keys,
+)
 
 ROUTINGS = ("docker", "host")
 UNREACHABLE = ("omit", "last")
@@ -72,9 +77,9 @@ DEFAULTS = {
     "key_env_prefix": "GPUFLEET_ROUTER_",
 }
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ENV_PREFIX_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+_ENV_PREFIX_RE = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
 def _name_list(value, where, allow_empty=True):
@@ -104,7 +109,7 @@ def is_host(value):
 
 def _url(value, where):
     bad = "%s must be an http(s) URL with a valid host and port; got: %r" % (where, value)
-    if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+    if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+(/\S*)?\Z", value):
         raise ValueError("%s must be an http(s) URL; got: %r" % (where, value))
     parts = urlsplit(value)
     try:
@@ -524,7 +529,14 @@ def apply_api_keys(config, api_keys):
 
 
 def litellm_env(config, api_keys):
-    """``{VAR: key}`` for the LiteLLM container's env file (for no_log use)."""
+    """The text of the LiteLLM container's env file, ``VAR=key`` a line (for no_log use).
+
+    Each key is written as Compose v2's ``env_file`` reads it back exactly (``.env``
+    quoting, :func:`_common.dotenv_value`): plain when it holds only safe characters, else
+    double-quoted and escaped, so that no ``$`` is interpolated and no `` #`` starts a
+    comment (unquoted, ``sk-ab$cd #tail`` reached the container as ``sk-ab``). A key is one
+    line (:func:`_check_keys`).
+    """
     keys = _check_keys(api_keys, config)
     env = {}
     for secret in config["secrets"].values():
@@ -532,7 +544,7 @@ def litellm_env(config, api_keys):
             raise ValueError("router_api_keys.%s is missing; got: keys for %s"
                              % (secret["key"], ", ".join(sorted(keys)) or "none"))
         env[secret["env"]] = keys[secret["key"]]
-    return dict(sorted(env.items()))
+    return "".join("%s=%s\n" % (name, dotenv_value(env[name])) for name in sorted(env))
 
 
 # ---- the role's preflight and probe ------------------------------------------------------
@@ -561,7 +573,7 @@ def check_role(services_plan, reachable, options, api_keys, role_options=None):
             raise ValueError("router_config_dir must be an absolute path; got: %r" % (path,))
     if "probe_timeout" in role_options:
         value = role_options["probe_timeout"]
-        number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+        number = int(value) if isinstance(value, str) and ascii_digits(value.strip()) else value
         if not is_int(number) or number < 1:
             raise ValueError("router_probe_timeout must be an integer >= 1; got: %r" % (value,))
     apply_api_keys(router_config(services_plan, reachable, options), api_keys)

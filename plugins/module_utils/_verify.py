@@ -77,11 +77,11 @@ SYSTEMD_FIELDS = ("unit", "cuda_visible_devices")
 FIELDS = ("name", "url", "engine", "model", "device_id", "gpu_index", *COMPOSE_FIELDS,
           *SYSTEMD_FIELDS)
 
-_URL_RE = re.compile(r"^(https?://[^/\s?#]+)(/\S*)?$")
+_URL_RE = re.compile(r"^(https?://[^/\s?#]+)(/\S*)?\Z")
 _HEX64 = r"[0-9a-f]{64}"
 # A container's cgroup directory: the bare id (cgroupfs driver), or a systemd scope.
 _CONTAINER_DIR_RE = re.compile(r"^(?:(?:docker|libpod)-(%s)\.scope|(%s))$" % (_HEX64, _HEX64))
-_UNIT_DIR_RE = re.compile(r"^[^/]+\.(?:service|scope)$")
+_UNIT_DIR_RE = re.compile(r"^[^/]+\.(?:service|scope)\Z")
 _UNIT_SUFFIXES = (".service", ".scope")
 
 

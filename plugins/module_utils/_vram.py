@@ -72,7 +72,7 @@ LIMITS = {"vram_mib": MAX_VRAM_MIB, "vram_budget_mib": MAX_VRAM_MIB,
 # A model name as Ollama (``llama3.2:3b``, ``hf.co/org/repo:Q4_K_M``), Hugging Face
 # (``Qwen/Qwen2.5-1.5B-Instruct``) or a local checkpoint path (``/models/qwen``) write it: no
 # spaces, quotes or shell characters (it lands in an EnvironmentFile and on a command line).
-_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9/][A-Za-z0-9._:/@+-]{0,254}$")
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9/][A-Za-z0-9._:/@+-]{0,254}\Z")
 
 ENTRY_KEYS = (
     "name", "aliases", "params_b", "quantization", "bits_per_weight", "weights_mib", "vram_mib",

@@ -23,6 +23,10 @@ description:
   - C(.env) keeps every key the module does not own. C(gpu-assignments.yml) keeps its
     C(generated_at) while the assignments stay the same. An C(<instance>.env) in O(env_dir)
     the plan no longer has is removed.
+  - A service whose plan lists a secret environment (its C(secret_environment) names) gets
+    C(secrets/<service>.env), mode 0600 in a 0700 folder, in O(project_dir) (read by compose
+    through C(env_file)) or in O(env_dir) (read by systemd through C(EnvironmentFile=)), from
+    O(secret_env). Its diff shows the names only; the values never reach the result.
   - With O(state=restored) the snapshot is put back byte for byte, atomically; files it
     records as absent are removed (after a first apply, every file of the set), and so are
     C(<instance>.env) files it does not have.
@@ -72,6 +76,13 @@ options:
       - V(compose) - more C(.env) keys this module owns (C(NAME) - value).
       - Must not name C(COMPOSE_PROJECT_NAME), C(COMPOSE_FILE), C(COMPOSE_PROFILES) or
         C(DUAL_GPU_MODE), which are written from O(plan) and the options.
+    type: dict
+    default: {}
+  secret_env:
+    description:
+      - The secret environment of each service, service name to C(NAME) to value
+        (C(services_secret_environment)); its names must be those the plan lists for that
+        service. Written to C(secrets/<service>.env) (mode 0600), never shown.
     type: dict
     default: {}
   units_dir:
@@ -273,7 +284,7 @@ else:
 
 OPTIONS = ("project_dir", "project_name", "compose_runtime", "env", "units_dir", "env_dir",
            "models_dir", "bind_address", "user", "group", "ollama_bin", "vllm_bin",
-           "state_dir_name", "snapshot_dir")
+           "state_dir_name", "snapshot_dir", "secret_env")
 
 
 def main():
@@ -287,6 +298,7 @@ def main():
             project_name=dict(type="str", default="gpufleet"),
             compose_runtime=dict(type="str", default="docker", choices=["docker", "podman"]),
             env=dict(type="dict", default={}),
+            secret_env=dict(type="dict", default={}, no_log=True),
             units_dir=dict(type="path", default="/etc/systemd/system"),
             env_dir=dict(type="path", default="/etc/gpufleet/instances"),
             models_dir=dict(type="path", default="/srv/gpufleet/models/ollama"),

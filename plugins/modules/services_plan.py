@@ -98,6 +98,17 @@ options:
         M(gpufleet.inference.downloads).
     type: dict
     default: {}
+  secret_environment:
+    description:
+      - Per-service environment that must not land in a world-readable file (tokens, keys),
+        service name to C(NAME) to value (C(services_secret_environment)).
+      - Only the names enter the plan, as each service's C(secret_environment); the values are
+        never returned. M(gpufleet.inference.project_files) writes them, from its own
+        O(gpufleet.inference.project_files#module:secret_env), into a mode 0600 file.
+      - A service not in O(catalog), a bad variable name, or a name the service's catalog
+        C(environment) (or the placement) sets too fails naming it.
+    type: dict
+    default: {}
 extends_documentation_fragment:
   - gpufleet.inference.attributes
   - gpufleet.inference.attributes.facts
@@ -193,6 +204,8 @@ ansible_facts:
               C(image_source) the catalog's; C(models) the models an Ollama server needs.
               A vLLM service reads the host's Hugging Face cache offline and never gets the
               token.
+            - C(secret_environment) lists the names (never the values) of the service's
+              O(secret_environment).
           type: list
           elements: dict
         sources:
@@ -260,6 +273,7 @@ ARGUMENT_SPEC = dict(
                             choices=list(_placement.VISIBLE_DEVICES_BY)),
     placement_options=dict(type="dict", default={}),
     sources=dict(type="dict", default={}),
+    secret_environment=dict(type="dict", default={}, no_log=True),
 )
 
 

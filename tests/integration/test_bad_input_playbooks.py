@@ -101,7 +101,23 @@ CASES = [
     ("systemd-user-name", [role("systemd_units", systemd_units_user="gpu fleet")],
      ["systemd_units_user must be an account or group name", "got: gpu fleet"]),
     ("systemd-relative-dir", [role("systemd_units", systemd_units_dir="units")],
-     ["systemd_units_dir must be an absolute path; got: units"]),
+     ["systemd_units_dir must be an absolute path; got: 'units'"]),
+    # a path a unit carries: a newline would add a line to the unit (ExecStartPre=+ runs as
+    # root), a space splits ExecStart=, systemd reads %, $, quotes, ';' and '\\' specially
+    ("systemd-bin-newline", [role(
+        "systemd_units", systemd_units_ollama_bin="/usr/local/bin/ollama\nExecStartPre=+/bin/id")],
+     ["unit_paths_check: systemd_units_ollama_bin must be an absolute path without whitespace",
+      "got: '/usr/local/bin/ollama\\nExecStartPre=+/bin/id' ('\\n' is not allowed)"]),
+    ("systemd-bin-space", [role("systemd_units", systemd_units_vllm_bin="/opt/my vllm/bin/vllm")],
+     ["systemd_units_vllm_bin must be an absolute path without whitespace",
+      "got: '/opt/my vllm/bin/vllm' (' ' is not allowed)"]),
+    ("systemd-env-dir-specifier", [role("systemd_units", systemd_units_env_dir="/etc/gpufleet/%i")],
+     ["systemd_units_env_dir must be an absolute path", "got: '/etc/gpufleet/%i' ('%' is not "
+      "allowed)"]),
+    ("systemd-models-dir-semicolon",
+     [role("systemd_units", systemd_units_models_dir="/srv/models;/bin/sh")],
+     ["systemd_units_models_dir must be an absolute path", "got: '/srv/models;/bin/sh' (';' is "
+      "not allowed)"]),
     # router
     ("router-host-address",
      [role("router", router_routing="host", router_host_address="999.1.1.1")],

@@ -42,3 +42,22 @@ def test_every_filter_has_docs():
     for name in json.loads(listing.stdout):
         doc = _doc("filter", name)
         assert doc["doc"]["short_description"], name
+
+
+def _fault_rows():
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Bad input and faults\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
+    return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+
+
+def test_fault_table_names_tests_that_exist():
+    """Every row of the README's fault table names a test that is really there."""
+    rows = _fault_rows()
+    assert len(rows) >= 14
+    for fault, outcome, where in rows:
+        assert fault and outcome, (fault, outcome)
+        for ref in where.replace("`", "").split("<br>"):
+            path, _sep, name = ref.partition("::")
+            source = (REPO / path).read_text()
+            assert "def %s(" % name.split("[")[0] in source, ref

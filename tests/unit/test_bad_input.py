@@ -132,6 +132,14 @@ CASES = [
      "services_catalog.vllm.model must be a model name like llama3.2:3b or "
      "Qwen/Qwen2.5-1.5B-Instruct (letters, digits and . _ : / @ + -, no spaces); "
      "got: 'Qwen/x;reboot'"),
+    # A trailing newline is not the end of a name: checks match to the end of the text.
+    ("catalog-model-trailing-newline", check_catalog((["vllm", "model"], "Qwen/x\n")),
+     "services_catalog.vllm.model must be a model name like llama3.2:3b or "
+     "Qwen/Qwen2.5-1.5B-Instruct (letters, digits and . _ : / @ + -, no spaces); "
+     "got: 'Qwen/x\\n'"),
+    ("catalog-env-name-trailing-newline",
+     check_catalog((["vllm", "environment"], {"HF_HOME\n": "x"})),
+     "services_catalog.vllm.environment has a bad variable name; got: 'HF_HOME\\n'"),
     ("catalog-model-wrong-type", check_catalog((["ollama", "model"], 3)),
      "services_catalog.ollama.model must be a non-empty string; got: 3"),
     ("catalog-port-out-of-range", check_catalog((["vllm", "ports"], [70000])),
@@ -349,6 +357,16 @@ CASES = [
     ("preflight-facts-path-relative",
      lambda: _preflight.check_facts_options([], ["var/lib/docker"], 10),
      "paths[0] must be an absolute path; got: 'var/lib/docker'"),
+    # Other scripts' digits are no number, though str.isdigit() and int() take them.
+    ("preflight-timeout-arabic-digits",
+     lambda: _preflight.check_options({}, {"nvidia_smi_timeout": "\u0666\u0660"}),
+     "preflight_nvidia_smi_timeout must be 1-3600 seconds; got: '\u0666\u0660'"),
+    ("router-probe-timeout-fullwidth-digits",
+     lambda: _router.check_role(plan(), None, {}, {}, {"probe_timeout": "\uff15"}),
+     "router_probe_timeout must be an integer >= 1; got: '\uff15'"),
+    ("mode-switch-pid-fullwidth-digits",
+     lambda: _mode_switch.drain_targets([], ["0"], ["\uff11\uff12"]),
+     "pids[0] must be a process id; got: '\uff11\uff12'"),
     ("preflight-facts-timeout-absurd", lambda: _preflight.check_facts_options([], [], 86400),
      "nvidia_smi_timeout must be 1-3600 seconds; got: 86400"),
     # ---- gpu_drain_wait -------------------------------------------------------------------

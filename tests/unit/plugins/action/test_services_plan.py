@@ -107,6 +107,9 @@ def test_plan_is_the_one_the_role_made_before():
 @pytest.mark.parametrize("env, mode, source", [
     ("TOKEN=x\n", "ollama", "default"),
     ("DUAL_GPU_MODE=\n", "ollama", "default"),
+    ("DUAL_GPU_MODE=\nmixed_cache=1\n", "ollama", "default"),
+    ("DUAL_GPU_MODE= \nmixed=1\n", "ollama", "default"),
+    ("DUAL_GPU_MODE=vllm # GPU 1 for research\n", "vllm", "env"),
     ('export DUAL_GPU_MODE="mixed"\n', "mixed", "env"),
     (MISSING, "ollama", "default"),
 ])
@@ -179,8 +182,11 @@ def test_warnings_of_facts_and_placement_are_the_task_warnings():
 
 @pytest.mark.parametrize("host, args, message", [
     (Host(env="DUAL_GPU_MODE=hybrid\n"), {},
-     "services_dual_gpu_mode (or DUAL_GPU_MODE in /opt/gpufleet/.env when none is given) must "
-     "be one of ollama, vllm, mixed; got: hybrid"),
+     ".env DUAL_GPU_MODE (/opt/gpufleet/.env) must be one of ollama, vllm, mixed; got: 'hybrid'"),
+    (Host(env="DUAL_GPU_MODE=vllm2\n"), {},
+     ".env DUAL_GPU_MODE (/opt/gpufleet/.env) must be one of ollama, vllm, mixed; got: 'vllm2'"),
+    (Host(env="DUAL_GPU_MODE=mixed2 # was mixed\n"), {},
+     ".env DUAL_GPU_MODE (/opt/gpufleet/.env) must be one of ollama, vllm, mixed; got: 'mixed2'"),
     (Host(), {"dual_gpu_mode": "both"},
      "services_dual_gpu_mode (or DUAL_GPU_MODE in /opt/gpufleet/.env when none is given) must "
      "be one of ollama, vllm, mixed; got: both"),

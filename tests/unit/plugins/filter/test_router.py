@@ -24,7 +24,7 @@ def test_filters_are_registered_with_their_docs():
     assert sorted(ROUTER) == ["router_config", "router_litellm_env", "router_llm_yaml_with_keys",
                               "router_probe_targets", "router_probed"]
     assert sorted(CHECKS) == ["mode_switch_check", "preflight_options_check",
-                              "router_options_check"]
+                              "rollout_serial_check", "router_options_check", "unit_paths_check"]
     docs = pathlib.Path(router.__file__).parent
     for name in [*ROUTER, *CHECKS, *PREFLIGHT]:
         assert "name: %s\n" % name in (docs / ("%s.yml" % name)).read_text()
@@ -37,6 +37,9 @@ def test_filters_equal_the_functions():
     probe = {"results": [{"item": {"name": "ollama"}, "status": 200}]}
     assert ROUTER["router_probed"](probe, {}) == {"ollama": True}
     assert CHECKS["preflight_options_check"]({}, {"env_file": "/x/.env"}) is True
+    assert CHECKS["unit_paths_check"]({"systemd_units_vllm_bin": "/usr/bin/vllm"}) is True
+    assert CHECKS["rollout_serial_check"]([1, "25%", "100%"]) is True
+    assert CHECKS["rollout_serial_check"]("3", "switch_serial") is True
 
 
 @pytest.mark.parametrize("filters, name, args, message", [
@@ -50,6 +53,14 @@ def test_filters_equal_the_functions():
      "router_probed: probe must be the probe task's registered result; got: 'x'"),
     (CHECKS, "preflight_options_check", ({}, {"nvidia_smi_timeout": 0}),
      "preflight_options_check: preflight_nvidia_smi_timeout must be 1-3600 seconds; got: 0"),
+    (CHECKS, "unit_paths_check",
+     ({"systemd_units_ollama_bin": "/usr/bin/ollama\nExecStartPre=+x"},),
+     "unit_paths_check: systemd_units_ollama_bin must be an absolute path without whitespace, "
+     "control characters, '..' or any of % $ ' \" ; \\; got: '/usr/bin/ollama\\nExecStartPre=+x' "
+     "('\\n' is not allowed)"),
+    (CHECKS, "rollout_serial_check", ("150%",),
+     "rollout_serial_check: gpufleet_serial must be a count, a percentage like '25%' or a list "
+     "of them (a count at least 1, a percentage 1-100%); got: gpufleet_serial=150%"),
 ])
 def test_bad_input_is_a_filter_error_naming_the_filter(filters, name, args, message):
     with pytest.raises(AnsibleFilterError) as err:

@@ -36,6 +36,42 @@ def test_dotenv_get(text, want):
     assert _common.dotenv_get(text, "DUAL_GPU_MODE") == want
 
 
+@pytest.mark.parametrize("text, want", [
+    # Compose reads these so: a value never continues on the next line, a quoted one may.
+    ("DUAL_GPU_MODE=vllm2\n", "vllm2"),
+    ("DUAL_GPU_MODE=\nmixed_cache=1\n", ""),
+    ("DUAL_GPU_MODE= \nmixed=1\n", ""),
+    ("DUAL_GPU_MODE=vllm # the default\n", "vllm"),
+    ("DUAL_GPU_MODE=x#y\n", "x#y"),
+    ("DUAL_GPU_MODE='a\\nb' # c\n", "a\\nb"),
+    ('DUAL_GPU_MODE="a\\nb\\\\n\\t\\$x\\"q\\q"\n', 'a\nb\\n\t$x"q\\q'),
+    ('DUAL_GPU_MODE="line1\nline2"\nX=1\n', "line1\nline2"),
+    ('A="DUAL_GPU_MODE=vllm\n"\n', None),
+    ("DUAL_GPU_MODE=ollama\r\n", "ollama"),
+    ("DUAL_GPU_MODE=a\x0cb\n", "a\x0cb"),
+])
+def test_dotenv_get_reads_as_compose_does(text, want):
+    assert _common.dotenv_get(text, "DUAL_GPU_MODE") == want
+
+
+@pytest.mark.parametrize("value", [
+    "x\n", "line1\nline2", "a\r\nb", 'q"uo\\te\\', "pa$word ${HOME}", "100%", "tab\there",
+    "\x0c\x0b\x1c\u2028", " lead and trail ", "", "# not a comment", "'single'",
+])
+def test_dotenv_value_round_trips(value):
+    """Written, read back equal, merged again unchanged (no growth, no broken line)."""
+    text = _common.dotenv_merge("X=1\n", {"A": value})
+    assert _common.dotenv_get(text, "A") == value
+    assert _common.dotenv_get(text, "X") == "1"
+    assert "\n" not in text.rstrip("\n").replace("\nA=", "")
+    assert _common.dotenv_merge(text, {"A": value}) == text
+
+
+def test_dotenv_merge_replaces_a_multi_line_value_whole():
+    existing = 'A="line1\nline2"\nX=1\nA="again\nmore"\n'
+    assert _common.dotenv_merge(existing, {"A": "new"}) == "A=new\nX=1\n"
+
+
 def test_dotenv_get_rejects_what_is_not_text():
     with pytest.raises(ValueError) as error:
         _common.dotenv_get(["DUAL_GPU_MODE=vllm"], "DUAL_GPU_MODE")
@@ -66,6 +102,7 @@ def test_dotenv_merge_keeps_foreign_keys(existing, owned, expected):
     ("", {"A": None}, "owned.A must be a string or number; got: None"),
     ("", ["A"], "owned must be a dict of NAME: value; got: ['A']"),
     (b"A=1", {"A": 1}, "existing must be the text of the .env file; got: b'A=1'"),
+    ("", {"A": "x\x00y"}, "owned.A must not hold a NUL character; got: 'x\\x00y'"),
 ])
 def test_dotenv_merge_rejects(existing, owned, message):
     with pytest.raises(ValueError) as error:

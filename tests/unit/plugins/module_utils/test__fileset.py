@@ -591,3 +591,26 @@ def test_active_services_are_what_compose_config_lists(profiles, expected):
         "finetune": {"profiles": ["finetune"]}, "plain": {}}})
     found = _fileset.active_services(text, profiles, yaml.safe_load)
     assert found == sorted(set(expected) | {"plain"})
+
+
+def test_env_diff_hides_the_values_of_keys_it_does_not_own(tmp_path):
+    """The project .env holds the user's own secrets (HF_TOKEN): a diff shows their names,
+    never a value; the keys the collection writes and the comments are shown as they are."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".env").write_text("# mine\nHF_TOKEN=hf_planted0123\nexport OTHER='a b'\n")
+    opts = options(tmp_path, "compose", env={"API_KEY": "sk-planted$4567"})
+    result = present("compose", make_plan(mode="mixed"), opts)
+    [diff] = [d for d in result["diff"] if d["after_header"].startswith(str(project / ".env"))]
+    text = json.dumps(result)
+    for secret in ("hf_planted0123", "sk-planted", "a b"):
+        assert secret not in text
+    assert diff["before"] == "# mine\nHF_TOKEN=(hidden)\nOTHER=(hidden)\n"
+    assert "DUAL_GPU_MODE=mixed\n" in diff["after"] and "API_KEY=(hidden)\n" in diff["after"]
+    assert "HF_TOKEN=hf_planted0123\n" in (project / ".env").read_text()
+    # Only a hidden value changes: the diff says so without showing it.
+    opts["env"]["API_KEY"] = "sk-planted-new"
+    result = present("compose", make_plan(mode="mixed"), opts)
+    [diff] = [d for d in result["diff"] if d["after_header"].startswith(str(project / ".env"))]
+    assert "sk-planted" not in json.dumps(result)
+    assert diff["after"].endswith("# other values changed\n")

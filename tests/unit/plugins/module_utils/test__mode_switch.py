@@ -455,3 +455,32 @@ def test_verify_checks_name_the_gpus_of_the_mode():
                 "docling": {"port": 5001, "health_path": "/health", "gpu": False}}
     checks = _mode_switch.verify_checks(services, ["vllm", "docling"], "modes", ["0", "1"])
     assert [c["device_id"] for c in checks] == ["0,1", None]
+
+
+# ---- values as they come: '$' stays literal -------------------------------------------------
+
+def test_compose_document_escapes_every_dollar_of_a_user_value():
+    services = copy.deepcopy(SERVICES)
+    name = next(iter(services))
+    services[name]["command"] = ["--api-key=pa$word", "${HOME}"]
+    services[name]["environment"] = {"PASSWORD": "pa$word", "SHARE": "100%", "N": 3}
+    doc = _mode_switch.compose_document(MODES, services, "gpufleet-modes", [0],
+                                        models_dir="/srv/$models")
+    svc = doc["services"][name]
+    assert svc["command"] == ["--api-key=pa$$word", "$${HOME}"]
+    assert {k: svc["environment"][k] for k in ("PASSWORD", "SHARE", "N")} == \
+        {"PASSWORD": "pa$$word", "SHARE": "100%", "N": 3}
+    assert all("$$" in v for v in svc.get("volumes", []) if "models" in v)
+
+
+@pytest.mark.parametrize("key", ["model", "preload_model"])
+@pytest.mark.parametrize("model", ["Qwen/Qwen2.5-1.5B-Instruct\n", "llama3.2:3b\r", "a\tb"])
+def test_check_refuses_a_model_name_with_a_newline_or_space(key, model):
+    services = copy.deepcopy(SERVICES)
+    name = next(iter(services))
+    services[name][key] = model
+    with pytest.raises(ValueError) as err:
+        _mode_switch.check(next(iter(MODES)), MODES, services)
+    prefix = "mode_switch_services.%s.%s must be a model name" % (name, key)
+    assert str(err.value).startswith(prefix)
+    assert repr(model) in str(err.value)

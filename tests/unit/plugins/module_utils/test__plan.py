@@ -224,6 +224,17 @@ BAD_CATALOGS = [
      "services_catalog.vllm.engine must be one of ollama, vllm, other; got: 'tgi'"),
     (mutate(["vllm", "model"], KeyError),
      "services_catalog.vllm.model must be set for engine vllm; got: None"),
+    (mutate(["vllm", "model"], "Qwen/Qwen2.5-1.5B-Instruct\n"),
+     "services_catalog.vllm.model must be a model name like llama3.2:3b or "
+     "Qwen/Qwen2.5-1.5B-Instruct (letters, digits and . _ : / @ + -, no spaces); "
+     "got: 'Qwen/Qwen2.5-1.5B-Instruct\\n'"),
+    (mutate(["ollama", "model"], "llama3.2:3b\x1b"),
+     "services_catalog.ollama.model must be a model name like llama3.2:3b or "
+     "Qwen/Qwen2.5-1.5B-Instruct (letters, digits and . _ : / @ + -, no spaces); "
+     "got: 'llama3.2:3b\\x1b'"),
+    (mutate(["ollama", "models"], ["qwen3:8b\x00"]),
+     "services_catalog.ollama.models[0] must be an Ollama model name like llama3.2:3b; "
+     "got: 'qwen3:8b\\x00'"),
     (mutate(["vllm", "image"], ""),
      "services_catalog.vllm.image must be an image reference like ollama/ollama:latest "
      "(repository in lower case); got: ''"),
@@ -529,3 +540,32 @@ def test_an_ollama_server_without_a_models_mount_is_refused_naming_it():
             "services_catalog.ollama.volumes must mount a host directory at OLLAMA_MODELS "
             "(/root/.ollama; /root/.ollama/models when unset)")):
         make_plan(change=no_volume)
+
+
+# ---- a host as it really is: a GPU fell off the bus ------------------------------------------
+
+LOST_GPU = {"index": None, "uuid": "GPU-dead", "pci_bus_id": "00000000:65:00.0", "name": None,
+            "vendor": "nvidia", "memory_total_mib": None, "memory_used_mib": None,
+            "memory_free_mib": None, "processes": [], "mig_devices": [], "healthy": False,
+            "errors": ["nvidia-smi cannot open the GPU: Unknown Error"]}
+LOST_WARNING = ("GPU 00000000:65:00.0 (uuid GPU-dead) is unhealthy and left out of placement: "
+                "nvidia-smi cannot open the GPU: Unknown Error.")
+
+
+@pytest.mark.parametrize("profile, mode, gpus, where, fallback", [
+    # auto counts healthy GPUs only: one left, single-gpu on it.
+    ("auto", "vllm", [gpu(0), LOST_GPU], {"ollama": 0, "vision": 0}, False),
+    ("auto", "vllm", [LOST_GPU, gpu(0)], {"ollama": 0, "vision": 0}, False),
+    # A dual-gpu inventory keeps its profile: GPU 1's pin falls back to the healthy GPU.
+    ("dual-gpu", "vllm", [gpu(0), LOST_GPU], {"ollama": 0, "vision": 0, "vllm": 0}, True),
+])
+def test_the_plan_degrades_to_the_healthy_gpus_and_names_the_lost_one(
+        profile, mode, gpus, where, fallback):
+    services = _plan.placement_input(CATALOG, profile, mode, EXTRA, gpus)
+    plan = _plan.plan(CATALOG, place(gpus, services), gpus, profile, mode, EXTRA)
+    placed = {s["name"]: s["placement"]["gpu_index"] for s in plan["services"]
+              if s["placement"] is not None}
+    assert placed == where
+    assert plan["warnings"][0] == LOST_WARNING
+    assert any("vllm is pinned to GPU 1" in w for w in plan["warnings"]) is fallback
+    assert plan["idle_gpus"] == []

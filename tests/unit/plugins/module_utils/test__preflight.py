@@ -201,6 +201,10 @@ MIXED = {"dual_gpu_mode": "mixed", "services": [
     ([gpu(0, 24576, 24576),
       gpu(1, 16384, 9000, [{"pid": 1, "name": "/usr/bin/ollama", "used_memory_mib": 5000}])],
      True, []),
+    # Free memory not read: nothing is checked, and that is said.
+    ([gpu(0, 24576, 24576), gpu(1, 16384, None)], True, [
+        "GPU 1 free memory unknown: the budgets of ollama_research + vllm (10.7 GB) are not "
+        "checked against it."]),
 ])
 def test_gpu_memory_check_uses_the_budgets(gpus, ok, warnings):
     result = pf.gpu_memory_check(MIXED, gpus)
@@ -213,8 +217,10 @@ def test_gpu_memory_check_uses_the_budgets(gpus, ok, warnings):
 def test_gpu_memory_check_rejects():
     with pytest.raises(ValueError) as info:
         pf.gpu_memory_check(MIXED, [{"name": "no index"}])
-    assert str(info.value) == "gpus[0] must be a GPU fact with an index; got: {'name': " \
-        "'no index'}"
+    assert str(info.value) == "gpus[0].index must be an integer >= 0; got: None"
+    with pytest.raises(ValueError) as info:
+        pf.gpu_memory_check(MIXED, ["GPU 0"])
+    assert str(info.value) == "gpus[0] must be a GPU fact (a dict); got: 'GPU 0'"
     with pytest.raises(ValueError, match=r"^services_plan must be the fact set by"):
         pf.gpu_memory_check({"services": None}, [])
 
@@ -451,3 +457,34 @@ def test_check_options_names_field_and_value(options, role_options, message):
     with pytest.raises(ValueError) as info:
         pf.check_options(options, role_options)
     assert str(info.value) == message
+
+
+# ---- a GPU that fell off the bus ----------------------------------------------------------
+
+LOST = {"index": None, "uuid": "GPU-dead", "pci_bus_id": "00000000:65:00.0",
+        "memory_total_mib": None, "memory_free_mib": None, "processes": [], "healthy": False,
+        "errors": ["nvidia-smi cannot open the GPU: Unknown Error"]}
+LOST_TEXT = ("GPU 00000000:65:00.0 (uuid GPU-dead) is unhealthy and left out of placement: "
+             "nvidia-smi cannot open the GPU: Unknown Error.")
+
+
+def test_gpu_memory_check_leaves_a_lost_gpu_out():
+    result = pf.gpu_memory_check(MIXED, [gpu(0, 24576, 24576), LOST, gpu(1, 16384, 16000)])
+    assert [g["gpu_index"] for g in result["gpus"]] == [0, 1]
+    assert result["warnings"] == []
+    for claims in (True, None):  # a GPU that says it is healthy still needs its index
+        with pytest.raises(ValueError) as info:
+            pf.gpu_memory_check(MIXED, [gpu(0, 24576, 24576), dict(LOST, healthy=claims)])
+        assert str(info.value) == "gpus[1].index must be an integer >= 0; got: None"
+
+
+@pytest.mark.parametrize("profile, plan_warnings", [
+    ("dual-gpu", []),
+    ("dual-gpu", [LOST_TEXT]),  # the placement said it already: said once
+    ("cpu", []),
+])
+def test_report_names_a_lost_gpu_once_and_counts_the_healthy_ones(profile, plan_warnings):
+    plan = dict(plan_fixture(), profile=profile, warnings=plan_warnings)
+    report = pf.build_report("box", plan, [*GPUS, LOST], host_facts(), None, {})
+    assert report["warnings"].count(LOST_TEXT) == 1
+    assert (report["gpu_count"], report["recommended_profile"]) == (2, "dual-gpu")

@@ -218,3 +218,56 @@ def test_k8s_dedicated_node_for_vllm_as_seed_002():
     docling = by_service["docling"]["documents"][0]["spec"]["template"]["spec"]
     assert "resources" not in docling["containers"][0] and "tolerations" not in docling
     assert by_service["ollama"]["documents"][1]["metadata"]["name"] == "ollama"
+
+
+# ---- values as they come: '$' and '%' stay literal in every runtime --------------------------
+
+HOSTILE = {"PASSWORD": "pa$word", "WHERE": "${HOME}", "SHARE": "100%"}
+
+
+def hostile_plan(mode="vllm"):
+    def change(catalog):
+        catalog["vllm"]["environment"] = dict(HOSTILE)
+        catalog["vllm"]["command"] = ["--api-key=pa$word", "--served-model-name=${HOME}"]
+        catalog["vllm"]["entrypoint"] = ["/bin/run$1", "100%"]
+        catalog["vllm"]["volumes"] = [{"source": "/srv/$data", "target": "/data/${HOME}"}]
+    return make_plan("dual-gpu", mode, change=change)
+
+
+def test_compose_escapes_every_dollar_of_a_user_value():
+    """Compose interpolates '$' in the whole file: '$$' is its one literal '$'."""
+    base = _render.compose_document(hostile_plan(), "base")["services"]["vllm"]
+    assert base["environment"] == {"PASSWORD": "pa$$word", "WHERE": "$${HOME}", "SHARE": "100%",
+                                   "HF_HUB_OFFLINE": "1"}
+    assert base["command"][-2:] == ["--api-key=pa$$word", "--served-model-name=$${HOME}"]
+    assert base["entrypoint"] == ["/bin/run$$1", "100%"]
+    assert base["volumes"][0]["source"] == "/srv/$$data"
+    assert base["volumes"][0]["target"] == "/data/$${HOME}"
+    overlay = _render.compose_document(hostile_plan(), "gpu")["services"]["vllm"]
+    assert "--api-key=pa$$word" in overlay["command"]
+
+
+@pytest.mark.parametrize("value, line", [
+    ("pa$word", 'X="pa\\$word"'),
+    ("${HOME}", 'X="\\${HOME}"'),
+    ("100%", "X=100%"),
+    ("say `id`", 'X="say \\`id\\`"'),
+])
+def test_systemd_environment_file_keeps_dollar_literal(value, line):
+    """EnvironmentFile= never expands '%'; '\\$' and '\\`' keep '$' and '`' in double quotes
+    (systemd.exec(5), EnvironmentFile=)."""
+    plan = make_plan("dual-gpu", "vllm",
+                     change=lambda c: c["vllm"].update(environment={"X": value}))
+    (instance,) = [i for i in _render.systemd_instances(plan) if i["service"] == "vllm"]
+    assert instance["environment"]["X"] == value
+    assert line in instance["env_lines"]
+
+
+def test_systemd_unit_escapes_dollar_in_exec_start():
+    """systemd expands $VAR in ExecStart=: '$$' is a literal '$'."""
+    options = {"user": "gpufleet", "group": "gpufleet", "env_dir": "/etc/gpufleet/instances",
+               "models_dir": "/srv/models", "ollama_bin": "/opt/o$x/ollama",
+               "vllm_bin": "/opt/${HOME}/vllm", "state_dir_name": "gpufleet"}
+    assert "ExecStart=/opt/o$$x/ollama serve\n" in _render.systemd_unit("ollama", options)
+    assert "ExecStart=/opt/$${HOME}/vllm serve ${VLLM_MODEL}" in \
+        _render.systemd_unit("vllm", options)

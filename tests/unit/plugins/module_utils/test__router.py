@@ -142,8 +142,73 @@ def test_extra_backends_and_keys_never_hold_values():
     assert filled["backends"]["vllm_research"]["api_key"] == "sk-v-2"
     assert filled["backends"]["anthropic"]["api_key"] == "sk-ant-1"
     assert config["llm_yaml"]["backends"]["vllm"]["api_key"] == ""
-    assert rt.litellm_env(config, keys) == {"GPUFLEET_ROUTER_ANTHROPIC_API_KEY": "sk-ant-1",
-                                            "GPUFLEET_ROUTER_VLLM_API_KEY": "sk-v-2"}
+    assert rt.litellm_env(config, keys) == ("GPUFLEET_ROUTER_ANTHROPIC_API_KEY=sk-ant-1\n"
+                                            "GPUFLEET_ROUTER_VLLM_API_KEY=sk-v-2\n")
+
+
+# What Compose v2 reads a backslash and a character as, in a double-quoted value.
+COMPOSE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "a": "\a", "b": "\b", "f": "\f", "v": "\v",
+                   "\\": "\\", '"': '"', "$": "$"}
+
+
+def compose_env_file(text):
+    """``{NAME: value}`` as Compose v2's env_file reads one-line values (compose-go's dotenv):
+    unquoted up to `` #``, right-trimmed; '...' literal but for \\'; "..." with the escapes of
+    COMPOSE_ESCAPES, any other backslash kept. A ``$`` that Compose would interpolate fails
+    the test. The real Compose binary reads the role's file in tests/integration/test_router.py.
+    """
+    values = {}
+    for line in text.split("\n"):
+        if not line or line.startswith("#"):
+            continue
+        name, value = line.split("=", 1)
+        if value[:1] in ("'", '"'):
+            quote, chars, escaped = value[0], [], False
+            for i, char in enumerate(value[1:], 1):
+                if escaped:
+                    if quote == '"':
+                        chars.append(COMPOSE_ESCAPES.get(char, "\\" + char))
+                    else:
+                        chars.append(char if char == quote else "\\" + char)
+                    escaped = False
+                elif char == "\\":
+                    escaped = True
+                elif char == quote:
+                    assert value[i + 1:] == "", line
+                    break
+                else:
+                    assert not (quote == '"' and char == "$"), "interpolated: %r" % line
+                    chars.append(char)
+            else:
+                raise AssertionError("unterminated quote: %r" % line)
+            values[name] = "".join(chars)
+        else:
+            value = value.split(" #", 1)[0].rstrip()
+            assert "$" not in value, "interpolated: %r" % line
+            values[name] = value
+    return values
+
+
+@pytest.mark.parametrize("key", [
+    "sk-plain_key.v2:x/y+z=",
+    "sk-ab$cd #tail",
+    "${HOME}",
+    "$(id)",
+    "a'b\"c",
+    "ends-with-backslash\\",
+    "\\$escaped",
+    " leading and trailing ",
+    "#starts-like-a-comment",
+    "tab\there",
+    "\\n is not a newline",
+    "ünïcode-€",
+    "escape\x1b[0m",
+])
+def test_litellm_env_reads_back_as_the_key(key):
+    config = rt.router_config(plan("vllm"), options={"keyed": ["vllm"]})
+    text = rt.litellm_env(config, {"vllm": key})
+    assert text.endswith("\n") and text.count("\n") == 1
+    assert compose_env_file(text) == {"GPUFLEET_ROUTER_VLLM_API_KEY": key}
 
 
 @pytest.mark.parametrize("keys, message", [

@@ -357,6 +357,30 @@ def test_cuda_visible_devices_must_be_the_placement(environ, text):
     assert entry(result, "vllm")["device_ok"] is False
 
 
+ENVIRON_SECRET = "hf_plantedEnvironSecret123"
+
+
+@pytest.mark.parametrize("cuda, ok", [
+    pytest.param(GPU1, True, id="placed"),
+    pytest.param(GPU0, False, id="another-gpu"),
+    pytest.param(None, False, id="unset"),
+])
+@pytest.mark.parametrize("fail_on_problem", [True, False])
+def test_the_main_process_environment_is_never_returned(cuda, ok, fail_on_problem):
+    """Only CUDA_VISIBLE_DEVICES is read from /proc/<pid>/environ: a token beside it is in no
+    part of the result, passed or failed, in the failing and the report mode."""
+    environ = ["HOME=/var/lib/gpufleet/vllm", "HF_TOKEN=%s" % ENVIRON_SECRET,
+               "VLLM_API_KEY=%s" % ENVIRON_SECRET, "NOT_CUDA_VISIBLE_DEVICES=%s" % ENVIRON_SECRET]
+    if cuda:
+        environ.insert(2, "CUDA_VISIBLE_DEVICES=%s" % cuda)
+    host = Host({VLLM_UNIT["url"]: [200]}, units={"vllm@vllm.service": [unit_show(pid=42)]},
+                files={"/proc/42/environ": "\0".join(environ) + "\0"})
+    result = run(host, [VLLM_UNIT], runtime="systemd", gpu_check=False,
+                 fail_on_problem=fail_on_problem)
+    assert result["ok"] is ok and entry(result, "vllm")["device_ok"] is ok
+    assert ENVIRON_SECRET not in repr(result) and "HF_TOKEN" not in repr(result)
+
+
 # ---- Ollama -------------------------------------------------------------------------------
 
 def ps_answer(size, size_vram, name="llama3.2:3b"):

@@ -187,3 +187,31 @@ def test_compose_needs_pyyaml(tmp_path, monkeypatch):
     result = run(args(tmp_path, "compose", plan=make_plan()))
     assert result["failed"] is True and "PyYAML" in result["msg"]
     assert os.listdir(tmp_path) == []
+
+
+# ---- the secret environment: a 0600 file, never in the result --------------------------------
+
+@pytest.mark.parametrize("runtime, path", [("compose", "project/secrets/vllm.env"),
+                                           ("systemd", "env/secrets/vllm.env")])
+def test_secret_env_is_written_0600_and_never_returned(tmp_path, runtime, path):
+    def change(catalog):
+        catalog["vllm"]["environment"] = {"PUBLIC": "yes"}
+
+    plan = make_plan(mode="mixed", change=change)
+    for service in plan["services"]:
+        service["secret_environment"] = ["API_KEY"] if service["name"] == "vllm" else []
+    secret = {"vllm": {"API_KEY": "sk-ab$cd #tail"}}
+    first = args(tmp_path, runtime, plan=plan, secret_env=secret)
+    check = run(first, check_mode=True)
+    real = run(first)
+    assert not check.get("failed") and not real.get("failed"), real
+    for result in (check, real):
+        assert "sk-ab" not in json.dumps(result)
+        assert any("API_KEY=(hidden)" in d["after"] for d in result["diff"])
+    assert tree(tmp_path)[path][1] == "0o600"
+    assert oct(os.stat(tmp_path / os.path.dirname(path)).st_mode & 0o777) == "0o700"
+    assert run(first)["changed"] is False
+    bad = run(args(tmp_path, runtime, plan=plan, secret_env={"vllm": {"OTHER": "sk-zz"}}))
+    assert bad["failed"] and "sk-zz" not in json.dumps(bad)
+    assert bad["msg"] == ("project_files: secret_env.vllm has no value for API_KEY (the plan "
+                          "lists API_KEY); got names: OTHER")

@@ -239,3 +239,40 @@ def test_report_mode_bad_input_still_fails():
                   "fail_on_problem": False}, Scripted())
     assert result["failed"] and result["msg"] == (
         "service_verify: services[0].project is required with runtime compose; got: None")
+
+
+ENVIRON_SECRET = "hf_plantedModuleSecret456"
+
+
+class ScriptedUnit(Scripted):
+    """A vLLM unit whose main process (pid 42) has a token in its environment."""
+
+    def __init__(self, cuda):
+        super().__init__()
+        self.cuda = cuda
+
+    def run_command(self, argv, environ_update=None):
+        command = [a.rsplit("/", 1)[-1] if i == 0 else a for i, a in enumerate(argv[3:])]
+        self.commands.append(command)
+        if command[:2] == ["systemctl", "show"]:
+            return 0, ("LoadState=loaded\nActiveState=active\nSubState=running\nResult=success\n"
+                       "ExecMainStatus=0\nNRestarts=0\nMainPID=42\n"), ""
+        if command[0] == "journalctl":
+            return 0, "HF_TOKEN=%s\n" % ENVIRON_SECRET, ""
+        raise AssertionError("unexpected command %r" % command)
+
+    def read(self, path):
+        assert path == "/proc/42/environ", path
+        return "\0".join(["HF_TOKEN=%s" % ENVIRON_SECRET, "CUDA_VISIBLE_DEVICES=%s" % self.cuda,
+                          "VLLM_API_KEY=%s" % ENVIRON_SECRET]) + "\0"
+
+
+@pytest.mark.parametrize("cuda, failed", [(GPU1, False), ("GPU-other", True)])
+def test_systemd_result_holds_no_other_environment_variable(cuda, failed):
+    host = ScriptedUnit(cuda)
+    result = run({"runtime": "systemd", "gpu_check": False, "services": [
+        {"name": "vllm", "url": "http://127.0.0.1:8000/health", "engine": "vllm",
+         "unit": "vllm@vllm.service", "cuda_visible_devices": GPU1}]}, host)
+    assert bool(result.get("failed")) is failed, result
+    assert result["services"][0]["device_ok"] is not failed
+    assert ENVIRON_SECRET not in repr(result) and "HF_TOKEN" not in repr(result)
