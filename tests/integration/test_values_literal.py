@@ -26,7 +26,9 @@ SECRETS = {"vllm": {"API_KEY": "sk-ab$cd #tail", "MULTI": "line1\nline2\n",
 DOTENV = {"MY_TOKEN": "x$y ${HOME} # not a comment", "NEWLINE": "a\nb\n"}
 
 
-def render(root, secrets=SECRETS, env=DOTENV):
+def render(root, secrets=None, env=None):
+    secrets = SECRETS if secrets is None else secrets
+    env = DOTENV if env is None else env
     catalog, extra = default_catalog()
     catalog["vllm"]["environment"] = dict(HOSTILE)
     catalog["vllm"]["command"] = ["--api-key=pa$word", "--served-model-name=${HOME}"]
