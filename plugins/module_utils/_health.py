@@ -197,15 +197,17 @@ def from_state(state, gpu="0", project=MODE_SWITCH_PROJECT):
     file is not read.
     """
     if not isinstance(state, dict) or not isinstance(state.get("services"), dict):
+        # The record holds the services' environment: name what it is, never quote it.
         raise ValueError("the recorded mode must be the state file of the "
-                         "gpufleet.inference.mode_switch role, with its services; got: %r"
-                         % (state,))
+                         "gpufleet.inference.mode_switch role, with its services; got: %s"
+                         % ("a dict with keys %s" % sorted(map(str, state))
+                            if isinstance(state, dict) else "a %s" % type(state).__name__))
     out = []
     for name in sorted(state["services"], key=lambda n: str(n).lower()):
         svc = state["services"][name]
         at = "services.%s" % name
         if not isinstance(svc, dict):
-            raise ValueError("%s must be a dict; got: %r" % (at, svc))
+            raise ValueError("%s must be a dict; got: a %s" % (at, type(svc).__name__))
         port = svc.get("port")
         try:
             port = int(port)

@@ -548,8 +548,10 @@ def state(ps_lines, state_text, modes, mode):
         except ValueError:
             recorded = None
         if not isinstance(recorded, dict):
-            raise ValueError("the mode state file must hold a JSON object; got: %r"
-                             % (text[:200],))
+            # The record holds the services' environment: say what it is, never quote it.
+            raise ValueError("the mode state file must hold a JSON object; got: %s"
+                             % ("text that is not JSON" if recorded is None
+                                else "a JSON %s" % type(recorded).__name__))
     active = active_modes(modes, running)
     leaving = [s for s in running if s not in entering]
     return {

@@ -40,8 +40,8 @@ DEFAULT_BIND_ADDRESS = "127.0.0.1"
 # ---- small helpers ----------------------------------------------------------------------
 
 def _dollars(value):
-    """A string with every '$' doubled ('$$' is Compose's literal '$', and systemd's in
-    ExecStart=); anything else as it is."""
+    """A string with every '$' doubled ('$$' is Compose's literal '$', systemd's in
+    ExecStart= and Kubernetes' in command, args and env values); anything else as it is."""
     return value.replace("$", "$$") if isinstance(value, str) else value
 
 
@@ -287,14 +287,16 @@ def _check_node_placement(value):
 
 def _k8s_pod(service, labels, options, gpu_resource):
     container = {"name": labels["app.kubernetes.io/name"], "image": service["image"]}
+    # Kubernetes expands $(VAR) in command, args and env values and reads '$$' as '$': every
+    # '$' doubled keeps them as written, as in the compose files.
     if service["entrypoint"] is not None:
-        container["command"] = list(service["entrypoint"])
+        container["command"] = [_dollars(arg) for arg in service["entrypoint"]]
     args = _main_command(service)
     where = service["placement"]
     if where is not None:
         args += list(where["engine_args"])
     if args:
-        container["args"] = args
+        container["args"] = [_dollars(arg) for arg in args]
     if service["ports"]:
         container["ports"] = [{"name": "port-%d" % p["container"],
                                "containerPort": p["container"],
@@ -303,7 +305,7 @@ def _k8s_pod(service, labels, options, gpu_resource):
     if where is not None:
         env.update(where["budget_env"])
     if env:
-        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+        container["env"] = [{"name": k, "value": _dollars(v)} for k, v in env.items()]
     if gpu_resource:
         container["resources"] = {"limits": {gpu_resource: 1}}
     if service["health"]:

@@ -49,7 +49,8 @@ def test_filters_equal_the_functions():
     ("mode_switch_devices", (["ollama"],),
      "mode_switch_devices: lines[0] must be '<service> <DeviceRequests JSON>'; got: 'ollama'"),
     ("mode_switch_state", ([], "{", MODES, "chat"),
-     "mode_switch_state: the mode state file must hold a JSON object; got: '{'"),
+     "mode_switch_state: the mode state file must hold a JSON object; got: text that is not "
+     "JSON"),
     ("mode_switch_preloads", (SERVICES, ["vllm"]),
      "mode_switch_preloads: 'vllm' is not a service of mode_switch_services (ollama)"),
 ])

@@ -366,11 +366,13 @@ def test_from_state_checks_an_http_service_on_its_health_path_in_the_mode_switch
 
 @pytest.mark.parametrize("state, message", [
     (None, "the recorded mode must be the state file of the gpufleet.inference.mode_switch "
-           "role, with its services; got: None"),
-    ({"mode": "chat"}, "the recorded mode must be the state file of the "
-                       "gpufleet.inference.mode_switch role, with its services; got: {'mode': "),
+           "role, with its services; got: a NoneType"),
+    # The record holds the services' environment: a message names its keys, never a value.
+    ({"mode": "chat", "token": "sk-x"}, "the recorded mode must be the state file of the "
+     "gpufleet.inference.mode_switch role, with its services; got: a dict with keys ['mode', "
+     "'token']"),
     ({"services": ["ollama"]}, "the recorded mode must be the state file"),
-    ({"services": {"ollama": "ollama"}}, "services.ollama must be a dict; got: 'ollama'"),
+    ({"services": {"ollama": "sk-x"}}, "services.ollama must be a dict; got: a str"),
     ({"services": {"ollama": {"engine": "ollama"}}},
      "services.ollama.port must be a port number; got: None"),
     ({"services": {"ollama": {"engine": "ollama", "port": "http"}}},

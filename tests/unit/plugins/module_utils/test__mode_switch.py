@@ -411,8 +411,9 @@ def test_state(lines, text, mode, expected):
     ("a1 ollama", "", "chat", "ps_lines must be a list of docker ps lines; got: 'a1 ollama'"),
     ([None], "", "chat", "ps_lines[0] must be a string; got: None"),
     ([], "", "gaming", "mode_switch_mode must be one of chat, ingestion; got: 'gaming'"),
-    ([], "{not json", "chat", "the mode state file must hold a JSON object; got: '{not json'"),
-    ([], "[1]", "chat", "the mode state file must hold a JSON object; got: '[1]'"),
+    ([], "{not json", "chat",
+     "the mode state file must hold a JSON object; got: text that is not JSON"),
+    ([], "[1]", "chat", "the mode state file must hold a JSON object; got: a JSON list"),
 ])
 def test_state_bad_input(lines, text, mode, message):
     with pytest.raises(ValueError) as err:

@@ -247,6 +247,18 @@ def test_compose_escapes_every_dollar_of_a_user_value():
     assert "--api-key=pa$$word" in overlay["command"]
 
 
+def test_k8s_escapes_every_dollar_of_a_user_value():
+    """Kubernetes expands $(VAR) in command, args and env values; '$$' is its literal '$'."""
+    manifests = _render.k8s_manifests(hostile_plan())
+    [vllm] = [m for m in manifests if m["service"] == "vllm"]
+    container = vllm["documents"][0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (env["PASSWORD"], env["WHERE"], env["SHARE"]) == ("pa$$word", "$${HOME}", "100%")
+    assert container["command"] == ["/bin/run$$1", "100%"]
+    assert "--api-key=pa$$word" in container["args"]
+    assert "--served-model-name=$${HOME}" in container["args"]
+
+
 @pytest.mark.parametrize("value, line", [
     ("pa$word", 'X="pa\\$word"'),
     ("${HOME}", 'X="\\${HOME}"'),
