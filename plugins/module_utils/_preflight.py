@@ -548,8 +548,13 @@ REPORT_OPTIONS = {
     "toolkit_binaries": ["nvidia-container-toolkit", "nvidia-container-runtime-hook",
                          "nvidia-ctk"],
     "runtime_binaries": ["docker", "podman"],
+    "runtime": None,
     "warn_only": [],
 }
+RUNTIMES = ("compose", "systemd")
+# The processes that hold a container's published port on the host: ours only when the
+# services run as containers. The systemd runtime does not stop a compose project.
+CONTAINER_PORT_PROXIES = ("docker-proxy", "rootlessport")
 CHECKS = ("ports", "disk", "driver", "toolkit", "runtime", "gpu_memory", "persistence")
 
 
@@ -583,6 +588,9 @@ def _check_report_options(options):
     if not is_int(opts["disk_reserve_mib"]) or opts["disk_reserve_mib"] < 0:
         raise ValueError("preflight_disk_reserve_mib must be an integer >= 0; got: %r"
                          % (opts["disk_reserve_mib"],))
+    if opts["runtime"] not in (None, "", *RUNTIMES):
+        raise ValueError("preflight_runtime must be one of %s (or empty); got: %r"
+                         % (", ".join(RUNTIMES), opts["runtime"]))
     for key, where in (("ignore_port_processes", "preflight_ignore_port_processes"),
                        ("managed_processes", "managed_processes"),
                        ("toolkit_binaries", "toolkit_binaries"),
@@ -668,7 +676,16 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
     for item in wanted:
         holders = list((host_ports.get(item["port"]) or {}).get("holders") or [])
         report.append(dict(item, held=bool(holders), holders=holders))
-    conflicts = port_conflicts(report, opts["ignore_port_processes"])
+    ignore = opts["ignore_port_processes"]
+    if opts["runtime"] == "systemd":
+        ignore = [p for p in ignore if str(p).lower() not in CONTAINER_PORT_PROXIES]
+    conflicts = port_conflicts(report, ignore)
+    if opts["runtime"] == "systemd" and any(
+            h.get("process") in CONTAINER_PORT_PROXIES
+            for c in conflicts for h in (host_ports.get(c["port"]) or {}).get("holders") or []):
+        warnings.append("a container publishes a port the systemd instances need: the systemd "
+                        "runtime does not stop containers (take the compose project down "
+                        "first, for example docker compose down in its directory)")
     blocking = [c for c in conflicts if c["active"]]
     for conflict in conflicts:
         if not conflict["active"]:

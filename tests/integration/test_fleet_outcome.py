@@ -103,13 +103,17 @@ def test_a_clean_run_and_the_table_only_after_rollouts(tmp_path):
     assert rc == 0 and out.count("FLEET OUTCOME") == 1 and len(rows) == 5, out
 
 
-@pytest.mark.parametrize("extra, shown", [
-    ({"gpufleet_serial": "x%"}, "gpufleet_serial=x%"),
-    ({"gpufleet_serial": [1, "25 %"]}, "gpufleet_serial=[1, '25 %']"),
-    ({"gpufleet_max_fail_percentage": 150}, "gpufleet_max_fail_percentage=150"),
-    ({"gpufleet_max_fail_percentage": "some"}, "gpufleet_max_fail_percentage=some"),
+SERIAL_RULE = "gpufleet_serial must be a count, a percentage like '25%' or a list of them"
+FAIL_RULE = "gpufleet_max_fail_percentage must be a number 0-100"
+
+
+@pytest.mark.parametrize("extra, rule, shown", [
+    ({"gpufleet_serial": "x%"}, SERIAL_RULE, "gpufleet_serial=x%"),
+    ({"gpufleet_serial": [1, "25 %"]}, SERIAL_RULE, "gpufleet_serial=[1, '25 %']"),
+    ({"gpufleet_max_fail_percentage": 150}, FAIL_RULE, "gpufleet_max_fail_percentage=150"),
+    ({"gpufleet_max_fail_percentage": "some"}, FAIL_RULE, "gpufleet_max_fail_percentage=some"),
 ])
-def test_site_refuses_bad_rollout_settings_before_any_host(tmp_path, extra, shown):
+def test_site_refuses_bad_rollout_settings_before_any_host(tmp_path, extra, rule, shown):
     """site.yml checks its play keywords first (a bad serial would crash Ansible itself)."""
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(REPO / "inventory" / "localhost.yml"),
@@ -118,7 +122,7 @@ def test_site_refuses_bad_rollout_settings_before_any_host(tmp_path, extra, show
         env=ansible_env())
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
-    assert "gpufleet_serial must be a count, a percentage like '25%' or a list of them" in out
+    assert rule in out, out
     assert shown in out, out
     assert "PLAY [Preflight, place" not in out, out
 

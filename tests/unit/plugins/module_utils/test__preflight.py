@@ -392,6 +392,32 @@ def test_report_blocks_on_failed_checks(facts, downloads, warn_only, failed):
     assert report["ok"] is (not failed)
 
 
+PROXY = [{"address": "0.0.0.0", "family": "ipv4", "pid": 7, "process": "docker-proxy"}]
+DEFAULT_IGNORE = ["docker-proxy", "rootlessport", "ollama", "*vllm*"]
+
+
+@pytest.mark.parametrize("runtime, failed", [
+    # A compose re-run: the port is our own container's.
+    ("compose", []),
+    ("", []),
+    # Switching to systemd: the compose project still holds it, and systemd cannot take it.
+    ("systemd", ["port 11434 (ollama) is held by docker-proxy (pid 7) on 0.0.0.0"]),
+])
+def test_a_container_port_blocks_the_systemd_runtime(runtime, failed):
+    report = pf.build_report("box", plan_fixture(), GPUS, host_facts(holders=PROXY), None,
+                             {"ignore_port_processes": DEFAULT_IGNORE, "runtime": runtime})
+    assert report["failed"] == failed
+    said = [w for w in report["warnings"] if "does not stop containers" in w]
+    assert len(said) == (1 if failed else 0)
+
+
+def test_report_rejects_an_unknown_runtime():
+    with pytest.raises(ValueError) as info:
+        pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {"runtime": "podman"})
+    assert str(info.value) == \
+        "preflight_runtime must be one of compose, systemd (or empty); got: 'podman'"
+
+
 def test_report_rejects_unknown_options():
     with pytest.raises(ValueError) as info:
         pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {"warn_only": ["gpu"]})
