@@ -18,12 +18,15 @@ import subprocess
 import pytest
 import yaml
 from conftest import ROOT
-from dual import GPU1, MODES, PROJECT, apply, assert_compose_state, clear_systemd
+from dual import GPU1, MODES, PROJECT, apply, assert_compose_state, clear_systemd, inspect
 
 SITE = "site.yml"
 LIMIT = "lab-dual,lab-edge"
 # Planted in the router's keys: it may appear only in the 0600 files that hold keys.
 SECRET = "sk-gpufleet-planted-7d1c2f9a"
+# A per-service secret (services_secret_environment), with a '$' and a space kept as written.
+SERVICE_SECRET = "svc-planted$9e4b 1a"
+HF_TOKEN = "hf_plantedLabSite0a1b2c"
 
 
 def host_json(host, path):
@@ -47,6 +50,11 @@ def test_site_converges_the_dual_and_the_cpu_box(dual_lab, tmp_path, mode):
     extra = {"dual_gpu_mode": mode}
     if mode == "vllm":
         extra["router_api_keys"] = {"ollama": SECRET}
+        extra["services_secret_environment"] = {"ollama": {"LAB_SERVICE_TOKEN": SERVICE_SECRET}}
+        # The user's own token in the project .env: kept, never shown by --diff.
+        dual.sh("mkdir -p /opt/gpufleet && touch /opt/gpufleet/.env && "
+                "sed -i '/^HF_TOKEN=/d' /opt/gpufleet/.env && "
+                "echo HF_TOKEN=%s >> /opt/gpufleet/.env" % HF_TOKEN)
     out, recap = run_site(tmp_path, extra, *(("-v", "--diff") if mode == "vllm" else ()))
     assert_first_run(out, dual, mode)
     if mode == "vllm":
@@ -146,13 +154,24 @@ def ansible_module(tmp_path, host, module, args):
 
 def assert_secret_kept(out, host):
     """The planted key is in no output (-v --diff) and only in files of mode 0600/0640."""
-    assert SECRET not in out
+    for secret in (SECRET, SERVICE_SECRET, HF_TOKEN):
+        assert secret not in out
+    assert "HF_TOKEN=(hidden)" in out
+    assert "HF_TOKEN=%s" % HF_TOKEN in host.sh("cat /opt/gpufleet/.env").stdout
     holders = host.sh("grep -rlF %s /opt/gpufleet /etc/gpufleet /etc/systemd/system || true"
                       % SECRET).stdout.split()
     assert holders, "the key was written nowhere"
     for path in holders:
         mode = host.sh("stat -c %%a %s" % path).stdout.strip()
         assert mode in ("600", "640"), (path, mode)
+    # The service's secret: in its container as written, on disk only in its 0600 file.
+    env = inspect(host, "gpufleet-ollama-1")["Config"]["Env"]
+    assert "LAB_SERVICE_TOKEN=%s" % SERVICE_SECRET in env, env
+    # (written dotenv-quoted there, '$' escaped: look for the part before it)
+    holders = host.sh("grep -rlF svc-planted /opt/gpufleet | grep -v /.gpufleet-previous/"
+                      " || true").stdout.split()
+    assert holders == ["/opt/gpufleet/secrets/ollama.env"], holders
+    assert host.sh("stat -c %a /opt/gpufleet/secrets/ollama.env").stdout.strip() == "600"
 
 
 def assert_vllm_loaded_before_ollama(host):
