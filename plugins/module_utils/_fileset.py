@@ -582,16 +582,7 @@ def _planned_secrets(plan):
 
 def _secret_files(root):
     """Names of the <service>.env files in root/secrets now."""
-    folder = os.path.join(root, SECRETS_DIR)
-    try:
-        names = os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as exc:
-        raise FilesetError("cannot list %s: %s" % (folder, _why(exc))) from None
-    return sorted(n for n in names if _is_env_name(n)
-                  and os.path.isfile(os.path.join(folder, n))
-                  and not os.path.islink(os.path.join(folder, n)))
+    return _env_files(os.path.join(root, SECRETS_DIR))
 
 
 def _secret_entries(plan, opts, root, services, render_value):
@@ -753,7 +744,7 @@ def _unit_options(opts, plan=None):
 
 
 def _env_files(env_dir):
-    """Names of the <instance>.env files in env_dir now."""
+    """Names of the <name>.env files in env_dir now (plain files, not links)."""
     try:
         names = os.listdir(env_dir)
     except (FileNotFoundError, NotADirectoryError):

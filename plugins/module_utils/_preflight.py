@@ -44,6 +44,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._plan import (
     MODES,
     recommend_profile,
 )
+from ansible_collections.gpufleet.inference.plugins.module_utils._render import check_unit_path
 
 # /proc/net/tcp: "sl local_address rem_address st ..."; st 0A is LISTEN.
 _TCP_LISTEN = "0A"
@@ -317,31 +318,6 @@ def check_facts_options(ports, paths, nvidia_smi_timeout):
 
 
 # ---- inventory values: the paths a systemd unit carries, the rollout's batches -------------
-
-# What systemd reads specially in a unit's values: '%' starts a specifier, '$' a variable
-# (ExecStart=), quotes and backslashes are unquoted and unescaped, ';' separates commands
-# (ExecStart=). Whitespace splits words and lists (ExecStart=, ReadWritePaths=), a newline
-# starts a new line of the unit (ExecStartPre=+... would run as root).
-UNIT_PATH_SPECIAL = "%$'\";\\"
-_UNIT_PATH_RULE = ("must be an absolute path without whitespace, control characters, '..' or "
-                   "any of %s" % " ".join(UNIT_PATH_SPECIAL))
-
-
-def check_unit_path(value, where):
-    """``value`` as a path written into a systemd unit: absolute, nothing systemd reads
-    specially (:data:`UNIT_PATH_SPECIAL`), no whitespace or control character, no ``..``
-    component (systemd ignores a ``ReadWritePaths=`` that is not normalized). ValueError naming
-    ``where``, the value and what is wrong with it."""
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise ValueError("%s must be an absolute path; got: %r" % (where, value))
-    for char in value:
-        if char.isspace() or not char.isprintable() or char in UNIT_PATH_SPECIAL:
-            raise ValueError("%s %s; got: %r (%r is not allowed)"
-                             % (where, _UNIT_PATH_RULE, value, char))
-    if ".." in value.split("/"):
-        raise ValueError("%s %s; got: %r ('..' is not allowed)" % (where, _UNIT_PATH_RULE, value))
-    return value
-
 
 def check_unit_paths(paths):
     """``{variable name: path}``, each checked by :func:`check_unit_path`: True or ValueError.

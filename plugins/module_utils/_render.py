@@ -503,13 +503,33 @@ TimeoutStopSec=60
 }
 
 
+# What systemd reads specially in a unit's values: '%' starts a specifier, '$' a variable
+# (ExecStart=), quotes and backslashes are unquoted and unescaped, ';' separates commands
+# (ExecStart=). Whitespace splits words and lists (ExecStart=, ReadWritePaths=), a newline
+# starts a new line of the unit (ExecStartPre=+... would run as root).
+UNIT_PATH_SPECIAL = "%$'\";\\"
+_UNIT_PATH_RULE = ("must be an absolute path without whitespace, control characters, '..' or "
+                   "any of %s" % " ".join(UNIT_PATH_SPECIAL))
+
+
+def check_unit_path(value, where):
+    """``value`` as a path written into a systemd unit: absolute, nothing systemd reads
+    specially (:data:`UNIT_PATH_SPECIAL`), no whitespace or control character, no ``..``
+    component (systemd ignores a ``ReadWritePaths=`` that is not normalized). ValueError naming
+    ``where``, the value and what is wrong with it."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("%s must be an absolute path; got: %r" % (where, value))
+    for char in value:
+        if char.isspace() or not char.isprintable() or char in UNIT_PATH_SPECIAL:
+            raise ValueError("%s %s; got: %r (%r is not allowed)"
+                             % (where, _UNIT_PATH_RULE, value, char))
+    if ".." in value.split("/"):
+        raise ValueError("%s %s; got: %r ('..' is not allowed)" % (where, _UNIT_PATH_RULE, value))
+    return value
+
+
 def _unit_path(options, key):
-    value = options.get(key)
-    if not isinstance(value, str) or not value.startswith("/") \
-            or any(c.isspace() or c == "%" or not c.isprintable() for c in value):
-        raise ValueError("%s must be an absolute path without spaces or '%%'; got: %r"
-                         % (key, value))
-    return value.rstrip("/") or "/"
+    return check_unit_path(options.get(key), key).rstrip("/") or "/"
 
 
 def systemd_unit(engine, options):

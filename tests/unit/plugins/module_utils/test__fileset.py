@@ -497,7 +497,8 @@ def test_failed_rename_puts_back_the_files_already_replaced(tmp_path, runtime, m
      "state_dir_name must be one directory name under /var/lib (letters, digits, '_', '.', "
      "'-'); got: '../etc'"),
     ("systemd", None, {"vllm_bin": "/opt/my vllm/bin/vllm"},
-     "vllm_bin must be an absolute path without spaces or '%'; got: '/opt/my vllm/bin/vllm'"),
+     "vllm_bin must be an absolute path without whitespace, control characters, '..' or any "
+     "of % $ ' \" ; \\; got: '/opt/my vllm/bin/vllm' (' ' is not allowed)"),
 ])
 def test_bad_input_fails_naming_the_field_and_writes_nothing(tmp_path, runtime, plan, opts,
                                                              message):

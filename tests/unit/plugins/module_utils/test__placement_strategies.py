@@ -20,29 +20,11 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._placement impo
     place,
     place_fleet,
 )
+from tests.unit.plugins.module_utils.test__placement import codes, gpu, where
 
 FIXTURES = pathlib.Path(__file__).parents[3] / "unit" / "fixtures" / "placement"
 SEED_GPUS = json.loads((FIXTURES / "seed001_gpus.json").read_text())
 SEED_SERVICES = json.loads((FIXTURES / "seed001_services.json").read_text())
-
-
-def gpu(index, total, **extra):
-    fact = {
-        "index": index, "uuid": "GPU-%04d" % index, "name": "GPU%d" % index,
-        "vendor": "nvidia", "memory_total_mib": total, "memory_used_mib": 0,
-        "memory_free_mib": total, "compute_capability": "8.6", "power_limit_w": 300.0,
-        "mig_mode": None, "mig_devices": [], "processes": [], "healthy": True, "errors": [],
-    }
-    fact.update(extra)
-    return fact
-
-
-def where(result):
-    return {a["service"]: a["gpu"] for a in result["assignments"]}
-
-
-def codes(result):
-    return [issue["code"] for issue in result["issues"]]
 
 
 def spread(result):

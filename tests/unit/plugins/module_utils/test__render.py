@@ -275,11 +275,22 @@ def test_systemd_environment_file_keeps_dollar_literal(value, line):
     assert line in instance["env_lines"]
 
 
-def test_systemd_unit_escapes_dollar_in_exec_start():
-    """systemd expands $VAR in ExecStart=: '$$' is a literal '$'."""
+@pytest.mark.parametrize("key, value, bad", [
+    ("ollama_bin", "/opt/o$x/ollama", "$"),
+    ("vllm_bin", "/opt/vllm\nExecStartPre=+/bin/sh", "\n"),
+    ("models_dir", "/srv/models;x", ";"),
+    ("env_dir", "/etc/%i", "%"),
+    ("hf_home", "/srv/../etc", ".."),
+])
+def test_systemd_unit_refuses_a_path_systemd_reads_specially(key, value, bad):
+    """systemd expands $VAR and %-specifiers, splits on whitespace and starts a new unit line at
+    a newline: the renderer refuses such a path itself (the role's preflight does it first)."""
     options = {"user": "gpufleet", "group": "gpufleet", "env_dir": "/etc/gpufleet/instances",
-               "models_dir": "/srv/models", "ollama_bin": "/opt/o$x/ollama",
-               "vllm_bin": "/opt/${HOME}/vllm", "state_dir_name": "gpufleet"}
-    assert "ExecStart=/opt/o$$x/ollama serve\n" in _render.systemd_unit("ollama", options)
-    assert "ExecStart=/opt/$${HOME}/vllm serve ${VLLM_MODEL}" in \
-        _render.systemd_unit("vllm", options)
+               "models_dir": "/srv/models", "ollama_bin": "/usr/bin/ollama",
+               "vllm_bin": "/usr/bin/vllm", "state_dir_name": "gpufleet",
+               "hf_home": "/srv/hf", key: value}
+    with pytest.raises(ValueError) as info:
+        _render.systemd_unit("vllm" if key in ("vllm_bin", "hf_home") else "ollama", options)
+    assert str(info.value).startswith("%s must be an absolute path without whitespace" % key)
+    assert str(info.value).endswith("(%r is not allowed)" % bad if bad != ".." else
+                                    "('..' is not allowed)")
