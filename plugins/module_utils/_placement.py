@@ -1299,7 +1299,8 @@ def _gpu_table(units):
             "name": unit.name, "placeable": unit.placeable, "reason": unit.reason,
             "total_mib": unit.total, "foreign_mib": unit.foreign,
             "headroom_mib": unit.headroom, "usable_mib": unit.usable,
-            "budget_mib": unit.assigned, "free_after_mib": unit.usable - unit.assigned,
+            "budget_mib": unit.assigned,
+            "free_after_mib": None if unit.total is None else unit.usable - unit.assigned,
             "utilization": round(unit.assigned / float(unit.usable), 4) if unit.usable else None,
             "speed_rank": unit.speed_rank if unit.placeable else None,
             "services": [s.name for s in sorted(unit.services, key=lambda s: s.pos)],
@@ -1318,12 +1319,15 @@ def _summary(units, services, issues):
         "placed": sum(1 for s in services if s.unit is not None),
         "unplaced": [s.name for s in services if s.unit is None],
         "adjusted": [s.name for s in services if s.adjusted],
-        "overcommitted_gpus": [u.label for u in units if u.services and u.assigned > u.usable],
+        "overcommitted_gpus": [u.label for u in units if u.services and u.total is not None
+                               and u.assigned > u.usable],
+        # Services on a GPU whose memory size is unknown: no fit can be claimed there.
+        "unknown_memory_gpus": [u.label for u in units if u.services and u.total is None],
         "gpus_used": sum(1 for u in units if u.services),
         "utilization_mean": round(mean, 4),
         "utilization_stddev": round(spread, 4),
         "fits": all(s.unit is not None and not s.adjusted for s in services)
-        and not any(u.services and u.assigned > u.usable for u in units),
+        and not any(u.services and (u.total is None or u.assigned > u.usable) for u in units),
         "warning_count": len(issues),
     }
 

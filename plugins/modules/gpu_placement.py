@@ -414,7 +414,8 @@ gpus:
   elements: dict
 summary:
   description:
-    - Counts, unplaced and adjusted services, overcommitted GPUs, utilisation mean and spread,
+    - Counts, unplaced and adjusted services, overcommitted GPUs, GPUs of unknown memory size
+      that hold services (V(unknown_memory_gpus)), utilisation mean and spread,
       V(fits), V(repaired) (a second pass was kept) and V(exact_search) (true when the fit of
       the exhaustive search was used).
   returned: always

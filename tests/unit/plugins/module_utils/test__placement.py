@@ -746,8 +746,12 @@ def test_a_gpu_of_unknown_memory_takes_only_its_pins_and_what_fits_nowhere_else(
         "GPU 1 memory size unknown: pinned (58.6 GB) is placed on it without a memory check "
         "and may not load."]
     assert result["summary"]["fits"] is False  # nothing claims a fit it cannot know
+    # Unknown, not overcommitted: no made-up negative room either.
+    assert result["summary"]["overcommitted_gpus"] == []
+    assert result["summary"]["unknown_memory_gpus"] == ["GPU 1"]
     row = result["gpus"][1]
     assert (row["placeable"], row["total_mib"], row["usable_mib"]) == (True, None, 0)
+    assert row["free_after_mib"] is None
     # An unpinned service goes there only when no other GPU has room.
     alone = place([unknown_memory(0)], [{"name": "s", "vram_mib": 1000}])
     assert where(alone) == {"s": "0"}
