@@ -128,11 +128,15 @@ def test_process_on_gpu1_raises_used_memory_then_frees_it_after_drain(ws):
         main_pid = int(ws.sh("systemctl show -p MainPID --value lab-test-holder").stdout)
         assert [main_pid, 1000] in pids
     finally:
+        # The process dies inside stop(), which can take a while on a loaded machine: the
+        # drain delay counts from a moment between these two stamps.
+        stopping = time.time()
         stop(ws, "lab-test-holder")
     stopped = time.time()
     assert ws.used_mib()[1] == before[1] + 1000, "memory must stay used during the drain delay"
     _used, freed_at = ws.wait_used(1, lambda used: used == before[1])
-    assert DRAIN * 0.7 <= freed_at - stopped <= DRAIN + 3.0
+    assert freed_at - stopping >= DRAIN * 0.95, (stopping, stopped, freed_at)
+    assert freed_at - stopped <= DRAIN + 3.0, (stopping, stopped, freed_at)
 
 
 # --- stand-in servers -----------------------------------------------------------------------------
