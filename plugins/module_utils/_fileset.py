@@ -369,16 +369,23 @@ def _masked_dotenv(data):
     return "".join(parts)
 
 
+def _masked_pair(change, mask, note):
+    """Before and after of ``change`` through ``mask``, with ``note`` after when only what the
+    mask hides changed."""
+    before, after = mask(change["before"]), mask(change["content"])
+    if change["before"] is not None and change["content"] is not None \
+            and change["before"] != change["content"] and before == after:
+        after += note
+    return before, after
+
+
 def _diff(changes):
     result = []
     for change in changes:
         if change["state"] == "unchanged":
             continue
         if _is_secret(change["key"]):
-            before, after = _masked(change["before"]), _masked(change["content"])
-            if change["before"] is not None and change["content"] is not None \
-                    and change["before"] != change["content"] and before == after:
-                after += "# values changed\n"
+            before, after = _masked_pair(change, _masked, "# values changed\n")
             path = change["path"] + " (values hidden)"
             result.append({"before_header": path, "after_header": path, "before": before,
                            "after": after})
@@ -393,10 +400,7 @@ def _diff(changes):
             after_header += " (mode %04o)" % change["mode"]
         if change["key"] == DOTENV:
             # The user's own keys (HF_TOKEN) live here too: only ours are shown with values.
-            before, after = _masked_dotenv(change["before"]), _masked_dotenv(change["content"])
-            if change["before"] is not None and change["content"] is not None \
-                    and change["before"] != change["content"] and before == after:
-                after += "# other values changed\n"
+            before, after = _masked_pair(change, _masked_dotenv, "# other values changed\n")
         else:
             before, after = _shown(change["before"]), _shown(change["content"])
         result.append({"before_header": before_header, "after_header": after_header,

@@ -12,22 +12,19 @@ Not a public API: the leading underscore says so. Pure logic, no Ansible import:
 from __future__ import annotations
 
 import fnmatch
-import re
 
-from ansible_collections.gpufleet.inference.plugins.module_utils._common import is_int
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import ascii_digits, is_int
 
 EXPECTATION_KEYS = ("count", "names", "name", "min_memory_mib", "min_compute_capability",
                     "healthy")
 FIELD = "gpufleet_expected_gpus"
-# ASCII digits only: str.isdigit() and int() also take other scripts' digits ('\uff18').
-_DIGITS = re.compile(r"^[0-9]+\Z")
 
 
 def _capability(value, field):
     """'8.6' -> (8, 6); a clear error naming field and value otherwise."""
     text = str(value).strip()
     major, dot, minor = text.partition(".")
-    if not _DIGITS.match(major) or (dot and not _DIGITS.match(minor)):
+    if not ascii_digits(major) or (dot and not ascii_digits(minor)):
         raise ValueError("%s must be a compute capability like '8.6'; got: %r" % (field, value))
     return int(major), int(minor or 0)
 

@@ -301,6 +301,17 @@ def _optional_mib(gpu, key, where):
     return value
 
 
+def _unique_index(index, at, seen, position, siblings):
+    """``index`` of the item at ``at`` (position ``position`` among ``siblings``): an integer
+    >= 0 that no earlier sibling has (``seen``: index -> position, updated)."""
+    if not is_int(index) or index < 0:
+        raise ValueError("%s.index must be an integer >= 0; got: %r" % (at, index))
+    if index in seen:
+        raise ValueError("%s.index duplicates %s[%d]; got: %r"
+                         % (at, siblings, seen[index], index))
+    seen[index] = position
+
+
 def _check_gpus(gpus, where):
     if not isinstance(gpus, list):
         raise ValueError("%s must be a list of GPU facts; got: %r" % (where, gpus))
@@ -315,12 +326,7 @@ def _check_gpus(gpus, where):
         index = gpu.get("index")
         # A GPU that fell off the bus has no index: it is left out of placement (and said).
         if index is not None or healthy is not False:
-            if not is_int(index) or index < 0:
-                raise ValueError("%s.index must be an integer >= 0; got: %r" % (at, index))
-            if index in seen:
-                raise ValueError("%s.index duplicates %s[%d]; got: %r"
-                                 % (at, where, seen[index], index))
-            seen[index] = i
+            _unique_index(index, at, seen, i, where)
         for key in ("memory_total_mib", "memory_used_mib", "memory_free_mib",
                     "memory_reserved_mib", "vendor_index"):
             _optional_mib(gpu, key, at)
@@ -342,13 +348,7 @@ def _check_gpus(gpus, where):
             mig_at = "%s.mig_devices[%d]" % (at, j)
             _optional_mib(mig, "memory_total_mib", mig_at)
             _optional_mib(mig, "memory_free_mib", mig_at)
-            mig_index = mig.get("index")
-            if not is_int(mig_index) or mig_index < 0:
-                raise ValueError("%s.index must be an integer >= 0; got: %r" % (mig_at, mig_index))
-            if mig_index in migs:
-                raise ValueError("%s.index duplicates %s.mig_devices[%d]; got: %r"
-                                 % (mig_at, at, migs[mig_index], mig_index))
-            migs[mig_index] = j
+            _unique_index(mig.get("index"), mig_at, migs, j, at + ".mig_devices")
     return gpus
 
 
