@@ -99,6 +99,6 @@ bench: setup lab-setup
 # settled once, before the workers start.
 TEST_WORKERS ?= 4
 test: lint sanity lab-setup
-	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope tests
+	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --durations=25 tests
 
 include lab/lab.mk
