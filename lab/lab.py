@@ -140,7 +140,7 @@ def state_text(host, hvars):
         "drain_delay %s" % float(hvars.get("lab_drain_delay", 1.0)),
         "procs_dir %s" % HOST_PROCS,
     ]
-    for i, gpu in enumerate(hvars.get("lab_gpus") or []):
+    for i, gpu in enumerate(nvidia_gpus(hvars)):
         for key in ("name", "memory_mib", "uuid", "compute_capability"):
             if key not in gpu:
                 raise LabError("%s: lab_gpus[%d].%s is required" % (host, i, key))
@@ -177,7 +177,134 @@ def state_text(host, hvars):
                     mig["name"],
                 )
             )
+        lines += topology_lines(host, nvidia_gpus(hvars), i)
     return "\n".join(lines) + "\n"
+
+
+NVLINK_MAX_LINKS = 36  # NVML_NVLINK_MAX_LINKS of the 590 driver's nvml.h
+
+
+def _lab_int(host, i, key, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise LabError("%s: lab_gpus[%d].%s must be an integer %d-%d; got: %r"
+                       % (host, i, key, low, high, value))
+    return value
+
+
+def topology_lines(host, gpus, i):
+    """The topology lines of NVIDIA GPU ``i``'s state (lab/nvml/README.md): numa_node,
+    host_bridge, pcie_switch, nvlink_ports as given; ``nvlink: [{peer, links}]`` as ``nvlink
+    <peer's bus id> <links>``, ``peer`` being the NVML index (the position among the host's
+    NVIDIA ``lab_gpus``). NVLinks must be listed on both GPUs with the same count."""
+    gpu = gpus[i]
+    lines = ["numa_node %d" % _lab_int(host, i, "numa_node", gpu.get("numa_node", 0), 0, 255)]
+    for key in ("host_bridge", "pcie_switch", "nvlink_ports"):
+        if key in gpu:
+            high = NVLINK_MAX_LINKS if key == "nvlink_ports" else 9999
+            lines.append("%s %d" % (key, _lab_int(host, i, key, gpu[key], 0, high)))
+    total = 0
+    for k, link in enumerate(gpu.get("nvlink") or []):
+        at = "nvlink[%d]" % k
+        if not isinstance(link, dict) or set(link) != {"peer", "links"}:
+            raise LabError("%s: lab_gpus[%d].%s must be {peer, links}; got: %r"
+                           % (host, i, at, link))
+        peer = _lab_int(host, i, at + ".peer", link["peer"], 0, len(gpus) - 1)
+        links = _lab_int(host, i, at + ".links", link["links"], 1, NVLINK_MAX_LINKS)
+        if peer == i:
+            raise LabError("%s: lab_gpus[%d].%s.peer is the GPU itself" % (host, i, at))
+        back = [other["links"] for other in gpus[peer].get("nvlink") or []
+                if isinstance(other, dict) and other.get("peer") == i]
+        if back != [links]:
+            raise LabError("%s: lab_gpus[%d].%s: %d NVLinks to GPU %d, but lab_gpus[%d] lists "
+                           "%s back (NVLinks connect both ends)"
+                           % (host, i, at, links, peer, peer, back or "none"))
+        total += links
+        bus = gpus[peer].get("pci_bus_id", "00000000:%02X:00.0" % (peer + 1))
+        lines.append("nvlink %s %d" % (bus, links))
+    if total > gpu.get("nvlink_ports", NVLINK_MAX_LINKS):
+        raise LabError("%s: lab_gpus[%d] has %d NVLinks, more than its nvlink_ports %s"
+                       % (host, i, total, gpu.get("nvlink_ports", NVLINK_MAX_LINKS)))
+    return lines
+
+
+# --- the simulated AMD driver (lab/servers/amd_smi.py, gpuview.py) ------------------------------
+
+AMD_STATE = "/etc/gpufleet-amd/state"
+AMD_PROCS = "/run/gpufleet-amd/procs"
+AMD_REQUIRED = ("name", "memory_mib", "uuid", "unique_id", "pci_bus_id")
+# The kernel string amd-smi shows as driver.version for the in-tree amdgpu driver (the MI210
+# capture's, shortened).
+AMD_DRIVER = "Linuxversion6.14.0-24-generic(buildd@lab)#24~24.04.3-UbuntuSMPPREEMPT_DYNAMIC"
+
+
+# An AMD host's inner engine gives its containers the DRM and KFD nodes: the host's own device
+# cgroup (cgroup v1 nests the inner containers under it) must allow those majors.
+AMD_RUN_FLAGS = ["--device-cgroup-rule", "c 226:* rwm", "--device-cgroup-rule", "c 235:* rwm"]
+
+
+def nvidia_gpus(hvars):
+    """The lab_gpus NVML sees (vendor nvidia, the default)."""
+    return [g for g in hvars.get("lab_gpus") or [] if g.get("vendor", "nvidia") == "nvidia"]
+
+
+def amd_gpus(hvars):
+    return [g for g in hvars.get("lab_gpus") or [] if g.get("vendor") == "amd"]
+
+
+def amd_state_text(host, hvars):
+    """The simulated AMD driver's state of one host (the NVML state format, vendor amd): each
+    GPU with its amd-smi UUID (smi_uuid), its ROCm UUID (uuid: GPU-<unique_id>, what
+    rocminfo prints and ROCR_VISIBLE_DEVICES accepts) and its render node's minor."""
+    lines = [
+        "# written by lab/lab.py from the lab inventory: host %s (AMD GPUs)" % host,
+        "vendor amd",
+        "driver_version %s" % hvars.get("lab_amd_driver_version", AMD_DRIVER),
+        "drain_delay %s" % float(hvars.get("lab_drain_delay", 1.0)),
+        "procs_dir %s" % AMD_PROCS,
+    ]
+    for i, gpu in enumerate(amd_gpus(hvars)):
+        for key in AMD_REQUIRED:
+            if key not in gpu:
+                raise LabError("%s: lab_gpus[amd %d].%s is required" % (host, i, key))
+        lines += [
+            "gpu",
+            "name %s" % gpu["name"],
+            "uuid GPU-%s" % gpu["unique_id"],
+            "smi_uuid %s" % gpu["uuid"],
+            "pci_bus_id %s" % gpu["pci_bus_id"],
+            "memory_total_mib %d" % int(gpu["memory_mib"]),
+            "memory_reserved_mib %d" % int(gpu.get("memory_reserved_mib", 0)),
+            "memory_used_mib %d" % int(gpu.get("memory_used_mib", 0)),
+            "render_minor %d" % (128 + i),
+            "card %d" % i,
+            "kfd_id %d" % int(gpu.get("kfd_id", 1000 + i)),
+            "node_id %d" % (i + 1),
+            "asic_device_id %s" % gpu.get("device_id", "0x740f"),
+            "gfx_target %s" % gpu.get("gfx_target", "gfx90a"),
+            "compute_units %d" % int(gpu.get("compute_units", 104)),
+            "power_limit_w %d" % int(gpu.get("power_limit_w", 300)),
+            "slot_type %s" % gpu.get("slot_type", "OAM"),
+            "vram_type %s" % gpu.get("vram_type", "HBM"),
+            "temperature_c %d" % int(gpu.get("temperature_c", 40)),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# The device nodes a ROCm container is given (/dev/kfd, /dev/dri/renderD<128+n>, card<n>).
+# Character devices with the real majors (226 for DRM; /dev/kfd's is dynamic, 235 here), made
+# with mknod: the engine maps them into containers (HostConfig.Devices); nothing opens them.
+AMD_NODES = """
+mkdir -p /dev/dri
+[ -c /dev/kfd ] || mknod -m 666 /dev/kfd c 235 0
+for i in %s; do
+  [ -c /dev/dri/card$i ] || mknod -m 660 /dev/dri/card$i c 226 $i
+  r=$((128 + i))
+  [ -c /dev/dri/renderD$r ] || mknod -m 666 /dev/dri/renderD$r c 226 $r
+done
+chgrp render /dev/dri/renderD* /dev/kfd 2>/dev/null || true
+mkdir -p %s && chgrp video %s && chmod 1775 %s
+ln -sf /opt/gpufleet-lab/servers/amd-smi /usr/local/bin/amd-smi
+"""
 
 
 def standin_env(hvars):
@@ -332,6 +459,9 @@ CONTENT_LABEL = "org.gpufleet.lab.content"
 REGISTRY_IMAGES = {
     "ollama/ollama:latest": "STANDIN_ollama",
     "vllm/vllm-openai:latest": "STANDIN_vllm",
+    # The ROCm builds (AMD GPUs): the same stand-ins, which find AMD GPUs through /dev/kfd.
+    "ollama/ollama:rocm": "STANDIN_ollama",
+    "vllm/vllm-openai-rocm:latest": "STANDIN_vllm",
     "quay.io/docling-project/docling-serve:latest": "STANDIN_docling-serve",
     "gpufleet-lab/standin:latest": "STANDIN_IMAGE",
 }
@@ -943,8 +1073,16 @@ if [ -n "$gw" ]; then ip route del default; ip route replace prohibit "$gw/32"; 
 
 def configure(host, hvars):
     """Driver state, stand-in settings, NVML library and hook (GPU hosts only), then the engine."""
-    gpus = hvars.get("lab_gpus") or []
+    gpus = nvidia_gpus(hvars)
     write_file(host, "/etc/gpufleet-lab/standin.env", standin_env(hvars))
+    amd = amd_gpus(hvars)
+    if amd:
+        write_file(host, AMD_STATE, amd_state_text(host, hvars))
+        dexec(host, "getent group render >/dev/null || groupadd -r render\n" + AMD_NODES % (
+            " ".join(str(i) for i in range(len(amd))), AMD_PROCS, AMD_PROCS, AMD_PROCS))
+    else:
+        dexec(host, f"if [ -e {AMD_STATE} ]; then rm -f {AMD_STATE} /usr/local/bin/amd-smi "
+                    "/dev/kfd /dev/dri/card* /dev/dri/renderD*; fi")
     if gpus:
         write_file(host, STATE, state_text(host, hvars))
         dexec(
@@ -999,6 +1137,7 @@ def up_host(host, hvars, images, recreate=False):
             "--label",
             "%s=%s" % (LABEL, host),
             *RUN_FLAGS,
+            *(AMD_RUN_FLAGS if amd_gpus(hvars) else []),
             # The lab network: the registry and the hub answer there, nothing else does.
             "--network",
             NETWORK,

@@ -42,6 +42,13 @@
  *     mig_device <gi> <ci> <total_mib> <used_mib> <uuid> <name...>
  *     process <pid> <used_mib or -> <name...>   (static; listed, not added to used)
  *     fail <nvml function> <error code>   (only calls on this GPU and its MIG devices)
+ *     numa_node 0                         (topology: default 0)
+ *     host_bridge 1                       (topology: an id; absent: a bridge of its own)
+ *     pcie_switch 3                       (topology: an id; absent: a switch of its own)
+ *     nvlink <peer pci bus id> <links> [switch]   (that many active NVLinks to the GPU, or
+ *                                          with "switch" to the NVSwitch, at that bus id)
+ *     nvlink_ports 12                     (NVLinks the GPU has; default: those of its nvlink
+ *                                          lines; no nvlink line and no ports: no NVLink)
  *   A value that is absent makes its getter return NVML_ERROR_NOT_SUPPORTED.
  *
  * REGISTERED PROCESSES. A file "gpu<index>-<pid>" in procs_dir says that process holds
@@ -96,6 +103,19 @@ enum {
 #define NVML_MEMORY_V2_VERSION 0x02000028u /* sizeof(nvmlMemory_v2_t) | 2 << 24 */
 #define NVML_VALUE_NOT_AVAILABLE_ULL 0xFFFFFFFFFFFFFFFFULL
 #define NVML_INSTANCE_NONE 0xFFFFFFFFu
+#define NVML_NVLINK_MAX_LINKS 36 /* nvml.h of the 590 driver */
+#define MAX_NVLINK_PEERS 16
+
+/* nvmlGpuTopologyLevel_t (nvml.h) */
+enum {
+    NVML_TOPOLOGY_SINGLE = 10,
+    NVML_TOPOLOGY_HOSTBRIDGE = 30,
+    NVML_TOPOLOGY_NODE = 40,
+    NVML_TOPOLOGY_SYSTEM = 50
+};
+
+/* nvmlIntNvLinkDeviceType_t (nvml.h) */
+enum { NVML_NVLINK_DEVICE_TYPE_GPU = 0, NVML_NVLINK_DEVICE_TYPE_SWITCH = 2 };
 #define MIB 1048576ULL
 
 #define MAX_GPUS 16
@@ -175,6 +195,12 @@ typedef struct {
 } mig_t;
 
 typedef struct {
+    unsigned int domain, bus, device, function;
+    int links;
+    int is_switch;
+} nvlink_t;
+
+typedef struct {
     char name[NAME_LEN];
     char uuid[UUID_LEN];
     int has_pci;
@@ -188,6 +214,9 @@ typedef struct {
     int mig_count;
     proc_t procs[MAX_PROCS];
     int proc_count;
+    long long numa_node, host_bridge, pcie_switch, nvlink_ports;
+    nvlink_t nvlink[MAX_NVLINK_PEERS];
+    int nvlink_count;
 } gpu_t;
 
 typedef struct {
@@ -385,6 +414,23 @@ static int parse_gpu_line(gpu_t *g, const char *key, char *value, int index)
         g->proc_count++;
         return 0;
     }
+    if (!strcmp(key, "nvlink")) {
+        if (g->nvlink_count >= MAX_NVLINK_PEERS)
+            return -1;
+        nvlink_t *l = &g->nvlink[g->nvlink_count];
+        char tail;
+        long long links;
+        if (sscanf(split(value, &rest), "%x:%x:%x.%x%c", &l->domain, &l->bus, &l->device,
+                   &l->function, &tail) != 4 ||
+            parse_ll(split(rest, &rest), &links) || links <= 0 || links > NVML_NVLINK_MAX_LINKS)
+            return -1;
+        l->links = (int)links;
+        l->is_switch = !strcmp(rest, "switch");
+        if (rest[0] && !l->is_switch)
+            return -1;
+        g->nvlink_count++;
+        return 0;
+    }
     if (!strcmp(key, "fail")) {
         if (st.fail_count >= MAX_FAILS)
             return -1;
@@ -413,6 +459,10 @@ static int parse_gpu_line(gpu_t *g, const char *key, char *value, int index)
         {"lost", offsetof(gpu_t, lost), 1},
         {"unified", offsetof(gpu_t, unified), 1},
         {"mig_mode", offsetof(gpu_t, mig_mode), 1},
+        {"numa_node", offsetof(gpu_t, numa_node), 0},
+        {"host_bridge", offsetof(gpu_t, host_bridge), 0},
+        {"pcie_switch", offsetof(gpu_t, pcie_switch), 0},
+        {"nvlink_ports", offsetof(gpu_t, nvlink_ports), 0},
     };
     for (size_t i = 0; i < sizeof(numbers) / sizeof(numbers[0]); i++) {
         if (strcmp(key, numbers[i].key))
@@ -465,6 +515,7 @@ static void new_gpu(gpu_t *g)
     g->power_limit_mw = g->temperature_c = g->util_gpu = g->util_memory = UNSET;
     g->cc_major = g->cc_minor = -1;
     g->mig_mode = -1;
+    g->host_bridge = g->pcie_switch = g->nvlink_ports = UNSET;
 }
 
 /* Parse the whole file into st; 0 when it parsed. */
@@ -510,6 +561,19 @@ static int parse_state(const char *path)
         }
         if (bad) {
             complain("%s: line %d: bad line for key '%s'", path, lineno, key);
+            return -2;
+        }
+    }
+    for (int i = 0; i < st.gpu_count; i++) {
+        gpu_t *g = &st.gpus[i];
+        long long links = 0;
+        for (int l = 0; l < g->nvlink_count; l++)
+            links += g->nvlink[l].links;
+        if (links > NVML_NVLINK_MAX_LINKS ||
+            (g->nvlink_ports != UNSET &&
+             (links > g->nvlink_ports || g->nvlink_ports > NVML_NVLINK_MAX_LINKS))) {
+            complain("%s: GPU %d: %lld NVLinks for nvlink_ports %lld (at most %d)", path, i,
+                     links, g->nvlink_ports, NVML_NVLINK_MAX_LINKS);
             return -2;
         }
     }
@@ -1194,4 +1258,133 @@ EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int
 EXPORT nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int *id)
 {
     return instance_id(__func__, device, 1, id);
+}
+
+/* ---- topology and NVLink ----------------------------------------------------------- */
+
+/* Which GPU a handle is, without taking the lock (the caller holds it); NULL if none. */
+static gpu_t *gpu_of(nvmlDevice_t device, int *is_mig)
+{
+    uintptr_t base = (uintptr_t)first_handle(), at = (uintptr_t)device;
+    if (at < base || at >= base + sizeof(handles) || (at - base) % sizeof(handles[0][0]))
+        return NULL;
+    size_t slot = (at - base) / sizeof(handles[0][0]);
+    int gi = (int)(slot / (MAX_MIG + 1));
+    if (gi >= st.gpu_count)
+        return NULL;
+    *is_mig = (int)(slot % (MAX_MIG + 1)) > 0;
+    return &st.gpus[gi];
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetTopologyCommonAncestor(nvmlDevice_t device1,
+                                                       nvmlDevice_t device2,
+                                                       unsigned int *path_info)
+{
+    gpu_t *a, *b;
+    mig_t *m;
+    int b_mig = 0;
+    nvmlReturn_t rc = enter_device(__func__, device1, &a, &m);
+    if (rc != NVML_SUCCESS)
+        return leave(rc);
+    b = gpu_of(device2, &b_mig);
+    if (!path_info || m || !b || b_mig || a == b)
+        return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (b->lost)
+        return leave(NVML_ERROR_GPU_IS_LOST);
+    rc = injected(__func__, (int)(b - st.gpus));
+    if (rc != NVML_SUCCESS)
+        return leave(rc);
+    if (a->pcie_switch != UNSET && a->pcie_switch == b->pcie_switch)
+        *path_info = NVML_TOPOLOGY_SINGLE;
+    else if (a->host_bridge != UNSET && a->host_bridge == b->host_bridge)
+        *path_info = NVML_TOPOLOGY_HOSTBRIDGE;
+    else if (a->numa_node == b->numa_node)
+        *path_info = NVML_TOPOLOGY_NODE;
+    else
+        *path_info = NVML_TOPOLOGY_SYSTEM;
+    return leave(NVML_SUCCESS);
+}
+
+/* The nvlink line that link number `link` of the GPU belongs to: links are numbered in the
+ * order of the nvlink lines. NVML_SUCCESS with *line NULL for an inactive link. */
+static nvmlReturn_t nvlink_of(gpu_t *g, mig_t *m, unsigned int link, nvlink_t **line)
+{
+    long long total = 0;
+    for (int l = 0; l < g->nvlink_count; l++)
+        total += g->nvlink[l].links;
+    long long ports = g->nvlink_ports != UNSET ? g->nvlink_ports : total;
+    if (m || ports == 0)
+        return NVML_ERROR_NOT_SUPPORTED;
+    if (link >= (unsigned int)ports)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *line = NULL;
+    long long first = 0;
+    for (int l = 0; l < g->nvlink_count; l++) {
+        if (link < first + g->nvlink[l].links) {
+            *line = &g->nvlink[l];
+            break;
+        }
+        first += g->nvlink[l].links;
+    }
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetNvLinkState(nvmlDevice_t device, unsigned int link,
+                                             unsigned int *is_active)
+{
+    gpu_t *g;
+    mig_t *m;
+    nvlink_t *line;
+    nvmlReturn_t rc = enter_device(__func__, device, &g, &m);
+    if (rc == NVML_SUCCESS && !is_active)
+        rc = NVML_ERROR_INVALID_ARGUMENT;
+    if (rc == NVML_SUCCESS)
+        rc = nvlink_of(g, m, link, &line);
+    if (rc == NVML_SUCCESS)
+        *is_active = line != NULL; /* NVML_FEATURE_ENABLED / _DISABLED */
+    return leave(rc);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t device, unsigned int link,
+                                                        nvmlPciInfo_t *pci)
+{
+    gpu_t *g;
+    mig_t *m;
+    nvlink_t *line;
+    nvmlReturn_t rc = enter_device(__func__, device, &g, &m);
+    if (rc == NVML_SUCCESS && !pci)
+        rc = NVML_ERROR_INVALID_ARGUMENT;
+    if (rc == NVML_SUCCESS)
+        rc = nvlink_of(g, m, link, &line);
+    if (rc == NVML_SUCCESS && !line)
+        rc = NVML_ERROR_NOT_SUPPORTED; /* an inactive link has no remote end to tell */
+    if (rc != NVML_SUCCESS)
+        return leave(rc);
+    memset(pci, 0, sizeof(*pci));
+    pci->domain = line->domain;
+    pci->bus = line->bus;
+    pci->device = line->device;
+    snprintf(pci->busIdLegacy, sizeof(pci->busIdLegacy), "%04X:%02X:%02X.%X",
+             line->domain & 0xffff, line->bus & 0xff, line->device & 0xff, line->function & 0xf);
+    snprintf(pci->busId, sizeof(pci->busId), "%08X:%02X:%02X.%X", line->domain,
+             line->bus & 0xff, line->device & 0xff, line->function & 0xf);
+    return leave(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetNvLinkRemoteDeviceType(nvmlDevice_t device, unsigned int link,
+                                                        unsigned int *kind)
+{
+    gpu_t *g;
+    mig_t *m;
+    nvlink_t *line;
+    nvmlReturn_t rc = enter_device(__func__, device, &g, &m);
+    if (rc == NVML_SUCCESS && !kind)
+        rc = NVML_ERROR_INVALID_ARGUMENT;
+    if (rc == NVML_SUCCESS)
+        rc = nvlink_of(g, m, link, &line);
+    if (rc == NVML_SUCCESS && !line)
+        rc = NVML_ERROR_NOT_SUPPORTED;
+    if (rc == NVML_SUCCESS)
+        *kind = line->is_switch ? NVML_NVLINK_DEVICE_TYPE_SWITCH : NVML_NVLINK_DEVICE_TYPE_GPU;
+    return leave(rc);
 }

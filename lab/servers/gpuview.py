@@ -29,15 +29,39 @@ CONTAINER_STATE = "/run/nvidia-stand-in/state"
 CONTAINER_INFO = "/run/nvidia-stand-in/container.json"
 
 
+# The simulated AMD driver (lab/servers/amd_smi.py): the host's state, and the view the relay
+# writes into an AMD container (one given /dev/kfd), where ROCm would find the GPUs.
+AMD_HOST_STATE = "/etc/gpufleet-amd/state"
+AMD_CONTAINER_DIR = "/run/amd-stand-in"
+AMD_CONTAINER_STATE = AMD_CONTAINER_DIR + "/state"
+KFD = "/dev/kfd"
+# How long an AMD container's process waits for the relay's first view (it comes within 0.1 s).
+AMD_VIEW_WAIT_S = 10.0
+
+
+def _amd_state():
+    """The AMD state this process reads: the container's view, else the host's; None when
+    there is no /dev/kfd (ROCm finds no GPU without it)."""
+    if not os.path.exists(KFD):
+        return None
+    if os.path.exists(AMD_HOST_STATE) and not os.path.exists(AMD_CONTAINER_DIR):
+        return AMD_HOST_STATE
+    deadline = time.time() + AMD_VIEW_WAIT_S
+    while not os.path.exists(AMD_CONTAINER_STATE) and time.time() < deadline:
+        time.sleep(0.05)
+    return AMD_CONTAINER_STATE if os.path.exists(AMD_CONTAINER_STATE) else None
+
+
 def state_path():
-    """The state file this process's NVML reads (env first, then the lab's fixed places)."""
+    """The state file this process's driver reads: NVML's (env first, then the lab's fixed
+    places), else the AMD one where /dev/kfd exists."""
     path = os.environ.get("GPUFLEET_NVML_STATE")
-    if path:
+    if path and os.path.exists(path):
         return path
     for candidate in (CONTAINER_STATE, HOST_STATE):
         if os.path.exists(candidate):
             return candidate
-    return None
+    return _amd_state() or path
 
 
 def parse_state(path):
@@ -190,10 +214,12 @@ class View:
         self.gpus = []
         self.globals = {}
         self.regs = []
+        self.vendor = "nvidia"
         if not self.path or not os.path.exists(self.path):
             return
         state = parse_state(self.path)
         self.globals = state["globals"]
+        self.vendor = self.globals.get("vendor", "nvidia")
         self.drain_delay = float(_num(self.globals.get("drain_delay"), 0))
         self.procs_dir = self.globals["procs_dir"]
         self.regs = registrations(self.procs_dir, self.drain_delay)
@@ -253,10 +279,32 @@ def visible_gpus(view=None):
     """
     view = view or View()
     gpus = [g for g in view.gpus if not g["lost"]]
+    if view.vendor == "amd":
+        spec = os.environ.get("ROCR_VISIBLE_DEVICES")
+        return gpus if spec is None else select_rocr(gpus, spec)
     spec = os.environ.get("CUDA_VISIBLE_DEVICES")
     if spec is not None:
         gpus = _select(gpus, spec)
     return gpus
+
+
+def select_rocr(gpus, spec):
+    """Apply ROCR_VISIBLE_DEVICES to the GPUs ROCm enumerates (those whose device nodes the
+    process has, numbered from 0): each entry a number among them or a UUID as rocminfo
+    prints it (``GPU-`` and 16 hex digits) (ROCm's GPU isolation docs); an entry that is
+    neither ends the list, as CUDA does (assumed for ROCm). amd-smi's UUID
+    (``xxxxxxxx-0000-1000-...``) is not that UUID: it selects nothing. "" hides every GPU."""
+    chosen = []
+    for raw in spec.split(","):
+        token = raw.strip()
+        if token.isdigit() and int(token) < len(gpus):
+            chosen.append(gpus[int(token)])
+            continue
+        match = [g for g in gpus if token.startswith("GPU-") and g["uuid"] == token]
+        if len(match) != 1:
+            break
+        chosen.append(match[0])
+    return chosen
 
 
 class Registration:

@@ -221,11 +221,87 @@ def sweep(host_state=gpuview.HOST_STATE, containers=CONTAINERS, pid_cache=None):
             print("nvml-relay: %s: %s" % (cid, exc), file=sys.stderr)
 
 
+# ---- AMD containers ---------------------------------------------------------------------
+# No hook runs for a container given /dev/kfd and /dev/dri (plain device nodes, no device
+# request), so the relay finds them itself: a new container init (NSpid ends in 1) whose root
+# has /dev/kfd. Its view lives INSIDE the container, at /proc/<init>/root/run/amd-stand-in
+# (container.json, state, state.d/), and is relayed like an NVIDIA container's: only the GPUs
+# whose render node (/dev/dri/renderD<minor>) the container has, numbered from 0 as ROCm
+# numbers them; the container's registrations go to the host under host index and pid.
+
+
+def _init_pids(seen):
+    """Host pids of container init processes not looked at before."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in seen:
+            continue
+        pid = int(entry)
+        seen.add(pid)
+        try:
+            with open("/proc/%d/status" % pid, encoding="utf-8") as handle:
+                nspid = next((line.split()[1:] for line in handle if line.startswith("NSpid:")),
+                             [])
+        except OSError:
+            continue
+        if len(nspid) > 1 and nspid[-1] == "1":
+            found.append(pid)
+    return found
+
+
+def amd_visible(root, state):
+    """Host AMD GPU indexes whose render node exists under ``root`` (a container's /)."""
+    return [gpu["index"] for gpu in state["gpus"]
+            if os.path.exists("%s/dev/dri/renderD%s" % (root, gpu.get("render_minor", "")))]
+
+
+def sweep_amd(tracked, seen, host_state=gpuview.AMD_HOST_STATE):
+    """Find new AMD containers, then keep each one's view and registrations in step."""
+    if not os.path.exists(host_state):
+        return
+    state = gpuview.parse_state(host_state)
+    host_procs = state["globals"]["procs_dir"]
+    drain = float(gpuview._num(state["globals"].get("drain_delay"), 0))
+    gpuview.registrations(host_procs, drain)  # marks dead processes at once, like a driver
+    for pid in _init_pids(seen):
+        root = "/proc/%d/root" % pid
+        try:
+            here, there = os.stat("/"), os.stat(root)
+            if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+                seen.discard(pid)  # runc's init before pivot_root: look again next sweep
+                continue
+        except OSError:
+            continue
+        if not os.path.exists(root + gpuview.KFD):
+            continue
+        cdir = root + gpuview.AMD_CONTAINER_DIR
+        info = {"id": "amd-%d" % pid, "init_pid": pid, "visible": amd_visible(root, state)}
+        try:
+            os.makedirs(os.path.join(cdir, "state.d"), exist_ok=True)
+            gpuview.atomic_write(os.path.join(cdir, "container.json"), json.dumps(info))
+            render_view(cdir, host_state, info)
+        except OSError as exc:
+            print("nvml-relay: AMD container %d: %s" % (pid, exc), file=sys.stderr)
+            continue
+        tracked[pid] = {"cdir": cdir, "cache": {}}
+    for pid, entry in list(tracked.items()):
+        if not gpuview.pid_alive(pid):
+            tracked.pop(pid)  # its processes are dead too: the host's copies drain
+            continue
+        try:
+            info = relay(entry["cdir"], host_procs, entry["cache"])
+            render_view(entry["cdir"], host_state, info)
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            print("nvml-relay: AMD container %d: %s" % (pid, exc), file=sys.stderr)
+
+
 def main():
     period = float(os.environ.get("GPUFLEET_NVML_RELAY_PERIOD", "0.1"))
     cache = {}
+    amd_tracked, amd_seen = {}, set()
     while True:
         sweep(pid_cache=cache)
+        sweep_amd(amd_tracked, amd_seen)
         time.sleep(period)
 
 

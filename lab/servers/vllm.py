@@ -12,6 +12,10 @@ Startup, like vLLM's worker (timings from GPUFLEET_STANDIN_VLLM_*_SECONDS):
    of the Hugging Face cache (HF_HOME, HF_HUB_CACHE), fetched from HF_ENDPOINT (token from
    HF_TOKEN or $HF_HOME/token) unless HF_HUB_OFFLINE, with huggingface_hub's and vLLM's error
    texts (offline and not cached, gated, unknown, unreachable): exit 1, no GPU touched;
+   then the engine configuration: a --tensor-parallel-size over the visible GPUs ("World
+   size (N) is larger than the number of available GPUs (M) in this node. ...") or not
+   dividing the model's num_attention_heads ("Total number of attention heads (H) must be
+   divisible by tensor parallel size (N).") dies the same way, as pydantic reports them;
 2. device init: snapshot of free memory; refuses when free < utilization x total:
    "ValueError: Free memory on device (F/T GiB) on startup is less than desired GPU memory
    utilization (U, R GiB). ..."
@@ -527,6 +531,59 @@ def snapshot_download(hub, source, cache, pattern, info):
     return os.path.join(Hub.repo_dir(cache, source.model), "snapshots", info["sha"])
 
 
+PYDANTIC = "/usr/local/lib/python3.12/dist-packages/pydantic/_internal/_dataclasses.py"
+WORLD_SIZE = (
+    "World size ({world}) is larger than the number of available GPUs ({gpus}) in this node. "
+    "If this is intentional and you are using:\n- ray, set '--distributed-executor-backend "
+    "ray'.\n- multiprocessing, set '--nnodes' appropriately.")
+HEADS = ("Total number of attention heads ({heads}) must be divisible by tensor parallel size "
+         "({tp}).")
+
+
+def _validation_error(config_class, message, fields):
+    """pydantic's report of a ValueError raised in a config dataclass's __post_init__ (vLLM's
+    configs are pydantic dataclasses): one 'Value error' line item."""
+    shown = ", ".join("%r: %s" % item for item in fields)
+    return ("1 validation error for %s\n  Value error, %s [type=value_error, "
+            "input_value=ArgsKwargs((), {%s, ...}), input_type=ArgsKwargs]\n    For further "
+            "information visit https://errors.pydantic.dev/2.11/v/value_error"
+            % (config_class, message, shown))
+
+
+def model_config(hub, source):
+    """The model's config.json (resolve() found or fetched it), {} when it cannot be read."""
+    folder = source.local or hub.snapshot(hub.cache, source.model, source.revision)
+    try:
+        with open(os.path.join(folder or "", "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def check_parallel(args, hub, source, visible):
+    """EngineArgs.create_engine_config, before any engine starts (dies, no GPU touched):
+    ParallelConfig.__post_init__ refuses a world size (here the tensor parallel size) over
+    the GPUs the process sees (vllm/config/parallel.py, PR 30140); VllmConfig.__post_init__
+    then wants the model's attention heads (its text config's num_attention_heads, 0 when
+    unset) divisible by it (ModelConfig.verify_with_parallel_config, vllm/config/model.py).
+    Fewer than visible is fine: the ranks take the first GPUs."""
+    tp = args.tensor_parallel_size
+    if tp > 1 and visible < tp:
+        die([("pydantic_core._pydantic_core.ValidationError", _validation_error(
+            "ParallelConfig", WORLD_SIZE.format(world=tp, gpus=visible),
+            [("pipeline_parallel_size", "1"), ("tensor_parallel_size", str(tp))]),
+            (PYDANTIC, "__init__"))])
+    config = model_config(hub, source)
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    heads = text.get("num_attention_heads") or 0
+    if isinstance(heads, int) and heads % tp:
+        die([("pydantic_core._pydantic_core.ValidationError", _validation_error(
+            "VllmConfig", HEADS.format(heads=heads, tp=tp),
+            [("model_config", "ModelConfig(model=%r, ...)" % args.model)]),
+            (PYDANTIC, "__init__"))])
+
+
 class Workers:
     """Tensor parallel: one process per GPU, titled <prefix>::Worker_TP<n> (kernel comm
     "VLLM::Worker_TP"), holds that GPU's memory (vLLM PR 22205); the engine core holds none.
@@ -707,15 +764,14 @@ def main():
     hub = Hub()
     source = resolve(args, hub)
 
-    gpus = gpuview.visible_gpus()[: args.tensor_parallel_size]
-    if len(gpus) < args.tensor_parallel_size:
-        crash(
-            "RuntimeError",
-            "No CUDA GPUs are available"
-            if not gpus
-            else "tensor parallel size %d > %d visible GPUs"
-            % (args.tensor_parallel_size, len(gpus)),
-        )
+    # the engine's configuration, still in this process (no GPU touched): the world size
+    # against the visible GPUs, then the model's attention heads against it
+    visible = gpuview.visible_gpus()
+    check_parallel(args, hub, source, len(visible))
+    # ranks 0..N-1 take the first N visible GPUs (local rank = device ordinal)
+    gpus = visible[: args.tensor_parallel_size]
+    if not gpus:
+        crash("RuntimeError", "No CUDA GPUs are available")
     # 2. device init: the snapshot every later check compares with.
     init = {g["index"]: g for g in gpus}
     requested = {i: g["total_mib"] * args.gpu_memory_utilization for i, g in init.items()}

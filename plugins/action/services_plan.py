@@ -7,8 +7,10 @@ each at most once: its GPUs (gpufleet.inference.gpu_facts, unless ``gpus`` is gi
 DUAL_GPU_MODE of its .env (ansible.builtin.slurp, unless a mode is given). Everything else is
 pure computation here: the catalog, profile and mode (module_utils/_plan.py), the placement
 (module_utils/_placement.py, with the gpu_placement module's argument spec, so its options are
-converted and refused as that module does) and the plan. Bad input ends in a failed result
-naming the field and the value, never a traceback.
+converted and refused as that module does) and the plan. The placement runs in two passes
+(_plan.place_in_two_passes): the catalog's services first, then, on the GPUs they leave spare,
+one replica of each ``per_spare_gpu`` entry, with the first pass's services pinned where it put
+them. Bad input ends in a failed result naming the field and the value, never a traceback.
 """
 
 from __future__ import annotations
@@ -115,6 +117,12 @@ class ActionModule(ActionBase):
             raise PlanError("services_placement_options: %s" % checked.errors.msg)
         return checked.validated_parameters
 
+    def _place(self, args, gpus, services):
+        """One placement pass: gpu_placement on the host's GPUs with the role's options."""
+        params = self._placement_params(args, gpus, services)
+        return _placement.place(params["gpus"], params["services"],
+                                **{k: params[k] for k in _placement.OPTION_KEYS})
+
     def _plan(self, args, task_vars):
         catalog, extra = args["catalog"], args["extra_profiles"]
         said = {"ansible_facts": {}, "warnings": [], "deprecations": []}
@@ -131,13 +139,10 @@ class ActionModule(ActionBase):
                 if answer.get("failed"):
                     return dict(answer, changed=False)
                 gpus = said["ansible_facts"].get("gpus") or []
-            services = _plan.placement_input(catalog, args["profile"], mode, extra, gpus)
-            placement = {}
-            if services:
-                params = self._placement_params(args, gpus, services)
-                placement = _placement.place(params["gpus"], params["services"],
-                                             **{k: params[k] for k in _placement.OPTION_KEYS})
-                said["warnings"].extend(placement["warnings"])
+            placement = _plan.place_in_two_passes(
+                catalog, args["profile"], mode, extra, gpus,
+                lambda services: self._place(args, gpus, services))
+            said["warnings"].extend(placement.get("warnings") or [])
             plan = _plan.plan(catalog, placement, gpus, args["profile"], mode, extra,
                               args["sources"], secrets)
         except ValueError as exc:

@@ -3,15 +3,21 @@
 """Filters that turn the service catalog and one placement into what runs the services.
 
 services_catalog_check, services_placement_input and services_plan wrap
-module_utils/_plan.py; compose_document, gpu_assignments_document, systemd_instances and
-k8s_manifests wrap module_utils/_render.py; dotenv_merge wraps module_utils/_common.py. One
+module_utils/_plan.py; compose_document, gpu_assignments_document and systemd_instances wrap
+module_utils/_render.py; k8s_manifests, k8s_fleet_hosts, k8s_fleet_plan and k8s_node_commands wrap
+module_utils/_k8s.py; dotenv_merge wraps module_utils/_common.py. One
 documentation file per filter name next to this file (as ansible-doc looks them up). The roles
 compose, systemd_units and k8s_manifests use them so that their templates stay thin.
 """
 
 from __future__ import annotations
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _common, _plan, _render
+from ansible_collections.gpufleet.inference.plugins.module_utils import (
+    _common,
+    _k8s,
+    _plan,
+    _render,
+)
 from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import filter_function
 
 
@@ -30,6 +36,9 @@ class FilterModule:
             "dotenv_merge": _common.dotenv_merge,
             "gpu_assignments_document": _render.gpu_assignments_document,
             "systemd_instances": _render.systemd_instances,
-            "k8s_manifests": _render.k8s_manifests,
+            "k8s_manifests": _k8s.k8s_manifests,
+            "k8s_fleet_hosts": _k8s.fleet_hosts,
+            "k8s_fleet_plan": _k8s.fleet_plan,
+            "k8s_node_commands": _k8s.node_commands,
         }
         return {name: filter_function(name, function) for name, function in functions.items()}

@@ -818,11 +818,12 @@ def verify_checks(plan, runtime, project_name="gpufleet",
     """What a verifier checks for each active service of the plan.
 
     Each: ``name``, ``engine``, ``model``, ``url`` (the health endpoint on the host, None when
-    the service has none or publishes no port for it), ``device_id`` and ``gpu_index`` of the
-    placement (None on the CPU); compose adds ``project`` and ``service`` (the container is
-    ``<project>-<service>-1``), systemd adds ``unit`` and ``cuda_visible_devices`` (what the
-    unit's main process must have). A listener bound to 0.0.0.0, ``::`` or loopback is probed
-    on 127.0.0.1; one bound to another address, on that address.
+    the service has none or publishes no port for it), ``device_id``, ``gpu_index`` and
+    ``vendor`` of the placement (None on the CPU); compose adds ``project`` and ``service``
+    (the container is ``<project>-<service>-1``), systemd adds ``unit`` and
+    ``cuda_visible_devices`` (what the unit's main process must have). A listener bound to
+    0.0.0.0, ``::`` or loopback is probed on 127.0.0.1; one bound to another address, on that
+    address.
     """
     _check_plan(plan)
     if runtime not in RUNTIMES:
@@ -843,8 +844,8 @@ def verify_checks(plan, runtime, project_name="gpufleet",
             checks.append({"name": service["name"], "engine": service.get("engine"),
                            "model": service.get("model"), "url": url,
                            "device_id": place.get("device_id"),
-                           "gpu_index": place.get("gpu_index"), "project": project_name,
-                           "service": service["name"]})
+                           "gpu_index": place.get("gpu_index"), "vendor": place.get("vendor"),
+                           "project": project_name, "service": service["name"]})
         return checks
     instances = _rendering(_render.systemd_instances, plan, models_dir, bind_address)
     for instance in instances:
@@ -860,7 +861,7 @@ def verify_checks(plan, runtime, project_name="gpufleet",
         checks.append({"name": instance["service"], "engine": instance["template"],
                        "model": service.get("model"), "url": url,
                        "device_id": place.get("device_id"), "gpu_index": place.get("gpu_index"),
-                       "unit": instance["unit"],
+                       "vendor": place.get("vendor"), "unit": instance["unit"],
                        "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES", "")})
     return checks
 

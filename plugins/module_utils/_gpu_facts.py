@@ -63,10 +63,16 @@ def _of_vendor(result, vendor):
 
 
 def _merge(collected, name, result, gpus):
-    """Add one backend's GPUs (of one vendor family); its name and warnings only once."""
+    """Add one backend's GPUs (of one vendor family); its name and warnings only once.
+
+    Each GPU gains ``topology``: its links to the other GPUs from the backend's
+    ``{"topology": {index: [...] or None}}`` (NVML, nvidia-smi), else None (not read).
+    """
+    topology = result.get("topology") or {}
     for gpu in gpus:
         _check_health(gpu, name)
         check_values(gpu, collected["warnings"])
+        gpu["topology"] = topology.get(gpu["index"]) if gpu.get("index") is not None else None
     collected["gpus"].extend(gpus)
     if name not in collected["answered"]:
         collected["answered"].append(name)

@@ -37,8 +37,10 @@ else:
 class Readers:
     """The backend readers, bound to one module run (commands, timeout, roots)."""
 
-    def __init__(self, module, timeout, sysfs_root="/", include_integrated=False):
+    def __init__(self, module, timeout, sysfs_root="/", include_integrated=False,
+                 topology=True):
         self.module = module
+        self.topology = topology
         self.timeout = timeout
         self.root = sysfs_root
         self.include_integrated = include_integrated
@@ -48,7 +50,8 @@ class Readers:
     def mapping(self):
         return {
             "nvml": self.nvml,
-            "nvidia-smi": lambda: self.tool("nvidia-smi", _nvidia_smi.collect),
+            "nvidia-smi": lambda: self.tool("nvidia-smi", _nvidia_smi.collect,
+                                            topology=self.topology),
             "amd-smi": lambda: self.tool("amd-smi", _amd_smi.collect_amd_smi),
             "rocm-smi": lambda: self.tool("rocm-smi", _amd_smi.collect_rocm_smi),
             "sysfs": self.sysfs,
@@ -61,7 +64,8 @@ class Readers:
 
         def work():
             try:
-                box["result"] = _nvml.read_gpus(pynvml, system_memory_mib=self.memory_mib)
+                box["result"] = _nvml.read_gpus(pynvml, system_memory_mib=self.memory_mib,
+                                                topology=self.topology)
             except BaseException as exc:  # handed to the caller's thread below
                 box["error"] = exc
 
@@ -78,7 +82,7 @@ class Readers:
             raise _gpu_facts.BackendError("nvml", "%s: %s" % (type(error).__name__, error))
         return box["result"]
 
-    def tool(self, name, collect):
+    def tool(self, name, collect, **options):
         path = self.module.get_bin_path(name)
         if path is None:
             raise _gpu_facts.BackendUnavailable("%s is not on PATH" % name)
@@ -99,7 +103,7 @@ class Readers:
             return rc, out, err
 
         try:
-            return collect(run, system_memory_mib=self.memory_mib)
+            return collect(run, system_memory_mib=self.memory_mib, **options)
         except ValueError as exc:
             raise _gpu_facts.BackendError(name, str(exc)) from exc
 
@@ -114,10 +118,13 @@ class Readers:
         return result
 
 
-def read_gpus(module, backend="auto", timeout=60, sysfs_root="/", include_integrated=False):
+def read_gpus(module, backend="auto", timeout=60, sysfs_root="/", include_integrated=False,
+              topology=True):
     """``_gpu_facts.gather``'s result for this host: {'gpus', 'answered', 'tried', 'warnings',
     'driver_version', 'cuda_driver_version'}; raises ``_gpu_facts.BackendError``.
     ``include_integrated`` counts an integrated GPU that shares the host's memory (the
-    Intel iGPU) as an inference GPU; by default it is left out with a warning."""
-    readers = Readers(module, timeout, sysfs_root, include_integrated)
+    Intel iGPU) as an inference GPU; by default it is left out with a warning.
+    ``topology=False`` skips reading the links between GPUs (NVML's topology calls,
+    ``nvidia-smi topo -m``): each GPU's ``topology`` is then None."""
+    readers = Readers(module, timeout, sysfs_root, include_integrated, topology)
     return _gpu_facts.gather(backend, readers.mapping())

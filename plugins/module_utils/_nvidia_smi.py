@@ -457,6 +457,122 @@ def apply_unified_memory(gpus, system_memory_mib, warnings):
             )
 
 
+# --------------------------------------------------------------------------- topo -m
+
+# What a cell of ``nvidia-smi topo -m`` says about two GPUs (its Legend), as a ``link`` of
+# the ``topology`` fact. PIX: at most one PCIe bridge; PXB: several, below one host bridge;
+# PHB: through a host bridge; NODE: between host bridges of one NUMA node; SYS: across NUMA
+# nodes (SOC in drivers older than the NODE level); NV#: a bonded set of # NVLinks.
+TOPO_LINKS = {
+    "PIX": "pcie_switch",
+    "PXB": "pcie_switch",
+    "PHB": "host_bridge",
+    "NODE": "numa",
+    "SYS": "system",
+    "SOC": "system",
+}
+
+# nvidia-smi underlines the header line (ESC[4m ... ESC[0m), also when its output is a pipe.
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+_TOPO_GPU_RE = re.compile(r"^GPU(\d+)\Z")
+_TOPO_NVLINK_RE = re.compile(r"^NV(\d+)\Z")
+
+
+def _topo_cell(cell, where):
+    """(link, nvlink_count) of one matrix cell; ValueError for anything else."""
+    nvlink = _TOPO_NVLINK_RE.match(cell)
+    if nvlink and int(nvlink.group(1)) > 0:
+        return "nvlink", int(nvlink.group(1))
+    if cell in TOPO_LINKS:
+        return TOPO_LINKS[cell], None
+    raise ValueError("nvidia-smi topo -m: %s is %r, not one of X, NV<n>, %s"
+                     % (where, cell, ", ".join(TOPO_LINKS)))
+
+
+def parse_topo_matrix(text):
+    """Parse ``nvidia-smi topo -m`` into ``{GPU index: [{"index", "link", "nvlink_count"}]}``.
+
+    The header names the GPU columns first (``GPU0`` .. ``GPU<n-1>``), then whatever the host
+    has besides: NIC columns (``NIC0``, ``mlx5_0``), ``CPU Affinity``, ``NUMA Affinity``,
+    ``GPU NUMA ID``; those, the NIC rows and the Legend are skipped. Each GPU row must give
+    ``X`` on the diagonal and a known link (:data:`TOPO_LINKS`, ``NV<n>``) in every other GPU
+    column. Anything else raises ValueError naming the line or the cell.
+    """
+    if text is None or not text.strip():
+        raise ValueError("nvidia-smi topo -m: no output")
+    lines = [_ANSI_RE.sub("", line) for line in text.splitlines()]
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    number, header = numbered[0]
+    columns = []
+    for token in header.split():
+        match = _TOPO_GPU_RE.match(token)
+        if not match:
+            break
+        columns.append(int(match.group(1)))
+    if not columns or columns != list(range(len(columns))):
+        raise ValueError("nvidia-smi topo -m: no GPU0, GPU1, ... columns (line %d: %r)"
+                         % (number, first_line(header)))
+    rows = {}
+    for number, line in numbered[1:]:
+        if line.strip().startswith("Legend"):
+            break
+        tokens = line.split()
+        label = _TOPO_GPU_RE.match(tokens[0])
+        if label is None:
+            continue  # a NIC row (NIC0, mlx5_0): not about GPUs
+        index = int(label.group(1))
+        if index not in columns or index in rows:
+            raise ValueError("nvidia-smi topo -m: line %d: row GPU%d does not fit the %d GPU "
+                             "columns: %r" % (number, index, len(columns), first_line(line)))
+        cells = tokens[1:1 + len(columns)]
+        if len(cells) < len(columns):
+            raise ValueError("nvidia-smi topo -m: line %d: %d cells for %d GPU columns: %r"
+                             % (number, len(cells), len(columns), first_line(line)))
+        peers = []
+        for peer, cell in zip(columns, cells):
+            where = "row GPU%d, column GPU%d" % (index, peer)
+            if peer == index:
+                if cell != "X":
+                    raise ValueError("nvidia-smi topo -m: %s is %r, expected X" % (where, cell))
+                continue
+            link, count = _topo_cell(cell, where)
+            peers.append({"index": peer, "link": link, "nvlink_count": count})
+        rows[index] = peers
+    missing = [index for index in columns if index not in rows]
+    if missing:
+        raise ValueError("nvidia-smi topo -m: no row for GPU%s" % ", GPU".join(map(str, missing)))
+    return rows
+
+
+def _topology(run, gpus, warnings):
+    """``{GPU index: topology or None}`` for the GPUs read (see :func:`parse_topo_matrix`);
+    a failure leaves every GPU's topology None with one warning."""
+    indexed = [gpu for gpu in gpus if gpu["index"] is not None]
+    result = {gpu["index"]: None for gpu in indexed}
+    if len(indexed) < 2:
+        # One GPU that can be numbered (the other, if any, lost): no peers, nothing to ask.
+        result.update((gpu["index"], []) for gpu in indexed)
+        return result
+    try:
+        try:
+            rc, out, err = _run_text(run, ["nvidia-smi", "topo", "-m"])
+        except Exception as exc:  # the runner's own failure (a timeout): the GPUs stay read
+            raise ValueError("nvidia-smi topo -m: %s" % exc) from None
+        if rc != 0:
+            raise ValueError("nvidia-smi topo -m exited %d: %s" % (rc, first_line(out or err)))
+        matrix = parse_topo_matrix(out)
+    except ValueError as exc:
+        warnings.append("%s: topology is null" % exc)
+        return result
+    uuids = {gpu["index"]: gpu["uuid"] for gpu in indexed}
+    for index in result:
+        if index not in matrix:
+            warnings.append("nvidia-smi topo -m has no GPU%d: its topology is null" % index)
+            continue
+        result[index] = [dict(peer, uuid=uuids.get(peer["index"])) for peer in matrix[index]]
+    return result
+
+
 # --------------------------------------------------------------------------- collect
 
 
@@ -560,7 +676,7 @@ def _attach_mig_list(gpus, listed, from_xml):
             ]
 
 
-def collect(run, query_fields=QUERY_FIELDS, system_memory_mib=None):
+def collect(run, query_fields=QUERY_FIELDS, system_memory_mib=None, topology=False):
     """Read every NVIDIA GPU with nvidia-smi.
 
     ``run(argv) -> (rc, stdout, stderr)`` runs one command (the module passes its
@@ -576,7 +692,9 @@ def collect(run, query_fields=QUERY_FIELDS, system_memory_mib=None):
     exits non-zero, the other one answers and a warning says what is missing;
     when both fail, or one prints garbage, raises ValueError naming the command.
 
-    Returns ``{"gpus", "driver_version", "cuda_driver_version", "warnings"}``.
+    Returns ``{"gpus", "driver_version", "cuda_driver_version", "warnings"}``; with
+    ``topology=True`` also ``"topology": {GPU index: [links] or None}`` from
+    ``nvidia-smi topo -m`` (asked only when there are two GPUs or more).
     """
     warnings = []
     xml, xml_failure = _read(
@@ -630,5 +748,8 @@ def collect(run, query_fields=QUERY_FIELDS, system_memory_mib=None):
         gpu["cuda_driver_version"] = gpu["cuda_driver_version"] or cuda_version
         fill_free(gpu)
     gpus.sort(key=lambda gpu: (gpu["index"] is None, gpu["index"] or 0))
-    return {"gpus": gpus, "driver_version": driver_version,
-            "cuda_driver_version": cuda_version, "warnings": warnings}
+    result = {"gpus": gpus, "driver_version": driver_version,
+              "cuda_driver_version": cuda_version, "warnings": warnings}
+    if topology:
+        result["topology"] = _topology(run, gpus, warnings)
+    return result

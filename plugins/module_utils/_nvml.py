@@ -20,6 +20,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model impo
 )
 
 # NVML return codes (nvml.h; stable across driver releases).
+NVML_ERROR_INVALID_ARGUMENT = 2
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_DRIVER_NOT_LOADED = 9
@@ -29,6 +30,21 @@ NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
 NVML_TEMPERATURE_GPU = 0
 NVML_DEVICE_MIG_ENABLE = 1
+NVML_FEATURE_ENABLED = 1
+NVML_NVLINK_DEVICE_TYPE_SWITCH = 2
+# nvmlGpuTopologyLevel_t (nvml.h): how far apart two GPUs are on PCIe, as a link of the
+# ``topology`` fact. INTERNAL (two GPUs on one board), SINGLE (one PCIe switch, nvidia-smi
+# PIX) and MULTIPLE (several switches below one host bridge, PXB) are all "pcie_switch".
+TOPOLOGY_LEVELS = {
+    0: "pcie_switch",
+    10: "pcie_switch",
+    20: "pcie_switch",
+    30: "host_bridge",
+    40: "numa",
+    50: "system",
+}
+# NVML_NVLINK_MAX_LINKS of bindings too old to carry it (18 before Hopper's bindings).
+_NVLINK_MAX_LINKS = 18
 
 # Codes that mean "this GPU or driver has no such value", not "the GPU is failing".
 _ABSENT = (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND)
@@ -184,12 +200,13 @@ def _read_mig_devices(calls, handle):
 
 
 def _read_gpu(pynvml, index, system_memory_mib, warnings):
+    """(the GPU's facts, its NVML handle or None)."""
     calls = _Calls(pynvml)
     gpu = new_gpu(index=index, vendor="nvidia")
     handle = calls.get("nvmlDeviceGetHandleByIndex", index)
     if handle is None:
         gpu.update(healthy=False, errors=calls.errors)
-        return gpu
+        return gpu, None
 
     gpu["name"] = _text(calls.get("nvmlDeviceGetName", handle))
     gpu["uuid"] = _text(calls.get("nvmlDeviceGetUUID", handle))
@@ -238,7 +255,7 @@ def _read_gpu(pynvml, index, system_memory_mib, warnings):
 
     gpu["errors"] = calls.errors
     gpu["healthy"] = not calls.errors
-    return gpu
+    return gpu, (None if calls.lost else handle)
 
 
 def _unified(gpu, processes, system_memory_mib, warnings):
@@ -260,6 +277,129 @@ def _unified(gpu, processes, system_memory_mib, warnings):
         "sizes come from %s and used memory from the GPU's processes"
         % (gpu["index"], gpu["name"] or gpu["uuid"] or "unknown", where)
     )
+
+
+class _TopologyError(Exception):
+    """A topology call failed: the GPUs it was about get ``topology: null``."""
+
+
+def _topology_call(pynvml, function, *args):
+    """The value of one topology call; _TopologyError (never NvmlUnavailable) on a failure."""
+    call = getattr(pynvml, function, None)
+    if call is None:
+        raise _TopologyError("nvidia-ml-py has no %s" % function)
+    try:
+        return call(*args)
+    except _mismatch_error(pynvml) as exc:
+        raise _TopologyError("%s: the NVML library is older than nvidia-ml-py: %s"
+                             % (function, exc)) from None
+    except pynvml.NVMLError as exc:
+        raise _TopologyError("%s failed: %s" % (function, _describe(exc))) from None
+
+
+def _nvlinks(pynvml, handle, by_bus):
+    """({peer GPU index: active NVLinks to it}, active NVLinks to NVSwitches) of one GPU.
+
+    NVML answers NOT_SUPPORTED for every link of a GPU without NVLink, and INVALID_ARGUMENT
+    for a link number the GPU does not have (nvml.h). An active link leads to the GPU whose
+    PCI bus id ``nvmlDeviceGetNvLinkRemotePciInfo_v2`` gives, or to an NVSwitch (HGX/DGX
+    boards: every GPU reaches every other through the switches); a remote end that is neither
+    (a GPU this process cannot see, as in a container) is left out.
+    """
+    peers = {}
+    switch_links = 0
+    for link in range(getattr(pynvml, "NVML_NVLINK_MAX_LINKS", _NVLINK_MAX_LINKS)):
+        try:
+            state = pynvml.nvmlDeviceGetNvLinkState(handle, link)
+        except pynvml.NVMLError as exc:
+            if exc.value == NVML_ERROR_NOT_SUPPORTED:
+                break  # no NVLink on this GPU
+            if exc.value == NVML_ERROR_INVALID_ARGUMENT:
+                continue  # no such link on this GPU
+            raise _TopologyError("nvmlDeviceGetNvLinkState(link %d) failed: %s"
+                                 % (link, _describe(exc))) from None
+        if state != NVML_FEATURE_ENABLED:
+            continue
+        pci = _topology_call(pynvml, "nvmlDeviceGetNvLinkRemotePciInfo", handle, link)
+        try:
+            peer = by_bus.get(normalize_pci_bus_id(_text(pci.busId)))
+        except ValueError as exc:
+            raise _TopologyError("nvmlDeviceGetNvLinkRemotePciInfo_v2(link %d) returned a bad "
+                                 "busId: %s" % (link, exc)) from None
+        if peer is not None:
+            peers[peer] = peers.get(peer, 0) + 1
+            continue
+        try:
+            kind = _topology_call(pynvml, "nvmlDeviceGetNvLinkRemoteDeviceType", handle, link)
+        except _TopologyError:
+            continue  # an old driver: the remote end stays unknown, so it is not counted
+        if kind == NVML_NVLINK_DEVICE_TYPE_SWITCH:
+            switch_links += 1
+    return peers, switch_links
+
+
+def read_topology(pynvml, gpus, handles, warnings):
+    """``{GPU index: topology}``: each GPU's links to the other GPUs, sorted by peer index.
+
+    A link is ``{"index", "uuid", "link", "nvlink_count"}`` (see ``TOPOLOGY_LEVELS``): NVLink
+    when the two share active NVLinks (directly, or both through NVSwitches), else the PCIe
+    level of ``nvmlDeviceGetTopologyCommonAncestor``. ``[]`` for a host's only GPU. A GPU
+    whose topology call fails gets ``None`` and one warning; the module does not fail. A GPU
+    without a handle (lost) has ``None`` and is nobody's peer; MIG devices are never peers.
+    """
+    result = {gpu["index"]: None for gpu in gpus}
+    usable = [(gpu, handle) for gpu, handle in zip(gpus, handles) if handle is not None]
+    if len(gpus) == 1 and usable:
+        result[gpus[0]["index"]] = []
+        return result
+    by_bus = {gpu["pci_bus_id"]: gpu["index"] for gpu, _handle in usable if gpu["pci_bus_id"]}
+    failed = {}
+    links = {}
+    for gpu, handle in usable:
+        try:
+            links[gpu["index"]] = _nvlinks(pynvml, handle, by_bus)
+        except _TopologyError as exc:
+            failed.setdefault(gpu["index"], str(exc))
+    levels = {}
+    for at, (gpu, handle) in enumerate(usable):
+        for peer, peer_handle in usable[at + 1:]:
+            pair = (gpu["index"], peer["index"])
+            try:
+                level = _topology_call(pynvml, "nvmlDeviceGetTopologyCommonAncestor",
+                                       handle, peer_handle)
+                if level not in TOPOLOGY_LEVELS:
+                    raise _TopologyError("nvmlDeviceGetTopologyCommonAncestor returned the "
+                                         "unknown level %r" % (level,))
+            except _TopologyError as exc:
+                text = "%s (with GPU %s)" % (exc, peer["index"])
+                failed.setdefault(pair[0], text)
+                failed.setdefault(pair[1], "%s (with GPU %s)" % (exc, gpu["index"]))
+                continue
+            levels[pair] = levels[pair[::-1]] = TOPOLOGY_LEVELS[level]
+    for gpu, _handle in usable:
+        index = gpu["index"]
+        if index in failed:
+            warnings.append("GPU %s (%s): topology is null, NVML could not tell the links to "
+                            "the other GPUs: %s"
+                            % (index, gpu["name"] or gpu["uuid"] or "unknown", failed[index]))
+            continue
+        peers, switch_links = links[index]
+        topology = []
+        for peer, _peer_handle in usable:
+            if peer is gpu:
+                continue
+            count = peers.get(peer["index"])
+            peer_switch = links.get(peer["index"], ({}, 0))[1]
+            if not count and switch_links and peer_switch:
+                count = min(switch_links, peer_switch)
+            topology.append({
+                "index": peer["index"],
+                "uuid": peer["uuid"],
+                "link": "nvlink" if count else levels[(index, peer["index"])],
+                "nvlink_count": count or None,
+            })
+        result[index] = sorted(topology, key=lambda entry: entry["index"])
+    return result
 
 
 def _system_call(pynvml, function, *args):
@@ -296,12 +436,14 @@ def _optional_system_value(pynvml, functions, warnings):
     return None
 
 
-def read_gpus(pynvml, system_memory_mib=None):
+def read_gpus(pynvml, system_memory_mib=None, topology=False):
     """Every GPU NVML sees, as :func:`new_gpu` facts.
 
     ``system_memory_mib`` (MemTotal) sizes unified-memory GPUs, whose NVML has no memory
     size. Raises NvmlUnavailable when NVML cannot be used on this host and NvmlError when
     a call about the whole system fails; per-GPU failures stay in that GPU's ``errors``.
+    ``topology=True`` adds ``"topology": {GPU index: [links] or None}`` to the result
+    (:func:`read_topology`).
     """
     warnings = []
     _system_call(pynvml, "nvmlInit")
@@ -315,13 +457,19 @@ def read_gpus(pynvml, system_memory_mib=None):
         cuda = cuda_version_text(cuda) if cuda else None
         count = _system_call(pynvml, "nvmlDeviceGetCount")
         gpus = []
+        handles = []
         for index in range(count):
-            gpu = _read_gpu(pynvml, index, system_memory_mib, warnings)
+            gpu, handle = _read_gpu(pynvml, index, system_memory_mib, warnings)
             gpu.update(driver_version=driver, cuda_driver_version=cuda)
             gpus.append(gpu)
+            handles.append(handle)
+        links = read_topology(pynvml, gpus, handles, warnings) if topology else None
     finally:
         try:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass  # nothing left to release that the caller could act on
-    return dict(gpus=gpus, driver_version=driver, cuda_driver_version=cuda, warnings=warnings)
+    result = dict(gpus=gpus, driver_version=driver, cuda_driver_version=cuda, warnings=warnings)
+    if topology:
+        result["topology"] = links
+    return result

@@ -18,6 +18,10 @@ Vocabulary
              by its bus id or UUID): never placed on; the first warnings name it and its errors.
   unknown    a GPU of unknown memory size has no known room (usable 0): it takes its pins and
              what no other unit has room for, each said. Live usage not read counts as 0, said.
+  set        the N whole GPUs (never MIG devices, one host, one vendor) of a service with
+             ``gpus: N`` > 1 (tensor parallel). Its budget is per GPU and held on each of
+             them; its link is the slowest link between two of them (``LINKS``, from each
+             GPU's ``topology`` fact; unknown when not reported).
 
 Every strategy honours pins first (``gpu``: index, ``i:j`` for MIG device j of GPU i, or a
 UUID), then places the other services one by one, each on the unit with the smallest key:
@@ -26,7 +30,18 @@ UUID), then places the other services one by one, each on the unit with the smal
      unused?,] strategy key..., position)
 
 so hard wishes are only given up when no unit grants them, and each give-up is a warning
-("warn but allow", seed 001). Strategies (seed 001, "Assignment Strategies"):
+("warn but allow", seed 001). A service spanning N GPUs is placed before the single-GPU
+ones (it is the hardest to fit), on the set with the smallest key:
+
+    (compute capability too low on one?, exclusivity broken on one?, does not fit on one?,
+     [not all on a dedicated host?,] [isolation_first: GPUs already used,] slowest link,
+     strategy key of the set..., positions)
+
+among the sets of each host: all of them when there are at most ``SET_ENUMERATION_LIMIT``,
+else one per start GPU, grown by adding the GPU with the smallest (hard wishes, fits,
+slowest link to the GPUs taken, strategy key, position) until it has N.
+
+Strategies (seed 001, "Assignment Strategies"):
   manual             pins only; an unpinned service goes where vram_based would put it, with
                      a warning.
   vram_based         largest budget first, onto the unit with the most free memory.
@@ -44,13 +59,15 @@ manual, vram_based and balanced care about memory only: when their pass leaves a
 without room but a best-fit pass (fullest unit with room first) places everything, the
 best-fit placement is kept (``summary.repaired``; balanced then evens it out). When best fit
 fails too and the instance is small (``EXACT_*``), an exhaustive search looks for a placement
-where every service fits, within the same hard wishes (``summary.exact_search``).
+where every service fits, within the same hard wishes (``summary.exact_search``); not when
+a service spans GPUs (its sets come from the strategy's rule and best fit only).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import heapq
+import itertools
 import math
 import re
 
@@ -74,11 +91,21 @@ EXPLAIN_LIMIT = 8
 LOCAL_SEARCH_LIMIT = 200000
 LOCAL_SEARCH_PASSES = 100
 SWAP_LIMIT = 64
+# Tensor parallel: at most this many GPUs for one service; a set of N GPUs of one host is
+# chosen among all combinations while they are at most this many, else grown from each GPU.
+MAX_SERVICE_GPUS = 64
+SET_ENUMERATION_LIMIT = 128
+# Links between two GPUs, fastest first (nvidia-smi topo -m: NV#, PIX/PXB, PHB, NODE, SYS).
+LINKS = ("nvlink", "pcie_switch", "host_bridge", "numa", "system")
+LINK_UNKNOWN = len(LINKS)
+LINK_NAMES = (*LINKS, "unknown")
+# A set whose slowest link is this or slower (host bridge, NUMA, system) is said.
+SLOW_LINK = LINKS.index("host_bridge")
 
 SERVICE_KEYS = (
     "name", "vram_mib", "model", "engine", "role", "latency_critical", "exclusive", "gpu",
     "min_compute_capability", "vram_budget_mib", "context_length", "parallel", "host",
-    "node_selector",
+    "node_selector", "gpus",
 )
 HOST_KEYS = ("name", "gpus", "labels", "dedicated")
 
@@ -89,9 +116,9 @@ SERVICE_SPEC = dict(
     name=dict(type="str", required=True), vram_mib=dict(type="int"), model=dict(type="str"),
     engine=dict(type="str", choices=list(ENGINES)), role=dict(type="str"),
     latency_critical=dict(type="bool", default=False), exclusive=dict(type="bool", default=False),
-    gpu=dict(type="str"), min_compute_capability=dict(type="str"),
+    gpu=dict(type="raw"), min_compute_capability=dict(type="str"),
     vram_budget_mib=dict(type="int"), context_length=dict(type="int"), parallel=dict(type="int"),
-    host=dict(type="str"), node_selector=dict(type="dict"),
+    host=dict(type="str"), node_selector=dict(type="dict"), gpus=dict(type="int"),
 )
 CATALOG_SPEC = dict(
     name=dict(type="str", required=True), aliases=dict(type="list", elements="str"),
@@ -175,6 +202,7 @@ class _Unit:
         "reason",
         "services",
         "speed_rank",
+        "topology",
         "total",
         "usable",
         "uuid",
@@ -211,6 +239,7 @@ class _Service:
         "adjusted",
         "budget",
         "context_length",
+        "count",
         "engine",
         "estimate",
         "exclusive",
@@ -232,6 +261,7 @@ class _Service:
         "requested",
         "role",
         "unit",
+        "units",
     )
 
     def __init__(self, **values):
@@ -240,6 +270,7 @@ class _Service:
         self.adjusted = False
         self.pinned = False
         self.fallback = False
+        self.units = []
 
     @property
     def critical(self):
@@ -248,6 +279,7 @@ class _Service:
     def reset(self):
         self.budget = self.requested
         self.unit = self.explanation = None
+        self.units = []
         self.adjusted = self.pinned = self.fallback = False
 
 
@@ -349,7 +381,27 @@ def _check_gpus(gpus, where):
             _optional_mib(mig, "memory_total_mib", mig_at)
             _optional_mib(mig, "memory_free_mib", mig_at)
             _unique_index(mig.get("index"), mig_at, migs, j, at + ".mig_devices")
+        _check_topology(gpu.get("topology"), at)
     return gpus
+
+
+def _check_topology(topology, at):
+    """``topology`` of a GPU fact: null (not read) or a list of {index, link, ...} per peer."""
+    if topology is None:
+        return
+    if not isinstance(topology, list):
+        raise ValueError("%s.topology must be a list of peer links or null; got: %r"
+                         % (at, topology))
+    for k, peer in enumerate(topology):
+        where = "%s.topology[%d]" % (at, k)
+        if not isinstance(peer, dict):
+            raise ValueError("%s must be a dict; got: %r" % (where, peer))
+        if not is_int(peer.get("index")) or peer["index"] < 0:
+            raise ValueError("%s.index must be an integer >= 0; got: %r"
+                             % (where, peer.get("index")))
+        if peer.get("link") not in LINKS:
+            raise ValueError("%s.link must be one of %s; got: %r"
+                             % (where, ", ".join(LINKS), peer.get("link")))
 
 
 def _positive_int(service, key, where):
@@ -425,17 +477,12 @@ def _check_services(services, catalog, fleet):
                 role = "llm" if engine in ("ollama", "vllm") else "other"
         if not isinstance(role, str) or not role.strip():
             raise ValueError("%s.role must be a non-empty string; got: %r" % (at, role))
-        pin = service.get("gpu")
-        if pin is not None:
-            bad = isinstance(pin, bool) or not isinstance(pin, (int, str))
-            bad = bad or (isinstance(pin, int) and pin < 0)
-            bad = bad or (isinstance(pin, str) and any(ord(c) > 127 for c in pin))
-            if bad or (isinstance(pin, str) and not pin.strip()):
-                raise ValueError("%s.gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: %r"
-                                 % (at, pin))
-            if fleet and not service.get("host") and _pin_is_index(pin):
-                raise ValueError("%s.gpu is an index, which is ambiguous across hosts: give "
-                                 "%s.host too, or pin by UUID; got: %r" % (at, at, pin))
+        count = _gpu_count(service, at)
+        pin = _check_pin(service.get("gpu"), count, at)
+        if pin is not None and fleet and not service.get("host") and \
+                any(_pin_is_index(p) for p in (pin if isinstance(pin, list) else [pin])):
+            raise ValueError("%s.gpu is an index, which is ambiguous across hosts: give "
+                             "%s.host too, or pin by UUID; got: %r" % (at, at, service["gpu"]))
         min_cc = service.get("min_compute_capability")
         parsed_cc = None
         if min_cc is not None:
@@ -451,18 +498,75 @@ def _check_services(services, catalog, fleet):
         if not isinstance(selector, dict):
             raise ValueError("%s.node_selector must be a dict of label -> value; got: %r"
                              % (at, selector))
-        need = vram if vram is not None else (estimate["total_mib"] if estimate else None)
+        if estimate is not None and count > 1:
+            estimate = dict(estimate, per_gpu=_vram.per_gpu(estimate, count, engine))
+        need = vram if vram is not None else (
+            estimate.get("per_gpu", estimate)["total_mib"] if estimate else None)
         budget = override if override is not None else need
         result.append(_Service(
             pos=i, name=name, engine=engine, role=role.strip(), is_llm=role.strip() == "llm",
             latency_critical=_bool(service, "latency_critical", at),
             exclusive=_bool(service, "exclusive", at), pin=pin, min_cc=parsed_cc,
             need=need, budget=budget, requested=budget, override=override is not None,
-            estimate=estimate, context_length=context, parallel=parallel, host=host,
+            estimate=estimate, count=count, context_length=context, parallel=parallel, host=host,
             node_selector={str(k): str(v) for k, v in sorted(selector.items())},
             model=model,
         ))
     return result
+
+
+def _gpu_count(service, at):
+    """``gpus`` of a service: how many whole GPUs it spans (1 unless said)."""
+    count = service.get("gpus")
+    if count is None:
+        return 1
+    if not is_int(count) or not 1 <= count <= MAX_SERVICE_GPUS:
+        raise ValueError("%s.gpus must be an integer 1-%d; got: %r"
+                         % (at, MAX_SERVICE_GPUS, count))
+    return count
+
+
+def _bad_pin(pin):
+    bad = isinstance(pin, bool) or not isinstance(pin, (int, str))
+    bad = bad or (isinstance(pin, int) and pin < 0)
+    bad = bad or (isinstance(pin, str) and any(ord(c) > 127 for c in pin))
+    return bad or (isinstance(pin, str) and not pin.strip())
+
+
+def _check_pin(pin, count, at):
+    """``gpu`` of a service: one pin, or (``gpus`` N > 1) a list of N distinct whole-GPU pins."""
+    if pin is None:
+        return None
+    if count == 1:
+        if _bad_pin(pin):
+            raise ValueError("%s.gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: %r"
+                             % (at, pin))
+        return pin
+    if not isinstance(pin, list) or len(pin) != count:
+        raise ValueError("%s.gpu must be a list of %d GPU pins (index or UUID), one per GPU of "
+                         "gpus: %d; got: %r" % (at, count, count, pin))
+    seen = set()
+    for k, one in enumerate(pin):
+        text = str(one).strip().lower()
+        if _bad_pin(one) or _MIG_KEY_RE.match(text) or text.startswith("mig-"):
+            raise ValueError("%s.gpu[%d] must be a whole GPU's index or UUID (tensor parallel "
+                             "takes no MIG device); got: %r" % (at, k, one))
+        key = str(int(text)) if _pin_is_index(one) else text
+        if key in seen:
+            raise ValueError("%s.gpu[%d] names a GPU twice; got: %r" % (at, k, pin))
+        seen.add(key)
+    return list(pin)
+
+
+def _pins(service):
+    """The pins of ``service``: [] without one, one per GPU of a tensor parallel service."""
+    if service.pin is None:
+        return []
+    return list(service.pin) if isinstance(service.pin, list) else [service.pin]
+
+
+def _pin_text(service):
+    return ", ".join(str(p) for p in _pins(service))
 
 
 def _pin_is_index(pin):
@@ -550,6 +654,9 @@ def _units(gpus, opts, host=None, labels=None, dedicated=None):
         unit = _make_unit(common, opts, key=None if index is None else str(index),
                           mig_index=None, uuid=gpu.get("uuid"), name=gpu.get("name"),
                           total=total, foreign=_foreign_mib(gpu, total, opts), reason=reason)
+        if gpu.get("topology") is not None:
+            unit.topology = {peer["index"]: LINKS.index(peer["link"])
+                             for peer in gpu["topology"]}
         units.append(unit)
         if not healthy:
             unit.notices.append(("gpu_unhealthy", _unhealthy(unit, gpu, errors)))
@@ -832,6 +939,166 @@ def _choose_planned(state, service, target):
     return target, explanation
 
 
+# ---- choosing N GPUs (tensor parallel) ----------------------------------------------------
+
+def _link(one, other):
+    """Rank of the link between two GPUs (in LINKS; LINK_UNKNOWN when neither reports it)."""
+    for unit, peer in ((one, other), (other, one)):
+        if unit.topology is not None and peer.index in unit.topology:
+            return unit.topology[peer.index]
+    return LINK_UNKNOWN
+
+
+def _set_link(units):
+    """The slowest link between two GPUs of ``units`` (None for one GPU)."""
+    ranks = [_link(a, b) for i, a in enumerate(units) for b in units[i + 1:]]
+    return max(ranks) if ranks else None
+
+
+def _set_label(units):
+    """'GPU 2, 3' (with the host in front under place_fleet); a unit's label for one."""
+    if len(units) == 1:
+        return units[0].label
+    text = "GPU " + ", ".join(str(u.index) for u in units)
+    return text if units[0].host is None else "%s %s" % (units[0].host, text)
+
+
+def _set_score(mode, service, units, fits):
+    """The strategy's own preference among sets (lower first), as _score among units."""
+    tight = min(u.remaining for u in units)
+    if mode in ("balanced", "best_fit"):
+        if fits and all(u.usable > 0 for u in units):
+            after = [(u.assigned + service.budget) / float(u.usable) for u in units]
+            return (max(after),) if mode == "balanced" else (-sum(after) / len(after),)
+        return (float(-tight),)
+    if mode == "critical":
+        return (max(u.speed_rank for u in units), -tight)
+    if mode == "noncritical":
+        return (sum(1 for u in units if u.speed_rank == 0), -tight)
+    if mode == "isolated":
+        return (sum(1 for u in units if u.services), -min(u.usable for u in units))
+    if mode in ("shared", "sharing"):
+        return (sum(1 for u in units if u.llms), -tight)
+    return (-tight, -sum(u.remaining for u in units))
+
+
+def _set_key(mode, service, units, keys, fleet_dedicated):
+    """(worst compute capability, worst conflict, does not fit on one, [not all dedicated,]
+    slowest link, strategy score..., positions); ``keys`` caches _key per unit order."""
+    own = [keys[u.order] for u in units]
+    prefix = tuple(max(k[i] for k in own) for i in range(3))
+    if fleet_dedicated:
+        prefix += (0 if all(u.dedicated for u in units) else 1,)
+    if mode == "isolated":  # isolation_first: GPUs holding nothing come before a fast link
+        prefix += (sum(1 for u in units if u.services),)
+    return (*prefix, _set_link(units), *_set_score(mode, service, units, not prefix[2]),
+            tuple(u.order for u in units))
+
+
+def _grow(start, members, count, keys, mode):
+    """A set of ``count`` from ``start``: each time the member with the smallest (hard wishes,
+    fits, [isolation_first: used,] slowest link to those taken, strategy key, position)."""
+    chosen = [start]
+    rest = [u for u in members if u is not start]
+    cut = 4 if mode == "isolated" else 3
+    while len(chosen) < count:
+        pick = min(rest, key=lambda u, taken=tuple(chosen): (
+            keys[u.order][:cut], max(_link(u, t) for t in taken), keys[u.order][cut:]))
+        chosen.append(pick)
+        rest.remove(pick)
+    return sorted(chosen, key=lambda u: u.order)
+
+
+def _why_not_set(service, units, keys, mode, fleet_dedicated):
+    """One sentence: why the set ``units`` lost; ``keys`` = (its key, the best key)."""
+    key, best_key = keys
+    if key[0] > best_key[0]:
+        return "compute capability too low or unknown on one of them; %s needs %s" % (
+            service.name, _cc_text(service.min_cc))
+    if key[1] > best_key[1]:
+        held = [u.label for u in units if u.services]
+        return "%s holds %s, which %s" % (
+            ", ".join(held), ", ".join(s.name for u in units for s in u.services),
+            "isolation_first keeps alone" if key[1] == 1 else "rules out sharing")
+    if key[2] > best_key[2]:
+        short = [u for u in units if service.budget > u.remaining]
+        return "not enough room on %s: needs %d MiB per GPU, %d MiB left" % (
+            short[0].label, service.budget, short[0].remaining)
+    offset = 3
+    if fleet_dedicated:
+        if key[3] > best_key[3]:
+            return "a dedicated host that admits %s comes first" % service.name
+        offset = 4
+    if mode == "isolated":
+        if key[offset] > best_key[offset]:
+            return "already holds %s" % ", ".join(s.name for u in units for s in u.services)
+        offset += 1
+    if key[offset] > best_key[offset]:
+        return "slower link between them (%s; the chosen GPUs: %s)" % (
+            LINK_NAMES[key[offset]], LINK_NAMES[best_key[offset]])
+    if key[offset + 1:-1] == best_key[offset + 1:-1]:
+        return "same score; the earlier GPUs win"
+    return {
+        "balanced": "higher utilisation after placement on its fullest GPU",
+        "best_fit": "more room left: best fit takes the fullest GPUs with room",
+        "critical": "slower GPUs (speed rank up to %d)" % max(u.speed_rank for u in units),
+        "noncritical": "takes the fastest GPU, kept for latency-critical services",
+        "isolated": "already holds %s" % ", ".join(s.name for u in units for s in u.services),
+        "shared": "holds an LLM, kept isolated",
+        "sharing": "holds an LLM, kept isolated",
+    }.get(mode, "less free memory on its fullest GPU (%d MiB left)"
+          % min(u.remaining for u in units))
+
+
+def _choose_set(service, units, mode, fleet_dedicated):
+    """The best set of ``service.count`` whole GPUs of one host, one vendor, and the
+    explanation; or (None, explanation with ``most``: the most GPUs one host offers it)."""
+    count = service.count
+    hard = []
+    groups = {}
+    for unit in units:
+        reason = _hard_reject(service, unit)
+        if reason is None and unit.mig_index is not None:
+            reason = "a MIG device; a service spanning GPUs takes whole GPUs"
+        if reason is not None:
+            hard.append((unit, reason))
+            continue
+        groups.setdefault((unit.host, unit.vendor), []).append(unit)
+    keys = {u.order: _key(mode, service, u, False) for group in groups.values() for u in group}
+    candidates = {}
+    for members in groups.values():
+        if len(members) < count:
+            continue
+        if math.comb(len(members), count) <= SET_ENUMERATION_LIMIT:
+            sets = [list(c) for c in itertools.combinations(members, count)]
+        else:
+            sets = [_grow(start, members, count, keys, mode) for start in members]
+        for chosen in sets:
+            ident = tuple(u.order for u in chosen)
+            if ident not in candidates:
+                candidates[ident] = (_set_key(mode, service, chosen, keys, fleet_dedicated),
+                                     chosen)
+    rejected = [{"gpu": u.label, "reason": r} for u, r in hard[:EXPLAIN_LIMIT]]
+    if not candidates:
+        most = max(groups.values(), key=len, default=[])
+        return None, {"rejected": rejected, "rejected_total": len(hard), "most": most}
+    ranked = sorted(candidates.values(), key=lambda item: item[0])
+    best_key, best = ranked[0]
+    rejected = [{"gpu": _set_label(chosen),
+                 "reason": _why_not_set(service, chosen, (k, best_key), mode, fleet_dedicated)}
+                for k, chosen in ranked[1:EXPLAIN_LIMIT + 1]]
+    room = max(EXPLAIN_LIMIT - len(rejected), 0)
+    rejected += [{"gpu": u.label, "reason": r} for u, r in hard[:room]]
+    explanation = {
+        "rule": "%d whole GPUs of one host (tensor parallel): all with room first, then the "
+                "fastest link between them (their slowest pair), then %s" % (count,
+                                                                             _RULES[mode]),
+        "best_key": best_key, "rejected": rejected,
+        "rejected_total": len(ranked) - 1 + len(hard),
+    }
+    return best, explanation
+
+
 # ---- assigning --------------------------------------------------------------------------
 
 class _State:
@@ -884,7 +1151,7 @@ def _assign(state, service, unit, explanation):
                     % (service.name, gb(service.budget), unit.label, unit.total or 0,
                        unit.headroom, unit.foreign), service, unit)
     if service.is_llm and service.need is not None and service.need > unit.usable \
-            and unit.total is not None:
+            and unit.total is not None and service.count == 1:
         larger = [u for u in state.units if u.placeable and u.usable > unit.usable
                   and _hard_reject(service, u) is None]
         message = "%s: %s requires ~%s GB, %s only has %s GB" % (
@@ -923,9 +1190,33 @@ def _assign(state, service, unit, explanation):
     service.explanation = explanation
 
 
-def _pin_matches(service, units):
-    """(the units ``service``'s pin names, the units it could name)."""
-    pin = service.pin
+def _assign_set(state, service, units, explanation):
+    """_assign on each GPU of ``units``, the smallest first: a budget cut to fit it fits all
+    of them. The explanation names the set and the slowest link between its GPUs."""
+    if len(units) == 1:
+        _assign(state, service, units[0], explanation)
+        return
+    before = min(u.remaining for u in units)
+    smallest = min(units, key=lambda u: (u.usable, u.order))
+    for unit in [smallest] + [u for u in units if u is not smallest]:
+        _assign(state, service, unit, explanation)
+    if service.is_llm and service.need is not None and service.need > smallest.usable \
+            and smallest.total is not None:
+        state.issue("llm_on_small_gpu", "%s: %s requires ~%s GB on each of %d GPUs, %s only "
+                    "has %s GB." % (service.name, service.model or "the LLM", gb(service.need),
+                                    len(units), smallest.label, gb(smallest.usable)),
+                    service, smallest)
+    service.unit = units[0]
+    service.units = list(units)
+    link = LINK_NAMES[_set_link(units)]
+    explanation.update(gpu="%s (%s)" % (_set_label(units), link),
+                       gpus=[u.label for u in units], link=link, host=units[0].host,
+                       remaining_before_mib=before, usable_mib=smallest.usable)
+
+
+def _pin_matches(service, units, pin=None):
+    """(the units a pin of ``service`` names, the units it could name)."""
+    pin = service.pin if pin is None else pin
     candidates = [u for u in units if service.host is None or u.host == service.host]
     text = str(pin).strip()
     if _pin_is_index(pin):
@@ -938,9 +1229,9 @@ def _pin_matches(service, units):
     return found, candidates
 
 
-def _resolve_pin(service, units):
+def _resolve_pin(service, units, pin=None):
     """(unit, None) or (None, why the pin cannot be honoured)."""
-    found, candidates = _pin_matches(service, units)
+    found, candidates = _pin_matches(service, units, pin)
     if not found:
         known = ", ".join(u.key if u.host is None else "%s:%s" % (u.host, u.key)
                           for u in candidates if u.key is not None) or "none"
@@ -954,6 +1245,29 @@ def _resolve_pin(service, units):
     return unit, None
 
 
+def _resolve_pins(service, units):
+    """(the units of ``service``'s pins, None), or (None, why they cannot be honoured): with
+    ``gpus`` N > 1, N distinct whole GPUs of one host and one vendor."""
+    if service.count == 1:
+        unit, problem = _resolve_pin(service, units)
+        return (None, problem) if unit is None else ([unit], None)
+    chosen = []
+    for pin in service.pin:
+        unit, problem = _resolve_pin(service, units, pin)
+        if unit is None:
+            return None, "and GPU %s is not usable, %s" % (pin, problem)
+        if unit.mig_index is not None:
+            return None, "and %s is a MIG device; a service spanning GPUs takes whole GPUs" % (
+                unit.label)
+        if unit in chosen:
+            return None, "and two of them name %s" % unit.label
+        chosen.append(unit)
+    if len({(u.host, u.vendor) for u in chosen}) > 1:
+        return None, "which are not GPUs of one host and one vendor (%s)" % ", ".join(
+            "%s: %s" % (u.label, u.vendor) for u in chosen)
+    return chosen, None
+
+
 def _order(strategy, services):
     def key(service):
         if strategy == "latency_optimized":
@@ -962,7 +1276,8 @@ def _order(strategy, services):
             group = (0 if service.is_llm else 1, 0 if service.exclusive else 1)
         else:
             group = (0 if service.exclusive else 1,)
-        return (*group, -service.budget, service.pos)
+        # A service spanning GPUs first, the widest first: the hardest to fit.
+        return (-service.count, *group, -service.budget, service.pos)
     return sorted(services, key=key)
 
 
@@ -986,23 +1301,36 @@ def _place_all(state, services):
         if service.pin is None:
             pending.append(service)
             continue
-        unit, problem = _resolve_pin(service, units)
-        if unit is None:
+        chosen, problem = _resolve_pins(service, units)
+        if chosen is None:
             service.fallback = problem
             pending.append(service)
             continue
         service.pinned = True
-        _assign(state, service, unit, {
-            "rule": "pinned to %s by its gpu field" % unit.label, "rejected": [],
+        _assign_set(state, service, chosen, {
+            "rule": "pinned to %s by its gpu field" % _set_label(chosen), "rejected": [],
             "rejected_total": 0,
         })
+        _span_issues(state, service, chosen)
     for service in _order(strategy, pending):
-        if state.plan is not None:
+        if state.plan is not None and service.count > 1:
+            mode = "exact"
+            chosen = [units[i] for i in state.plan[service.pos]]
+            unit, explanation = _choose_planned(state, service, chosen[0])
+            explanation["rejected"], explanation["rejected_total"] = [], 0
+        elif state.plan is not None:
             mode = "exact"
             unit, explanation = _choose_planned(state, service, units[state.plan[service.pos]])
+        elif service.count > 1:
+            mode = _mode(strategy, service, state.repair)
+            chosen, explanation = _choose_set(service, units, mode, fleet_dedicated)
+            unit = None if chosen is None else chosen[0]
         else:
             mode = _mode(strategy, service, state.repair)
             unit, explanation = _choose(service, units, mode, fleet_dedicated)
+        if unit is None and service.count > 1:
+            _short(state, service, explanation)
+            continue
         if unit is None:
             reasons = "; ".join("%s: %s" % (r["gpu"], r["reason"])
                                 for r in explanation["rejected"]) or "no GPU at all"
@@ -1016,31 +1344,92 @@ def _place_all(state, services):
             if state.stop_early:
                 return  # this pass cannot fit everything; its caller tries the next one
             beside = _llm_units_with_room(service, units) \
-                if mode == "shared" and not best_key[1] else []
+                if mode == "shared" and not best_key[1] and service.count == 1 else []
             explanation.setdefault("notes", []).append(
                 "fits only next to an LLM (%s), which isolation_first keeps alone: placed where "
                 "the overflow is smallest" % ", ".join(beside) if beside
                 else "fits on no unit: placed where the overflow is smallest")
-        _assign(state, service, unit, explanation)
+        chosen = chosen if service.count > 1 else [unit]
+        _assign_set(state, service, chosen, explanation)
+        _span_issues(state, service, chosen)
         if service.fallback:
             state.issue("pin_not_found", "%s is pinned to GPU %s, %s; fell back to %s."
-                        % (service.name, service.pin, service.fallback, _describe(unit)),
-                        service, unit)
+                        % (service.name, _pin_text(service), service.fallback,
+                           _describe_set(chosen)), service, unit)
             explanation["rule"] = "pin not usable, fell back to " + explanation["rule"]
         elif strategy == "manual":
             how = {"exact": "by an exhaustive search for a placement where every service fits",
                    "best_fit": "by best fit (the fullest unit with room), which gives every "
                                "service room"}.get(mode, "the unit with the most free memory")
             message = "%s has no gpu pin under strategy manual; placed on %s, %s." % (
-                service.name, _describe(unit), how)
+                service.name, _describe_set(chosen), how)
             state.issue("unpinned_in_manual", message, service, unit)
-        if mode == "critical" and unit.speed_rank != 0:
+        if mode == "critical" and max(u.speed_rank for u in chosen) != 0 and \
+                _fastest_count(units, chosen) >= len(chosen):
             state.issue("latency_not_fastest", "%s is latency-critical but the fastest GPU has "
-                        "no room; placed on %s." % (service.name, _describe(unit)),
+                        "no room; placed on %s." % (service.name, _describe_set(chosen)),
                         service, unit)
     if strategy == "balanced":
         _improve_balance(state, [s for s in services if s.unit is not None and not s.pinned
-                                 and not s.adjusted])
+                                 and not s.adjusted and s.count == 1])
+
+
+def _fastest_count(units, chosen):
+    """How many whole GPUs of the fastest kind the host of ``chosen`` has (all of them for
+    a single GPU or MIG device)."""
+    if len(chosen) == 1:
+        return 1
+    return sum(1 for u in units if u.host == chosen[0].host and u.mig_index is None
+               and u.placeable and u.speed_rank == 0)
+
+
+def _describe_set(units):
+    if len(units) == 1:
+        return _describe(units[0])
+    names = sorted(set(u.name for u in units if u.name))
+    return _set_label(units) + (" (%s)" % ", ".join(names) if names else "")
+
+
+def _short(state, service, explanation):
+    """A service spanning N GPUs where no host offers N it may use: not placed, said."""
+    most = explanation.pop("most")
+    have = "%d (%s)" % (len(most), _set_label(most)) if most else "none"
+    state.issue("tensor_parallel_short", "%s was not placed: it spans %d GPUs (gpus: %d), "
+                "which must be whole GPUs of one host and one vendor, and the most any host "
+                "offers it is %s%s." % (
+                    service.name, service.count, service.count, have,
+                    "".join("; %s: %s" % (r["gpu"], r["reason"])
+                            for r in explanation["rejected"])), service)
+    explanation.update(rule="not placed", gpu=None, host=None)
+    service.explanation = explanation
+
+
+def _span_issues(state, service, chosen):
+    """What a service spanning GPUs is told: another engine than vLLM, a slow link."""
+    if len(chosen) == 1:
+        return
+    if service.engine != "vllm":
+        state.issue("tensor_parallel_engine", "%s spans %d GPUs with engine %s: only vLLM "
+                    "runs tensor parallel (--tensor-parallel-size); %s is given the %d GPUs "
+                    "as visible devices%s." % (
+                        service.name, len(chosen), service.engine, service.engine,
+                        len(chosen), ", and Ollama splits a model across them by itself"
+                        if service.engine == "ollama" else ", and using them is up to it"),
+                    service, chosen[0])
+    link = _set_link(chosen)
+    if SLOW_LINK <= link < LINK_UNKNOWN:
+        host = [u for u in state.units if u.host == chosen[0].host and u.placeable
+                and u.mig_index is None]
+        best = link
+        if math.comb(len(host), len(chosen)) <= SET_ENUMERATION_LIMIT:
+            best = min(_set_link(list(c)) for c in itertools.combinations(host, len(chosen)))
+        state.issue("tensor_parallel_slow_link", "%s spans %s, whose slowest link is %s: "
+                    "tensor parallel exchanges activations over it on every layer%s." % (
+                        service.name, _set_label(chosen), LINK_NAMES[link],
+                        "; this host has sets of %d linked by %s (pinned, taken or without "
+                        "room)" % (len(chosen), LINK_NAMES[best]) if best < link
+                        else "; this host has no faster-linked set of %d" % len(chosen)),
+                    service, chosen[0])
 
 
 # ---- balanced: local search --------------------------------------------------------------
@@ -1153,15 +1542,16 @@ def _start_order(unit):
 
 def _visible(state, service, unit):
     by_uuid = state.opts["visible_devices_by"] == "uuid"
-    if by_uuid and unit.uuid:
+    # ROCR_VISIBLE_DEVICES and ZE_AFFINITY_MASK take the vendor's own GPU numbers: amd-smi's
+    # UUID is not the "GPU-<id>" form ROCm accepts (a GPU given it is hidden from the engine).
+    own_numbers = unit.vendor in ("amd", "intel") and unit.vendor_index is not None
+    if by_uuid and unit.uuid and not own_numbers:
         value, by_index = unit.uuid, False
     else:
         value, by_index = unit.key, True
-        # ROCR_VISIBLE_DEVICES and ZE_AFFINITY_MASK count the vendor's own GPUs, not the
-        # index across vendors.
-        if unit.vendor in ("amd", "intel") and unit.vendor_index is not None:
+        if own_numbers:
             value = str(unit.vendor_index)
-        if by_uuid:
+        if by_uuid and not own_numbers:
             state.issue("no_uuid", "%s reports no UUID: %s is given its index %s%s." % (
                 unit.label, service.name, value,
                 "" if unit.vendor in ("amd", "intel") else ", with CUDA_DEVICE_ORDER=PCI_BUS_ID"),
@@ -1177,14 +1567,16 @@ def _visible(state, service, unit):
     return value, env
 
 
-def _engine_settings(state, service, unit, started_before):
-    """Engine knobs matching the budget; ``started_before`` are co-tenants started earlier."""
+def _engine_settings(state, service, unit, started_before, against=None):
+    """Engine knobs matching the budget; ``started_before`` are co-tenants started earlier;
+    ``against`` the total vLLM's utilisation is a fraction of (a set's smallest GPU)."""
     budget = service.budget
     free_at_start = (unit.total or 0) - unit.foreign - sum(s.budget for s in started_before)
     shared = len(unit.services) > 1
     if service.engine == "vllm":
         total = unit.total or 0
-        util = math.floor(budget * 100.0 / total) / 100.0 if total else 0.0
+        util = math.floor(budget * 100.0 / (against or total)) / 100.0 \
+            if against or total else 0.0
         settings = {"gpu_memory_utilization": util}
         if service.context_length:
             settings["max_model_len"] = service.context_length
@@ -1228,9 +1620,37 @@ def _engine_settings(state, service, unit, started_before):
     return {"VRAM_BUDGET_MIB": budget, "VRAM_BUDGET_GB": gb(budget)}
 
 
+def _span_settings(state, service, spans):
+    """Engine settings of a service on N GPUs (``spans``: each GPU and the co-tenants started
+    before it there). vLLM: one utilisation for every worker, against the smallest total of
+    the N, its start rule checked on each, and ``tensor_parallel_size``. Ollama: the largest
+    overhead any of them needs to hold it to its budget. Others: the per-GPU budget."""
+    totals = [unit.total for unit, _before in spans if unit.total]
+    against = min(totals) if totals else None
+    merged = {}
+    for unit, before in sorted(spans, key=lambda item: item[0].order):
+        for key, value in _engine_settings(state, service, unit, before, against).items():
+            if key == "OLLAMA_GPU_OVERHEAD":
+                merged[key] = max(value, merged.get(key, 0))
+            else:
+                merged.setdefault(key, value)
+    if service.engine == "vllm":
+        if len(totals) < len(spans):
+            merged.pop("gpu_memory_utilization", None)
+        elif len(set(totals)) > 1:
+            util = merged["gpu_memory_utilization"]
+            service.explanation.setdefault("notes", []).append(
+                "vLLM takes gpu_memory_utilization x total on every GPU of the set: %s" % (
+                    ", ".join("%d MiB on %s" % (math.ceil(util * unit.total), unit.label)
+                              for unit, _before in spans)))
+        merged["tensor_parallel_size"] = service.count
+    return merged
+
+
 def _finish(state, services):
     strategy = state.opts["strategy"]
     settings = {}
+    spans = {}
     for unit in state.units:
         if not unit.services:
             continue
@@ -1251,7 +1671,10 @@ def _finish(state, services):
                         unit=unit)
         order = _start_order(unit)
         for i, service in enumerate(order):
-            settings[service.name] = _engine_settings(state, service, unit, order[:i])
+            if service.count > 1:
+                spans.setdefault(service.name, []).append((unit, order[:i]))
+            else:
+                settings[service.name] = _engine_settings(state, service, unit, order[:i])
         vllms = [s.name for s in order if s.engine == "vllm"]
         if vllms and len(order) > 1:
             for service in order:
@@ -1260,6 +1683,9 @@ def _finish(state, services):
                     "memory and co-tenants stay loaded, since memory freed while vLLM profiles "
                     "aborts its start" % (service.name, unit.label, ", ".join(vllms),
                                           ", ".join(s.name for s in order)))
+    for name, span in spans.items():
+        service = next(s for s in services if s.name == name)
+        settings[name] = _span_settings(state, service, span)
     assignments = []
     explanations = {}
     for service in services:
@@ -1280,13 +1706,21 @@ def _finish(state, services):
             "vram_requested_mib": service.requested, "vram_budget_mib": service.budget,
             "adjusted": service.adjusted, "pinned": service.pinned,
             "fallback": bool(service.fallback), "device_id": None, "environment": {},
-            "engine_settings": {},
+            "engine_settings": {}, "gpu_count": service.count, "gpus": [],
         }
         if unit is not None:
-            device, env = _visible(state, service, unit)
+            seen = [(u, _visible(state, service, u)) for u in service.units or [unit]]
+            device = ",".join(value for _u, (value, _env) in seen)
+            env = {}
+            for _u, (_value, one) in seen:
+                env.update(one)
+            env[next(iter(seen[0][1][1]))] = device
             entry.update(host=unit.host, gpu_index=unit.index, gpu=unit.key,
                          gpu_uuid=unit.uuid, gpu_name=unit.name, device_id=device,
-                         environment=env, engine_settings=settings[service.name])
+                         environment=env, engine_settings=settings[service.name],
+                         gpus=[{"gpu": u.key, "gpu_index": u.index, "gpu_uuid": u.uuid,
+                                "gpu_name": u.name, "device_id": value}
+                               for u, (value, _env) in seen])
         assignments.append(entry)
     return assignments, explanations
 
@@ -1338,7 +1772,9 @@ def _gpu_assignments(strategy, services, fleet):
     for service in services:
         unit = service.unit
         entry = {
-            "gpu": None if unit is None else (unit.index if unit.mig_index is None else unit.key),
+            "gpu": None if unit is None else (
+                [u.index for u in service.units] if service.count > 1 and service.units
+                else unit.index if unit.mig_index is None else unit.key),
             "vram_budget": float(gb(service.budget))
             if service.budget is not None and (service.adjusted or service.override) else None,
         }
@@ -1373,10 +1809,24 @@ def _exact_domains(units, free, loads, count):
     for service in free:
         allowed = [i for i, unit in enumerate(units) if _hard_reject(service, unit) is None]
         best = min((_cc_rank(service, units[i]) for i in allowed), default=None)
-        domains.append([i for i in allowed if _cc_rank(service, units[i]) == best
-                        and loads[i] + service.budget <= units[i].usable
-                        and not (service.exclusive and count[i])])
+        domain = [i for i in allowed if _cc_rank(service, units[i]) == best
+                  and loads[i] + service.budget <= units[i].usable
+                  and not (service.exclusive and count[i])]
+        if service.count > 1:
+            domain = _exact_sets(units, domain, service.count)
+        domains.append(domain)
     return domains
+
+
+def _exact_sets(units, allowed, size):
+    """The sets of ``size`` whole GPUs of one host and one vendor among ``allowed``, fastest
+    link first (then position), for a service spanning GPUs."""
+    groups = {}
+    for i in allowed:
+        if units[i].mig_index is None:
+            groups.setdefault((units[i].host, units[i].vendor), []).append(i)
+    sets = [c for group in groups.values() for c in itertools.combinations(group, size)]
+    return sorted(sets, key=lambda c: (_set_link([units[i] for i in c]), c))
 
 
 def _exact_plan(make_units, services, opts):
@@ -1387,6 +1837,8 @@ def _exact_plan(make_units, services, opts):
     balanced: lowest utilisation after placement first), a unit skipped when one in the same
     state was tried; pruned when the rest cannot fit in the room left. The first fit wins,
     except under balanced, which keeps the fit with the lowest variance of utilisation found.
+    A service spanning N GPUs (placed first) tries each set of N GPUs of one host with room,
+    the fastest link first; the units it may use count towards EXACT_UNIT_LIMIT.
     """
     if sum(1 for s in services if s.pin is None or s.fallback) > EXACT_SERVICE_LIMIT:
         return None, 0
@@ -1398,28 +1850,35 @@ def _exact_plan(make_units, services, opts):
     solo = [False] * len(units)
     free = []
     for service in services:
-        unit = _resolve_pin(service, units)[0] if service.pin is not None else None
-        if unit is None:
+        pinned = _resolve_pins(service, units)[0] if service.pin is not None else None
+        if pinned is None:
             free.append(service)
             continue
-        i = units.index(unit)
-        loads[i] += service.budget
-        count[i] += 1
-        solo[i] = solo[i] or service.exclusive
+        for unit in pinned:
+            i = units.index(unit)
+            loads[i] += service.budget
+            count[i] += 1
+            solo[i] = solo[i] or service.exclusive
     if not free or len(free) > EXACT_SERVICE_LIMIT or \
             any(load > unit.usable for load, unit in zip(loads, units)):
         return None, 0
     domains = _exact_domains(units, free, loads, count)
-    candidates = sorted(set(i for domain in domains for i in domain))
+    flat = [set(i for item in domain for i in (item if isinstance(item, tuple) else (item,)))
+            for domain in domains]
+    candidates = sorted(set().union(*flat))
+    room = sum(units[i].usable - loads[i] for i in candidates)
     if not all(domains) or len(candidates) > EXACT_UNIT_LIMIT or \
-            sum(s.budget for s in free) > sum(units[i].usable - loads[i] for i in candidates):
+            sum(s.budget * s.count for s in free) > room:
         return None, 0
-    order = sorted(range(len(free)), key=lambda k: (-free[k].budget, free[k].pos))
-    sig = {i: (units[i].usable, bool(units[i].dedicated), tuple(i in domains[k] for k in order))
+    order = sorted(range(len(free)), key=lambda k: (-free[k].count, -free[k].budget,
+                                                    free[k].pos))
+    # Units in the same state are interchangeable for the single-GPU services, which come
+    # after every service spanning GPUs.
+    sig = {i: (units[i].usable, bool(units[i].dedicated), tuple(i in flat[k] for k in order))
            for i in candidates}
     measured = [i for i, unit in enumerate(units) if unit.placeable and unit.usable > 0]
     balanced = opts["strategy"] == "balanced"
-    smallest = free[order[-1]].budget
+    smallest = min(s.budget for s in free)
     layout = [None] * len(free)
     search = {"nodes": 0, "best": None, "layout": None, "stop": False}
 
@@ -1455,6 +1914,9 @@ def _exact_plan(make_units, services, opts):
         k = order[depth]
         service = free[k]
         size = service.budget
+        if service.count > 1:
+            span(depth, rest, k, service)
+            return
         tried = set()
         for i in sorted(domains[k], key=lambda i: preference(i, size)):
             if loads[i] + size > units[i].usable or solo[i] or (service.exclusive and count[i]):
@@ -1474,7 +1936,28 @@ def _exact_plan(make_units, services, opts):
             if search["stop"]:
                 return
 
-    dfs(0, sum(s.budget for s in free))
+    def span(depth, rest, k, service):
+        size = service.budget
+        for members in sorted(domains[k], key=lambda c: (
+                _set_link([units[i] for i in c]),
+                max(preference(i, size)[:2] for i in c), c)):
+            if any(loads[i] + size > units[i].usable or solo[i]
+                   or (service.exclusive and count[i]) for i in members):
+                continue
+            for i in members:
+                loads[i] += size
+                count[i] += 1
+                solo[i] = service.exclusive
+            layout[k] = members
+            dfs(depth + 1, rest - size * service.count)
+            for i in members:
+                loads[i] -= size
+                count[i] -= 1
+                solo[i] = False
+            if search["stop"]:
+                return
+
+    dfs(0, sum(s.budget * s.count for s in free))
     if search["layout"] is None:
         return None, search["nodes"]
     return {free[k].pos: i for k, i in enumerate(search["layout"])}, search["nodes"]
@@ -1570,26 +2053,27 @@ def _check_pins(services, units, opts):
     warning: that is a GPU missing at run time, not a typo.
     """
     for service in services:
-        if service.pin is None:
-            continue
-        found = _pin_matches(service, units)[0]
-        hosts = list(dict.fromkeys(u.host for u in found))
-        if len(hosts) > 1:
-            raise ValueError("services[%d].gpu of %s matches a GPU on more than one host (%s): "
-                             "give services[%d].host too; got: %r"
-                             % (service.pos, service.name, ", ".join(hosts), service.pos,
-                                service.pin))
-        if len(found) > 1:
-            raise ValueError("services[%d].gpu of %s matches more than one GPU (%s); got: %r"
-                             % (service.pos, service.name, ", ".join(u.label for u in found),
-                                service.pin))
-        if opts["pin_not_found"] != "fail":
-            continue
-        unit, problem = _resolve_pin(service, units)
-        if unit is None and problem.startswith("which does not exist"):
-            raise ValueError("services[%d].gpu names a GPU this host does not have (%s); got: %r"
-                             % (service.pos, problem[len("which does not exist ("):-1],
-                                service.pin))
+        for pin in _pins(service):
+            _check_pin_matches(service, units, opts, pin)
+
+
+def _check_pin_matches(service, units, opts, pin):
+    found = _pin_matches(service, units, pin)[0]
+    hosts = list(dict.fromkeys(u.host for u in found))
+    if len(hosts) > 1:
+        raise ValueError("services[%d].gpu of %s matches a GPU on more than one host (%s): "
+                         "give services[%d].host too; got: %r"
+                         % (service.pos, service.name, ", ".join(hosts), service.pos, pin))
+    if len(found) > 1:
+        raise ValueError("services[%d].gpu of %s matches more than one GPU (%s); got: %r"
+                         % (service.pos, service.name, ", ".join(u.label for u in found),
+                            pin))
+    if opts["pin_not_found"] != "fail":
+        return
+    unit, problem = _resolve_pin(service, units, pin)
+    if unit is None and problem.startswith("which does not exist"):
+        raise ValueError("services[%d].gpu names a GPU this host does not have (%s); got: %r"
+                         % (service.pos, problem[len("which does not exist ("):-1], pin))
 
 
 def _check_hosts(hosts):

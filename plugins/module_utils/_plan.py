@@ -20,13 +20,17 @@ Vocabulary (seed 000, "Compose Profile Architecture")
                 profile the tooling injects for a profile of MODE_PROFILES.
   extra profile an opt-in profile such as ``finetune`` whose services run beside any profile
                 when enabled (``services_extra_profiles``).
-  idle GPU      a healthy GPU the plan puts no active service on. multi-gpu runs the dual-GPU
-                stack for now (GPUs 0 and 1 in the default catalog): the plan's summary names
-                the GPUs it leaves idle, and why.
+  spare GPU     a healthy whole GPU the services placed first leave free; an entry with
+                ``per_spare_gpu: true`` runs a replica ``<entry>_gpu<index>`` on each
+                (:func:`place_in_two_passes`). The default catalog's multi-gpu runs the
+                dual-GPU stack on GPUs 0 and 1 and an Ollama replica on every other GPU.
+  idle GPU      a healthy GPU the plan puts no active service on: the plan's summary names
+                it and why.
 """
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 
@@ -50,14 +54,17 @@ PROTOCOLS = ("tcp", "udp")
 
 CATALOG_KEYS = (
     "engine", "image", "command", "entrypoint", "model", "ports", "volumes", "environment",
-    "health", "profiles", "modes", "uses_gpu", "gpu", "vram_mib", "vram_budget_mib",
+    "health", "profiles", "modes", "uses_gpu", "gpu", "gpus", "vram_mib", "vram_budget_mib",
     "context_length", "parallel", "role", "latency_critical", "exclusive",
-    "min_compute_capability", "enabled", "restart", "description", "models",
+    "min_compute_capability", "enabled", "restart", "description", "models", "per_spare_gpu",
+    "vendor_images",
 )
+# The GPU vendors an entry's vendor_images may name (the vendor of the GPU it is placed on).
+IMAGE_VENDORS = ("nvidia", "amd", "intel")
 # Catalog keys handed on to the placement engine as they are.
 PLACEMENT_KEYS = (
-    "engine", "model", "gpu", "vram_mib", "vram_budget_mib", "context_length", "parallel",
-    "role", "latency_critical", "exclusive", "min_compute_capability",
+    "engine", "model", "gpu", "gpus", "vram_mib", "vram_budget_mib", "context_length",
+    "parallel", "role", "latency_critical", "exclusive", "min_compute_capability",
 )
 PORT_KEYS = ("host", "container", "protocol", "address")
 
@@ -273,6 +280,25 @@ def check_extra_profiles(extra_profiles, where="services_extra_profiles"):
     return dict(extra_profiles)
 
 
+def _check_replica_entry(entry, profiles, uses_gpu, at):
+    """A per_spare_gpu entry: a GPU service on one whole GPU, pinned by its expansion only,
+    in the profiles that place services on GPUs (or an extra profile)."""
+    if not uses_gpu:
+        raise ValueError("%s.per_spare_gpu runs a replica on each spare GPU, so uses_gpu must "
+                         "be true; got: uses_gpu false" % at)
+    if entry.get("gpu") is not None:
+        raise ValueError("%s.gpu must not be set with per_spare_gpu: each replica is pinned to "
+                         "its spare GPU; got: %r" % (at, entry["gpu"]))
+    if entry.get("gpus") is not None and entry.get("gpus") != 1:
+        raise ValueError("%s.gpus must be 1 with per_spare_gpu: one replica on each spare GPU; "
+                         "got: %r" % (at, entry["gpus"]))
+    for i, profile in enumerate(profiles):
+        if profile in PROFILES and profile not in GPU_PROFILES:
+            raise ValueError("%s.profiles[%d] must be %s (or an extra profile) with "
+                             "per_spare_gpu: %s places nothing on a GPU; got: %r"
+                             % (at, i, ", ".join(GPU_PROFILES), profile, profile))
+
+
 def _check_entry(name, entry, extra, at):
     if not isinstance(entry, dict):
         raise ValueError("%s must be a dict; got: %r" % (at, entry))
@@ -283,6 +309,7 @@ def _check_entry(name, entry, extra, at):
     if engine not in ENGINES:
         raise ValueError("%s.engine must be one of %s; got: %r" % (at, ", ".join(ENGINES), engine))
     image = check_image(entry.get("image"), at + ".image")
+    vendor_images = _check_vendor_images(entry.get("vendor_images"), at + ".vendor_images")
     model = entry.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise ValueError("%s.model must be a non-empty string; got: %r" % (at, model))
@@ -328,12 +355,10 @@ def _check_entry(name, entry, extra, at):
         raise ValueError("%s.modes must name at least one of %s for profile %s; got: []"
                          % (at, ", ".join(MODES), mode_profiles[0]))
     uses_gpu = _optional_bool(entry, "uses_gpu", at, True)
-    pin = entry.get("gpu")
-    if pin is not None:
-        bad = isinstance(pin, bool) or not isinstance(pin, (int, str))
-        if bad or (is_int(pin) and pin < 0) or (isinstance(pin, str) and not pin.strip()):
-            raise ValueError("%s.gpu must be a GPU index, 'i:j' (MIG) or a UUID; got: %r"
-                             % (at, pin))
+    count, pin = _check_gpu_count(entry, uses_gpu, at)
+    per_spare_gpu = _optional_bool(entry, "per_spare_gpu", at, False)
+    if per_spare_gpu:
+        _check_replica_entry(entry, profiles, uses_gpu, at)
     numbers = {key: _optional_positive(entry, key, at)
                for key in ("vram_mib", "vram_budget_mib", "context_length", "parallel")}
     if uses_gpu and model is None and numbers["vram_mib"] is None \
@@ -365,16 +390,81 @@ def _check_entry(name, entry, extra, at):
         "environment": _check_environment(entry.get("environment"), at + ".environment"),
         "health": _check_health(entry.get("health"), ports, at + ".health"),
         "profiles": list(profiles), "modes": [m for m in MODES if m in modes],
-        "uses_gpu": uses_gpu, "gpu": pin, "restart": restart,
+        "uses_gpu": uses_gpu, "gpu": pin, "gpus": count, "restart": restart,
         "role": entry.get("role"),
         "latency_critical": _optional_bool(entry, "latency_critical", at, False),
         "exclusive": _optional_bool(entry, "exclusive", at, False),
         "min_compute_capability": None if entry.get("min_compute_capability") is None
         else str(entry["min_compute_capability"]),
         "description": entry.get("description"),
+        "per_spare_gpu": per_spare_gpu, "replica_of": None, "vendor_images": vendor_images,
     }
     result.update(numbers)
     return result
+
+
+def _check_vendor_images(value, at):
+    """``{vendor: image}``: the image a service runs when placed on that vendor's GPU (the
+    ROCm build of an engine on an AMD GPU); ``image`` stays the one for every other case."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("%s must be a dict of vendor: image (vendors %s); got: %r"
+                         % (at, ", ".join(IMAGE_VENDORS), value))
+    checked = {}
+    for vendor, image in value.items():
+        if vendor not in IMAGE_VENDORS:
+            raise ValueError("%s keys must be GPU vendors (%s); got: %r"
+                             % (at, ", ".join(IMAGE_VENDORS), vendor))
+        checked[vendor] = check_image(image, "%s.%s" % (at, vendor)).strip()
+    return checked
+
+
+_MIG_PIN_RE = re.compile(r"^\s*(?:[0-9]+:[0-9]+|MIG-.*)\Z", re.IGNORECASE)
+
+
+def _one_pin(pin, at):
+    """A GPU pin: an index >= 0, 'i:j' (MIG device j of GPU i) or a UUID."""
+    bad = isinstance(pin, bool) or not isinstance(pin, (int, str))
+    if bad or (is_int(pin) and pin < 0) or (isinstance(pin, str) and not pin.strip()):
+        raise ValueError("%s must be a GPU index, 'i:j' (MIG) or a UUID; got: %r" % (at, pin))
+    return pin
+
+
+def _check_gpu_count(entry, uses_gpu, at):
+    """``gpus`` (how many whole GPUs the service spans, tensor parallel when > 1; None when
+    the catalog does not say, which is 1) and ``gpu`` (one pin, or a list of N pins)."""
+    count = entry.get("gpus")
+    pin = entry.get("gpu")
+    if count is not None and (not is_int(count) or not 1 <= count <= 64):
+        raise ValueError("%s.gpus must be an integer 1-64; got: %r" % (at, count))
+    if not count or count == 1:
+        if isinstance(pin, list):
+            raise ValueError("%s.gpu is a list of pins, which is for a service with gpus > 1 "
+                             "(one pin per GPU); got: %r with gpus %s" % (at, pin, count or 1))
+        return count, None if pin is None else _one_pin(pin, at + ".gpu")
+    if not uses_gpu:
+        raise ValueError("%s.gpus must be 1 (or unset) when uses_gpu is false; got: %r"
+                         % (at, count))
+    if pin is None:
+        return count, None
+    if not isinstance(pin, list) or len(pin) != count:
+        raise ValueError("%s.gpu must be a list of %d pins (GPU index or UUID), one per GPU of "
+                         "gpus: %d; got: %r" % (at, count, count, pin))
+    seen = {}
+    for i, one in enumerate(pin):
+        where = "%s.gpu[%d]" % (at, i)
+        _one_pin(one, where)
+        if isinstance(one, str) and _MIG_PIN_RE.match(one):
+            raise ValueError("%s must be a whole GPU's index or UUID: a service with gpus > 1 "
+                             "(tensor parallel) takes no MIG device; got: %r" % (where, one))
+        key = str(int(one)) if is_int(one) or str(one).strip().isdigit() \
+            else str(one).strip().lower()
+        if key in seen:
+            raise ValueError("%s names the GPU of %s.gpu[%d] again; got: %r"
+                             % (where, at, seen[key], one))
+        seen[key] = i
+    return count, list(pin)
 
 
 def compose_profiles(entry):
@@ -459,6 +549,11 @@ def check_secret_environment(value, catalog, where="services_secret_environment"
             raise ValueError("%s must be a dict of NAME: value; got: a %s"
                              % (at, type(env).__name__))
         entry = catalog[service] if isinstance(catalog[service], dict) else {}
+        if entry.get("per_spare_gpu") is True:
+            raise ValueError("%s: %s has per_spare_gpu, and its replicas cannot read a secret "
+                             "environment (a service pinned with gpu to each GPU can); got "
+                             "names: %s"
+                             % (at, service, ", ".join(str(k) for k in env)))
         public = entry.get("environment") if isinstance(entry.get("environment"), dict) else {}
         for key, item in env.items():
             if not isinstance(key, str) or not ENV_KEY_RE.match(key):
@@ -515,7 +610,8 @@ def select(checked, profile, mode, extra_profiles=None, gpus=None):
 
 
 def placement_input(catalog, profile="auto", mode="ollama", extra_profiles=None, gpus=None):
-    """The ``services`` option of gpu_placement: active services that use a GPU.
+    """The ``services`` option of gpu_placement: active services that use a GPU, but for
+    the per_spare_gpu entries (the first pass of :func:`place_in_two_passes`).
 
     Nothing is placed under the cpu and remote profiles (seed 000: the GPU overlay is
     used for the GPU profiles only).
@@ -527,14 +623,236 @@ def placement_input(catalog, profile="auto", mode="ollama", extra_profiles=None,
     services = []
     for name in select(checked, profile, mode, extra_profiles, gpus):
         entry = checked[name]
-        if not entry["uses_gpu"]:
+        if not entry["uses_gpu"] or entry["per_spare_gpu"]:
             continue
-        service = {"name": name}
-        for key in PLACEMENT_KEYS:
-            if entry.get(key) is not None and entry.get(key) is not False:
-                service[key] = entry[key]
-        services.append(service)
+        services.append(_placement_service(entry))
     return services
+
+
+def _placement_service(entry):
+    """A checked entry as gpu_placement takes it: its name and PLACEMENT_KEYS."""
+    service = {"name": entry["name"]}
+    for key in PLACEMENT_KEYS:
+        if entry.get(key) is not None and entry.get(key) is not False:
+            service[key] = entry[key]
+    return service
+
+
+# ---- spare GPUs: a replica of each per_spare_gpu entry on each -----------------------------
+#
+# A host with more GPUs than its pinned services use (multi-gpu: 3 to 8 GPUs) puts the rest to
+# work through catalog entries with ``per_spare_gpu: true``. Placement runs in two passes:
+#   pass 1  every active GPU service but the per_spare_gpu entries, as the catalog says;
+#   spare   the healthy whole GPUs pass 1 left without a service: with an index, not in MIG
+#           mode (a replica takes a whole GPU; MIG devices are for the services pinned to
+#           them), by index;
+#   pass 2  the spare GPUs go to the active per_spare_gpu entries in turn (catalog order,
+#           round robin), each becoming one service ``<entry>_gpu<index>`` pinned to its GPU,
+#           its host ports the entry's + k (k = 0, 1, ... in GPU order); the pass-1 services
+#           are pinned where pass 1 put them, so pass 2 never moves one.
+# The replicas are ordinary services of the plan with ``replica_of: <entry>``; the entry itself
+# is not (it is a template), and ``services_plan.replicas`` maps it to its replicas.
+
+def _held_gpus(assignment):
+    """The host GPU indexes an assignment holds: those of its ``gpus`` (a service that spans
+    GPUs), else its ``gpu_index``."""
+    spans = assignment.get("gpus")
+    if isinstance(spans, list) and spans:
+        return {g["gpu_index"] for g in spans
+                if isinstance(g, dict) and is_int(g.get("gpu_index"))}
+    index = assignment.get("gpu_index")
+    return {index} if is_int(index) else set()
+
+
+def _mig_enabled(gpu):
+    return str(gpu.get("mig_mode") or "").strip().lower() == "enabled"
+
+
+def spare_gpus(gpus, assignments):
+    """``[{index, uuid}]`` of the healthy whole GPUs (an index, not in MIG mode) that none of
+    ``assignments`` (gpu_placement's) holds, by index."""
+    held = set()
+    for assignment in assignments or []:
+        if isinstance(assignment, dict):
+            held |= _held_gpus(assignment)
+    spare = {}
+    for gpu in _healthy(gpus):
+        index = gpu.get("index")
+        if is_int(index) and index not in held and not _mig_enabled(gpu):
+            spare.setdefault(index, {"index": index, "uuid": gpu.get("uuid") or None})
+    return [spare[index] for index in sorted(spare)]
+
+
+def _replica(entry, k, gpu, where):
+    """Replica ``k`` of a per_spare_gpu entry, on ``gpu``."""
+    template = entry["name"]
+    name = "%s_gpu%d" % (template, gpu["index"])
+    if not _NAME_RE.match(name):
+        raise ValueError("%s.%s: its replica on GPU %d would be named %s, longer than 52 "
+                         "characters; give the per_spare_gpu entry a shorter name; got: %r"
+                         % (where, template, gpu["index"], name, template))
+    ports = []
+    for i, port in enumerate(entry["ports"]):
+        if port["host"] + k > 65535:
+            raise ValueError(
+                "%s.%s.ports[%d].host: its replica on GPU %d (%s) would publish host port %d "
+                "(%d + %d), above 65535; give a host port with room for every spare GPU; "
+                "got: %d" % (where, template, i, gpu["index"], name, port["host"] + k,
+                             port["host"], k, port["host"]))
+        ports.append(dict(port, host=port["host"] + k))
+    replica = copy.deepcopy(entry)
+    replica.update(name=name, gpu=gpu["uuid"] if gpu["uuid"] else gpu["index"], ports=ports,
+                   per_spare_gpu=False, replica_of=template)
+    return replica
+
+
+def _port_owner(services, name, i, where):
+    entry = services[name]
+    if entry["replica_of"] is None:
+        return "%s.%s.ports[%d]" % (where, name, i)
+    return "the replica %s of %s.%s.ports[%d]" % (name, where, entry["replica_of"], i)
+
+
+def _check_replica_ports(services, extra, where):
+    """A replica's host ports must not be another service's where both can run: the groups of
+    _check_port_clashes (the catalog itself passed it before)."""
+    groups = [p for p in PROFILES if p not in MODE_PROFILES] + \
+        ["%s-%s" % (p, m) for p in MODE_PROFILES for m in MODES]
+    extras = set(extra)
+    for group in groups:
+        seen = {}
+        for name, entry in services.items():
+            profiles = set(compose_profiles(entry))
+            if group not in profiles and not profiles & extras:
+                continue
+            for i, port in enumerate(entry["ports"]):
+                key = (port["host"], port["protocol"])
+                if key not in seen:
+                    seen[key] = (name, i)
+                    continue
+                pair = [(name, i), seen[key]]
+                # The replica is named first (both may be replicas; the catalog passed the rest).
+                pair.sort(key=lambda owner: services[owner[0]]["replica_of"] is None)
+                (replica, at), other = pair
+                template = services[replica]["replica_of"]
+                if template is None:
+                    continue
+                raise ValueError(
+                    "%s.%s.ports[%d].host: its replica on GPU %s (%s) publishes host port %d, "
+                    "as %s does (both run in profile %s); give %s host ports with room for "
+                    "every spare GPU; got: %d"
+                    % (where, template, at, replica[len(template) + len("_gpu"):], replica,
+                       port["host"], _port_owner(services, other[0], other[1], where), group,
+                       template, port["host"]))
+
+
+def expand_replicas(checked, active, gpus, assignments, profile, extra_profiles=None,
+                    where="services_catalog"):
+    """``(services, active, replicas)``: ``checked`` (check_catalog's) with each per_spare_gpu
+    entry replaced by its replicas, ``active`` with the replicas of the active entries, and
+    ``{entry: [replica, ...]}``.
+
+    ``assignments`` are gpu_placement's for the other services (others are left out): the
+    spare GPUs are those they leave (:func:`spare_gpus`). An entry that is not active has no
+    replica, nor has any under a profile that places nothing on a GPU. Bad replicas (a name
+    too long or taken, a host port above 65535 or published by another service) raise
+    ValueError naming the entry, the GPU and the port.
+    """
+    extra = check_extra_profiles(extra_profiles)
+    templates = [name for name, entry in checked.items() if entry["per_spare_gpu"]]
+    if not templates:
+        return checked, list(active), {}
+    live = [name for name in templates if name in active] if profile in GPU_PROFILES else []
+    others = [a for a in assignments or [] if isinstance(a, dict) and a.get("service") in checked]
+    spare = spare_gpus(gpus, others) if live else []
+    shares = {name: [] for name in templates}
+    for j, gpu in enumerate(spare):
+        shares[live[j % len(live)]].append(gpu)
+    k8s_names = {name.replace("_", "-"): name for name in checked}
+    services = {}
+    for name, entry in checked.items():
+        if not entry["per_spare_gpu"]:
+            services[name] = entry
+            continue
+        for k, gpu in enumerate(shares[name]):
+            replica = _replica(entry, k, gpu, where)
+            taken = k8s_names.get(replica["name"].replace("_", "-"))
+            if taken is not None:
+                raise ValueError("%s.%s: its replica on GPU %d would be named %s, as %s.%s is "
+                                 "(or its Kubernetes name %s); rename one of them; got: %r"
+                                 % (where, name, gpu["index"], replica["name"], where, taken,
+                                    replica["name"].replace("_", "-"), taken))
+            services[replica["name"]] = replica
+    _check_replica_ports(services, extra, where)
+    active = [name for name, entry in services.items()
+              if name in active or entry["replica_of"] in live]
+    replicas = {name: [r for r, entry in services.items() if entry["replica_of"] == name]
+                for name in templates}
+    return services, active, replicas
+
+
+def _pass_one_pin(assignment):
+    """Where pass 1 put a service, as a pin: its unit (``2``, ``2:1``), or its GPUs."""
+    spans = assignment.get("gpus")
+    if isinstance(spans, list) and len(spans) > 1:
+        return [g.get("gpu") for g in spans]
+    return assignment.get("gpu")
+
+
+def _merge_passes(first, second, replicas):
+    """Pass 2's placement, with pass 1's words for the services pass 1 placed: their
+    assignments and explanations, and pass 1's issues and warnings; pass 2 adds those of the
+    replicas (and of GPUs pass 1 did not speak of)."""
+    before = {a["service"]: a for a in first.get("assignments") or []}
+    for assignment in second["assignments"]:
+        old = before.get(assignment["service"])
+        if old is not None and old.get("gpu") is not None \
+                and old.get("gpu") != assignment.get("gpu"):
+            raise ValueError("placement pass 2 moved %s from GPU %s to GPU %s; got: %r"
+                             % (assignment["service"], old.get("gpu"), assignment.get("gpu"),
+                                assignment.get("gpu")))
+    issues = list(first.get("issues") or [])
+    issues += [i for i in second.get("issues") or [] if i.get("service") in replicas
+               or (i.get("service") is None and i not in issues)]
+    explanations = dict(second.get("explanations") or {})
+    explanations.update(first.get("explanations") or {})
+    result = dict(second, assignments=[before.get(a["service"], a)
+                                       for a in second["assignments"]],
+                  explanations=explanations, issues=issues,
+                  warnings=[issue["message"] for issue in issues])
+    if isinstance(result.get("summary"), dict):
+        result["summary"] = dict(result["summary"], warning_count=len(issues))
+    return result
+
+
+def place_in_two_passes(catalog, profile, mode, extra_profiles, gpus, place):
+    """gpu_placement's result for a host's active GPU services (``{}`` when none), replicas
+    of the per_spare_gpu entries included: ``place(services)`` runs gpu_placement on the
+    host's GPUs with the caller's options.
+
+    Pass 1 places :func:`placement_input`. When an active per_spare_gpu entry and spare GPUs
+    are left, pass 2 places the same services, each pinned where pass 1 put it, and the
+    replicas of :func:`expand_replicas`, each pinned to its GPU; the result is pass 2's with
+    pass 1's words for the services pass 1 placed (their ``pinned`` stays what the catalog
+    says). Otherwise the result is pass 1's.
+    """
+    services = placement_input(catalog, profile, mode, extra_profiles, gpus)
+    first = place(services) if services else {}
+    checked = check_catalog(catalog, extra_profiles)
+    resolved = resolve_profile(profile, gpus)
+    expanded, _active, replicas = expand_replicas(
+        checked, select(checked, resolved, mode, extra_profiles), gpus,
+        first.get("assignments"), resolved, extra_profiles)
+    names = [name for group in replicas.values() for name in group]
+    if not names:
+        return first
+    where = {a["service"]: a for a in first.get("assignments") or []}
+    second = []
+    for service in services:
+        pin = _pass_one_pin(where.get(service["name"]) or {})
+        second.append(dict(service, gpu=pin) if pin is not None else dict(service))
+    second += [_placement_service(expanded[name]) for name in names]
+    return _merge_passes(first, place(second), names)
 
 
 # ---- where images, models and weights come from ------------------------------------------
@@ -735,8 +1053,19 @@ def downloads(services, sources):
 
 # ---- the plan -----------------------------------------------------------------------------
 
+def _spanned(assignment):
+    """The GPUs of a placed assignment, in order: its ``gpus`` list (N of them with tensor
+    parallel), or its one GPU when the placement gives none."""
+    spanned = assignment.get("gpus")
+    if isinstance(spanned, list) and spanned:
+        return spanned
+    return [{key: assignment.get(key)
+             for key in ("gpu", "gpu_index", "gpu_uuid", "gpu_name", "device_id")}]
+
+
 def _budget(engine, assignment):
-    """Budget environment and engine arguments that hold a service to its budget."""
+    """Budget environment and engine arguments that hold a service to its budget (vLLM on N
+    GPUs: ``--tensor-parallel-size N``; its utilisation is per GPU)."""
     settings = assignment.get("engine_settings") or {}
     env = {}
     args = []
@@ -747,21 +1076,36 @@ def _budget(engine, assignment):
             args += ["--max-model-len", str(settings["max_model_len"])]
         if settings.get("max_num_seqs"):
             args += ["--max-num-seqs", str(settings["max_num_seqs"])]
+        count = settings.get("tensor_parallel_size") or len(_spanned(assignment))
+        if count > 1:
+            args += ["--tensor-parallel-size", str(count)]
     else:
         env = {key: scalar_text(value) for key, value in settings.items()}
     return env, args
 
 
-def _idle_note(profile, idle, used):
-    """Why healthy GPUs run nothing: one summary line."""
-    text = "GPU %s idle: profile %s " % (", ".join(str(i) for i in idle), profile)
-    if not used:
-        return text + "places no service on a GPU"
-    text += "places its active services on GPU %s only" % ", ".join(str(i) for i in used)
-    if profile == "multi-gpu":
-        text += ("; services_catalog has no service for the other GPUs yet (the default catalog "
-                 "runs the dual-GPU stack on GPUs 0 and 1)")
-    return text
+def _idle_note(profile, idle, used, mode, gpus, replicas):
+    """Why healthy GPUs run nothing: a summary line per reason (unhealthy GPUs are warned
+    of by the placement and are not idle)."""
+    mig = {g["index"] for g in _healthy(gpus) if is_int(g.get("index")) and _mig_enabled(g)}
+    lines = []
+    whole = [i for i in idle if i not in mig]
+    if whole:
+        text = "GPU %s idle: profile %s " % (", ".join(str(i) for i in whole), profile)
+        if not used:
+            text += "places no service on a GPU"
+        else:
+            text += "places its active services on GPU %s only" % ", ".join(str(i) for i in used)
+            if profile == "multi-gpu" and not any(replicas.values()):
+                text += ("; services_catalog has no entry with per_spare_gpu: true in profile "
+                         "multi-gpu, mode %s, to run a replica on each spare GPU (the default "
+                         "catalog's ollama_spare is one)" % mode)
+        lines.append(text)
+    if [i for i in idle if i in mig]:
+        lines.append("GPU %s idle: MIG mode is enabled and no service is placed on its MIG "
+                     "devices (a per_spare_gpu replica takes a whole GPU)"
+                     % ", ".join(str(i) for i in idle if i in mig))
+    return lines
 
 
 def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
@@ -772,6 +1116,9 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
     when nothing was placed), ``gpus`` the host's ``ansible_facts.gpus``, ``sources`` where
     images, Ollama models and Hugging Face weights come from (:func:`check_sources`).
     ``idle_gpus`` lists the healthy GPUs no active service is placed on; the summary says why.
+    A per_spare_gpu entry is replaced by its replicas (:func:`expand_replicas`, spare GPUs from
+    the placement's other assignments, so ``placement`` is :func:`place_in_two_passes`'s);
+    ``replicas`` maps each such entry to its replicas' names.
     ``downloads`` lists what the active services need fetched (:func:`downloads`).
     ``secrets`` is :func:`check_secret_environment`'s ``{service: [NAME, ...]}``: each service
     carries its names as ``secret_environment``, which the renderers read from a mode 0600
@@ -786,6 +1133,10 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
     placement = placement or {}
     if not isinstance(placement, dict):
         raise ValueError("placement must be the result of gpu_placement; got: %r" % (placement,))
+    live = [name for name in active if checked[name]["per_spare_gpu"]] \
+        if resolved in GPU_PROFILES else []
+    checked, active, replicas = expand_replicas(checked, active, gpus, placement.get("assignments"),
+                                                resolved, extra_profiles)
     vendors = {}
     for gpu in gpus or []:
         if isinstance(gpu, dict) and is_int(gpu.get("index")):
@@ -805,10 +1156,15 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
         assignment = assignments.get(name)
         if assignment is not None and assignment.get("gpu_index") is not None:
             env, args = _budget(entry["engine"], assignment)
+            spanned = _spanned(assignment)
             item["placement"] = {
                 "gpu": assignment.get("gpu"), "gpu_index": assignment["gpu_index"],
                 "gpu_uuid": assignment.get("gpu_uuid"), "gpu_name": assignment.get("gpu_name"),
-                "device_id": str(assignment.get("device_id")),
+                "device_id": ",".join(str(g.get("device_id")) for g in spanned),
+                "gpu_count": len(spanned),
+                "gpu_indexes": [g.get("gpu_index") for g in spanned],
+                "gpu_uuids": [g.get("gpu_uuid") for g in spanned],
+                "device_ids": [str(g.get("device_id")) for g in spanned],
                 "vendor": vendors.get(assignment["gpu_index"], "nvidia"),
                 "vram_budget_mib": assignment.get("vram_budget_mib"),
                 "adjusted": bool(assignment.get("adjusted")),
@@ -817,6 +1173,10 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
                 "engine_settings": dict(assignment.get("engine_settings") or {}),
                 "budget_env": env, "engine_args": args,
             }
+            vendor_image = entry.get("vendor_images", {}).get(item["placement"]["vendor"])
+            if vendor_image:
+                item["image_source"] = vendor_image
+                item["image"] = mirror_image(vendor_image, sources["image_mirrors"])
         item["secret_environment"] = list(secrets.get(name) or [])
         where = item["placement"] or {}
         for key in item["secret_environment"]:
@@ -833,16 +1193,23 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
         where = item["placement"]
         if where is None:
             summary.append("%s: no GPU" % item["name"])
+        elif where["gpu_count"] > 1:
+            summary.append("%s: GPU %s (%s), %s MiB per GPU%s" % (
+                item["name"], ", ".join(str(i) for i in where["gpu_indexes"]),
+                ", ".join(where["device_ids"]), where["vram_budget_mib"],
+                " (adjusted)" if where["adjusted"] else ""))
         else:
             summary.append("%s: GPU %s (%s), %s MiB%s" % (
                 item["name"], where["gpu"], where["device_id"], where["vram_budget_mib"],
                 " (adjusted)" if where["adjusted"] else ""))
     summary.insert(0, "profile %s (compose profiles %s)" % (resolved, ", ".join(profiles)))
-    used = sorted({s["placement"]["gpu_index"] for s in services
-                   if s["active"] and s["placement"] is not None})
+    summary += ["%s: no replica, no spare GPU (per_spare_gpu: one on each healthy whole GPU "
+                "the other services leave free)" % name for name in live if not replicas[name]]
+    used = sorted({i for s in services if s["active"] and s["placement"] is not None
+                   for i in s["placement"].get("gpu_indexes") or [s["placement"]["gpu_index"]]})
     idle = sorted({g["index"] for g in _healthy(gpus) if is_int(g.get("index"))} - set(used))
     if idle:
-        summary.append(_idle_note(resolved, idle, used))
+        summary += _idle_note(resolved, idle, used, mode, gpus, replicas)
     gpu_assignments = placement.get("gpu_assignments") or {
         "strategy": placement.get("strategy"), "assignments": {}}
     return {
@@ -856,6 +1223,7 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
         "warnings": list(placement.get("warnings") or []),
         "summary": summary,
         "idle_gpus": idle,
+        "replicas": replicas,
         "sources": sources,
         "downloads": downloads(services, sources),
         "gpu_assignments": {"strategy": gpu_assignments.get("strategy"),

@@ -1,15 +1,15 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private module_utils of gpufleet.inference: from one plan (``services_plan``) to the
-documents that run the services (compose files, gpu-assignments.yml, systemd instances,
-Kubernetes manifests).
+documents that run the services (compose files, gpu-assignments.yml, systemd instances;
+Kubernetes manifests are _k8s.py's).
 
 Not a public API: the leading underscore says so. Pure functions, stdlib only, no
 AnsibleModule; the filters in plugins/filter/render.py wrap them so that the roles' templates
 stay thin. The catalog, its profiles and modes and the plan itself are _plan.py's (its
 docstring has the vocabulary); every document function here checks its input with
 ``_plan.check_plan``. Bad input raises ValueError naming the field and its value
-(``k8s_manifests_namespace must be a DNS-1123 label; got: 'GPU'``). The same input always
+(``kind must be one of base, gpu, podman; got: 'swarm'``). The same input always
 gives the same output (dicts keep the catalog's order).
 """
 
@@ -21,9 +21,6 @@ from ansible_collections.gpufleet.inference.plugins.module_utils import _plan
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import scalar_text
 
 COMPOSE_KINDS = ("base", "gpu", "podman")
-# Kubernetes extended resource per GPU vendor (seed 002).
-K8S_GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "gpu.intel.com/i915"}
-NODE_PLACEMENT_KEYS = ("nodes", "dedicated", "node_selector")
 
 # A compose project name: lower case letters, digits, '_' and '-'.
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -106,6 +103,15 @@ def _compose_base(service):
     return doc
 
 
+def device_ids(where):
+    """The device ids of a plan service's placement, one per GPU: ``device_ids`` (a list,
+    N with tensor parallel), else its ``device_id`` text split at the commas."""
+    ids = where.get("device_ids")
+    if isinstance(ids, list) and ids:
+        return [str(i) for i in ids]
+    return [i.strip() for i in str(where["device_id"]).split(",") if i.strip()]
+
+
 def _compose_overlay(service, kind):
     where = service["placement"]
     doc = {}
@@ -113,12 +119,13 @@ def _compose_overlay(service, kind):
         doc["command"] = _main_command(service) + list(where["engine_args"])
     env = dict(where["budget_env"])
     if where["vendor"] == "nvidia":
+        # Exactly the placement's GPUs, one id each (N with tensor parallel), in its order.
         if kind == "gpu":
             doc["deploy"] = {"resources": {"reservations": {"devices": [{
-                "driver": "nvidia", "device_ids": [where["device_id"]],
+                "driver": "nvidia", "device_ids": device_ids(where),
                 "capabilities": ["gpu"]}]}}}
         else:
-            doc["devices"] = ["nvidia.com/gpu=%s" % where["device_id"]]
+            doc["devices"] = ["nvidia.com/gpu=%s" % d for d in device_ids(where)]
     else:
         # AMD and Intel: the device nodes, narrowed by the vendor's variable. Inside the
         # container every GPU keeps its host number here, so the host index is right.
@@ -134,7 +141,9 @@ def compose_document(services_plan, kind="base", project=None):
 
     The base file holds every service with its profiles; an overlay holds, for the active
     services the placement put on a GPU, the device (a ``deploy`` reservation for Docker, a
-    CDI name for Podman), the budget environment and vLLM's ``--gpu-memory-utilization``.
+    CDI name for Podman; exactly the N GPUs of a tensor-parallel service, and vLLM's
+    ``--tensor-parallel-size N``), the budget environment and vLLM's
+    ``--gpu-memory-utilization`` (per GPU).
     Containers never get the host's GPU index in ``CUDA_VISIBLE_DEVICES``: the device request
     does the selection and the GPU is renumbered 0 inside.
     """
@@ -194,8 +203,10 @@ def systemd_instances(services_plan, models_dir="/srv/gpufleet/models/ollama",
 
     Returns ``[{service, template, unit, environment, env_lines}]``: ``environment`` is what
     the instance's EnvironmentFile holds (``CUDA_VISIBLE_DEVICES`` by UUID from the placement,
-    ``OLLAMA_HOST`` with the published port, ``OLLAMA_MODELS`` the one shared model directory;
-    vLLM's model, port and ``--gpu-memory-utilization``). Sidecars (engine ``other``) run as
+    the N GPUs joined by commas for a tensor-parallel service, ``OLLAMA_HOST`` with the
+    published port, ``OLLAMA_MODELS`` the one shared model directory; vLLM's model, port,
+    ``--gpu-memory-utilization`` and, in ``VLLM_EXTRA_ARGS``, ``--tensor-parallel-size``).
+    Sidecars (engine ``other``) run as
     containers only. An instance listens on ``bind_address`` (loopback by default), or on the
     ``address`` its first catalog port gives.
     """
@@ -251,158 +262,6 @@ def systemd_instances(services_plan, models_dir="/srv/gpufleet/models/ollama",
             "env_lines": ["%s=%s" % (k, systemd_env_value(v)) for k, v in env.items()],
         })
     return instances
-
-
-# ---- Kubernetes ---------------------------------------------------------------------------
-
-def _check_node_placement(value):
-    if value is None:
-        return {}
-    where = "k8s_manifests_node_placement"
-    if not isinstance(value, dict):
-        raise ValueError("%s must be a dict of service: {nodes, dedicated, node_selector}; "
-                         "got: %r" % (where, value))
-    result = {}
-    for name, entry in value.items():
-        at = "%s.%s" % (where, name)
-        if not isinstance(entry, dict):
-            raise ValueError("%s must be a dict; got: %r" % (at, entry))
-        unknown = sorted(set(entry) - set(NODE_PLACEMENT_KEYS))
-        if unknown:
-            raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
-        nodes = entry.get("nodes") or []
-        if not isinstance(nodes, list) or not all(isinstance(n, str) and n for n in nodes):
-            raise ValueError("%s.nodes must be a list of node names; got: %r"
-                             % (at, entry.get("nodes")))
-        dedicated = entry.get("dedicated")
-        if dedicated is not None and (not isinstance(dedicated, str) or not dedicated.strip()):
-            raise ValueError("%s.dedicated must be the taint value; got: %r" % (at, dedicated))
-        selector = entry.get("node_selector") or {}
-        if not isinstance(selector, dict):
-            raise ValueError("%s.node_selector must be a dict; got: %r" % (at, selector))
-        result[name] = {"nodes": nodes, "dedicated": dedicated,
-                        "node_selector": {str(k): scalar_text(v) for k, v in selector.items()}}
-    return result
-
-
-def _k8s_pod(service, labels, options, gpu_resource):
-    container = {"name": labels["app.kubernetes.io/name"], "image": service["image"]}
-    # Kubernetes expands $(VAR) in command, args and env values and reads '$$' as '$': every
-    # '$' doubled keeps them as written, as in the compose files.
-    if service["entrypoint"] is not None:
-        container["command"] = [_dollars(arg) for arg in service["entrypoint"]]
-    args = _main_command(service)
-    where = service["placement"]
-    if where is not None:
-        args += list(where["engine_args"])
-    if args:
-        container["args"] = [_dollars(arg) for arg in args]
-    if service["ports"]:
-        container["ports"] = [{"name": "port-%d" % p["container"],
-                               "containerPort": p["container"],
-                               "protocol": p["protocol"].upper()} for p in service["ports"]]
-    env = dict(service["environment"])
-    if where is not None:
-        env.update(where["budget_env"])
-    if env:
-        container["env"] = [{"name": k, "value": _dollars(v)} for k, v in env.items()]
-    if gpu_resource:
-        container["resources"] = {"limits": {gpu_resource: 1}}
-    if service["health"]:
-        container["readinessProbe"] = {
-            "httpGet": {"path": service["health"]["path"], "port": service["health"]["port"]},
-            "periodSeconds": 10, "failureThreshold": 3}
-    if service["volumes"]:
-        container["volumeMounts"] = [{"name": "volume-%d" % i, "mountPath": v["target"],
-                                      "readOnly": v["read_only"]}
-                                     for i, v in enumerate(service["volumes"])]
-    pod = {"containers": [container]}
-    if service["volumes"]:
-        pod["volumes"] = [{"name": "volume-%d" % i,
-                           "hostPath": {"path": v["source"], "type": "DirectoryOrCreate"}}
-                          for i, v in enumerate(service["volumes"])]
-    node = options["node_placement"].get(service["name"])
-    tolerations = []
-    if gpu_resource and options["gpu_tolerations"]:
-        tolerations.append({"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
-    if node is not None:
-        if node["dedicated"]:
-            tolerations.append({"key": options["taint_key"], "operator": "Equal",
-                                "value": node["dedicated"], "effect": "NoSchedule"})
-        if node["node_selector"]:
-            pod["nodeSelector"] = dict(node["node_selector"])
-        if node["nodes"]:
-            pod["affinity"] = {"nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
-                    "matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In",
-                                          "values": list(node["nodes"])}]}]}}}
-    if tolerations:
-        pod["tolerations"] = tolerations
-    if service["restart"] not in ("always", "unless-stopped"):
-        # A Deployment's pods always restart; a one-shot job (finetune) is not a Deployment.
-        return None
-    return pod
-
-
-def k8s_manifests(services_plan, namespace="gpufleet", node_placement=None,
-                  gpu_tolerations=True, taint_key="dedicated"):
-    """A Deployment (and a Service when it has ports) per active long-running service.
-
-    A service the placement put on a GPU asks for one ``nvidia.com/gpu`` (``amd.com/gpu``...)
-    by limit; the device plugin picks the GPU, so no ``CUDA_VISIBLE_DEVICES``. Node affinity
-    and a toleration come from ``node_placement`` for dedicated GPU nodes (seed 002).
-    Returns ``[{service, name, documents}]``.
-    """
-    services_plan = _plan.check_plan(services_plan)
-    if not isinstance(namespace, str) or not re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z",
-                                                      namespace):
-        raise ValueError("k8s_manifests_namespace must be a DNS-1123 label; got: %r"
-                         % (namespace,))
-    if not isinstance(taint_key, str) or not taint_key.strip():
-        raise ValueError("k8s_manifests_taint_key must be a taint key; got: %r" % (taint_key,))
-    if not isinstance(gpu_tolerations, bool):
-        raise ValueError("k8s_manifests_gpu_tolerations must be a boolean; got: %r"
-                         % (gpu_tolerations,))
-    options = {"node_placement": _check_node_placement(node_placement),
-               "gpu_tolerations": gpu_tolerations, "taint_key": taint_key}
-    known = [s["name"] for s in services_plan["services"]]
-    for name in options["node_placement"]:
-        if name not in known:
-            raise ValueError("k8s_manifests_node_placement has a service not in "
-                             "services_catalog (%s); got: %r" % (", ".join(known), name))
-    result = []
-    for service in services_plan["services"]:
-        if not service["active"]:
-            continue
-        name = service["name"].replace("_", "-")
-        labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "gpufleet",
-                  "app.kubernetes.io/managed-by": "ansible",
-                  "app.kubernetes.io/component": service["engine"]}
-        where = service["placement"]
-        gpu_resource = K8S_GPU_RESOURCE.get(where["vendor"]) if where is not None else None
-        pod = _k8s_pod(service, labels, options, gpu_resource)
-        if pod is None:
-            continue
-        selector = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "gpufleet"}
-        documents = [{
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
-                     "selector": {"matchLabels": selector},
-                     "template": {"metadata": {"labels": labels}, "spec": pod}},
-        }]
-        if service["ports"]:
-            documents.append({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                "spec": {"type": "ClusterIP", "selector": selector,
-                         "ports": [{"name": "port-%d" % p["container"], "port": p["host"],
-                                    "targetPort": p["container"],
-                                    "protocol": p["protocol"].upper()}
-                                   for p in service["ports"]]},
-            })
-        result.append({"service": service["name"], "name": name, "documents": documents})
-    return result
 
 
 # ---- systemd template units ---------------------------------------------------------------

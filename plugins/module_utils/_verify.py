@@ -29,12 +29,18 @@ reported together:
    usually shows as a restart); systemd: the unit failed, is inactive, waits in
    ``auto-restart``, or its ``NRestarts`` grew.
 2. placement: compose: the container runs and its ``HostConfig.DeviceRequests`` ask for exactly
-   ``[device_id]`` (none for ``device_id`` null); systemd: the unit is active and its main
-   process runs with ``CUDA_VISIBLE_DEVICES=<cuda_visible_devices>``.
+   the GPUs of ``device_id`` (several joined by commas, in order: the N GPUs of a tensor-parallel
+   service; none for ``device_id`` null); systemd: the unit is active and its main
+   process runs with ``CUDA_VISIBLE_DEVICES=<cuda_visible_devices>``. On an AMD GPU
+   (``vendor`` amd, or the GPU facts say so where the NVIDIA check would fail): no device
+   request, ``HostConfig.Devices`` with /dev/kfd and /dev/dri (or a render node), and
+   ``ROCR_VISIBLE_DEVICES=<device_id>`` in the container's (the unit's) environment.
 3. Ollama with a model: POST ``/api/generate {"model": m}`` loads it, then ``/api/ps`` must show
    it entirely in VRAM when the service has a GPU (``size_vram == size``; else the seed-004
    failure "GPU detected is not GPU used").
-4. the GPU ``device_id`` lists a process of THIS service (by cgroup) holding memory. Read again
+4. the GPU ``device_id`` lists a process of THIS service (by cgroup) holding memory; with
+   several (tensor parallel: one worker per GPU) each of them must, and the first that does
+   not is named. Read again
    every ``interval_s`` for up to ``GPU_SETTLE_S`` seconds, since a driver (or the lab's relay)
    may list a process a moment after its allocation.
 
@@ -74,7 +80,13 @@ SYSTEMD_PROPERTIES = ("LoadState", "ActiveState", "SubState", "Result", "ExecMai
                       "NRestarts", "MainPID")
 COMPOSE_FIELDS = ("project", "service")
 SYSTEMD_FIELDS = ("unit", "cuda_visible_devices")
-FIELDS = ("name", "url", "engine", "model", "device_id", "gpu_index", *COMPOSE_FIELDS,
+# The GPU's vendor: AMD GPUs are given as device nodes and ROCR_VISIBLE_DEVICES, not requests.
+VENDORS = ("nvidia", "amd", "intel")
+# What a container placed on an AMD GPU must be given (ROCm's docs: docker run --device
+# /dev/kfd --device /dev/dri); a single render node of /dev/dri will do for the second.
+AMD_KFD = "/dev/kfd"
+AMD_DRI = "/dev/dri"
+FIELDS = ("name", "url", "engine", "model", "device_id", "gpu_index", "vendor", *COMPOSE_FIELDS,
           *SYSTEMD_FIELDS)
 
 _URL_RE = re.compile(r"^(https?://[^/\s?#]+)(/\S*)?\Z")
@@ -129,6 +141,9 @@ def check_services(runtime, services, load_models=True):
         # "" is no model / no GPU, as the roles' own checks read it
         check["model"] = _text_field(at + ".model", svc.get("model") or None)
         check["device_id"] = _text_field(at + ".device_id", svc.get("device_id") or None)
+        if check["vendor"] is not None and check["vendor"] not in VENDORS:
+            raise ValueError("%s.vendor must be one of %s (or null: read from the GPU facts); "
+                             "got: %r" % (at, ", ".join(VENDORS), check["vendor"]))
         index = svc.get("gpu_index")
         if index is not None and (isinstance(index, bool) or not isinstance(index, int)
                                   or index < 0):
@@ -264,6 +279,10 @@ def parse_inspect(text):
             "exit_code": state.get("ExitCode"),
             "restart_count": item.get("RestartCount") or 0,
             "device_requests": (item.get("HostConfig") or {}).get("DeviceRequests"),
+            "devices": [d.get("PathOnHost") for d in
+                        (item.get("HostConfig") or {}).get("Devices") or [] if isinstance(d, dict)],
+            "env": [e for e in (item.get("Config") or {}).get("Env") or []
+                    if isinstance(e, str)],
         })
     return found
 
@@ -420,10 +439,14 @@ def _wait(runtime, checks, readers, clock, sleep, timeout_s, interval_s, request
 
 # ---- placement ----------------------------------------------------------------------------
 
-def _compose_placement(check, seen):
+def _compose_placement(check, seen, vendor_of=None):
     if seen is None:
         return False, "%s: no container (compose service %s of project %s)" % (
             check["name"], check["service"], check["project"])
+    if check["device_id"] and (check["vendor"] == "amd" or (
+            check["vendor"] is None and not seen["device_requests"] and vendor_of is not None
+            and vendor_of(check) == "amd")):
+        return _amd_placement(check, seen)
     requests = seen["device_requests"] or []
     ids = [i for r in requests for i in (r.get("DeviceIDs") or [])]
     # Several GPUs (a mode switch's) are joined by commas, in the order they were asked for.
@@ -436,8 +459,47 @@ def _compose_placement(check, seen):
                       check["device_id"] or "no GPU"))
 
 
-def _systemd_placement(check, seen, readers):
-    unit, want = check["unit"], "CUDA_VISIBLE_DEVICES=%s" % check["cuda_visible_devices"]
+def _amd_placement(check, seen):
+    """An AMD GPU: the device nodes ROCm needs, the plan's ROCR_VISIBLE_DEVICES, and no NVIDIA
+    device request (which would fail on an AMD host: no nvidia device driver)."""
+    devices = seen.get("devices") or []
+    env = [e for e in seen.get("env") or [] if e.startswith("ROCR_VISIBLE_DEVICES=")]
+    want = "ROCR_VISIBLE_DEVICES=%s" % check["device_id"]
+    differs = []
+    if not seen["running"]:
+        differs.append("it is not running")
+    if AMD_KFD not in devices:
+        differs.append("it is not given %s" % AMD_KFD)
+    if not any(d == AMD_DRI or d.startswith(AMD_DRI + "/renderD") for d in devices):
+        differs.append("it is given neither %s nor a render node %s/renderD*" % (AMD_DRI, AMD_DRI))
+    if env != [want]:
+        differs.append("it runs with %s" % (", ".join(env) or "no ROCR_VISIBLE_DEVICES"))
+    if seen["device_requests"]:
+        differs.append("it has NVIDIA device requests %s" % seen["device_requests"])
+    if not differs:
+        return True, None
+    return False, ("%s: container %s is placed on AMD GPU %s (devices %s and %s, %s, no device "
+                   "request), but %s; its devices: %s"
+                   % (check["name"], seen["name"], check["device_id"], AMD_KFD, AMD_DRI, want,
+                      "; ".join(differs), ", ".join(devices) or "none"))
+
+
+def _systemd_placement(check, seen, readers, vendor_of=None):
+    """The unit's main process runs with the plan's CUDA_VISIBLE_DEVICES (ROCR_VISIBLE_DEVICES =
+    ``device_id`` on an AMD GPU: ``vendor`` amd, or read from the facts when CUDA's differs)."""
+    amd = check["device_id"] and check["vendor"] == "amd"
+    good, why = _systemd_env(check, seen, readers, "ROCR_VISIBLE_DEVICES" if amd
+                             else "CUDA_VISIBLE_DEVICES")
+    if not good and not amd and check["device_id"] and check["vendor"] is None \
+            and vendor_of is not None and vendor_of(check) == "amd":
+        return _systemd_env(check, seen, readers, "ROCR_VISIBLE_DEVICES")
+    return good, why
+
+
+def _systemd_env(check, seen, readers, variable):
+    value = check["device_id"] if variable == "ROCR_VISIBLE_DEVICES" \
+        else check["cuda_visible_devices"]
+    unit, want = check["unit"], "%s=%s" % (variable, value)
     head = "%s: unit %s (%s)" % (check["name"], unit, seen["active"])
     if seen["active"] != "active" or not seen["main_pid"]:
         return False, "%s has no main process; the placement says %s" % (head, want)
@@ -447,11 +509,41 @@ def _systemd_placement(check, seen, readers):
     except OSError as exc:
         return False, "%s: %s cannot be read (%s); the placement says %s" % (
             head, path, exc, want)
-    found = [e for e in environ if e.startswith("CUDA_VISIBLE_DEVICES=")]
+    found = [e for e in environ if e.startswith(variable + "=")]
     if want in found:
         return True, None
     return False, "%s runs with %s; the placement says %s" % (
-        head, ", ".join(found) or "no CUDA_VISIBLE_DEVICES", want)
+        head, ", ".join(found) or "no " + variable, want)
+
+
+def _vendors(readers):
+    """``vendor_of(check)``: the vendor of the check's GPU, from one read of the GPU facts
+    (by ``gpu_index``, the host's own number, else ``device_id``); None when unknown. Read
+    only when a placement does not look like an NVIDIA one, so NVIDIA hosts pay nothing."""
+    cache = {}
+
+    def vendor_of(check):
+        if "gpus" not in cache:
+            try:
+                cache["gpus"] = readers.gpus()
+            except (OSError, ValueError):
+                cache["gpus"] = []
+        gpus = cache["gpus"]
+        gpu = next((g for g in gpus if check["gpu_index"] is not None
+                    and g.get("index") == check["gpu_index"]), None)
+        if gpu is None:
+            gpu = _gpu_of(gpus, check["device_id"].split(",")[0])
+        vendor = gpu.get("vendor") if gpu else None
+        if vendor == "amd":
+            check["vendor"] = "amd"
+            # ROCR_VISIBLE_DEVICES counts AMD GPUs only (vendor_index): the GPU check finds
+            # them by UUID, else by the host's own index.
+            amd = {str(g.get("vendor_index")): g for g in gpus if g.get("vendor") == "amd"}
+            check["gpu_ids"] = ",".join(
+                str(amd[i].get("uuid") or amd[i].get("index")) if i in amd else i
+                for i in check["device_id"].split(","))
+        return vendor
+    return vendor_of
 
 
 # ---- Ollama -------------------------------------------------------------------------------
@@ -575,36 +667,54 @@ def _gpu_round(pending, watched, readers, known):
     cache = {}
     out = {}
     for check in pending:
-        device_id = check["device_id"]
-        gpu = _gpu_of(gpus, device_id)
-        if gpu is None:
+        # A tensor-parallel service spans N GPUs (joined by commas): its engine must hold
+        # memory on each of them (one worker per GPU), so each is read and the first GPU
+        # without a process of it is named.
+        ids = [i.strip() for i in (check.get("gpu_ids") or check["device_id"]).split(",")]
+        found = [(device_id, _gpu_of(gpus, device_id)) for device_id in ids]
+        absent = [device_id for device_id, gpu in found if gpu is None]
+        if absent:
             listed = ", ".join(str(g.get("uuid")) for g in gpus) or "none"
             out[check["name"]] = {"ok": False, "mine": [], "missing": True, "failure": (
                 "%s: GPU %s of its placement is not on this host (GPUs: %s)"
-                % (check["name"], device_id, listed))}
+                % (check["name"], ", ".join(absent), listed))}
             continue
-        mine, lines = [], []
-        for proc in gpu.get("processes") or []:
-            text, owner = _owner_of(proc.get("pid"), readers, cache)
-            if text is not None and belongs(text, **watched[check["name"]]):
-                mine.append({"pid": proc.get("pid"), "name": proc.get("name"),
-                             "used_memory_mib": proc.get("used_memory_mib")})
-            memory = proc.get("used_memory_mib")
-            lines.append("pid %s %s %s (%s)" % (
-                proc.get("pid"), proc.get("name") or "?",
-                "memory unknown" if memory is None else "%s MiB" % memory,
-                describe_owner(owner, known)))
-        where = "GPU %s (%s)" % (check["gpu_index"], device_id) \
-            if check["gpu_index"] is not None else "GPU %s" % device_id
-        whose = watched[check["name"]]
-        who = ("container %s" % whose["container_id"][:12] if whose.get("container_id")
-               else "unit %s" % whose.get("unit"))
-        out[check["name"]] = {
-            "ok": any((p["used_memory_mib"] or 0) > 0 for p in mine), "mine": mine,
-            "missing": False, "failure": (
+        verdict = {"ok": True, "mine": [], "missing": False, "failure": None}
+        for device_id, gpu in found:
+            mine, lines = _gpu_processes(gpu, watched[check["name"]], readers, cache, known)
+            verdict["mine"] += mine
+            if any((p["used_memory_mib"] or 0) > 0 for p in mine) or not verdict["ok"]:
+                continue
+            index = check["gpu_index"] if len(ids) == 1 else gpu.get("index")
+            where = "GPU %s (%s)" % (index, device_id) if index is not None \
+                else "GPU %s" % device_id
+            if len(ids) > 1:
+                where += ", one of the %d GPUs it spans (%s)" % (len(ids), check["device_id"])
+            whose = watched[check["name"]]
+            who = ("container %s" % whose["container_id"][:12] if whose.get("container_id")
+                   else "unit %s" % whose.get("unit"))
+            verdict.update(ok=False, failure=(
                 "GPU detected is not GPU used: no process of %s (%s) holds memory on %s; "
-                "processes there: %s" % (check["name"], who, where, "; ".join(lines) or "none"))}
+                "processes there: %s" % (check["name"], who, where, "; ".join(lines) or "none")))
+        out[check["name"]] = verdict
     return out
+
+
+def _gpu_processes(gpu, whose, readers, cache, known):
+    """The processes of ``whose`` (a container or a unit) on ``gpu``, and a line for each
+    process there."""
+    mine, lines = [], []
+    for proc in gpu.get("processes") or []:
+        text, owner = _owner_of(proc.get("pid"), readers, cache)
+        if text is not None and belongs(text, **whose):
+            mine.append({"pid": proc.get("pid"), "name": proc.get("name"),
+                         "used_memory_mib": proc.get("used_memory_mib")})
+        memory = proc.get("used_memory_mib")
+        lines.append("pid %s %s %s (%s)" % (
+            proc.get("pid"), proc.get("name") or "?",
+            "memory unknown" if memory is None else "%s MiB" % memory,
+            describe_owner(owner, known)))
+    return mine, lines
 
 
 def _gpu_check(checks, seen, readers, clock, sleep, interval_s, report, settle_s=GPU_SETTLE_S):
@@ -688,11 +798,12 @@ def verify(runtime, services, readers, clock, sleep, timeout_s=180.0, interval_s
     live = [c for c in checks if c["name"] not in crashed]
 
     failures = []
+    vendor_of = _vendors(readers)
     for check in live:
         if runtime == "compose":
-            good, why = _compose_placement(check, seen[check["name"]])
+            good, why = _compose_placement(check, seen[check["name"]], vendor_of)
         else:
-            good, why = _systemd_placement(check, seen[check["name"]], readers)
+            good, why = _systemd_placement(check, seen[check["name"]], readers, vendor_of)
         report[check["name"]]["device_ok"] = good
         if not good:
             failures.append(why)
@@ -717,6 +828,10 @@ def verify(runtime, services, readers, clock, sleep, timeout_s=180.0, interval_s
             failed.add(check["name"])
             report[check["name"]]["problems"].append(why)
 
+    for check in live:  # an AMD GPU named by ROCm's number: found in the facts by vendor_index
+        if check["vendor"] == "amd" and check["device_id"] and "gpu_ids" not in check \
+                and gpu_check:
+            vendor_of(check)
     # An Ollama server holds GPU memory only while a model is loaded (by its runner).
     on_gpu = [c for c in live if gpu_check and c["device_id"] and c["name"] not in failed
               and (c["engine"] != "ollama" or (load_models and c["model"])

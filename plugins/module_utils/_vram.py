@@ -285,3 +285,31 @@ def estimate(model, catalog=None, *, engine="other", context_length=None, parall
     result.update(total_mib=weights + kv + overhead, weights_mib=weights, kv_cache_mib=kv,
                   overhead_mib=overhead)
     return result
+
+
+def per_gpu(whole, count, engine="other"):
+    """What each of ``count`` GPUs holds of ``whole`` under tensor parallelism.
+
+    vLLM's tensor parallel splits every layer's weights across the GPUs (each holds 1/N of
+    them) and each GPU keeps the KV cache of its own share of the attention heads (1/N); the
+    runtime overhead (CUDA context, CUDA graphs, allocator slack: the engine base) is paid on
+    every GPU, plus 5 % of that GPU's share of the weights. A stated total keeps its base on
+    every GPU and splits the rest. Returns ``{gpus, total_mib, weights_mib, kv_cache_mib,
+    overhead_mib}`` (MiB, rounded up), or the estimate's own total for ``count`` 1.
+    """
+    engine = engine if engine in ENGINE_OVERHEAD_MIB else "other"
+    if count == 1:
+        return {"gpus": 1, "total_mib": whole["total_mib"],
+                "weights_mib": whole.get("weights_mib"),
+                "kv_cache_mib": whole.get("kv_cache_mib"),
+                "overhead_mib": whole.get("overhead_mib")}
+    if whole.get("weights_mib") is None:
+        base = ENGINE_OVERHEAD_MIB[engine]
+        rest = max(whole["total_mib"] - base, 0)
+        return {"gpus": count, "total_mib": math.ceil(rest / float(count)) + base,
+                "weights_mib": None, "kv_cache_mib": None, "overhead_mib": base}
+    weights = math.ceil(whole["weights_mib"] / float(count))
+    kv = math.ceil((whole.get("kv_cache_mib") or 0) / float(count))
+    overhead = overhead_mib(engine, weights)
+    return {"gpus": count, "total_mib": weights + kv + overhead, "weights_mib": weights,
+            "kv_cache_mib": kv, "overhead_mib": overhead}

@@ -146,6 +146,39 @@ ansible_facts:
               or UUID when known; never empty when C(healthy) is V(false).
           type: list
           elements: str
+        topology:
+          description:
+            - How this GPU reaches each other GPU of the host, one entry per peer sorted by
+              the peer's C(index), from NVML (C(nvmlDeviceGetTopologyCommonAncestor) and the
+              NVLink calls) or from C(nvidia-smi topo -m).
+            - V([]) on a host with one GPU. V(null) when it could not be read (AMD and Intel
+              GPUs, a driver or tool that does not tell, a failed call; a warning then says
+              why); reading it never fails the module.
+            - Peers that were lost (no handle) are left out; MIG devices are never peers.
+          type: list
+          elements: dict
+          contains:
+            index:
+              description: The peer GPU's C(index).
+              type: int
+            uuid:
+              description: The peer GPU's UUID, V(null) when unknown.
+              type: str
+            link:
+              description:
+                - V(nvlink) when the two GPUs share active NVLinks (directly, or both through
+                  NVSwitches), else the PCIe path between them.
+                - V(pcie_switch) through PCIe switches only (nvidia-smi PIX or PXB),
+                  V(host_bridge) through a PCIe host bridge (PHB), V(numa) between host
+                  bridges of one NUMA node (NODE), V(system) across NUMA nodes (SYS).
+                - Placement prefers, fastest first, V(nvlink), V(pcie_switch),
+                  V(host_bridge), V(numa), V(system).
+              type: str
+              choices: [nvlink, pcie_switch, host_bridge, numa, system]
+            nvlink_count:
+              description: The number of NVLinks bonded between the two (nvidia-smi NV#);
+                V(null) unless C(link) is V(nvlink).
+              type: int
       sample:
         - index: 0
           vendor_index: 0
@@ -172,6 +205,11 @@ ansible_facts:
               used_memory_mib: 18974
           healthy: true
           errors: []
+          topology:
+            - index: 1
+              uuid: GPU-5a1c0d3e-1a2b-4c3d-8e9f-a40000000001
+              link: numa
+              nvlink_count: null
     gpu_summary:
       description: Counts, memory and the recommended profile.
       returned: always

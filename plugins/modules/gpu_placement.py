@@ -116,9 +116,28 @@ options:
           - Manual pin, honoured by every strategy. A GPU index (V(1)), V(i:j) for MIG device
             j of GPU i, or a UUID (C(GPU-...) or C(MIG-...)). With O(hosts), an index needs
             O(services[].host).
+          - With O(services[].gpus) N above 1, a list of N distinct whole GPUs (indexes or
+            UUIDs, no MIG device) of one host, in the order the engine numbers them.
           - A pin to a GPU that does not exist or cannot take services falls back to the
             strategy's choice, with a warning.
-        type: str
+        type: raw
+      gpus:
+        description:
+          - How many GPUs the service spans, 1 to 64; above 1, vLLM tensor parallel
+            (C(--tensor-parallel-size)). Whole GPUs of one host and one vendor, never MIG
+            devices; services spanning GPUs are placed before the others.
+          - O(services[].vram_mib) and O(services[].vram_budget_mib) are then per GPU, and so
+            is the estimate from O(services[].model) (see the notes).
+          - Among the sets of N GPUs the choice is, in order, the hard wishes (compute
+            capability, exclusivity), room on every one of them, the fastest link between
+            them (the slowest pair counts, from the C(topology) of
+            M(gpufleet.inference.gpu_facts); unknown when not reported), then the strategy's
+            own preference, then position.
+          - Other engines than vLLM are given the N GPUs as visible devices, with a
+            V(tensor_parallel_engine) warning (Ollama splits a model across them by itself).
+          - When no host has N whole GPUs the service may use, it is not placed
+            (V(tensor_parallel_short)).
+        type: int
       min_compute_capability:
         description: Lowest CUDA compute capability the service runs on, like V(7.0).
         type: str
@@ -150,7 +169,8 @@ options:
       - V(balanced) evens out utilisation (budget / usable memory) across GPUs.
       - On small hosts (up to 12 services and 8 GPUs or MIG devices) V(manual), V(vram_based) and
         V(balanced) fall back to an exhaustive search, bounded, when their rule misses a fit that
-        exists; the explanation says so.
+        exists; the explanation says so. Not when a service spans GPUs (O(services[].gpus)),
+        where the strategy's rule and best fit choose.
     type: str
     choices: [manual, vram_based, latency_optimized, isolation_first, balanced]
     default: vram_based
@@ -269,6 +289,14 @@ notes:
     utilisation is the budget over the GPU's total, rounded down to 2 decimals, and vLLM's
     start rule (free memory >= utilisation x total) is checked against the co-tenants started
     before it (C(start_order) in RV(gpus)).
+  - A service spanning N GPUs (O(services[].gpus)) is estimated per GPU. Tensor parallel
+    splits the weights and the KV cache across the N GPUs, and each one pays the runtime
+    overhead, so per GPU it is weights / N + KV cache / N + the engine base + 5 % of
+    weights / N. A stated catalog total keeps the engine base on each GPU and splits the
+    rest. vLLM gets one C(gpu_memory_utilization) for all N, the per-GPU budget over the
+    smallest total of the N, and its start rule is checked on each of them.
+  - A set of GPUs whose slowest link is a host bridge, a NUMA link or the system
+    interconnect is said (V(tensor_parallel_slow_link)), only when the topology is known.
 seealso:
   - module: gpufleet.inference.gpu_facts
   - plugin: gpufleet.inference.gpu_placement
@@ -291,6 +319,13 @@ EXAMPLES = r"""
       - {name: ai-clip, model: clip-vit-large}
       - {name: ai-enrichment, model: model-zoo, gpu: "1"}
   register: placement
+
+- name: Place a 70B model across two NVLinked GPUs (tensor parallel) beside a small one
+  gpufleet.inference.gpu_placement:
+    gpus: "{{ ansible_facts.gpus }}"
+    services:
+      - {name: chat, engine: vllm, model: Qwen/Qwen2.5-72B-Instruct-AWQ, gpus: 2}
+      - {name: embed, engine: ollama, vram_mib: 1024}
 
 - name: Place vLLM on the dedicated host of a fleet
   gpufleet.inference.gpu_placement:
@@ -345,7 +380,7 @@ assignments:
       description: The budget asked for (override, else the need).
       type: int
     vram_budget_mib:
-      description: The budget given, after any adjustment.
+      description: The budget given, after any adjustment; per GPU for a service spanning GPUs.
       type: int
     adjusted:
       description: Whether the budget was cut to fit the GPU.
@@ -357,16 +392,44 @@ assignments:
       description: Whether a pin could not be honoured and the strategy chose.
       type: bool
     device_id:
-      description: The value for C(device_ids) / C(--gpus device=).
+      description:
+        - The value for C(device_ids) / C(--gpus device=); for a service spanning GPUs, those
+          of its GPUs joined by commas.
       type: str
+    gpu_count:
+      description: How many GPUs the service spans (O(services[].gpus)).
+      type: int
+    gpus:
+      description:
+        - Each GPU of the service (one for most services; empty when not placed). C(gpu),
+          C(gpu_index), C(gpu_uuid) and C(gpu_name) above are those of the first.
+      type: list
+      elements: dict
+      contains:
+        gpu:
+          description: The GPU (V(1)) or MIG device (V(0:2)).
+          type: str
+        gpu_index:
+          description: The GPU's index.
+          type: int
+        gpu_uuid:
+          description: The GPU's (or MIG device's) UUID.
+          type: str
+        gpu_name:
+          description: The GPU's name.
+          type: str
+        device_id:
+          description: This GPU's value for C(device_ids).
+          type: str
     environment:
       description:
         - C(CUDA_VISIBLE_DEVICES) (and C(CUDA_DEVICE_ORDER) with indexes), C(ROCR_VISIBLE_DEVICES)
-          for AMD.
+          for AMD; the service's GPUs joined by commas.
       type: dict
     engine_settings:
       description:
-        - vLLM C(gpu_memory_utilization) (and C(max_model_len), C(max_num_seqs)); Ollama
+        - vLLM C(gpu_memory_utilization) (and C(max_model_len), C(max_num_seqs),
+          C(tensor_parallel_size) for a service spanning GPUs); Ollama
           C(OLLAMA_GPU_OVERHEAD) in bytes (its budget held when it shares the GPU),
           C(OLLAMA_MAX_LOADED_MODELS), C(OLLAMA_KEEP_ALIVE=-1) next to vLLM; others
           C(VRAM_BUDGET_MIB) and C(VRAM_BUDGET_GB).
@@ -390,11 +453,19 @@ assignments:
       device_id: GPU-0c8e1f4d-2a7b-4e55-9d61-7f3b2a9c8e21
       environment: {CUDA_VISIBLE_DEVICES: GPU-0c8e1f4d-2a7b-4e55-9d61-7f3b2a9c8e21}
       engine_settings: {VRAM_BUDGET_MIB: 3582, VRAM_BUDGET_GB: "3.5"}
+      gpu_count: 1
+      gpus:
+        - gpu: "1"
+          gpu_index: 1
+          gpu_uuid: GPU-0c8e1f4d-2a7b-4e55-9d61-7f3b2a9c8e21
+          gpu_name: NVIDIA RTX A400
+          device_id: GPU-0c8e1f4d-2a7b-4e55-9d61-7f3b2a9c8e21
 issues:
   description:
     - Every warning with a code (for example V(budget_exceeds_gpu), V(combined_exceeds_gpu),
       V(llm_on_small_gpu), V(pin_not_found), V(compute_capability_too_low),
-      V(vllm_start_rule), V(gpu_unhealthy), V(memory_unknown), V(live_usage_unknown)), the
+      V(vllm_start_rule), V(gpu_unhealthy), V(memory_unknown), V(live_usage_unknown),
+      V(tensor_parallel_short), V(tensor_parallel_slow_link), V(tensor_parallel_engine)), the
       service and the GPU. The messages are also the task's warnings.
   returned: always
   type: list
@@ -402,7 +473,9 @@ issues:
 explanations:
   description:
     - Per service name, why that GPU (rule, free memory before, notes, estimate) and the
-      runners-up that lost, with why.
+      runners-up that lost, with why. A service spanning GPUs also has C(gpus) (their
+      labels) and C(link) (the slowest link between them), and its C(gpu) names them all with
+      that link (C(GPU 2, 3 (nvlink))); its estimate has C(per_gpu).
   returned: always
   type: dict
 gpus:
@@ -423,7 +496,8 @@ summary:
 gpu_assignments:
   description:
     - The C(gpu-assignments.yml) shape of seed 001, C(strategy) and C(assignments) (C(gpu),
-      C(vram_budget) in GB when set or adjusted).
+      a list of indexes for a service spanning GPUs, C(vram_budget) in GB when set or
+      adjusted).
   returned: always
   type: dict
 by_host:

@@ -22,13 +22,21 @@ description:
     exactly O(services[].device_id) (none when it is V(null)). With systemd, the unit is active
     and its main process runs with C(CUDA_VISIBLE_DEVICES) = O(services[].cuda_visible_devices)
     (read from C(/proc/<MainPID>/environ)).
+  - B(Placement on an AMD GPU) (O(services[].vendor=amd), or read from the GPU facts when the
+    container has no device request or the unit's C(CUDA_VISIBLE_DEVICES) differs). With
+    compose, the container runs with no NVIDIA device request, its C(HostConfig.Devices) hold
+    C(/dev/kfd) and C(/dev/dri) (or a render node C(/dev/dri/renderD*)), and its environment
+    has C(ROCR_VISIBLE_DEVICES) = O(services[].device_id); with systemd, the main process runs
+    with that C(ROCR_VISIBLE_DEVICES). The failure names each difference. The GPU check finds
+    the AMD GPU by its UUID or, for ROCm's own number, by C(vendor_index) (amd-smi's processes).
   - B(Ollama.) With O(load_models), an O(services[].engine=ollama) service with a
     O(services[].model) is asked to load it (C(POST /api/generate)); on a GPU, C(/api/ps) must
     show it entirely in VRAM (C(size_vram == size)), else it fails with
     C(GPU detected is not GPU used). A model the server does not have fails with Ollama's
     own words (C(model '...' not found)).
-  - B(GPU really used.) With O(gpu_check), the GPU O(services[].device_id) must list a process
-    of THIS service holding memory, read through the readers of
+  - B(GPU really used.) With O(gpu_check), the GPU O(services[].device_id) (each of them, when
+    it names several) must list a process of THIS service holding memory, read through the
+    readers of
     M(gpufleet.inference.gpu_facts) (NVML, else nvidia-smi). A process belongs to the service
     when a component of its C(/proc/<pid>/cgroup) path is the container's id (C(<id>),
     C(docker-<id>.scope), C(libpod-<id>.scope)) or the unit's name; cgroup v1 and v2, nested
@@ -81,13 +89,23 @@ options:
         description:
           - The GPU UUID (C(GPU-...), or a MIG device's C(MIG-...)) of the placement;
             V(null) (or empty) for no GPU.
-          - With O(runtime=compose), several GPUs a container was given together (a mode
-            switch's) are joined by commas, in the order its device request names them; the
-            GPU check (O(gpu_check)) takes a single GPU.
+          - Several GPUs given together (the N GPUs of a tensor-parallel service, a mode
+            switch's) are joined by commas, in the order the device request names them. The
+            GPU check (O(gpu_check)) then wants a process of the service holding memory on
+            each of them (a tensor-parallel vLLM has one worker per GPU) and names the first
+            GPU that has none.
         type: str
       gpu_index:
         description: The GPU's index, for the messages.
         type: int
+      vendor:
+        description:
+          - The vendor of the GPU of the placement; V(amd) checks the device nodes and
+            C(ROCR_VISIBLE_DEVICES) instead of an NVIDIA device request.
+          - V(null) reads it from the GPU facts where the placement does not look like an
+            NVIDIA one.
+        type: str
+        choices: [nvidia, amd, intel]
       project:
         description: With O(runtime=compose), required; the compose project.
         type: str
@@ -102,7 +120,8 @@ options:
       cuda_visible_devices:
         description:
           - With O(runtime=systemd), required; the C(CUDA_VISIBLE_DEVICES) its main process
-            must run with (a UUID, or V(-1) for no GPU).
+            must run with (a UUID, several joined by commas for a tensor-parallel service, or
+            V(-1) for no GPU).
         type: str
   timeout:
     description:
@@ -363,7 +382,8 @@ class Readers:
 
     def gpus(self):
         try:
-            collected = _gpu_readers.read_gpus(self.module, timeout=GPU_READ_TIMEOUT_S)
+            collected = _gpu_readers.read_gpus(self.module, timeout=GPU_READ_TIMEOUT_S,
+                                               topology=False)
         except _gpu_facts.BackendError as exc:
             raise ValueError(str(exc)) from None
         if not collected["answered"]:
@@ -380,6 +400,7 @@ def main():
         model=dict(type="str"),
         device_id=dict(type="str"),
         gpu_index=dict(type="int"),
+        vendor=dict(type="str", choices=list(_verify.VENDORS)),
         project=dict(type="str"),
         service=dict(type="str"),
         unit=dict(type="str"),

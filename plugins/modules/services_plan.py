@@ -20,8 +20,11 @@ description:
     M(gpufleet.inference.gpu_placement); its warnings are the task's warnings.
   - O(profile=auto) is V(cpu), V(single-gpu), V(dual-gpu) or V(multi-gpu) for 0, 1, 2, 3 or
     more healthy GPUs. V(multi-gpu) runs the services that list it (the default catalog's dual-GPU
-    stack on GPUs 0 and 1); RV(ansible_facts.services_plan.summary) names the healthy GPUs left
-    idle, and why.
+    stack on GPUs 0 and 1, and an Ollama replica on every other healthy GPU).
+  - A catalog entry with C(per_spare_gpu=true) is a template - pass 1 places every other active
+    service, pass 2 keeps them where pass 1 put them and pins one replica C(<entry>_gpu<index>)
+    to each healthy whole GPU pass 1 left free (host ports + 0, 1, ...).
+    RV(ansible_facts.services_plan.summary) names any healthy GPU still idle, and why.
   - Bad input fails naming the field and the value, in the words of the services role's
     variables, for example C(services_catalog.vllm.ports[0] must be 1-65535; got 70000).
 author:
@@ -206,8 +209,16 @@ ansible_facts:
               token.
             - C(secret_environment) lists the names (never the values) of the service's
               O(secret_environment).
+            - A service spanning N GPUs (C(gpus)) has C(gpu_count), C(gpu_indexes),
+              C(gpu_uuids) and C(device_ids) in its C(placement); C(device_id) joins them.
+            - C(replica_of) names the C(per_spare_gpu) entry a replica comes from (V(null)
+              otherwise); the entry itself is not listed.
           type: list
           elements: dict
+        replicas:
+          description: Each active C(per_spare_gpu) entry and the names of its replicas.
+          type: dict
+          sample: {ollama_spare: [ollama_spare_gpu2, ollama_spare_gpu3]}
         sources:
           description: O(sources), checked, with the defaults filled in.
           type: dict
@@ -235,7 +246,7 @@ ansible_facts:
           sample:
             - profile multi-gpu (compose profiles multi-gpu, multi-gpu-vllm)
             - "ollama: GPU 0 (GPU-5b5d9ab2-8d59-7bd6-2b3a-1c7b4c3a6f10), 2457 MiB"
-            - "GPU 2 idle: profile multi-gpu places its active services on GPU 0, 1 only; ..."
+            - "ollama_spare_gpu2: GPU 2 (GPU-8c1e...), 2457 MiB"
         idle_gpus:
           description: The indexes of the healthy GPUs no active service is placed on.
           type: list

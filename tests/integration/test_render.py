@@ -1,9 +1,9 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The roles services, compose, systemd_units and k8s_manifests run for real by
-ansible-playbook on localhost into temporary directories, with hand-written GPU facts (the
-lab's dual RTX 3090 box); then every output is checked by the real validators: the Compose v2
-binary's ``config``, ``systemd-analyze verify`` and kubernetes-validate's offline schemas.
+"""The roles services, compose and systemd_units run for real by ansible-playbook on
+localhost into temporary directories, with hand-written GPU facts (the lab's dual RTX 3090
+box); then every output is checked by the real validators: the Compose v2 binary's ``config``
+and ``systemd-analyze verify``. The k8s_manifests role: test_k8s.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from .conftest import REPO
 from .render_support import (
     DUAL_GPUS,
     compose_bin,
-    kubernetes_validate_bin,
     recap,
     run_playbook,
     systemd_analyze_bin,
@@ -52,7 +51,6 @@ PLAYBOOK = """---
     - gpufleet.inference.services
     - gpufleet.inference.compose
     - gpufleet.inference.systemd_units
-    - gpufleet.inference.k8s_manifests
 """
 
 
@@ -87,7 +85,6 @@ def write_scenario(root, hosts):
         "compose_project_dir": base + "/compose",
         "systemd_units_dir": base + "/units",
         "systemd_units_env_dir": base + "/env",
-        "k8s_manifests_dir": base + "/k8s",
         "systemd_units_prepare_host": False,
         "systemd_units_reload": False,
         "systemd_units_restart_changed": False,
@@ -307,41 +304,11 @@ def test_systemd_verify_catches_a_broken_unit(rendered, tmp_path):
     assert verify_unit(tmp_path, "vllm@vllm.service")[0] != 0
 
 
-# ---- Kubernetes ----------------------------------------------------------------------------
-
-def kubernetes_validate(paths):
-    binary = kubernetes_validate_bin()
-    assert binary is not None, "kubernetes-validate is not installed (requirements/render.txt)"
-    proc = subprocess.run([str(binary), "--strict", *[str(p) for p in paths]],
-                          capture_output=True, text=True, check=False, timeout=120)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def test_every_manifest_passes_kubernetes_validate(rendered):
-    paths = sorted(p for p in rendered["root"].glob("*/k8s/*.yml"))
-    assert len(paths) > 8
-    rc, output = kubernetes_validate(paths)
-    assert rc == 0, output
-    vllm = list(yaml.safe_load_all((rendered["root"] / "dual-gpu-vllm/k8s/vllm.yml").read_text()))
-    container = vllm[0]["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
-    assert not (rendered["root"] / "cpu-vllm/k8s/vllm.yml").exists()
-
-
-def test_kubernetes_validate_catches_a_bad_manifest(rendered, tmp_path):
-    source = rendered["root"] / "dual-gpu-vllm/k8s/vllm.yml"
-    bad = tmp_path / "bad.yml"
-    bad.write_text(source.read_text().replace("replicas: 1", "replicas: one"))
-    assert kubernetes_validate([bad])[0] != 0
-
-
 # ---- check mode, diff, backups, failures ------------------------------------------------------
 
 def test_check_mode_changes_nothing_and_shows_a_diff(tmp_path):
     host = {"services_profile": "dual-gpu", "services_dual_gpu_mode": "vllm"}
     playbook, inventory = write_scenario(tmp_path / "s", {"box": host})
-    # k8s_manifests writes its files the same way; leaving it out keeps six runs short.
-    playbook.write_text(PLAYBOOK.replace("    - gpufleet.inference.k8s_manifests\n", ""))
     out = tmp_path / "s" / "box"
 
     rc, output = run_playbook(playbook, inventory, "--check", "--diff")

@@ -357,7 +357,7 @@ def test_a_vllm_that_crashes_at_start_is_rolled_back_at_once(spark, switch_vars,
     assert rc != 0 and recap["failed"] == 1, out
     seen = re.search(r"vllm: its container exited with code 1 after ([\d.]+) s, before "
                      r"http://127\.0\.0\.1:8000/health answered; last log lines: .*"
-                     r"tensor parallel size 2 > 1 visible GPUs", out)
+                     r"World size \(2\) is larger than the number of available GPUs \(1\)", out)
     assert seen, out
     assert float(seen.group(1)) < 60, "the crash must end the wait long before its 300 s"
     assert "previous mode chat restored and healthy" in out, out

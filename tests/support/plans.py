@@ -43,6 +43,6 @@ def make_plan(profile="dual-gpu", mode="ollama", gpus=None, catalog=None, extra=
     if change is not None:
         change(catalog)
     extra = default_extra if extra is None else extra
-    services = _plan.placement_input(catalog, profile, mode, extra, gpus)
-    placement = place(gpus, services) if services else {}
+    placement = _plan.place_in_two_passes(catalog, profile, mode, extra, gpus,
+                                          lambda services: place(gpus, services))
     return _plan.plan(catalog, placement, gpus, profile, mode, extra)

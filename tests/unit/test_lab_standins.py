@@ -689,3 +689,58 @@ def test_vllm_tensor_parallel_memory_is_held_by_its_workers(
     for _name, pid in held:
         with open("/proc/%d/status" % pid, encoding="utf-8") as handle:
             assert "PPid:\t%d\n" % proc.pid in handle.read()
+
+
+# --- tensor parallel as real vLLM does it (vllm/config/parallel.py, config/model.py,
+# v1/executor/multiproc_executor.py): checked before any GPU is touched, then one worker per
+# GPU holding gpu_memory_utilization x that GPU's total ---------------------------------------
+TP_GPUS = [GPU, dict(GPU, uuid="GPU-0d3f8e2a-5c1b-4a7e-9f60-1b2c3d4e5f61",
+                     pci_bus_id="00000000:02:00.0", memory_total_mib=49140),
+           dict(GPU, uuid="GPU-0d3f8e2a-5c1b-4a7e-9f60-1b2c3d4e5f62",
+                pci_bus_id="00000000:03:00.0")]
+
+
+def test_vllm_tensor_parallel_workers_hold_each_gpus_share(
+        standin, nvml_state, nvml_lib, use_nvml_lib, tmp_path):
+    """Three GPUs visible, --tensor-parallel-size 2: ranks 0 and 1 take the first two, each
+    holds 0.5 x its own GPU's total; the third GPU and the API server hold nothing."""
+    nvml_state.write_gpus(TP_GPUS)
+    seed_hf_model(tmp_path / ".cache" / "huggingface" / "hub", "facebook/opt-125m")
+    proc, port = vllm_start(standin, "facebook/opt-125m", "--tensor-parallel-size", "2",
+                            HF_HUB_OFFLINE="1")
+    wait_http("http://127.0.0.1:%d/health" % port, proc)
+    gpus = read_gpus(use_nvml_lib(nvml_lib()))["gpus"]
+    held = [[(p["name"], p["used_memory_mib"]) for p in gpu["processes"]] for gpu in gpus]
+    assert held == [[("VLLM::Worker_TP", 24564 // 2)], [("VLLM::Worker_TP", 49140 // 2)], []]
+    pids = [gpu["processes"][0]["pid"] for gpu in gpus[:2]]
+    assert proc.pid not in pids
+    for rank, pid in enumerate(pids):
+        assert comm(pid) == "VLLM::Worker_TP"  # "VLLM::Worker_TP<rank>" cut to 15 characters
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            assert handle.read().split(b"\0")[-2] == b"VLLM::Worker_TP%d" % rank
+
+
+@pytest.mark.parametrize(("visible", "config", "error"), [
+    pytest.param(
+        TP_GPUS[0]["uuid"], {"model_type": "qwen2", "num_attention_heads": 14},
+        "1 validation error for ParallelConfig\n  Value error, World size (2) is larger than "
+        "the number of available GPUs (1) in this node. If this is intentional and you are "
+        "using:\n- ray, set '--distributed-executor-backend ray'.\n- multiprocessing, set "
+        "'--nnodes' appropriately. [type=value_error", id="more-ranks-than-visible-gpus"),
+    pytest.param(
+        None, {"model_type": "llava", "text_config": {"num_attention_heads": 9}},
+        "1 validation error for VllmConfig\n  Value error, Total number of attention heads (9) "
+        "must be divisible by tensor parallel size (2). [type=value_error",
+        id="heads-not-divisible"),
+])
+def test_vllm_tensor_parallel_refused_before_any_gpu(standin, nvml_state, tmp_path, visible,
+                                                      config, error):
+    nvml_state.write_gpus(TP_GPUS[:2])
+    seed_hf_model(tmp_path / ".cache" / "huggingface" / "hub", "org/tp",
+                  {"config.json": json.dumps(config).encode(), "model.safetensors": b"\0" * 64})
+    env = {"CUDA_VISIBLE_DEVICES": visible} if visible else {}
+    proc, _port = vllm_start(standin, "org/tp", "--tensor-parallel-size", "2",
+                             HF_HUB_OFFLINE="1", **env)
+    err = vllm_fails(proc)
+    assert "pydantic_core._pydantic_core.ValidationError: " + error in err
+    assert "EngineCore failed to start" not in err and not os.listdir(nvml_state.procs_dir)

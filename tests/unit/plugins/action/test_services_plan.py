@@ -13,7 +13,7 @@ import pytest
 from ansible.errors import AnsibleActionFail
 
 from ansible_collections.gpufleet.inference.plugins.action.services_plan import ActionModule
-from ansible_collections.gpufleet.inference.plugins.module_utils import _plan
+from ansible_collections.gpufleet.inference.plugins.module_utils import _placement, _plan
 from tests.support.plans import TWO_GPUS, default_catalog, gpu, make_plan
 
 CATALOG, EXTRA = default_catalog()
@@ -136,14 +136,88 @@ def test_check_mode_plans_the_same():
 
 # ---- profiles --------------------------------------------------------------------------------
 
-def test_three_gpus_plan_multi_gpu_and_say_gpu_2_is_idle():
+def test_three_gpus_plan_multi_gpu_with_a_replica_on_gpu_2():
     plan = plan_of(run(Host(gpus=[gpu(0), gpu(1), gpu(2)], env="DUAL_GPU_MODE=vllm\n")))
     assert (plan["profile"], plan["compose_profiles"]) == \
         ("multi-gpu", ["multi-gpu", "multi-gpu-vllm"])
-    assert plan["active"] == ["ollama", "vision", "vllm", "docling"]
+    assert plan["active"] == ["ollama", "vision", "vllm", "ollama_spare_gpu2", "docling"]
+    assert plan["idle_gpus"] == []
+    assert plan["replicas"] == {"ollama_spare": ["ollama_spare_gpu2"]}
+
+
+def test_a_catalog_without_a_replica_entry_leaves_gpu_2_idle_and_says_so():
+    catalog = {k: v for k, v in copy.deepcopy(CATALOG).items() if k != "ollama_spare"}
+    plan = plan_of(run(Host(gpus=[gpu(0), gpu(1), gpu(2)]), catalog=catalog,
+                       dual_gpu_mode="vllm"))
     assert plan["idle_gpus"] == [2]
     assert plan["summary"][-1].startswith("GPU 2 idle: profile multi-gpu places its active "
-                                          "services on GPU 0, 1 only; ")
+                                          "services on GPU 0, 1 only; services_catalog has no "
+                                          "entry with per_spare_gpu: true")
+
+
+# ---- multi-gpu: two placement passes ----------------------------------------------------------
+
+class Placements:
+    """_placement.place, each call's services and options noted."""
+
+    def __init__(self):
+        self.calls = []
+        self.real = _placement.place
+
+    def __call__(self, gpus, services, **options):
+        self.calls.append((copy.deepcopy(services), options))
+        return self.real(gpus, services, **options)
+
+
+@pytest.mark.parametrize("count,calls", [(2, 1), (4, 2), (8, 2)])
+def test_the_action_places_in_two_passes_when_there_are_spare_gpus(monkeypatch, count, calls):
+    placements = Placements()
+    monkeypatch.setattr(_placement, "place", placements)
+    gpus = [gpu(i) for i in range(count)]
+    plan = plan_of(run(Host(gpus=gpus), profile="multi-gpu", dual_gpu_mode="mixed",
+                       strategy="balanced"))
+    assert len(placements.calls) == calls
+    assert all(options["strategy"] == "balanced" for _services, options in placements.calls)
+    first = placements.calls[0][0]
+    assert [s["name"] for s in first] == ["ollama", "vision", "ollama_research", "vllm"]
+    if calls == 2:
+        second = placements.calls[1][0]
+        assert [(s["name"], s["gpu"]) for s in second] == [
+            ("ollama", "0"), ("vision", "0"), ("ollama_research", "1"), ("vllm", "1")] + [
+            ("ollama_spare_gpu%d" % i, "GPU-%04d" % i) for i in range(2, count)]
+    expected = _plan.plan(CATALOG, _plan.place_in_two_passes(
+        CATALOG, "multi-gpu", "mixed", EXTRA, gpus,
+        lambda services: placements.real(gpus, services, strategy="balanced")),
+        gpus, "multi-gpu", "mixed", EXTRA)
+    assert plan == dict(expected, dual_gpu_mode_source="given", env_file=ENV_FILE)
+    assert plan["idle_gpus"] == []
+
+
+def test_an_unhealthy_gpu_is_warned_of_once_across_the_two_passes():
+    gpus = [gpu(0), gpu(1), dict(gpu(2), healthy=False, errors=["Xid 79"]), gpu(3), gpu(4)]
+    result = run(Host(gpus=gpus), dual_gpu_mode="ollama")
+    plan = plan_of(result)
+    unhealthy = [w for w in result["warnings"] if "Xid 79" in w]
+    assert len(unhealthy) == 1 and plan["warnings"] == result["warnings"]
+    assert plan["replicas"] == {"ollama_spare": ["ollama_spare_gpu3", "ollama_spare_gpu4"]}
+
+
+def test_a_replica_port_above_65535_fails_naming_entry_gpu_and_port():
+    catalog = copy.deepcopy(CATALOG)
+    catalog["ollama_spare"]["ports"] = [{"host": 65535, "container": 11434}]
+    result = run(Host(gpus=[gpu(i) for i in range(4)]), catalog=catalog, dual_gpu_mode="vllm")
+    assert result["failed"] is True and "services_plan" not in result.get("ansible_facts", {})
+    assert result["msg"] == (
+        "services_catalog.ollama_spare.ports[0].host: its replica on GPU 3 (ollama_spare_gpu3) "
+        "would publish host port 65536 (65535 + 1), above 65535; give a host port with room for "
+        "every spare GPU; got: 65535")
+
+
+def test_a_secret_environment_for_a_replica_entry_fails_before_the_host_is_asked():
+    host = Host()
+    result = run(host, secret_environment={"ollama_spare": {"TOKEN": "s3cret"}})
+    assert result["failed"] is True and host.calls == []
+    assert "ollama_spare has per_spare_gpu" in result["msg"] and "s3cret" not in result["msg"]
 
 
 def test_two_gpus_plan_dual_gpu():
@@ -199,7 +273,7 @@ def test_warnings_of_facts_and_placement_are_the_task_warnings():
      "headroom_mib must be an integer >= 0; got: -1"),
     (Host(gpus=[gpu(0)]), {"profile": "dual-gpu", "dual_gpu_mode": "vllm",
                            "placement_options": {"pin_not_found": "fail"}},
-     "services[2].gpu names a GPU this host does not have (GPUs: 0); got: '1'"),
+     "services[2].gpu names a GPU this host does not have (GPUs: 0); got: 1"),
     (Host(), {"catalog": dict(CATALOG, vllm=dict(CATALOG["vllm"], ports=[70000]))},
      "services_catalog.vllm.ports[0] must be 1-65535; got: 70000"),
     (Host(), {"extra_profiles": {"finetune": "yes"}},

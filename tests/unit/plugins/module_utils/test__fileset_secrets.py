@@ -147,7 +147,8 @@ def test_restored_puts_the_secret_file_back(tmp_path, runtime):
 @pytest.mark.parametrize("secrets, message", [
     ("x", "services_secret_environment must be a dict of service: {NAME: value}; got: a str"),
     ({"nope": {"A": "1"}}, "services_secret_environment has a service not in services_catalog "
-                           "(ollama, vision, ollama_research, vllm, docling, finetune); "
+                           "(ollama, vision, ollama_research, vllm, ollama_spare, docling, "
+                           "finetune); "
                            "got: 'nope'"),
     ({"vllm": ["A"]}, "services_secret_environment.vllm must be a dict of NAME: value; "
                       "got: a list"),

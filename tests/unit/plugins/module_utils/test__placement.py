@@ -807,7 +807,9 @@ def test_a_uuid_pin_matching_gpus_on_two_hosts_fails():
     ("uuid", dict(vendor="amd", vendor_index=0, uuid=None), {"ROCR_VISIBLE_DEVICES": "0"}),
     ("index", dict(vendor="amd"), {"ROCR_VISIBLE_DEVICES": "2"}),
     ("index", dict(vendor="amd", vendor_index=None), {"ROCR_VISIBLE_DEVICES": "2"}),
-    ("uuid", dict(vendor="amd", vendor_index=0), {"ROCR_VISIBLE_DEVICES": "GPU-0002"}),
+    # amd-smi's UUID is not ROCm's "GPU-<id>" form: the vendor's number, whatever is asked.
+    ("uuid", dict(vendor="amd", vendor_index=0), {"ROCR_VISIBLE_DEVICES": "0"}),
+    ("uuid", dict(vendor="intel", vendor_index=1), {"ZE_AFFINITY_MASK": "1"}),
     ("index", dict(vendor="nvidia", vendor_index=0),
      {"CUDA_VISIBLE_DEVICES": "2", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}),
 ])
@@ -819,7 +821,9 @@ def test_amd_and_intel_are_made_visible_by_their_own_index(by, facts, env):
     assert result["assignments"][0]["gpu"] == "2"
 
 
-def test_an_amd_gpu_without_uuid_is_not_told_about_cuda_order():
-    result = place([gpu(2, 24000, vendor="amd", vendor_index=0, uuid=None)],
+@pytest.mark.parametrize("uuid", [None, "GPU-0002"])
+def test_an_amd_gpu_is_given_its_own_number_without_a_uuid_warning(uuid):
+    result = place([gpu(2, 24000, vendor="amd", vendor_index=0, uuid=uuid)],
                    [{"name": "s", "vram_mib": 100}])
-    assert result["warnings"] == ["GPU 2 reports no UUID: s is given its index 0."]
+    assert result["warnings"] == []
+    assert result["assignments"][0]["environment"] == {"ROCR_VISIBLE_DEVICES": "0"}

@@ -76,6 +76,9 @@ def test_default_catalog_has_seed_000_profiles(service, profiles):
 
 def test_default_catalog_lists_multi_gpu_wherever_it_lists_dual_gpu():
     for name, entry in CATALOG.items():
+        if entry.get("per_spare_gpu"):
+            assert entry["profiles"] == ["multi-gpu"], name
+            continue
         assert ("dual-gpu" in entry["profiles"]) == ("multi-gpu" in entry["profiles"]), name
 
 
@@ -86,9 +89,10 @@ def test_default_catalog_lists_multi_gpu_wherever_it_lists_dual_gpu():
     ("dual-gpu", "ollama", ["ollama", "vision", "ollama_research", "docling"]),
     ("dual-gpu", "vllm", ["ollama", "vision", "vllm", "docling"]),
     ("dual-gpu", "mixed", ["ollama", "vision", "ollama_research", "vllm", "docling"]),
-    ("multi-gpu", "ollama", ["ollama", "vision", "ollama_research", "docling"]),
-    ("multi-gpu", "vllm", ["ollama", "vision", "vllm", "docling"]),
-    ("multi-gpu", "mixed", ["ollama", "vision", "ollama_research", "vllm", "docling"]),
+    ("multi-gpu", "ollama", ["ollama", "vision", "ollama_research", "ollama_spare", "docling"]),
+    ("multi-gpu", "vllm", ["ollama", "vision", "vllm", "ollama_spare", "docling"]),
+    ("multi-gpu", "mixed", ["ollama", "vision", "ollama_research", "vllm", "ollama_spare",
+                            "docling"]),
 ])
 def test_select_by_profile_and_mode(profile, mode, active):
     checked = _plan.check_catalog(CATALOG, EXTRA)
@@ -129,24 +133,26 @@ def test_placement_input_pins_as_seed_000(profile, mode, expected):
     assert all("ports" not in s and "image" not in s for s in services)
 
 
-# ---- multi-gpu: the dual-GPU stack on GPUs 0 and 1, the rest idle and said so -------------
+# ---- multi-gpu: the dual-GPU stack on GPUs 0 and 1, a replica on each other GPU -------------
+# (more in test__plan_multi_gpu.py)
 
 def test_auto_with_three_gpus_plans_multi_gpu():
-    plan = make_plan("auto", "vllm", gpus=THREE_GPUS)
+    placement = _plan.place_in_two_passes(CATALOG, "auto", "vllm", EXTRA, THREE_GPUS,
+                                          lambda services: place(THREE_GPUS, services))
+    plan = _plan.plan(CATALOG, placement, THREE_GPUS, "auto", "vllm", EXTRA)
     services = by_name(plan)
     assert plan["profile"] == "multi-gpu" and plan["gpu_overlay"]
     assert plan["compose_profiles"] == ["multi-gpu", "multi-gpu-vllm"]
-    assert plan["active"] == ["ollama", "vision", "vllm", "docling"]
+    assert plan["active"] == ["ollama", "vision", "vllm", "ollama_spare_gpu2", "docling"]
     assert services["ollama"]["placement"]["gpu_index"] == 0
     assert services["vllm"]["placement"]["gpu_index"] == 1
+    assert services["ollama_spare_gpu2"]["placement"]["gpu_index"] == 2
     assert services["vllm"]["compose_profiles"] == ["dual-gpu-vllm", "dual-gpu-mixed",
                                                     "multi-gpu-vllm", "multi-gpu-mixed"]
-    assert plan["idle_gpus"] == [2]
+    assert plan["idle_gpus"] == []
     assert plan["summary"][0] == "profile multi-gpu (compose profiles multi-gpu, multi-gpu-vllm)"
-    assert plan["summary"][-1] == (
-        "GPU 2 idle: profile multi-gpu places its active services on GPU 0, 1 only; "
-        "services_catalog has no service for the other GPUs yet (the default catalog runs the "
-        "dual-GPU stack on GPUs 0 and 1)")
+    assert plan["summary"][-2:] == ["ollama_spare_gpu2: GPU 2 (GPU-0002), 2963 MiB",
+                                    "docling: no GPU"]
 
 
 def test_auto_with_two_gpus_plans_dual_gpu_and_leaves_none_idle():
@@ -159,7 +165,7 @@ def test_auto_with_two_gpus_plans_dual_gpu_and_leaves_none_idle():
 
 def test_idle_note_names_every_idle_gpu_and_skips_unhealthy_ones():
     gpus = [*THREE_GPUS, dict(gpu(3), healthy=False), gpu(4)]
-    plan = make_plan("auto", "ollama", gpus=gpus)
+    plan = make_plan("auto", "ollama", gpus=gpus, change=lambda c: c.pop("ollama_spare"))
     assert plan["idle_gpus"] == [2, 4]
     assert plan["summary"][-1].startswith("GPU 2, 4 idle: profile multi-gpu places its active "
                                           "services on GPU 0, 1 only; ")
@@ -383,6 +389,7 @@ def test_example_inventory_catalog_is_valid():
     example = yaml.safe_load(path.read_text().replace("{{ services_models_dir }}", MODELS))
     checked = _plan.check_catalog(example["services_catalog"], example["services_extra_profiles"])
     assert _plan.compose_profiles(checked["vllm"])[:2] == ["dual-gpu-vllm", "dual-gpu-mixed"]
+    assert checked["ollama_spare"]["per_spare_gpu"] is True
 
 
 # ---- where images, models and weights come from -------------------------------------------

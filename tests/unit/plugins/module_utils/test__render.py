@@ -1,8 +1,8 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The documents of one plan: compose files, gpu-assignments.yml, systemd instances, k8s.
+"""The documents of one plan: compose files, gpu-assignments.yml, systemd instances.
 
-The catalog, profiles, modes and the plan itself: test__plan.py.
+The catalog, profiles, modes and the plan itself: test__plan.py; Kubernetes: test__k8s.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ BAD_PLAN = "services_plan must be the fact set by the gpufleet.inference.service
     lambda plan: _render.compose_document(plan, "base"),
     lambda plan: _render.gpu_assignments_document(plan, None, "2025-01-23T10:30:00Z"),
     _render.systemd_instances,
-    _render.k8s_manifests,
 ])
 @pytest.mark.parametrize("plan", [None, {"services": []}, {"compose_profiles": []}])
 def test_every_document_checks_the_plan(call, plan):
@@ -44,13 +43,6 @@ def test_every_document_checks_the_plan(call, plan):
      "got: {'services': []}"),
     (lambda: _render.compose_document(make_plan(), "swarm"),
      "kind must be one of base, gpu, podman; got: 'swarm'"),
-    (lambda: _render.k8s_manifests(make_plan(), namespace="GPU"),
-     "k8s_manifests_namespace must be a DNS-1123 label; got: 'GPU'"),
-    (lambda: _render.k8s_manifests(make_plan(), node_placement={"vllm": {"nodes": "khelben"}}),
-     "k8s_manifests_node_placement.vllm.nodes must be a list of node names; got: 'khelben'"),
-    (lambda: _render.k8s_manifests(make_plan(), node_placement={"tgi": {}}),
-     "k8s_manifests_node_placement has a service not in services_catalog (ollama, vision, "
-     "ollama_research, vllm, docling, finetune); got: 'tgi'"),
     (lambda: _render.systemd_instances(make_plan(), models_dir="models"),
      "systemd_units_models_dir must be an absolute path; got: 'models'"),
     (lambda: _render.systemd_instances(make_plan(), bind_address="0.0.0.0.0"),
@@ -82,7 +74,8 @@ def _sidecar_vision(catalog):
 def test_compose_base_has_every_service_with_its_profiles():
     doc = _render.compose_document(make_plan(), "base", project="gpufleet")
     assert doc["name"] == "gpufleet"
-    assert list(doc["services"]) == list(CATALOG)
+    # A per_spare_gpu entry is a template: only its replicas (multi-gpu) are services.
+    assert list(doc["services"]) == [n for n, e in CATALOG.items() if not e.get("per_spare_gpu")]
     research = doc["services"]["ollama_research"]
     assert research["ports"] == [{"target": 11434, "published": "11435", "host_ip": "127.0.0.1",
                                   "protocol": "tcp"}]
@@ -133,9 +126,6 @@ def test_amd_gpu_gets_device_nodes_and_rocr():
     ollama = _render.compose_document(plan, "gpu")["services"]["ollama"]
     assert ollama["devices"] == ["/dev/kfd", "/dev/dri"]
     assert ollama["environment"]["ROCR_VISIBLE_DEVICES"] == "GPU-0000"
-    manifests = {m["service"]: m for m in _render.k8s_manifests(plan)}
-    container = manifests["vllm"]["documents"][0]["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"] == {"limits": {"amd.com/gpu": 1}}
 
 
 # ---- gpu-assignments.yml --------------------------------------------------------
@@ -198,28 +188,6 @@ def test_systemd_index_selection_sets_pci_bus_order():
         assert "CUDA_VISIBLE_DEVICES" not in overlay.get("environment", {})
 
 
-# ---- Kubernetes ----------------------------------------------------------------------------
-
-def test_k8s_dedicated_node_for_vllm_as_seed_002():
-    manifests = _render.k8s_manifests(
-        make_plan(mode="vllm"), node_placement={"vllm": {"nodes": ["khelben"],
-                                                         "dedicated": "vllm"}})
-    by_service = {m["service"]: m for m in manifests}
-    assert list(by_service) == ["ollama", "vision", "vllm", "docling"]
-    deployment, service = by_service["vllm"]["documents"]
-    pod = deployment["spec"]["template"]["spec"]
-    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
-    assert {"key": "dedicated", "operator": "Equal", "value": "vllm",
-            "effect": "NoSchedule"} in pod["tolerations"]
-    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["khelben"]
-    assert "CUDA_VISIBLE_DEVICES" not in str(pod)
-    assert service["spec"]["ports"][0]["port"] == 8000
-    docling = by_service["docling"]["documents"][0]["spec"]["template"]["spec"]
-    assert "resources" not in docling["containers"][0] and "tolerations" not in docling
-    assert by_service["ollama"]["documents"][1]["metadata"]["name"] == "ollama"
-
-
 # ---- values as they come: '$' and '%' stay literal in every runtime --------------------------
 
 HOSTILE = {"PASSWORD": "pa$word", "WHERE": "${HOME}", "SHARE": "100%"}
@@ -245,18 +213,6 @@ def test_compose_escapes_every_dollar_of_a_user_value():
     assert base["volumes"][0]["target"] == "/data/$${HOME}"
     overlay = _render.compose_document(hostile_plan(), "gpu")["services"]["vllm"]
     assert "--api-key=pa$$word" in overlay["command"]
-
-
-def test_k8s_escapes_every_dollar_of_a_user_value():
-    """Kubernetes expands $(VAR) in command, args and env values; '$$' is its literal '$'."""
-    manifests = _render.k8s_manifests(hostile_plan())
-    [vllm] = [m for m in manifests if m["service"] == "vllm"]
-    container = vllm["documents"][0]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert (env["PASSWORD"], env["WHERE"], env["SHARE"]) == ("pa$$word", "$${HOME}", "100%")
-    assert container["command"] == ["/bin/run$$1", "100%"]
-    assert "--api-key=pa$$word" in container["args"]
-    assert "--served-model-name=$${HOME}" in container["args"]
 
 
 @pytest.mark.parametrize("value, line", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -739,7 +740,8 @@ def test_parse_inspect_and_show():
                     "service": "vllm", "oneoff": False, "status": "exited", "running": False,
                     "exit_code": 137, "restart_count": 2, "device_requests": [
                         {"Driver": "nvidia", "Count": 0, "DeviceIDs": [GPU1],
-                         "Capabilities": [["gpu"]], "Options": {}}]}]
+                         "Capabilities": [["gpu"]], "Options": {}}],
+                    "devices": [], "env": []}]
     assert _verify.parse_show(unit_show("failed", "failed", "exit-code", 1, 2, 0)) == {
         "load": "loaded", "active": "failed", "sub": "failed", "result": "exit-code",
         "exit_status": 1, "restarts": 2, "main_pid": 0}
@@ -793,3 +795,211 @@ def test_bad_input_names_the_field(runtime, services, options, text):
 def test_a_unit_without_type_gets_service():
     checks = _verify.check_services("systemd", [dict(VLLM_UNIT, unit="vllm@vllm")])
     assert checks[0]["unit"] == "vllm@vllm.service"
+
+
+# ---- a tensor-parallel service: N GPUs, a worker of the service on each ------------------
+
+VLLM_TP = dict(VLLM, device_id="%s,%s" % (GPU0, GPU1), gpu_index=0)
+MINE = v2("/system.slice/docker-%s.scope" % cid("vllm"))
+
+
+@pytest.mark.parametrize(("device_ids", "ok"), [
+    pytest.param([GPU0, GPU1], True, id="both-gpus-in-order"),
+    pytest.param(["%s,%s" % (GPU0, GPU1)], False, id="one-joined-id"),
+    pytest.param([GPU0], False, id="one-of-the-two"),
+    pytest.param([GPU1, GPU0], False, id="another-order"),
+])
+def test_tensor_parallel_device_request_holds_exactly_its_gpus(device_ids, ok):
+    host = Host({VLLM["url"]: [200]}, [[container("vllm", device_ids=device_ids)]])
+    result = run(host, [VLLM_TP], gpu_check=False)
+    assert result["ok"] is ok and entry(result, "vllm")["device_ok"] is ok
+
+
+def tp_host(processes, reads=None):
+    files = {"/proc/801/cgroup": MINE, "/proc/802/cgroup": MINE,
+             "/proc/700/cgroup": v2("/system.slice/docker-%s.scope" % cid("other"))}
+    reads = reads or [[gpu(GPU0, 0, *processes[0]), gpu(GPU1, 1, *processes[1])]]
+    return Host({VLLM["url"]: [200]}, [[container("vllm", device_ids=[GPU0, GPU1])]],
+                files=files, gpus=reads)
+
+
+def test_tensor_parallel_workers_on_each_gpu_pass():
+    host = tp_host([[(801, "VLLM::Worker_TP", 20000)], [(802, "VLLM::Worker_TP", 20000)]])
+    result = run(host, [VLLM_TP])
+    assert result["ok"], result["msg"]
+    assert [p["pid"] for p in entry(result, "vllm")["gpu_processes"]] == [801, 802]
+
+
+@pytest.mark.parametrize(("processes", "where", "there"), [
+    pytest.param([[(801, "VLLM::Worker_TP", 20000)], [(700, "VLLM::Worker_TP", 9000)]],
+                 "GPU 1 (%s)" % GPU1, "pid 700 VLLM::Worker_TP 9000 MiB (container %s)"
+                 % cid("other")[:12], id="second-gpu-held-by-another"),
+    pytest.param([[], [(802, "VLLM::Worker_TP", 20000)]], "GPU 0 (%s)" % GPU0, "none",
+                 id="first-gpu-empty"),
+])
+def test_tensor_parallel_names_the_gpu_without_a_worker(processes, where, there):
+    result = run(tp_host(processes), [VLLM_TP])
+    assert result["msg"] == (
+        "GPU detected is not GPU used: no process of vllm (container %s) holds memory on %s, "
+        "one of the 2 GPUs it spans (%s,%s); processes there: %s"
+        % (cid("vllm")[:12], where, GPU0, GPU1, there))
+    assert entry(result, "vllm")["gpu_used"] is False
+
+
+def test_tensor_parallel_gpu_missing_from_the_host_fails_at_once():
+    host = tp_host([[], []], reads=[[gpu(GPU0, 0, (801, "VLLM::Worker_TP", 20000))]])
+    result = run(host, [VLLM_TP])
+    assert result["msg"] == ("vllm: GPU %s of its placement is not on this host (GPUs: %s)"
+                             % (GPU1, GPU0))
+    assert host.gpu_count == 1
+
+
+def test_tensor_parallel_unit_workers_on_each_gpu():
+    both = "%s,%s" % (GPU0, GPU1)
+    worker = v2("/system.slice/system-vllm.slice/vllm@vllm.service")
+    files = {"/proc/42/environ": "CUDA_VISIBLE_DEVICES=%s\0" % both,
+             "/proc/43/cgroup": worker, "/proc/44/cgroup": worker}
+    host = Host({VLLM_UNIT["url"]: [200]}, units={"vllm@vllm.service": [unit_show(pid=42)]},
+                files=files, gpus=[[gpu(GPU0, 0, (43, "VLLM::Worker_TP", 9000)),
+                                    gpu(GPU1, 1, (44, "VLLM::Worker_TP", 9000))]])
+    service = dict(VLLM_UNIT, device_id=both, cuda_visible_devices=both)
+    result = run(host, [service], runtime="systemd")
+    assert result["ok"], result["msg"]
+    files["/proc/42/environ"] = "CUDA_VISIBLE_DEVICES=%s\0" % GPU0
+    result = run(Host({VLLM_UNIT["url"]: [200]}, units={"vllm@vllm.service": [unit_show(pid=42)]},
+                      files=files), [service], runtime="systemd")
+    assert result["msg"] == ("vllm: unit vllm@vllm.service (active) runs with "
+                             "CUDA_VISIBLE_DEVICES=%s; the placement says "
+                             "CUDA_VISIBLE_DEVICES=%s" % (GPU0, both))
+
+
+# ---- AMD GPUs: device nodes and ROCR_VISIBLE_DEVICES, not NVIDIA device requests --------------
+
+AMD_UUID = "b4ff740f-0000-1000-80de-55b0b6b9d261"
+
+
+def amd_container(service, devices=("/dev/kfd", "/dev/dri"), rocr="1", device_ids=None,
+                  status="running"):
+    """A compose container as the AMD overlay makes it (devices, ROCR_VISIBLE_DEVICES)."""
+    item = container(service, status=status, device_ids=device_ids)
+    item["HostConfig"]["Devices"] = [
+        {"PathOnHost": d, "PathInContainer": d, "CgroupPermissions": "rwm"} for d in devices]
+    item["Config"]["Env"] = ["PATH=/usr/bin"] + (
+        [] if rocr is None else ["ROCR_VISIBLE_DEVICES=%s" % rocr])
+    return item
+
+
+def amd_gpu(index, vendor_index, uuid, *processes):
+    return dict(gpu(uuid, index, *processes), vendor="amd", vendor_index=vendor_index)
+
+
+# lab-mixed as gpu_facts reads it: NVIDIA GPU 0, the AMD GPU numbered 1 (ROCm's 0).
+MIXED = [dict(gpu(GPU0, 0), vendor="nvidia", vendor_index=0),
+         amd_gpu(1, 0, AMD_UUID, (4321, "VLLM::EngineCor", 9000))]
+VLLM_AMD = dict(VLLM, device_id="0", gpu_index=1)
+OWN = {"/proc/4321/cgroup": v2("/system.slice/docker-%s.scope" % cid("vllm"))}
+
+
+@pytest.mark.parametrize("vendor", [None, "amd"])
+def test_amd_placement_checks_devices_env_and_the_process_on_that_gpu(vendor):
+    host = Host({VLLM["url"]: [200]}, [[amd_container("vllm", rocr="0")]], files=OWN,
+                gpus=[MIXED])
+    result = run(host, [dict(VLLM_AMD, vendor=vendor)])
+    assert result["ok"], result["msg"]
+    assert entry(result, "vllm")["device_ok"] is True
+    assert entry(result, "vllm")["gpu_processes"] == [
+        {"pid": 4321, "name": "VLLM::EngineCor", "used_memory_mib": 9000}]
+
+
+def test_amd_placement_by_uuid():
+    host = Host({VLLM["url"]: [200]}, [[amd_container("vllm", rocr=AMD_UUID)]], files=OWN,
+                gpus=[MIXED])
+    assert run(host, [dict(VLLM, device_id=AMD_UUID, gpu_index=1)])["ok"]
+
+
+HEAD = ("vllm: container gpufleet-vllm-1 is placed on AMD GPU 0 (devices /dev/kfd and /dev/dri, "
+        "ROCR_VISIBLE_DEVICES=0, no device request), but ")
+
+
+@pytest.mark.parametrize(("seen", "why"), [
+    pytest.param(amd_container("vllm", devices=("/dev/dri",), rocr="0"),
+                 "it is not given /dev/kfd; its devices: /dev/dri", id="no-kfd"),
+    pytest.param(amd_container("vllm", devices=("/dev/kfd",), rocr="0"),
+                 "it is given neither /dev/dri nor a render node /dev/dri/renderD*; its "
+                 "devices: /dev/kfd", id="no-dri"),
+    pytest.param(amd_container("vllm", rocr="1"),
+                 "it runs with ROCR_VISIBLE_DEVICES=1; its devices: /dev/kfd, /dev/dri",
+                 id="wrong-rocr"),
+    pytest.param(amd_container("vllm", rocr=None),
+                 "it runs with no ROCR_VISIBLE_DEVICES; its devices: /dev/kfd, /dev/dri",
+                 id="no-rocr"),
+    pytest.param(amd_container("vllm", devices=(), rocr=None, device_ids=["0"]),
+                 "it is not given /dev/kfd; it is given neither /dev/dri nor a render node "
+                 "/dev/dri/renderD*; it runs with no ROCR_VISIBLE_DEVICES; it has NVIDIA device "
+                 "requests [{'Driver': 'nvidia', 'Count': 0, 'DeviceIDs': ['0'], "
+                 "'Capabilities': [['gpu']], 'Options': {}}]; its devices: none",
+                 id="nvidia-request-on-amd"),
+])
+def test_amd_placement_fails_naming_what_differs(seen, why):
+    host = Host({VLLM["url"]: [200]}, [[seen]], files=OWN, gpus=[MIXED])
+    result = run(host, [dict(VLLM_AMD, vendor="amd")])
+    assert not result["ok"]
+    assert result["msg"] == HEAD + why
+    assert entry(result, "vllm")["device_ok"] is False
+
+
+def test_amd_placement_read_from_the_facts_when_vendor_is_not_given():
+    # No device request and no vendor: the facts say GPU 1 is AMD, so its devices are checked.
+    host = Host({VLLM["url"]: [200]}, [[amd_container("vllm", rocr="1")]], files=OWN,
+                gpus=[MIXED])
+    result = run(host, [VLLM_AMD])
+    assert result["msg"] == HEAD + "it runs with ROCR_VISIBLE_DEVICES=1; its devices: " \
+        "/dev/kfd, /dev/dri"
+
+
+def test_an_nvidia_placement_on_a_mixed_host_still_wants_its_device_request():
+    host = Host({VLLM["url"]: [200]}, [[amd_container("vllm", rocr="0")]], files=OWN,
+                gpus=[MIXED])
+    result = run(host, [dict(VLLM, device_id=GPU0, gpu_index=0)])
+    assert not result["ok"]
+    assert result["msg"].startswith("vllm: container gpufleet-vllm-1 (running: True) has device "
+                                    "requests None; the placement says %s" % GPU0)
+
+
+def test_nvidia_placement_reads_no_gpu_facts_for_the_placement():
+    host = Host({VLLM["url"]: [200]}, [[container("vllm", device_ids=[GPU1])]],
+                files={"/proc/77/cgroup": v2("/system.slice/docker-%s.scope" % cid("vllm"))},
+                gpus=[[gpu(GPU1, 1, (77, "VLLM::EngineCor", 100))]])
+    assert run(host, [dict(VLLM, device_id=GPU1, gpu_index=1)])["ok"]
+    assert host.gpu_count == 1  # the GPU check only
+
+
+def test_amd_gpu_without_a_process_of_the_service_is_named():
+    other = [MIXED[0], amd_gpu(1, 0, AMD_UUID)]
+    host = Host({VLLM["url"]: [200]}, [[amd_container("vllm", rocr="0")]], files=OWN,
+                gpus=[other])
+    result = run(host, [dict(VLLM_AMD, vendor="amd")])
+    assert result["msg"].startswith("GPU detected is not GPU used: no process of vllm "
+                                    "(container %s) holds memory on GPU 1" % cid("vllm")[:12])
+
+
+def test_amd_systemd_unit_wants_rocr_visible_devices():
+    show = {"vllm@vllm.service": [unit_show(pid=4321)]}
+    environ = "PATH=/usr/bin\0ROCR_VISIBLE_DEVICES=0\0"
+    files = {"/proc/4321/environ": environ,
+             "/proc/4321/cgroup": v2("/system.slice/system-vllm.slice/vllm@vllm.service")}
+    host = Host({VLLM["url"]: [200]}, units=show, files=files, gpus=[MIXED])
+    unit = dict(VLLM_UNIT, cuda_visible_devices="", device_id="0", gpu_index=1)
+    assert run(host, [unit], runtime="systemd")["ok"]
+    files["/proc/4321/environ"] = "ROCR_VISIBLE_DEVICES=1\0"
+    result = run(Host({VLLM["url"]: [200]}, units=show, files=files, gpus=[MIXED]), [unit],
+                 runtime="systemd")
+    assert result["msg"] == ("vllm: unit vllm@vllm.service (active) runs with "
+                             "ROCR_VISIBLE_DEVICES=1; the placement says ROCR_VISIBLE_DEVICES=0")
+
+
+def test_bad_vendor_is_refused():
+    with pytest.raises(ValueError, match=re.escape(
+            "services[0].vendor must be one of nvidia, amd, intel (or null: read from the GPU "
+            "facts); got: 'rocm'")):
+        _verify.check_services("compose", [dict(VLLM, vendor="rocm")])

@@ -92,7 +92,7 @@ class Scripted:
                 "/proc/22/cgroup": "0::/system.slice/docker-%s.scope\n" % OLLAMA_ID}[path]
 
     @staticmethod
-    def read_gpus(module, timeout=60):
+    def read_gpus(module, timeout=60, topology=True):
         assert timeout == 60
         return {"answered": ["nvml"], "tried": [], "gpus": [{
             "index": 1, "uuid": GPU1, "processes": [
@@ -190,7 +190,7 @@ def test_bad_input_fails_before_any_command(args, text):
 def test_gpu_backend_failure_is_named():
     host = Scripted()
 
-    def broken(module, timeout=60):
+    def broken(module, timeout=60, topology=True):
         raise _gpu_facts.BackendError("nvidia-smi", "did not answer within 60 seconds")
     host.read_gpus = broken
     result = run({"runtime": "compose", "services": SERVICES[:1]}, host)
