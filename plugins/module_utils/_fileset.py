@@ -812,6 +812,11 @@ def _url(address, port, path):
     return "http://%s:%s%s" % (_probe_host(address), port, path)
 
 
+def _vendor(place):
+    """The placement's vendor for the verify, left out on the CPU (the module's choices)."""
+    return {"vendor": place["vendor"]} if place.get("vendor") else {}
+
+
 def verify_checks(plan, runtime, project_name="gpufleet",
                   models_dir=SYSTEMD_DEFAULTS["models_dir"],
                   bind_address=_render.DEFAULT_BIND_ADDRESS):
@@ -819,8 +824,8 @@ def verify_checks(plan, runtime, project_name="gpufleet",
 
     Each: ``name``, ``engine``, ``model``, ``url`` (the health endpoint on the host, None when
     the service has none or publishes no port for it), ``device_id``, ``gpu_index`` and
-    ``vendor`` of the placement (None on the CPU); compose adds ``project`` and ``service``
-    (the container is ``<project>-<service>-1``), systemd adds ``unit`` and
+    ``vendor`` of the placement (None on the CPU, and no ``vendor``); compose adds ``project``
+    and ``service`` (the container is ``<project>-<service>-1``), systemd adds ``unit`` and
     ``cuda_visible_devices`` (what the unit's main process must have). A listener bound to
     0.0.0.0, ``::`` or loopback is probed on 127.0.0.1; one bound to another address, on that
     address.
@@ -844,8 +849,8 @@ def verify_checks(plan, runtime, project_name="gpufleet",
             checks.append({"name": service["name"], "engine": service.get("engine"),
                            "model": service.get("model"), "url": url,
                            "device_id": place.get("device_id"),
-                           "gpu_index": place.get("gpu_index"), "vendor": place.get("vendor"),
-                           "project": project_name, "service": service["name"]})
+                           "gpu_index": place.get("gpu_index"), "project": project_name,
+                           "service": service["name"], **_vendor(place)})
         return checks
     instances = _rendering(_render.systemd_instances, plan, models_dir, bind_address)
     for instance in instances:
@@ -861,7 +866,7 @@ def verify_checks(plan, runtime, project_name="gpufleet",
         checks.append({"name": instance["service"], "engine": instance["template"],
                        "model": service.get("model"), "url": url,
                        "device_id": place.get("device_id"), "gpu_index": place.get("gpu_index"),
-                       "vendor": place.get("vendor"), "unit": instance["unit"],
+                       "unit": instance["unit"], **_vendor(place),
                        "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES", "")})
     return checks
 

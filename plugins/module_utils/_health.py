@@ -181,7 +181,9 @@ def from_plan(services_plan, runtime="compose", project=DEFAULT_PROJECT):
         else:
             item.update(unit=owner["unit"], cuda_visible_devices=owner["cuda_visible_devices"])
         if where.get("vram_budget_mib"):
-            item["vram_budget_mib"] = int(where["vram_budget_mib"])
+            # The budget is per GPU; what is held is summed over every GPU the service spans.
+            item["vram_budget_mib"] = int(where["vram_budget_mib"]) * int(
+                where.get("gpu_count") or 1)
         out.append(item)
     return out
 

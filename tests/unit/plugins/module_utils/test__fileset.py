@@ -563,7 +563,7 @@ def _exposed(catalog):
 ])
 def test_verify_checks(runtime, plan, expected):
     # The vendor of the placement goes with it (the verify checks AMD devices its own way).
-    expected = [dict(check, vendor="nvidia" if check["gpu_index"] is not None else None)
+    expected = [dict(check, vendor="nvidia") if check["gpu_index"] is not None else check
                 for check in expected]
     assert _fileset.verify_checks(plan, runtime, models_dir=MODELS) == expected
 

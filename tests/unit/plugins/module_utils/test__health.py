@@ -382,3 +382,21 @@ def test_from_state_bad_input(state, message):
     with pytest.raises(ValueError) as err:
         _health.from_state(state)
     assert str(err.value).startswith(message)
+
+
+def test_a_service_spanning_gpus_is_held_to_its_budget_on_every_gpu():
+    """A tensor-parallel vLLM holds its per-GPU budget on each of its GPUs: the health check
+    sums what it holds over them, so it compares against N x the per-GPU budget."""
+    from tests.support.plans import gpu, make_plan
+
+    def tensor_parallel(catalog):
+        catalog["vllm"].pop("gpu")
+        catalog["vllm"]["gpus"] = 2
+
+    plan = make_plan(mode="vllm", gpus=[gpu(0), gpu(1), gpu(2)], change=tensor_parallel)
+    where = next(s["placement"] for s in plan["services"] if s["name"] == "vllm")
+    assert where["gpu_count"] == 2
+    services = {s["name"]: s for s in _health.from_plan(plan, "compose", "stack")}
+    assert services["vllm"]["vram_budget_mib"] == 2 * where["vram_budget_mib"]
+    assert services["ollama"]["vram_budget_mib"] == next(
+        s["placement"]["vram_budget_mib"] for s in plan["services"] if s["name"] == "ollama")
