@@ -1824,11 +1824,10 @@ def place_fleet(hosts, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFA
     units = make_units()
     _check_pins(checked, units, opts)
     result = _notices(_solve(make_units, checked, opts, fleet=True), units)
-    by_host = {}
-    for name in names:
-        by_host[name] = {
-            "assignments": [a for a in result["assignments"] if a["host"] == name],
-            "gpus": [g for g in result["gpus"] if g["host"] == name],
-        }
+    by_host = {name: {"assignments": [], "gpus": []} for name in names}
+    for key in ("assignments", "gpus"):
+        for item in result[key]:
+            if item["host"] in by_host:
+                by_host[item["host"]][key].append(item)
     result["by_host"] = by_host
     return result
