@@ -802,7 +802,8 @@ def _choose(service, units, mode, fleet_dedicated):
 # and whose keys differ only in room and position:
 #   bucket  the same usable memory and, where a service or the strategy looks at them, the
 #           same speed rank, compute capability, host, labels; the same dedication;
-#   state   holds an exclusive service?, holds services?, holds an LLM?
+#   state   holds an exclusive service?, holds services?, holds an LLM? (each where a key
+#           looks at it: a pending service is never the one holding a unit exclusively)
 # Within a group a key is (constant part, does not fit, score, position) with the score a
 # function of the memory assigned (the usable memory is the same): rising with it for most
 # free, balanced, critical, noncritical and shared (less room, higher utilisation), falling
@@ -824,6 +825,11 @@ class _Chooser:
         by_cc = any(s.min_cc is not None for s in services)
         by_host = any(s.host is not None for s in services)
         by_labels = any(s.node_selector for s in services)
+        # What of a unit's state the keys look at: whether an exclusive service holds it;
+        # whether it holds services (for an exclusive service, and isolation_first's LLMs);
+        # whether it holds an LLM (isolation_first's other services).
+        self.by_services = strategy == "isolation_first" or any(s.exclusive for s in services)
+        self.by_llms = strategy == "isolation_first"
         members = {}
         for unit in units:
             if unit.placeable:  # else _hard_reject rejects it whatever the service
@@ -846,7 +852,8 @@ class _Chooser:
             return
         if group is not None:
             del group[bisect.bisect_left(group, entry)]
-        state = (unit.exclusive is not None, bool(unit.services), unit.llms > 0)
+        state = (unit.exclusive is not None, self.by_services and bool(unit.services),
+                 self.by_llms and unit.llms > 0)
         group = groups.setdefault(state, [])
         entry = (unit.assigned, unit.order, unit)
         bisect.insort(group, entry)

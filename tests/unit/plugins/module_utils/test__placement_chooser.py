@@ -101,8 +101,11 @@ def _packing(rng, fleet):
     while room > 0:
         budget = min(rng.choice((1024, 2048, 3072, 4096, 5120, 6144)), room)
         services.append({"name": "p%02d" % len(services), "vram_mib": budget,
-                         "role": rng.choice(("llm", "other", "other"))})
+                         "role": rng.choice(("llm", "other", "other")),
+                         "exclusive": rng.random() < 0.15})
         room -= budget
+    for service in services[-2:]:  # the smallest, on a GPU before the others are placed
+        service["gpu"] = rng.choice(hosts[-1]["gpus"])["uuid"]
     return hosts, services, {"live_usage": "ignore", "headroom_mib": 0}
 
 
