@@ -117,8 +117,8 @@ def main(argv=None):
         per_host = {10: 2, 100: 4}.get(gpus, 8)
         rows = compare_scale(before, gpus, per_host, args.seed, args.runs)
         reference = next(new for name, _old, new, _same in rows if name == "baseline: binpack")
-        print("%d GPUs, %d services (place_fleet, median of %d):\n" % (gpus, 5 * gpus,
-                                                                      args.runs))
+        print("%d GPUs, %d services (place_fleet, median of %d):\n"
+              % (gpus, 5 * gpus, args.runs))
         print(_common.table(
             ["strategy", "before s", "after s", "after / before", "after / binpack",
              "same results"],

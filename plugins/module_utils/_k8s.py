@@ -688,16 +688,17 @@ def k8s_manifests(services_plan, namespace="gpufleet", node_placement=None,
         data = {DEVICE_PLUGIN_DEFAULT_CONFIG: device_plugin_config_text(
             {"version": "v1", "flags": {"migStrategy": "none"}})}
         data.update(sorted(configs.items()))
-        files.append({"name": "nvidia-device-plugin", "service": None,
-                      "comments": [line % {"map": device_plugin_config_map,
-                                           "ns": device_plugin_namespace}
-                                   for line in DEVICE_PLUGIN_COMMENT],
-                      "documents": [{
+        config_map = {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": device_plugin_config_map,
                          "namespace": device_plugin_namespace,
                          "labels": {"app.kubernetes.io/part-of": "gpufleet"}},
-            "data": data}]})
+            "data": data}
+        files.append({"name": "nvidia-device-plugin", "service": None,
+                      "comments": [line % {"map": device_plugin_config_map,
+                                           "ns": device_plugin_namespace}
+                                   for line in DEVICE_PLUGIN_COMMENT],
+                      "documents": [config_map]})
     warnings = [w for name in sorted(analysis) for w in analysis[name]["warnings"]]
     return {"files": files, "nodes": analysis, "warnings": warnings}
 

@@ -60,8 +60,8 @@ HOSTS = {
     "dual-mixed": ("dual-gpu", "mixed", DUAL_GPUS),
     "multi": ("multi-gpu", "vllm", gpus(4, name="NVIDIA A100-SXM4-80GB", total=81920)),
     "mig": ("single-gpu", "ollama", mig_gpus()),
-    "amd": ("dual-gpu", "ollama", gpus(2, name="AMD Instinct MI210", vendor="amd",
-                                         total=65520, prefix="b")),
+    "amd": ("dual-gpu", "ollama",
+            gpus(2, name="AMD Instinct MI210", vendor="amd", total=65520, prefix="b")),
 }
 
 

@@ -21,10 +21,13 @@ ROCM = {"ollama": "registry.lab:5000/ollama/ollama:rocm",
         "vllm": "registry.lab:5000/vllm/vllm-openai-rocm:latest"}
 CUDA = {"ollama": "registry.lab:5000/ollama/ollama:latest"}
 # Where each GPU service runs in mode mixed: (engine, vendor, ROCR_VISIBLE_DEVICES or NVIDIA id).
+# With the default services_visible_devices_by (uuid), an NVIDIA GPU is named by its UUID and an
+# AMD GPU by ROCm's own number (amd-smi's UUID is not the form ROCR_VISIBLE_DEVICES takes).
+RTX4090 = "GPU-4090a1b2-0000-4000-8000-409000000000"
 WHERE = {
     "lab-amd": {"ollama": ("ollama", "amd", "0"), "vision": ("ollama", "amd", "0"),
                 "ollama_research": ("ollama", "amd", "1"), "vllm": ("vllm", "amd", "1")},
-    "lab-mixed": {"ollama": ("ollama", "nvidia", "0"), "vision": ("ollama", "nvidia", "0"),
+    "lab-mixed": {"ollama": ("ollama", "nvidia", RTX4090), "vision": ("ollama", "nvidia", RTX4090),
                   "ollama_research": ("ollama", "amd", "0"), "vllm": ("vllm", "amd", "0")},
 }
 

@@ -733,8 +733,8 @@ def test_vllm_tensor_parallel_workers_hold_each_gpus_share(
         "must be divisible by tensor parallel size (2). [type=value_error",
         id="heads-not-divisible"),
 ])
-def test_vllm_tensor_parallel_refused_before_any_gpu(standin, nvml_state, tmp_path, visible,
-                                                      config, error):
+def test_vllm_tensor_parallel_refused_before_any_gpu(
+        standin, nvml_state, tmp_path, visible, config, error):
     nvml_state.write_gpus(TP_GPUS[:2])
     seed_hf_model(tmp_path / ".cache" / "huggingface" / "hub", "org/tp",
                   {"config.json": json.dumps(config).encode(), "model.safetensors": b"\0" * 64})

@@ -11,6 +11,7 @@ import yaml
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _health
 from ansible_collections.gpufleet.inference.plugins.module_utils._plan import plan as services_plan
+from tests.support.plans import gpu, make_plan
 
 GPU1 = "GPU-5b5d9ab2-8d59-7bd6-2b3a-1c7b4c3a6f10"
 OLLAMA = {"name": "ollama", "engine": "ollama", "port": 11434, "gpu": "0",
@@ -387,8 +388,6 @@ def test_from_state_bad_input(state, message):
 def test_a_service_spanning_gpus_is_held_to_its_budget_on_every_gpu():
     """A tensor-parallel vLLM holds its per-GPU budget on each of its GPUs: the health check
     sums what it holds over them, so it compares against N x the per-GPU budget."""
-    from tests.support.plans import gpu, make_plan
-
     def tensor_parallel(catalog):
         catalog["vllm"].pop("gpu")
         catalog["vllm"]["gpus"] = 2

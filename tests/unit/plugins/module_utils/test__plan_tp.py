@@ -151,8 +151,8 @@ def test_plan_of_one_gpu_keeps_its_shape_and_gains_the_lists():
 
 def test_an_assignment_without_a_gpus_list_is_its_one_gpu():
     """A placement of before tensor parallelism (no ``gpus`` list) still plans."""
-    assignment = {k: v for k, v in spanning("vllm", [1]).items() if k not in ("gpus",
-                                                                             "gpu_count")}
+    assignment = {k: v for k, v in spanning("vllm", [1]).items()
+                  if k not in ("gpus", "gpu_count")}
     plan = _plan.plan(tp_catalog(gpu=1), {"assignments": [assignment]}, FOUR_GPUS,
                       "multi-gpu", "vllm", EXTRA)
     where = placed(plan)

@@ -125,8 +125,8 @@ def test_the_eight_gpu_lab_host_through_nvml(nvml, nvml_state):
     ("nvmlDeviceGetNvLinkState 999", [1]),
     ("nvmlDeviceGetNvLinkRemotePciInfo_v2 999", [1]),
 ], ids=["common-ancestor", "nvlink-state", "remote-pci"])
-def test_a_failing_topology_call_makes_that_gpu_null_with_one_warning(nvml, nvml_state, fail,
-                                                                     nulls):
+def test_a_failing_topology_call_makes_that_gpu_null_with_one_warning(
+        nvml, nvml_state, fail, nulls):
     """The fail line on GPU 1 fails its calls (a pair's call fails for both GPUs of it)."""
     nvml_state.write_gpus([
         _gpu("01", nvlink="00000000:02:00.0 1"),
@@ -306,9 +306,9 @@ def test_collect_does_not_ask_topo_for_one_gpu_nor_when_not_asked():
 
     def run(argv):
         calls.append(argv)
-        return {"-q": (0, xml, ""), "--query-gpu": (0, "index, pci.bus_id\n0, "
-                                                      "00000000:00:1E.0\n", "")}[
-            argv[1].split("=")[0]]
+        answers = {"-q": (0, xml, ""),
+                   "--query-gpu": (0, "index, pci.bus_id\n0, 00000000:00:1E.0\n", "")}
+        return answers[argv[1].split("=")[0]]
 
     assert collect(run, topology=True)["topology"] == {0: []}
     assert "topology" not in collect(run)
@@ -471,7 +471,7 @@ def test_collect_with_a_lost_gpu_gives_the_other_no_peers_without_asking():
         return 15, lost, ""
 
     result = collect(run, topology=True)
-    assert [(gpu["index"], gpu["healthy"]) for gpu in result["gpus"]] == [(0, True),
-                                                                         (None, False)]
+    assert [(gpu["index"], gpu["healthy"]) for gpu in result["gpus"]] == [
+        (0, True), (None, False)]
     assert result["topology"] == {0: []}
     assert not [argv for argv in calls if argv[1] == "topo"]
