@@ -197,7 +197,7 @@ def test_check_mode_on_a_fresh_host_then_a_failed_first_apply(dual2_lab, tmp_pat
         "dual_gpu_mode": "vllm", "services_catalog": broken_vllm_catalog(),
         "compose_verify_timeout": 30}, playbook="site.yml")
     assert rc != 0 and recap[BOX][2] == 1, out
-    assert "tensor parallel size 2 > 1 visible GPUs" in out, out
+    assert "World size (2) is larger than the number of available GPUs (1)" in out, out
     assert "first apply: no previous files to roll back to" in out, out
     assert "NoneType" not in out, out
     left = host.sh("ls -A /opt/gpufleet").stdout.split()
