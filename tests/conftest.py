@@ -22,13 +22,13 @@ from xdist.scheduler import LoadScopeScheduling
 LAB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab")
 # The fixture that starts a group of lab hosts (tests/lab/conftest.py and the modules).
 HOST_FIXTURES = {"lab": "lab-ws", "ws": "lab-ws", "cpu": "lab-ws", "dual_lab": "lab-dual",
-                 "dual2_lab": "lab-dual2",
+                 "dual2_lab": "lab-dual2", "dual3_lab": "lab-dual3",
                  "spark": "lab-spark", "switch_vars": "lab-spark"}
 # Lab modules by the group of hosts they drive; a lab module not listed has hosts of its own.
 LAB_MODULE_GROUPS = {
     "test_lab_hosts.py": "lab-ws", "test_lab_placement.py": "lab-ws",
     "test_lab_molecule.py": "lab-ws", "test_lab_report.py": "lab-ws",
-    "test_lab_apply.py": "lab-dual2", "test_lab_first_run.py": "lab-dual2",
+    "test_lab_apply.py": "lab-dual2", "test_lab_first_run.py": "lab-dual3",
     "test_lab_site.py": "lab-dual",
     "test_lab_switch.py": "lab-spark",
 }

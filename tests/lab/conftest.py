@@ -228,3 +228,11 @@ def dual2_lab():
     """lab-dual2 (2x RTX 3090, like lab-dual), for the tests of apply.yml: they run beside
     the site tests."""
     yield from _dual_boxes(("lab-dual2",))
+
+
+@pytest.fixture(scope="session")
+def dual3_lab():
+    """lab-dual3 (2x RTX 3090), for the first-run tests: they recreate it empty, beside the
+    apply tests on lab-dual2 (one group of hosts is one worker's queue: two short queues end
+    sooner than one long one)."""
+    yield from _dual_boxes(("lab-dual3",))

@@ -1,6 +1,6 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A real host's first run on the lab's second dual box (lab-dual2), started empty: no image,
+"""A real host's first run on the lab's third dual box (lab-dual3), started empty: no image,
 no Ollama model, no Hugging Face weights (the lab's registry and hub stand in for Docker Hub,
 quay.io, Ollama's registry and huggingface.co).
 
@@ -28,7 +28,7 @@ from dual import apply, sha256s
 sys.path.insert(0, LAB)
 import lab as lab_tool  # lab/lab.py: the registry's address, blob deletion
 
-BOX = "lab-dual2"
+BOX = "lab-dual3"
 GATED = "meta-llama/Llama-3.2-3B-Instruct"
 # Granted the gated repository by the lab hub (lab/content.yml).
 TOKEN = "hf_lablabLABlab0123456789"
@@ -45,11 +45,11 @@ def lab_up(*args):
 
 
 @pytest.fixture(scope="module")
-def empty_box(dual2_lab):
-    """lab-dual2 as a host that never had anything: recreated, its engine empty."""
+def empty_box(dual3_lab):
+    """lab-dual3 as a host that never had anything: recreated, its engine empty."""
     lab_up("down", "--hosts", BOX)
     lab_up("up", "--hosts", BOX)
-    host = dual2_lab[BOX]
+    host = dual3_lab[BOX]
     assert host.sh("docker image ls -q").stdout.split() == []
     return host
 

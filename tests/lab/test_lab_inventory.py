@@ -91,12 +91,15 @@ def read(libdir, tmp_path, host, hvars):
 
 
 @pytest.mark.parametrize(
-    "host", ["lab-ws", "lab-dual", "lab-dual2", "lab-spark", "lab-cpu", "lab-edge"])
+    "host", ["lab-ws", "lab-dual", "lab-dual2", "lab-dual3", "lab-spark", "lab-cpu", "lab-edge",
+             "lab-multi", "lab-amd", "lab-mixed"])
 def test_default_lab_hosts_read_back_through_pynvml(libdir, tmp_path, host):
     hvars = lab_cli.load_inventory(os.path.join(ROOT, "inventory", "lab"))[host]
     gpus = read(libdir, tmp_path, host, hvars)
-    assert [g["uuid"] for g in gpus] == [g["uuid"] for g in hvars["lab_gpus"]]
-    for seen, want in zip(gpus, hvars["lab_gpus"]):
+    # NVML lists the NVIDIA GPUs; an AMD one is amd-smi's (its own state file).
+    nvidia = [g for g in hvars["lab_gpus"] if g.get("vendor", "nvidia") == "nvidia"]
+    assert [g["uuid"] for g in gpus] == [g["uuid"] for g in nvidia]
+    for seen, want in zip(gpus, nvidia):
         assert seen["name"] == want["name"]
         assert seen["cc"] == [int(x) for x in want["compute_capability"].split(".")]
         assert seen["total"] == (None if want.get("unified") else want["memory_mib"])
