@@ -1177,6 +1177,14 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
             if vendor_image:
                 item["image_source"] = vendor_image
                 item["image"] = mirror_image(vendor_image, sources["image_mirrors"])
+        elif assignment is not None and (entry.get("gpus") or 1) > 1:
+            # A tensor-parallel engine without its GPUs cannot start: fail before anything is
+            # written, not at the apply (which would roll back what runs).
+            said = [w for w in placement.get("warnings") or [] if name in w]
+            raise ValueError("services_catalog.%s.gpus asks for %d GPUs and the placement found "
+                             "none that can take it (%s); got: %d"
+                             % (name, entry["gpus"], " ".join(said) or "no such GPUs",
+                                entry["gpus"]))
         item["secret_environment"] = list(secrets.get(name) or [])
         where = item["placement"] or {}
         for key in item["secret_environment"]:

@@ -16,7 +16,7 @@ import copy
 import pytest
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _plan, _render
-from tests.support.plans import default_catalog, gpu
+from tests.support.plans import default_catalog, gpu, make_plan
 
 CATALOG, EXTRA = default_catalog()
 FOUR_GPUS = [gpu(i, 49152) for i in range(4)]
@@ -220,3 +220,16 @@ def test_compose_overlay_of_a_hand_made_plan_splits_the_joined_device_id():
     overlay = _render.compose_document(plan, "gpu")["services"]["vllm"]
     assert overlay["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == [
         "GPU-0002", "GPU-0003"]
+
+
+def test_a_tensor_parallel_service_no_host_can_take_fails_the_plan():
+    """gpus: 9 on an 8-GPU host: the plan fails naming the field, before anything is written
+    (a vLLM rendered without GPUs would only crash at the apply and roll back)."""
+    def nine(catalog):
+        catalog["vllm"].pop("gpu")
+        catalog["vllm"]["gpus"] = 9
+
+    with pytest.raises(ValueError, match=r"^services_catalog\.vllm\.gpus asks for 9 GPUs and "
+                       r"the placement found none that can take it \(.*9 GPUs.*\); got: 9$"):
+        make_plan(profile="multi-gpu", mode="vllm", gpus=[gpu(i) for i in range(8)],
+                  change=nine)
