@@ -257,7 +257,8 @@ def describe_owner(owner, known=None):
 
 def parse_inspect(text):
     """``docker inspect`` JSON -> [{'id', 'name', 'project', 'service', 'oneoff', 'status',
-    'running', 'exit_code', 'restart_count', 'device_requests'}], in the given order."""
+    'running', 'exit_code', 'restart_count', 'started_at', 'device_requests', 'devices',
+    'env'}], in the given order."""
     try:
         data = json.loads(text or "[]")
     except ValueError as exc:
@@ -278,6 +279,7 @@ def parse_inspect(text):
             "running": bool(state.get("Running")),
             "exit_code": state.get("ExitCode"),
             "restart_count": item.get("RestartCount") or 0,
+            "started_at": state.get("StartedAt"),
             "device_requests": (item.get("HostConfig") or {}).get("DeviceRequests"),
             "devices": [d.get("PathOnHost") for d in
                         (item.get("HostConfig") or {}).get("Devices") or [] if isinstance(d, dict)],
@@ -331,6 +333,17 @@ def _read_units(checks, readers):
 def _tail(text, lines=LOG_LINES):
     kept = [line.rstrip() for line in (text or "").splitlines() if line.strip()]
     return kept[-lines:]
+
+
+def _crashed_run_logs(readers, seen, first):
+    """The crashed run's last log lines. A container that runs again after a crash has the
+    new run's first lines at the end of its log: read from the run seen at the first look to
+    the new run's start (``docker logs`` cuts --tail before --until, so no --tail then). A
+    container waiting to restart says Running too, with the crashed run's StartedAt."""
+    if seen["status"] == "running" and seen.get("started_at"):
+        since = first["started_at"] if first and first["id"] == seen["id"] else None
+        return readers.logs(seen["id"], since=since, until=seen["started_at"])
+    return readers.logs(seen["id"])
 
 
 def _compose_crash(check, seen, first):
@@ -410,8 +423,9 @@ def _wait(runtime, checks, readers, clock, sleep, timeout_s, interval_s, request
             if what is None:
                 continue
             if runtime == "compose":
-                tail = _tail(readers.logs(seen[check["name"]]["id"])) \
-                    if seen[check["name"]] else []
+                now_seen, first_seen = seen[check["name"]], first[check["name"]]
+                tail = _tail(_crashed_run_logs(readers, now_seen, first_seen)) \
+                    if now_seen else []
             else:
                 tail = _tail(readers.journal(check["unit"]))
             before = ", before %s answered" % check["url"] \

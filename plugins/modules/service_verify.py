@@ -361,9 +361,14 @@ class Readers:
             raise ValueError("docker inspect failed (rc %d): %s" % (rc, (err or out).strip()))
         return out
 
-    def logs(self, container_id):
-        _rc, out, err = self._run("docker", "logs", "--tail", str(_verify.LOG_LINES),
-                                  container_id, ok_codes=(0, 1))
+    def logs(self, container_id, since=None, until=None):
+        # docker logs applies --tail before --until: a window is read whole (its caller
+        # keeps the last lines), bounded by since.
+        if until:
+            window = (["--since", since] if since else []) + ["--until", until]
+        else:
+            window = ["--tail", str(_verify.LOG_LINES)]
+        _rc, out, err = self._run("docker", "logs", *window, container_id, ok_codes=(0, 1))
         return (out or "") + (err or "")
 
     def show(self, unit):

@@ -23,6 +23,9 @@ CRASH_LOG = ("INFO loading\nERROR EngineCore failed to start.\n"
              "RuntimeError: Engine core initialization failed. See root cause above.\n")
 
 
+RESTARTED_AT = "2026-12-06T16:30:17.129688184Z"
+
+
 def cid(name):
     return hashlib.sha256(name.encode()).hexdigest()
 
@@ -31,7 +34,10 @@ def container(service, status="running", exit_code=0, restarts=0, device_ids=Non
               project="gpufleet", oneoff=False):
     return {
         "Id": cid(service), "Name": "/%s-%s-1" % (project, service), "RestartCount": restarts,
-        "State": {"Status": status, "Running": status == "running", "ExitCode": exit_code},
+        # Docker says Running of a container waiting to restart too
+        "State": {"Status": status, "Running": status in ("running", "restarting"),
+                  "ExitCode": exit_code,
+                  "StartedAt": RESTARTED_AT},
         "Config": {"Labels": {_verify.COMPOSE_PROJECT_LABEL: project,
                               _verify.COMPOSE_SERVICE_LABEL: service,
                               _verify.COMPOSE_ONEOFF_LABEL: "True" if oneoff else "False"}},
@@ -110,10 +116,15 @@ class Host:
         by_id = {c["Id"]: c for c in self.current}
         return json.dumps([by_id[i] for i in ids])
 
-    @staticmethod
-    def logs(container_id):
-        assert container_id == cid("vllm")
-        return CRASH_LOG
+    def logs(self, container_id, since=None, until=None):
+        """Docker's log of a container whose current run started at RESTARTED_AT: a run
+        that started after a crash adds its first line; up to RESTARTED_AT is the log of
+        the runs before the current one."""
+        assert container_id == cid("vllm") and since in (None, RESTARTED_AT)
+        status = next(c["State"]["Status"] for c in self.current if c["Id"] == container_id)
+        if status == "running":
+            return CRASH_LOG if until == RESTARTED_AT else CRASH_LOG + "INFO second run loading\n"
+        return "" if until == RESTARTED_AT else CRASH_LOG
 
     def show(self, unit):
         return self._next("show " + unit, self.units[unit])
@@ -234,6 +245,19 @@ def test_a_crash_after_it_answered_is_still_a_crash():
     assert result["msg"].startswith(
         "vllm: its container crashed and was restarted by its restart policy (restart count "
         "0 -> 2, exit code 137) after 2.0 s; last log lines: INFO loading")
+
+
+@pytest.mark.parametrize(("later", "tail"), [
+    pytest.param(container("vllm", restarts=1, exit_code=1), CRASH_LOG, id="runs-again"),
+    pytest.param(container("vllm", status="exited", exit_code=1), CRASH_LOG, id="exited"),
+    pytest.param(container("vllm", status="restarting", exit_code=1), CRASH_LOG,
+                 id="waits-to-restart"),
+])
+def test_the_log_lines_are_those_of_the_run_that_crashed(later, tail):
+    host = Host({VLLM["url"]: [None]}, [[container("vllm")], [later]])
+    result = run(host, [VLLM])
+    want = " | ".join(line for line in tail.splitlines() if line)
+    assert result["msg"].endswith("last log lines: " + want), result["msg"]
 
 
 def test_timeout_names_the_late_services_and_their_last_answer():
@@ -738,7 +762,8 @@ def test_parse_inspect_and_show():
                                                       restarts=2, device_ids=[GPU1])]))
     assert got == [{"id": ID, "name": "gpufleet-vllm-1", "project": "gpufleet",
                     "service": "vllm", "oneoff": False, "status": "exited", "running": False,
-                    "exit_code": 137, "restart_count": 2, "device_requests": [
+                    "exit_code": 137, "restart_count": 2, "started_at": RESTARTED_AT,
+                    "device_requests": [
                         {"Driver": "nvidia", "Count": 0, "DeviceIDs": [GPU1],
                          "Capabilities": [["gpu"]], "Options": {}}],
                     "devices": [], "env": []}]
