@@ -163,8 +163,8 @@ def test_the_module_changes_nothing_and_releases_only_its_own_lock(tmp_path):
     assert not unmade.parent.exists()
 
 
-def _concurrent(tmp_path, use_lock):
-    runs = [_start(tmp_path, run, nap=2, use_lock=use_lock) for run in ("A", "B")]
+def _concurrent(tmp_path, use_lock, nap=2):
+    runs = [_start(tmp_path, run, nap=nap, use_lock=use_lock) for run in ("A", "B")]
     outputs = [proc.communicate(timeout=120)[0] for proc in runs]
     assert [proc.returncode for proc in runs] == [0, 0], outputs
     return (tmp_path / "out").read_text().splitlines()
@@ -180,8 +180,9 @@ def test_two_concurrent_runs_never_interleave(tmp_path):
 
 
 def test_without_the_lock_the_same_runs_interleave(tmp_path):
-    """The control case: the check above can fail."""
-    lines = _concurrent(tmp_path, use_lock=False)
+    """The control case: the check above can fail. A longer nap: under load the two
+    ansible-playbook processes can start seconds apart (one CI run saw a 2 s nap end first)."""
+    lines = _concurrent(tmp_path, use_lock=False, nap=8)
     assert [line.split()[0] for line in lines] == ["start", "start", "end", "end"]
 
 
