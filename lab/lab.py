@@ -1090,11 +1090,14 @@ def configure(host, hvars):
             """
             mkdir -p %s
             chgrp video %s && chmod 1775 %s
+            # /run is empty after a reboot (a restart of the host's container): made again
+            # at boot, as a driver's device nodes are.
+            printf 'd %s 1775 root video -\n' > /etc/tmpfiles.d/gpufleet-nvml.conf
             ln -sf /opt/gpufleet-lab/nvml/libnvidia-ml.so.1 /usr/lib/x86_64-linux-gnu/
             ln -sf /opt/gpufleet-lab/hook/nvidia-container-runtime-hook /usr/local/bin/
             ldconfig
         """
-            % (HOST_PROCS, HOST_PROCS, HOST_PROCS),
+            % (HOST_PROCS, HOST_PROCS, HOST_PROCS, HOST_PROCS),
         )
     else:
         dexec(

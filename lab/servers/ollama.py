@@ -17,6 +17,8 @@
   its VRAM (the size of the model in CATALOGUE, not of its blobs, which are small filler in
   the lab) on the GPUs this server sees (CUDA_VISIBLE_DEVICES, the container's GPUs) and
   registers it with the simulated driver; keep_alive expiry or keep_alive 0 stops the runner
+  (keep_alive 0 is answered first, the runner stops GPUFLEET_STANDIN_OLLAMA_UNLOAD_SECONDS
+  later, as Ollama's scheduler unloads after the answer)
   and the driver frees its memory after its drain delay; the server and the runner take the
   kernel name "ollama" (the real runner is the ollama binary run as `ollama runner`), so a
   GPU process of this server is found by its cgroup, not by a name;
@@ -712,6 +714,17 @@ class Models:
         with self.lock:
             self._unload(name, why)
 
+    def expire_now(self, name):
+        """keep_alive 0 (server/sched.go expireRunner): the runner's session ends now, and
+        the scheduler's loop unloads it afterwards, not before the answer: it stays in
+        /api/ps, its memory held, until its runner has stopped
+        (GPUFLEET_STANDIN_OLLAMA_UNLOAD_SECONDS later); a request meanwhile keeps it."""
+        delay = float(standin.setting("GPUFLEET_STANDIN_OLLAMA_UNLOAD_SECONDS", "0.2"))
+        with self.lock:
+            entry = self.loaded.get(name)
+            if entry is not None:
+                entry["expires_at"] = time.time() + delay
+
     def expire(self):
         while True:
             time.sleep(0.1)
@@ -866,7 +879,7 @@ class Handler(standin.JSONHandler):
         MODELS.load(*model, keep)
         name = model[0].display()
         if keep == 0:
-            MODELS.unload(name)
+            MODELS.expire_now(name)
         now = iso(time.time())
         final = {
             "model": name,
@@ -909,7 +922,7 @@ class Handler(standin.JSONHandler):
         if keep is None:
             return
         if keep == 0:
-            MODELS.unload(model[0].display())
+            MODELS.expire_now(model[0].display())
         else:
             MODELS.load(*model, keep)
         answer = {"model": model[0].display(), "created_at": iso(time.time()), "done": True,

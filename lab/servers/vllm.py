@@ -29,6 +29,14 @@ Startup, like vLLM's worker (timings from GPUFLEET_STANDIN_VLLM_*_SECONDS):
 5. holds utilization x total (or weights + --kv-cache-memory) and only then opens its port:
    /health (200), /v1/models, /v1/completions, /v1/chat/completions, /version, /metrics.
 
+Sleep mode (lab/README.md, "Sleep mode and unloading"): with VLLM_SERVER_DEV_MODE=1 it also
+serves POST /sleep?level=N, POST /wake_up[?tags=weights|kv_cache], GET /is_sleeping and
+POST /collective_rpc (method reload_weights), as vLLM 0.10's development endpoints; only
+with --enable-sleep-mode does a sleep free memory (level 1 keeps a host copy of the weights,
+which on a unified-memory GPU is the same memory; level 2 discards them, and a wake then
+needs reload_weights or it answers garbage); a completion while asleep kills the engine.
+Unknown paths answer FastAPI's 404 {"detail": "Not Found"}.
+
 Its kernel name (/proc/<pid>/comm, what NVML shows) is ``VLLM::EngineCore`` cut to 15
 characters, ``VLLM::EngineCor``, prefix from VLLM_PROCESS_NAME_PREFIX, as real vLLM's engine
 core (PRs 21445, 22205): a match on the name "vllm" finds it no more than the real one.
@@ -45,6 +53,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import urllib.parse
@@ -87,6 +96,7 @@ def parse(argv):
     parser.add_argument("--kv-cache-memory", type=int)
     parser.add_argument("--download-dir")
     parser.add_argument("--revision")
+    parser.add_argument("--enable-sleep-mode", action="store_true")
     args, unknown = parser.parse_known_args(argv)
     args.model = args.model_tag or args.model or "facebook/opt-125m"
     if not 0 < args.gpu_memory_utilization <= 1:
@@ -619,9 +629,203 @@ def worker(title):
     return 0
 
 
+# --- sleep mode (vLLM 0.10: vllm/entrypoints/openai/api_server.py development endpoints,
+# vllm/v1/executor/abstract.py sleep / wake_up, vllm/v1/worker/gpu_worker.py, the cumem
+# allocator's pools "weights" and "kv_cache"; docs/features/sleep_mode.md) -----------------
+TAGS = ("weights", "kv_cache")
+
+
+def dev_mode():
+    """vllm.envs: VLLM_SERVER_DEV_MODE is bool(int(value)); a value int() refuses kills the
+    server as vLLM's import of it does."""
+    value = os.environ.get("VLLM_SERVER_DEV_MODE", "0")
+    try:
+        return bool(int(value))
+    except ValueError:
+        die([("ValueError", "invalid literal for int() with base 10: %r" % value,
+              ("%s/envs.py" % VLLM, "<lambda>"))])
+    return False
+
+
+class Sleeper:
+    """What the engine holds while it sleeps, and how long a sleep or a wake takes.
+
+    Per GPU: ``held`` is everything (weights + KV cache + the rest); the rest
+    (GPUFLEET_STANDIN_VLLM_SLEEP_KEEP_MIB: CUDA context, CUDA graphs, activations, outside
+    the sleep allocator's pools) stays while asleep. With --enable-sleep-mode the weights and
+    the KV cache live in the allocator's pools: level 1 copies the weights to pinned host
+    memory (on a unified-memory GPU that copy is the same memory, so it still counts) and
+    drops the KV cache; any other level drops both (gpu_worker.py offloads only at level 1).
+    Without the flag the pools are empty: the sleep is answered and is_sleeping turns true,
+    but nothing is freed and the engine keeps serving."""
+
+    def __init__(self, reg, gpus, held, weights, enabled):
+        self.lock = threading.Lock()
+        self.reg, self.held, self.weights, self.enabled = reg, held, weights, enabled
+        self.unified = {g["index"]: bool(g.get("unified")) for g in gpus}
+        self.asleep = set()  # sleeping tags
+        self.level = None
+        self.weights_lost = False  # woken after level 2 without reload_weights
+        self.workers = len(held)
+
+    @staticmethod
+    def _rate(name, default):
+        return max(1.0, float(standin.setting(name, default)))
+
+    def _copy_s(self):
+        """Seconds to move the weights between GPU and host memory (both ways alike)."""
+        return self.weights / self._rate("GPUFLEET_STANDIN_VLLM_OFFLOAD_MIB_PER_S", "10240")
+
+    def mib(self, index):
+        """What GPU ``index`` holds now."""
+        total = self.held[index]
+        if not self.enabled or not self.asleep:
+            return total
+        keep = min(int(standin.setting("GPUFLEET_STANDIN_VLLM_SLEEP_KEEP_MIB", "512")),
+                   max(0, total - self.weights))
+        kv_pool = max(0, total - self.weights - keep)
+        mib = keep
+        mib += self.weights if "weights" not in self.asleep else 0
+        mib += kv_pool if "kv_cache" not in self.asleep else 0
+        if "weights" in self.asleep and self.level == 1 and self.unified.get(index):
+            mib += self.weights  # the host copy: the same memory on a unified GPU
+        return mib
+
+    def _apply(self):
+        for index in self.held:
+            self.reg.set(index, self.mib(index))
+
+    def sleep(self, level):
+        with self.lock:
+            if self.asleep:
+                standin.log("abstract.py", "Executor is already sleeping.")
+                return
+            started = time.time()
+            before = sum(self.mib(i) for i in self.held)
+            wait = float(standin.setting("GPUFLEET_STANDIN_VLLM_SLEEP_SECONDS", "0.05"))
+            if self.enabled and level == 1:
+                wait += self._copy_s()
+            time.sleep(wait)
+            self.asleep, self.level = set(TAGS), level
+            self._apply()
+            after = sum(self.mib(i) for i in self.held)
+            standin.log("gpu_worker.py", "Sleep mode freed %.2f GiB memory, %.2f GiB memory is "
+                        "still in use." % ((before - after) / GIB, after / GIB))
+            standin.log("abstract.py", "It took %.6f seconds to fall asleep."
+                        % (time.time() - started))
+
+    def wake_up(self, tags):
+        with self.lock:
+            if not self.asleep:
+                standin.log("abstract.py", "Executor is not sleeping.")
+                return
+            for tag in tags or ():
+                if tag not in self.asleep:
+                    standin.log("abstract.py", "Tag %s is not in sleeping tags %s"
+                                % (tag, sorted(self.asleep)))
+                    return
+            waking = set(tags or self.asleep)
+            started = time.time()
+            wait = float(standin.setting("GPUFLEET_STANDIN_VLLM_SLEEP_SECONDS", "0.05"))
+            if self.enabled and "weights" in waking and self.level == 1:
+                wait += self._copy_s()
+            time.sleep(wait)
+            if self.enabled and "weights" in waking and self.level != 1:
+                self.weights_lost = True  # memory mapped again, its content is gone
+            self.asleep -= waking
+            self._apply()
+            if not self.asleep:
+                self.level = None
+            standin.log("abstract.py", "It took %.6f seconds to wake up tags %s."
+                        % (time.time() - started, sorted(waking)))
+
+    def reload_weights(self):
+        """Worker.reload_weights: the weights read again from disk into their memory."""
+        with self.lock:
+            if self.enabled and "weights" in self.asleep:
+                return False  # their memory is unmapped: the worker faults
+            time.sleep(self.weights / self._rate("GPUFLEET_STANDIN_VLLM_RELOAD_MIB_PER_S",
+                                                 "4096"))
+            self.weights_lost = False
+            standin.log("gpu_model_runner.py", "Reloading weights inplace...")
+            return True
+
+    def faults(self):
+        """A forward pass now touches unmapped memory (weights or KV cache asleep)."""
+        return self.enabled and bool(self.asleep)
+
+
+def engine_dead(handler):
+    """A forward pass on unmapped memory: CUDA's illegal memory access kills the engine core
+    (its memory goes with it); the request answers 500 with no body (the server's
+    EngineDeadError handler) and the server shuts down (vllm#15483, #45520)."""
+    stamp = time.strftime("%m-%d %H:%M:%S")
+    sys.stderr.write("ERROR %s [core.py] EngineCore encountered a fatal error.\n" % stamp)
+    sys.stderr.write(_traceback([("RuntimeError", "CUDA error: an illegal memory access was "
+                                  "encountered", ("%s/v1/worker/gpu_model_runner.py" % VLLM,
+                                                  "execute_model"))]))
+    sys.stderr.write("ERROR %s [async_llm.py] AsyncLLM output_handler failed.\n"
+                     "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an "
+                     "issue. See stack trace (above) for the root cause.\n" % stamp)
+    sys.stderr.write("ERROR %s [launcher.py] Engine is dead, terminating server process\n"
+                     % stamp)
+    sys.stderr.flush()
+    if REG is not None:
+        REG.release()
+    handler.send_json(500, b"", "text/plain; charset=utf-8")
+    handler.wfile.flush()
+    os._exit(1)
+
+
 class Handler(standin.JSONHandler):
     component = COMPONENT
     args = None
+    sleeper = None
+
+    def _dispatch(self, method):
+        """FastAPI's answers for a path it does not serve (404) or a method it does not
+        serve there (405), as JSON; the rest as the shared handler does."""
+        path = self.path.split("?", 1)[0]
+        if (method, path) in self.routes or (method == "HEAD" and ("GET", path) in self.routes):
+            super()._dispatch(method)
+        elif any(known == path for _method, known in self.routes):
+            self.send_json(405, {"detail": "Method Not Allowed"})
+        else:
+            self.send_json(404, {"detail": "Not Found"})
+
+    def _query(self, name):
+        return urllib.parse.parse_qs(self.path.partition("?")[2]).get(name, [])
+
+    def sleep(self, _body):
+        level = (self._query("level") or ["1"])[0]
+        try:
+            level = int(level)
+        except ValueError:
+            self.send_text(500, "Internal Server Error")
+            return
+        self.sleeper.sleep(level)
+        self.send_json(200, b"", "text/plain; charset=utf-8")
+
+    def wake_up(self, _body):
+        tags = self._query("tags") or None
+        standin.log(COMPONENT, "wake up the engine with tags: %s" % tags)
+        self.sleeper.wake_up(tags)
+        self.send_json(200, b"", "text/plain; charset=utf-8")
+
+    def is_sleeping(self, _body):
+        self.send_json(200, {"is_sleeping": bool(self.sleeper.asleep)})
+
+    def collective_rpc(self, body):
+        method = body.get("method") if isinstance(body, dict) else None
+        if method is None:
+            self.send_json(400, {"detail": "Missing 'method' in request body"})
+            return
+        if method != "reload_weights":  # the workers have no such method: the call fails
+            self.send_text(500, "Internal Server Error")
+            return
+        if not self.sleeper.reload_weights():
+            engine_dead(self)
+        self.send_json(200, {"results": [None] * self.sleeper.workers})
 
     def health(self, _body):
         self.send_json(200, b"", "application/json")
@@ -664,9 +868,18 @@ class Handler(standin.JSONHandler):
             return False
         return True
 
+    def _text(self, text):
+        """What the model says: its memory unmapped kills the engine (None); weights
+        discarded at level 2 and not reloaded produce garbage."""
+        if self.sleeper is not None and self.sleeper.faults():
+            engine_dead(self)
+        if self.sleeper is not None and self.sleeper.weights_lost:
+            return "!!!!!!!!"
+        return text
+
     def completions(self, body):
         if self._check(body):
-            text = " stand-in completion by %s" % body["model"]
+            text = self._text(" stand-in completion by %s" % body["model"])
             self.send_json(
                 200,
                 {
@@ -683,7 +896,7 @@ class Handler(standin.JSONHandler):
 
     def chat(self, body):
         if self._check(body):
-            text = "stand-in chat reply by %s" % body["model"]
+            text = self._text("stand-in chat reply by %s" % body["model"])
             self.send_json(
                 200,
                 {
@@ -715,6 +928,12 @@ class Handler(standin.JSONHandler):
                 "gpus": standin.gpu_summary(self.gpus),
                 "pid": os.getpid(),
                 "held_mib": self.held,
+                "sleep": None if self.sleeper is None else {
+                    "enabled": self.sleeper.enabled,
+                    "asleep": sorted(self.sleeper.asleep),
+                    "level": self.sleeper.level,
+                    "gpu_mib": {i: self.sleeper.mib(i) for i in self.held},
+                },
             },
         )
 
@@ -728,6 +947,13 @@ Handler.routes = {
     ("POST", "/v1/chat/completions"): Handler.chat,
     ("GET", "/metrics"): Handler.metrics,
     ("GET", "/standin"): Handler.info,
+}
+# Served only with VLLM_SERVER_DEV_MODE=1 (vLLM 0.10's api_server.py), sleep mode or not.
+DEV_ROUTES = {
+    ("POST", "/sleep"): Handler.sleep,
+    ("POST", "/wake_up"): Handler.wake_up,
+    ("GET", "/is_sleeping"): Handler.is_sleeping,
+    ("POST", "/collective_rpc"): Handler.collective_rpc,
 }
 
 
@@ -744,6 +970,7 @@ def main():
         return worker(sys.argv[2])
     args, unknown = parse(sys.argv[1:])
     args.names = args.served_model_name or [args.model]
+    dev = dev_mode()
     # The kernel keeps 15 characters: NVML and nvidia-smi show "VLLM::EngineCor".
     standin.set_process_name(process_title())
     standin.log(
@@ -826,6 +1053,11 @@ def main():
         "Available KV cache memory: %.2f GiB" % ((max(held.values()) - weights) / GIB),
     )
     Handler.args, Handler.gpus, Handler.held = args, gpus, held
+    if dev:
+        standin.log(COMPONENT, "SECURITY WARNING: Development endpoints are enabled! This "
+                    "should NOT be used in production!")
+        Handler.routes = {**Handler.routes, **DEV_ROUTES}
+    Handler.sleeper = Sleeper(reg, gpus, held, weights, args.enable_sleep_mode)
     standin.log("launcher.py", "Starting vLLM API server on http://%s:%d" % (args.host, args.port))
     standin.log("on.py", "Application startup complete.")
     try:

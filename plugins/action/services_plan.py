@@ -29,6 +29,8 @@ from ansible_collections.gpufleet.inference.plugins.modules.services_plan import
 PLACEMENT_OPTION_KEYS = ("headroom_mib", "reserve_mib", "live_usage", "managed_processes",
                          "catalog", "pin_not_found")
 MODE_KEY = "DUAL_GPU_MODE"
+# The host's recorded mode (any kind), beside the dual-GPU mode of seed 000's DUAL_GPU_MODE.
+RECORD_KEY = "INFERENCE_MODE"
 
 
 class PlanError(Exception):
@@ -61,13 +63,13 @@ class ActionModule(ActionBase):
             said[key].extend(answer.get(key) or [])
         return answer
 
-    def _env_mode(self, env_file, task_vars, said):
-        """DUAL_GPU_MODE of the host's .env, or None when the file or the key is not there."""
+    def _env_modes(self, env_file, task_vars, said):
+        """(INFERENCE_MODE, DUAL_GPU_MODE) of the host's .env, None for a missing file or key."""
         answer = self._module("ansible.builtin.slurp", {"src": env_file}, task_vars, said)
         if answer.get("failed"):
             reason = str(answer.get("msg") or "")
             if reason.lower().startswith("file not found"):
-                return None
+                return None, None
             raise PlanError("services_env_file %s cannot be read for %s: %s"
                             % (env_file, MODE_KEY, reason or "no reason given"))
         try:
@@ -76,26 +78,38 @@ class ActionModule(ActionBase):
             raise PlanError("services_env_file %s is not UTF-8 text (%s)"
                             % (env_file, exc)) from None
         try:
-            mode = _common.dotenv_get(text, MODE_KEY)
+            recorded = _common.dotenv_get(text, RECORD_KEY)
+            dual = _common.dotenv_get(text, MODE_KEY)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
-        if mode and mode not in _plan.MODES:  # empty (DUAL_GPU_MODE=) is no mode: the default
+        if dual and dual not in _plan.MODES:  # empty (DUAL_GPU_MODE=) is no mode: the default
             raise PlanError(".env %s (%s) must be one of %s; got: %r"
-                            % (MODE_KEY, env_file, ", ".join(_plan.MODES), mode))
-        return mode or None
+                            % (MODE_KEY, env_file, ", ".join(_plan.MODES), dual))
+        return recorded or None, dual or None
 
-    def _settle_mode(self, args, task_vars, said):
-        """(mode, source): given, else the .env's DUAL_GPU_MODE, else ollama."""
-        mode, source = args["dual_gpu_mode"], "given"
-        if not mode:
-            mode, source = self._env_mode(args["env_file"], task_vars, said), "env"
-        if not mode:
-            mode, source = "ollama", "default"
-        if mode not in _plan.MODES:
-            raise PlanError("services_dual_gpu_mode (or %s in %s when none is given) must be one "
-                            "of %s; got: %s" % (MODE_KEY, args["env_file"],
-                                                ", ".join(_plan.MODES), mode))
-        return mode, source
+    def _settle_mode(self, args, task_vars, said, modes):
+        """(mode, dual-GPU mode, source): given (mode, then dual_gpu_mode), else the .env's
+        INFERENCE_MODE, then its DUAL_GPU_MODE, else ollama."""
+        given = args["mode"] or args["dual_gpu_mode"]
+        recorded = dual = None
+        if not given or not args["dual_gpu_mode"]:
+            recorded, dual = self._env_modes(args["env_file"], task_vars, said)
+        if given:
+            name, source = given, "given"
+            where = "services_mode" if args["mode"] else "services_dual_gpu_mode"
+        elif recorded or dual:
+            name, source = recorded or dual, "env"
+            where = "%s in %s" % (RECORD_KEY if recorded else MODE_KEY, args["env_file"])
+        else:
+            name, source, where = "ollama", "default", "services_mode"
+        if args["dual_gpu_mode"] and args["dual_gpu_mode"] not in _plan.MODES:
+            raise PlanError("services_dual_gpu_mode must be one of %s; got: %s"
+                            % (", ".join(_plan.MODES), args["dual_gpu_mode"]))
+        try:
+            mode = _plan.resolve_mode(name, modes, where=where)
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
+        return mode, args["dual_gpu_mode"] or dual, source
 
     # ---- the plan -----------------------------------------------------------------------
 
@@ -132,10 +146,12 @@ class ActionModule(ActionBase):
             _plan.check_sources(args["sources"])
             secrets = _plan.check_secret_environment(args["secret_environment"], catalog)
             self._placement_params(args, [], [])
-            mode, source = self._settle_mode(args, task_vars, said)
+            modes = _plan.check_modes(args["modes"], _plan.check_catalog(catalog, extra))
+            mode, dual, source = self._settle_mode(args, task_vars, said, modes)
             gpus = args["gpus"]
             if gpus is None:
-                answer = self._module("gpufleet.inference.gpu_facts", {}, task_vars, said)
+                answer = self._module("gpufleet.inference.gpu_facts",
+                                      dict(args["gpu_facts_options"]), task_vars, said)
                 if answer.get("failed"):
                     return dict(answer, changed=False)
                 gpus = said["ansible_facts"].get("gpus") or []
@@ -144,7 +160,7 @@ class ActionModule(ActionBase):
                 lambda services: self._place(args, gpus, services))
             said["warnings"].extend(placement.get("warnings") or [])
             plan = _plan.plan(catalog, placement, gpus, args["profile"], mode, extra,
-                              args["sources"], secrets)
+                              args["sources"], secrets, args["modes"], dual)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
         plan.update(dual_gpu_mode_source=source, env_file=args["env_file"])

@@ -4,7 +4,7 @@
 anything changes.
 
 preflight_options_check, unit_paths_check and rollout_serial_check (module_utils/_preflight.py),
-mode_switch_check (module_utils/_mode_switch.py) and router_options_check
+router_options_check
 (module_utils/_router.py), one documentation file per filter name next to this file (as
 ansible-doc looks them up). Each returns true, or fails naming the field and the value.
 """
@@ -12,7 +12,6 @@ ansible-doc looks them up). Each returns true, or fails naming the field and the
 from __future__ import annotations
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import (
-    _mode_switch,
     _preflight,
     _router,
 )
@@ -23,7 +22,6 @@ class FilterModule:
     def filters(self):
         functions = {
             "preflight_options_check": _preflight.check_options,
-            "mode_switch_check": _mode_switch.check,
             "router_options_check": _router.check_role,
             "unit_paths_check": _preflight.check_unit_paths,
             "rollout_serial_check": _preflight.check_serial,

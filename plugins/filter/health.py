@@ -1,10 +1,10 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters health_probes, health_verify_checks, health_report, health_table, health_services
-and health_recorded_services over module_utils/_health.py.
+"""Filters health_probes, health_verify_checks, health_report, health_table and
+health_services over module_utils/_health.py.
 
 Their documentation is in health_probes.yml, health_verify_checks.yml, health_report.yml,
-health_table.yml, health_services.yml and health_recorded_services.yml.
+health_table.yml and health_services.yml.
 """
 
 from __future__ import annotations
@@ -22,6 +22,4 @@ class FilterModule:
             "health_report": filter_function("health_report", _health.report),
             "health_table": filter_function("health_table", _health.table),
             "health_services": filter_function("health_services", _health.from_plan),
-            "health_recorded_services": filter_function("health_recorded_services",
-                                                        _health.from_state),
         }

@@ -2,10 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filters of the router role: thin wrappers of module_utils/_router.py.
 
-router_config, router_llm_yaml_with_keys, router_litellm_env, router_probe_targets and
-router_probed, one documentation file per filter name next to this file (as ansible-doc looks them
-up). router_llm_yaml_with_keys and router_litellm_env return API keys: use them only in tasks with
-no_log. router_options_check is in checks.py with the other preflight checks.
+router_config, router_llm_yaml_with_keys, router_litellm_env, router_probe_targets,
+router_probed and router_app_env, one documentation file per filter name next to this file (as
+ansible-doc looks them up). router_llm_yaml_with_keys and router_litellm_env return API keys: use
+them only in tasks with no_log. router_options_check is in checks.py with the other preflight
+checks.
 """
 
 from __future__ import annotations
@@ -22,5 +23,6 @@ class FilterModule:
             "router_litellm_env": _router.litellm_env,
             "router_probe_targets": _router.probe_targets,
             "router_probed": _router.probed,
+            "router_app_env": _router.app_env,
         }
         return {name: filter_function(name, function) for name, function in functions.items()}

@@ -7,9 +7,19 @@ Not a public API: the leading underscore says so. Pure logic: the reader of the 
 are injected, so tests drive it with a fake driver and a fake clock.
 
 Drained means, on the watched GPUs: no process of the given PIDs or names is listed any
-more, used memory is at or below ``target_used_mib`` (plus the tolerance) when a target is
-given, and used memory has not moved by more than ``tolerance_mib`` for ``settle_s``
-seconds. No fixed sleep: the wait ends at the first sample that satisfies all three.
+more, the freed memory is back (used memory at or below ``target_used_mib`` plus the
+tolerance) when a target is given, and the reading has stayed within ``tolerance_mib`` for
+``stable_s`` seconds since it got there. The wait ends at the first sample that satisfies
+all three: no fixed sleep, so a drain the driver finishes at once costs ``stable_s``, not a
+constant that must cover the slowest teardown.
+
+``stable_s`` is short on purpose (``STABLE_S``): drivers hand a process's memory back in
+one step (a real H200 went from held to free between two readings 20 ms apart, 0.14 s after
+a ``kill -9``), and the lab's driver does the same after its drain delay. Being back at the
+target proves the memory is free; the stable interval only rules out a reading caught while
+something else moved, so two readings past the first (at the default 0.5 s interval) do.
+Without a target or a baseline nothing proves the memory is back: stability alone decides,
+and ``stable_s`` must then cover the gaps between the steps of the driver's teardown.
 
 Unified-memory GPUs (GB10 / DGX Spark): NVML has no memory size there, and used memory is
 only the sum of the LIVE processes, so memory the driver still holds after a process exited
@@ -17,7 +27,7 @@ is invisible to it. When one of the watched GPUs is unified and a reader of the 
 MemAvailable (``read_available() -> MiB``, from /proc/meminfo) is given, the memory signal
 is MemAvailable instead: drained means the processes are gone, MemAvailable is back to at
 least ``baseline_available_mib`` minus the tolerance when a baseline is given, and
-MemAvailable has not moved by more than ``tolerance_mib`` for ``settle_s`` seconds.
+MemAvailable has stayed within ``tolerance_mib`` for ``stable_s`` seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import re
 
 # A day: beyond it a wait is a typo (seconds given as milliseconds), not a drain.
 MAX_WAIT_S = 86400
+# Seconds the freed memory must stay back and steady (see the module docstring).
+STABLE_S = 1.0
 _GPU_KEY_RE = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)\Z")
 
 
@@ -71,7 +83,7 @@ def sample(gpus, pids=(), names=()):
 
 
 def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib=None,
-                 settle_s=5.0, tolerance_mib=64, timeout_s=120.0, interval_s=0.5,
+                 stable_s=STABLE_S, tolerance_mib=64, timeout_s=120.0, interval_s=0.5,
                  max_samples=50, read_available=None, baseline_available_mib=None):
     """Poll ``read()`` until drained; return the outcome (never raises on a timeout).
 
@@ -80,7 +92,7 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
     each with ``t`` seconds since the start). On a unified GPU with ``read_available``,
     each sample also holds ``available_mib`` and the memory signal is MemAvailable.
     """
-    _positive("settle_s", settle_s, allow_zero=True)
+    _positive("stable_s", stable_s, allow_zero=True)
     _positive("tolerance_mib", tolerance_mib, allow_zero=True)
     _positive("timeout_s", timeout_s)
     _positive("interval_s", interval_s)
@@ -89,9 +101,9 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
     if interval_s > timeout_s:
         raise ValueError("interval_s must not exceed timeout_s (%r); got: %r"
                          % (timeout_s, interval_s))
-    if settle_s > timeout_s:
-        raise ValueError("settle_s must not exceed timeout_s (%r), or memory can never count "
-                         "as settled; got: %r" % (timeout_s, settle_s))
+    if stable_s > timeout_s:
+        raise ValueError("stable_s must not exceed timeout_s (%r), or memory can never count "
+                         "as stable; got: %r" % (timeout_s, stable_s))
     if target_used_mib is not None:
         _positive("target_used_mib", target_used_mib, allow_zero=True)
     if baseline_available_mib is not None:
@@ -142,11 +154,11 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
             if (stable_since is None or total is None or stable_total is None
                     or abs(total - stable_total) > tolerance_mib):
                 stable_since, stable_total = now, total
-            if now - stable_since >= settle_s:
+            if now - stable_since >= stable_s:
                 return dict(drained=True, waited_s=round(now - start, 3), reason=None,
                             last=current, samples=samples)
             reason = "%s has been stable for %.1f s of %.1f s" % (
-                "MemAvailable" if unified else "used memory", now - stable_since, settle_s)
+                "MemAvailable" if unified else "used memory", now - stable_since, stable_s)
 
         if now - start >= timeout_s:
             return dict(drained=False, waited_s=round(now - start, 3),

@@ -64,7 +64,8 @@ DOTENV = ".env"
 ASSIGNMENTS = "gpu-assignments.yml"
 COMPOSE_SET = (*(name for name, _kind in COMPOSE_FILES), DOTENV, ASSIGNMENTS)
 # .env keys written from the plan and the options; ``env`` must not name them.
-OWNED_ENV_KEYS = ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "COMPOSE_PROFILES", "DUAL_GPU_MODE")
+OWNED_ENV_KEYS = ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "COMPOSE_PROFILES", "DUAL_GPU_MODE",
+                  "INFERENCE_MODE")
 ENGINES = _render.SYSTEMD_UNIT_ENGINES
 SNAPSHOT_NAME = ".gpufleet-previous"
 MANIFEST = "manifest.json"
@@ -669,7 +670,9 @@ def _compose_set(plan, opts, yaml_dump, yaml_load, stamp):
     owned = {"COMPOSE_PROJECT_NAME": opts["project_name"],
              "COMPOSE_FILE": ":".join(compose_files(plan, opts["compose_runtime"])),
              "COMPOSE_PROFILES": ",".join(map(str, plan["compose_profiles"])),
-             "DUAL_GPU_MODE": plan["dual_gpu_mode"]}
+             "DUAL_GPU_MODE": plan["dual_gpu_mode"],
+             # The host's recorded mode: what the next run converges when none is given.
+             "INFERENCE_MODE": (plan.get("mode") or {}).get("name") or plan["dual_gpu_mode"]}
     owned.update(opts["env"])
     existing = _strip_header(_text(found[0])) if found is not None else ""
     text = "%s\n%s" % (HEADER, _common.dotenv_merge(existing, owned))

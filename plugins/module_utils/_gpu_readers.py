@@ -38,14 +38,14 @@ class Readers:
     """The backend readers, bound to one module run (commands, timeout, roots)."""
 
     def __init__(self, module, timeout, sysfs_root="/", include_integrated=False,
-                 topology=True):
+                 topology=True, meminfo_path=None):
         self.module = module
         self.topology = topology
         self.timeout = timeout
         self.root = sysfs_root
         self.include_integrated = include_integrated
         self.memory_mib = _gpu_facts.read_meminfo_mib(
-            os.path.join(self.root, "proc", "meminfo"))
+            meminfo_path or os.path.join(self.root, "proc", "meminfo"))
 
     def mapping(self):
         return {
@@ -119,12 +119,13 @@ class Readers:
 
 
 def read_gpus(module, backend="auto", timeout=60, sysfs_root="/", include_integrated=False,
-              topology=True):
+              topology=True, meminfo_path=None):
     """``_gpu_facts.gather``'s result for this host: {'gpus', 'answered', 'tried', 'warnings',
     'driver_version', 'cuda_driver_version'}; raises ``_gpu_facts.BackendError``.
     ``include_integrated`` counts an integrated GPU that shares the host's memory (the
     Intel iGPU) as an inference GPU; by default it is left out with a warning.
     ``topology=False`` skips reading the links between GPUs (NVML's topology calls,
-    ``nvidia-smi topo -m``): each GPU's ``topology`` is then None."""
-    readers = Readers(module, timeout, sysfs_root, include_integrated, topology)
+    ``nvidia-smi topo -m``): each GPU's ``topology`` is then None. ``meminfo_path`` is where
+    the system memory of unified-memory GPUs is read (default ``<sysfs_root>/proc/meminfo``)."""
+    readers = Readers(module, timeout, sysfs_root, include_integrated, topology, meminfo_path)
     return _gpu_facts.gather(backend, readers.mapping())

@@ -49,7 +49,6 @@ REQUESTS = {
 VERIFY_ENGINES = {"ollama": "ollama", "vllm": "vllm", "docling": "other", "http": "other"}
 RUNTIMES = ("compose", "systemd")
 DEFAULT_PROJECT = "gpufleet"
-MODE_SWITCH_PROJECT = "gpufleet-modes"
 
 
 def _check_service(i, svc):
@@ -184,47 +183,6 @@ def from_plan(services_plan, runtime="compose", project=DEFAULT_PROJECT):
             # The budget is per GPU; what is held is summed over every GPU the service spans.
             item["vram_budget_mib"] = int(where["vram_budget_mib"]) * int(
                 where.get("gpu_count") or 1)
-        out.append(item)
-    return out
-
-
-def from_state(state, gpu="0", project=MODE_SWITCH_PROJECT):
-    """The services to check, from the state file of the mode_switch role (its JSON, parsed).
-
-    The services of the recorded mode (the file's ``services``: name -> the role's service
-    definition), by name: engine, published port, health path, the GPU ``gpu`` for a GPU
-    service (``gpu`` not false) or null, and its container: compose service ``name`` of the
-    mode_switch project ``project``. The health path is the one the mode_switch role checks
-    (``health_path``); it is the health url of an ``http`` service. A ``process_names`` in the
-    file is not read.
-    """
-    if not isinstance(state, dict) or not isinstance(state.get("services"), dict):
-        # The record holds the services' environment: name what it is, never quote it.
-        raise ValueError("the recorded mode must be the state file of the "
-                         "gpufleet.inference.mode_switch role, with its services; got: %s"
-                         % ("a dict with keys %s" % sorted(map(str, state))
-                            if isinstance(state, dict) else "a %s" % type(state).__name__))
-    out = []
-    for name in sorted(state["services"], key=lambda n: str(n).lower()):
-        svc = state["services"][name]
-        at = "services.%s" % name
-        if not isinstance(svc, dict):
-            raise ValueError("%s must be a dict; got: a %s" % (at, type(svc).__name__))
-        port = svc.get("port")
-        try:
-            port = int(port)
-        except (TypeError, ValueError):
-            raise ValueError("%s.port must be a port number; got: %r" % (at, port)) from None
-        item = {
-            "name": name,
-            "engine": svc.get("engine"),
-            "port": port,
-            "gpu": gpu if svc.get("gpu", True) else None,
-            "project": project,
-            "service": name,
-        }
-        if svc.get("health_path"):
-            item["path"] = svc["health_path"]
         out.append(item)
     return out
 

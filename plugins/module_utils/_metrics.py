@@ -26,7 +26,7 @@ FAMILIES = (
     ("gpufleet_service_vram_used_bytes", "VRAM the service's processes hold on its GPU."),
     ("gpufleet_service_healthy", "1 when every health check of the service passed."),
     ("gpufleet_host_healthy", "1 when every service of the host is healthy."),
-    ("gpufleet_mode_info", "The inference mode recorded by the last mode switch."),
+    ("gpufleet_mode_info", "The host's inference mode (the last apply's, else the plan's)."),
     ("gpufleet_profile_info", "The services profile and dual-GPU mode of the host."),
     ("gpufleet_last_switch_duration_seconds", "Downtime of the last mode switch."),
     ("gpufleet_last_switch_drain_seconds", "GPU memory drain wait of the last mode switch."),

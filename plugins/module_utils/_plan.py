@@ -14,8 +14,16 @@ Vocabulary (seed 000, "Compose Profile Architecture")
   profile       what the user picks: remote, cpu, single-gpu, dual-gpu, multi-gpu
                 (``services_profile``), or ``auto`` (:func:`recommend_profile` of the number
                 of healthy GPUs: 0 cpu, 1 single-gpu, 2 dual-gpu, 3 or more multi-gpu).
-  mode          which stack occupies GPU 1 under dual-gpu and multi-gpu: ollama, vllm, mixed
-                (``services_dual_gpu_mode``, the ``DUAL_GPU_MODE`` of seed 000).
+  mode          a named set of the catalog's services (``services_modes``; one of them runs,
+                ``inference_mode``). Two kinds, one vocabulary:
+                dual-GPU modes ollama, vllm, mixed: which stack occupies GPU 1 under dual-gpu
+                and multi-gpu (the catalog entries whose ``modes`` name it; the
+                ``DUAL_GPU_MODE`` of seed 000); other profiles run all their entries.
+                listed modes (chat, ingestion and any the user declares): exactly the services
+                the mode lists, on any GPU profile; ``exclusive: true`` says the mode's
+                engines must not share the GPUs' memory with another mode's (seed 003): a
+                switch stops or puts to sleep the leaving services and waits for their
+                memory to drain before the new ones start.
   sub-profile   ``<profile>-<mode>`` (``dual-gpu-vllm``, ``multi-gpu-vllm``), the compose
                 profile the tooling injects for a profile of MODE_PROFILES.
   extra profile an opt-in profile such as ``finetune`` whose services run beside any profile
@@ -48,7 +56,16 @@ GPU_PROFILES = ("single-gpu", "dual-gpu", "multi-gpu")
 MODE_PROFILES = ("dual-gpu", "multi-gpu")
 PROFILE_CHOICES = ("auto", *PROFILES)
 MODES = ("ollama", "vllm", "mixed")
+MODE_DESCRIPTIONS = {
+    "ollama": "GPU 1 runs a second Ollama server",
+    "vllm": "GPU 1 runs vLLM",
+    "mixed": "GPU 1 runs Ollama and vLLM side by side, by VRAM budgets",
+}
+MODE_KEYS = ("description", "exclusive", "services")
 ENGINES = ("ollama", "vllm", "other")
+# Engines a mode switch can put to sleep instead of stopping (catalog key sleep): vLLM's sleep
+# mode (--enable-sleep-mode, its dev-mode /sleep and /wake_up), Ollama's keep_alive 0 unload.
+SLEEP_ENGINES = ("vllm", "ollama")
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 PROTOCOLS = ("tcp", "udp")
 
@@ -57,7 +74,7 @@ CATALOG_KEYS = (
     "health", "profiles", "modes", "uses_gpu", "gpu", "gpus", "vram_mib", "vram_budget_mib",
     "context_length", "parallel", "role", "latency_critical", "exclusive",
     "min_compute_capability", "enabled", "restart", "description", "models", "per_spare_gpu",
-    "vendor_images",
+    "vendor_images", "sleep",
 )
 # The GPU vendors an entry's vendor_images may name (the vendor of the GPU it is placed on).
 IMAGE_VENDORS = ("nvidia", "amd", "intel")
@@ -370,6 +387,10 @@ def _check_entry(name, entry, extra, at):
         if value is not None and (not isinstance(value, (str, int, float))
                                   or isinstance(value, bool) or not str(value).strip()):
             raise ValueError("%s.%s must be a non-empty string; got: %r" % (at, key, value))
+    sleep = _optional_bool(entry, "sleep", at, False)
+    if sleep and (engine not in SLEEP_ENGINES or not uses_gpu):
+        raise ValueError("%s.sleep is for GPU services of engine vllm (its sleep mode) or ollama "
+                         "(its models unloaded); got: %r for engine %s" % (at, sleep, engine))
     restart = entry.get("restart") or "unless-stopped"
     if restart not in RESTART_POLICIES:
         raise ValueError("%s.restart must be one of %s; got: %r"
@@ -398,6 +419,7 @@ def _check_entry(name, entry, extra, at):
         else str(entry["min_compute_capability"]),
         "description": entry.get("description"),
         "per_spare_gpu": per_spare_gpu, "replica_of": None, "vendor_images": vendor_images,
+        "sleep": sleep,
     }
     result.update(numbers)
     return result
@@ -467,15 +489,19 @@ def _check_gpu_count(entry, uses_gpu, at):
     return count, list(pin)
 
 
-def compose_profiles(entry):
+def compose_profiles(entry, modes=None):
     """The compose profiles of a checked entry: dual-gpu (multi-gpu) becomes its sub-profiles
-    dual-gpu-<mode> (multi-gpu-<mode>)."""
+    dual-gpu-<mode> (multi-gpu-<mode>); each listed mode of ``modes`` (:func:`check_modes`)
+    that names the entry adds the mode's name."""
     result = []
     for profile in entry["profiles"]:
         if profile in MODE_PROFILES:
             result.extend("%s-%s" % (profile, mode) for mode in entry["modes"])
         else:
             result.append(profile)
+    for mode in (modes or {}).values():
+        if mode["services"] is not None and entry["name"] in mode["services"]:
+            result.append(mode["name"])
     return result
 
 
@@ -586,27 +612,128 @@ def _healthy(gpus):
     return [g for g in gpus or [] if isinstance(g, dict) and g.get("healthy") is not False]
 
 
+# ---- modes ---------------------------------------------------------------------------------
+
+def _dual_mode(name):
+    return {"name": name, "exclusive": False, "services": None,
+            "description": MODE_DESCRIPTIONS[name]}
+
+
+def check_modes(modes, checked, where="services_modes"):
+    """``services_modes`` checked against the checked catalog: ``{name: {name, exclusive,
+    services, description}}``, the dual-GPU modes always among them (``services`` None: the
+    entries whose ``modes`` name them), a listed mode's ``services`` in catalog order."""
+    result = {name: _dual_mode(name) for name in MODES}
+    if modes is None:
+        return result
+    if not isinstance(modes, dict):
+        raise ValueError("%s must be a dict of mode name: definition; got: %r" % (where, modes))
+    sub = re.compile(r"^(?:%s)-" % "|".join(re.escape(p) for p in MODE_PROFILES))
+    for name, entry in modes.items():
+        at = "%s.%s" % (where, name)
+        if not isinstance(name, str) or not _PROFILE_RE.match(name) or name in PROFILE_CHOICES \
+                or sub.match(name):
+            raise ValueError("%s has a bad mode name (lower case letters, digits and '-', not a "
+                             "profile's name); got: %r" % (where, name))
+        if entry is None:
+            entry = {}  # noqa: PLW2901 - a mode declared with no keys
+        if not isinstance(entry, dict):
+            raise ValueError("%s must be a dict (description, exclusive, services); got: %r"
+                             % (at, entry))
+        unknown = sorted(str(key) for key in set(entry) - set(MODE_KEYS))
+        if unknown:
+            raise ValueError("%s has unknown key(s): %s" % (at, ", ".join(unknown)))
+        description = entry.get("description", MODE_DESCRIPTIONS.get(name, ""))
+        if not isinstance(description, str):
+            raise ValueError("%s.description must be a string; got: %r" % (at, description))
+        exclusive = _optional_bool(entry, "exclusive", at, False)
+        if name in MODES:
+            if entry.get("services") is not None or exclusive:
+                raise ValueError("%s: the dual-GPU mode %s shares the GPUs and runs the catalog "
+                                 "entries whose modes name it (no services, no exclusive); "
+                                 "got: %r" % (at, name, entry))
+            result[name] = dict(_dual_mode(name), description=description)
+            continue
+        listed = _str_list(entry.get("services"), at + ".services")
+        if not listed:
+            raise ValueError("%s.services must list the catalog services of the mode; got: %r"
+                             % (at, entry.get("services")))
+        for i, service in enumerate(listed):
+            if service not in checked:
+                raise ValueError("%s.services[%d] names no enabled entry of services_catalog "
+                                 "(%s); got: %r" % (at, i, ", ".join(checked), service))
+            if checked[service]["per_spare_gpu"]:
+                raise ValueError("%s.services[%d] is a per_spare_gpu template (its replicas "
+                                 "fill the spare GPUs of the dual-GPU modes); got: %r"
+                                 % (at, i, service))
+            if service in listed[:i]:
+                raise ValueError("%s.services names %s twice; got: %r" % (at, service, listed))
+        seen = {}
+        for service in listed:
+            for i, port in enumerate(checked[service]["ports"]):
+                key = (port["host"], port["protocol"])
+                if key in seen:
+                    raise ValueError("%s: services_catalog.%s.ports[%d] publishes host port %d, "
+                                     "as %s does (both run in mode %s); got: %d"
+                                     % (at, service, i, port["host"], seen[key], name,
+                                        port["host"]))
+                seen[key] = "services_catalog.%s.ports[%d]" % (service, i)
+        result[name] = {"name": name, "exclusive": exclusive, "description": description,
+                        "services": [s for s in checked if s in listed]}
+    return result
+
+
+def resolve_mode(mode, modes=None, checked=None, where="services_mode"):
+    """The mode named ``mode`` among ``modes`` (:func:`check_modes`' result, or the raw
+    ``services_modes`` with ``checked`` the checked catalog); a mode's dict passes as it is."""
+    if isinstance(mode, dict):
+        return mode
+    if modes is None or checked is not None:
+        modes = check_modes(modes, checked or {})
+    if not isinstance(mode, str) or mode not in modes:
+        raise ValueError("%s must be one of %s; got: %r" % (where, ", ".join(modes), mode))
+    return modes[mode]
+
+
 def _check_mode(mode):
+    if isinstance(mode, dict):
+        return mode
     if mode not in MODES:
         raise ValueError("services_dual_gpu_mode must be one of %s; got: %r"
                          % (", ".join(MODES), mode))
-    return mode
+    return _dual_mode(mode)
 
 
 def active_profiles(profile, mode, extra_profiles=None, gpus=None):
-    """The compose profiles to pass (``--profile``), with the sub-profile injected for
-    dual-gpu and multi-gpu."""
+    """The compose profiles to pass (``--profile``): a listed mode's name, else the profile
+    with the sub-profile injected for dual-gpu and multi-gpu."""
     profile = resolve_profile(profile, gpus)
     mode = _check_mode(mode)
     extra = check_extra_profiles(extra_profiles)
-    result = [profile, "%s-%s" % (profile, mode)] if profile in MODE_PROFILES else [profile]
+    if mode["services"] is not None:
+        result = [mode["name"]]
+    elif profile in MODE_PROFILES:
+        result = [profile, "%s-%s" % (profile, mode["name"])]
+    else:
+        result = [profile]
     return result + [name for name, enabled in extra.items() if enabled]
 
 
 def select(checked, profile, mode, extra_profiles=None, gpus=None):
     """Names of the services that run for the profile and mode, in catalog order."""
+    mode = _check_mode(mode)
     wanted = set(active_profiles(profile, mode, extra_profiles, gpus))
-    return [name for name, entry in checked.items() if set(compose_profiles(entry)) & wanted]
+    if mode["services"] is None:
+        return [name for name, entry in checked.items() if set(compose_profiles(entry)) & wanted]
+    resolved = resolve_profile(profile, gpus)
+    if resolved not in GPU_PROFILES:
+        for name in mode["services"]:
+            if checked[name]["uses_gpu"]:
+                raise ValueError("services_modes.%s.services names %s, which uses a GPU; profile "
+                                 "%s places no service on a GPU; got: %r"
+                                 % (mode["name"], name, resolved, name))
+    return [name for name, entry in checked.items()
+            if name in mode["services"] or set(compose_profiles(entry)) & wanted]
 
 
 def placement_input(catalog, profile="auto", mode="ollama", extra_profiles=None, gpus=None):
@@ -617,16 +744,27 @@ def placement_input(catalog, profile="auto", mode="ollama", extra_profiles=None,
     used for the GPU profiles only).
     """
     checked = check_catalog(catalog, extra_profiles)
-    _check_mode(mode)
+    mode = _check_mode(mode)
     if resolve_profile(profile, gpus) not in GPU_PROFILES:
+        select(checked, profile, mode, extra_profiles, gpus)  # a listed GPU service fails
         return []
     services = []
     for name in select(checked, profile, mode, extra_profiles, gpus):
         entry = checked[name]
         if not entry["uses_gpu"] or entry["per_spare_gpu"]:
             continue
-        services.append(_placement_service(entry))
+        service = _placement_service(entry)
+        if mode["services"] is not None and _index_pin(service.get("gpu")):
+            # GPU numbers are the dual-GPU layout's (GPU 1 runs vLLM): a listed mode's
+            # services are placed by the strategy; UUID and MIG pins still hold.
+            del service["gpu"]
+        services.append(service)
     return services
+
+
+def _index_pin(pin):
+    pins = pin if isinstance(pin, list) else [pin]
+    return pin is not None and all(is_int(p) or str(p).strip().isdigit() for p in pins)
 
 
 def _placement_service(entry):
@@ -1063,12 +1201,16 @@ def _spanned(assignment):
              for key in ("gpu", "gpu_index", "gpu_uuid", "gpu_name", "device_id")}]
 
 
-def _budget(engine, assignment):
+def _budget(engine, assignment, sleep=False):
     """Budget environment and engine arguments that hold a service to its budget (vLLM on N
-    GPUs: ``--tensor-parallel-size N``; its utilisation is per GPU)."""
+    GPUs: ``--tensor-parallel-size N``; its utilisation is per GPU); a vLLM that may sleep
+    gets ``--enable-sleep-mode`` and the dev-mode endpoints (``VLLM_SERVER_DEV_MODE=1``)."""
     settings = assignment.get("engine_settings") or {}
     env = {}
     args = []
+    if engine == "vllm" and sleep:
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+        args.append("--enable-sleep-mode")
     if engine == "vllm":
         if settings.get("gpu_memory_utilization") is not None:
             args += ["--gpu-memory-utilization", str(settings["gpu_memory_utilization"])]
@@ -1109,7 +1251,7 @@ def _idle_note(profile, idle, used, mode, gpus, replicas):
 
 
 def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
-         extra_profiles=None, sources=None, secrets=None):
+         extra_profiles=None, sources=None, secrets=None, modes=None, dual_gpu_mode=None):
     """The ``services_plan`` fact: every enabled service, which run, and where.
 
     ``placement`` is the result of gpu_placement for :func:`placement_input` (None or ``{}``
@@ -1123,8 +1265,13 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
     ``secrets`` is :func:`check_secret_environment`'s ``{service: [NAME, ...]}``: each service
     carries its names as ``secret_environment``, which the renderers read from a mode 0600
     file (the values never enter the plan).
+    ``modes`` is ``services_modes`` (:func:`check_modes`), ``mode`` the name of the one that
+    runs (or its dict); ``dual_gpu_mode`` the dual-GPU mode recorded beside a listed mode
+    (``DUAL_GPU_MODE``; default ollama).
     """
     checked = check_catalog(catalog, extra_profiles)
+    all_modes = check_modes(modes, checked)
+    mode = resolve_mode(mode, all_modes) if not isinstance(mode, dict) else mode
     secrets = secrets or {}
     sources = check_sources(sources)
     resolved = resolve_profile(profile, gpus)
@@ -1137,10 +1284,12 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
         if resolved in GPU_PROFILES else []
     checked, active, replicas = expand_replicas(checked, active, gpus, placement.get("assignments"),
                                                 resolved, extra_profiles)
-    vendors = {}
+    vendors, unified = {}, set()
     for gpu in gpus or []:
         if isinstance(gpu, dict) and is_int(gpu.get("index")):
             vendors[gpu["index"]] = gpu.get("vendor") or "nvidia"
+            if gpu.get("memory_kind") == "unified":
+                unified.add(gpu["index"])
     assignments = {}
     for i, assignment in enumerate(placement.get("assignments") or []):
         name = assignment.get("service") if isinstance(assignment, dict) else None
@@ -1151,11 +1300,11 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
         assignments[name] = assignment
     services = []
     for name, entry in checked.items():
-        item = _with_sources(dict(entry, compose_profiles=compose_profiles(entry),
+        item = _with_sources(dict(entry, compose_profiles=compose_profiles(entry, all_modes),
                                   active=name in active, placement=None), sources)
         assignment = assignments.get(name)
         if assignment is not None and assignment.get("gpu_index") is not None:
-            env, args = _budget(entry["engine"], assignment)
+            env, args = _budget(entry["engine"], assignment, entry["sleep"])
             spanned = _spanned(assignment)
             item["placement"] = {
                 "gpu": assignment.get("gpu"), "gpu_index": assignment["gpu_index"],
@@ -1185,6 +1334,13 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
                              "none that can take it (%s); got: %d"
                              % (name, entry["gpus"], " ".join(said) or "no such GPUs",
                                 entry["gpus"]))
+        # vLLM's level 1 offloads the weights to host memory: on unified memory that frees
+        # nothing, level 2 discards them (reloaded on wake).
+        # (A service not placed in this mode is judged by the host's GPUs.)
+        item["sleep_level"] = None
+        if entry["sleep"]:
+            spans = set(item["placement"]["gpu_indexes"]) if item["placement"] else unified
+            item["sleep_level"] = 2 if entry["engine"] == "vllm" and spans & unified else 1
         item["secret_environment"] = list(secrets.get(name) or [])
         where = item["placement"] or {}
         for key in item["secret_environment"]:
@@ -1211,18 +1367,24 @@ def plan(catalog, placement=None, gpus=None, profile="auto", mode="ollama",
                 item["name"], where["gpu"], where["device_id"], where["vram_budget_mib"],
                 " (adjusted)" if where["adjusted"] else ""))
     summary.insert(0, "profile %s (compose profiles %s)" % (resolved, ", ".join(profiles)))
+    if mode["services"] is not None:
+        summary.insert(1, "mode %s%s: %s" % (mode["name"], " (exclusive)" if mode["exclusive"]
+                                             else "", ", ".join(mode["services"])))
     summary += ["%s: no replica, no spare GPU (per_spare_gpu: one on each healthy whole GPU "
                 "the other services leave free)" % name for name in live if not replicas[name]]
     used = sorted({i for s in services if s["active"] and s["placement"] is not None
                    for i in s["placement"].get("gpu_indexes") or [s["placement"]["gpu_index"]]})
     idle = sorted({g["index"] for g in _healthy(gpus) if is_int(g.get("index"))} - set(used))
     if idle:
-        summary += _idle_note(resolved, idle, used, mode, gpus, replicas)
+        summary += _idle_note(resolved, idle, used, mode["name"], gpus, replicas)
     gpu_assignments = placement.get("gpu_assignments") or {
         "strategy": placement.get("strategy"), "assignments": {}}
     return {
         "profile": resolved,
-        "dual_gpu_mode": mode,
+        "mode": {"name": mode["name"], "exclusive": mode["exclusive"],
+                 "description": mode["description"],
+                 "services": None if mode["services"] is None else list(mode["services"])},
+        "dual_gpu_mode": mode["name"] if mode["services"] is None else (dual_gpu_mode or "ollama"),
         "compose_profiles": profiles,
         "gpu_overlay": resolved in GPU_PROFILES,
         "active": active,

@@ -7,6 +7,12 @@ each host (GPU facts, the services plan, the health verdict, the recorded mode a
 one model per host (:func:`fleet`), a self-contained HTML page (:func:`html_page`) and a short
 text table (:func:`table`). Everything that comes from a host is HTML-escaped. What the role
 records of each host comes from :func:`host_entry` (and :func:`slurped_json` for its files).
+
+A host is judged by its mode: the plan the report role makes (the services role, with no mode
+given) is that of the host's recorded mode, and only its active services are listed and checked,
+so a service stopped on purpose (Ollama in an exclusive ``ingestion``) is not a failure. The
+mode shown (:func:`_mode`) is the apply record's ``mode``, else the plan's ``mode``, else the
+record of the retired mode_switch role, read for compatibility.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import html
 import json
 
 from ansible_collections.gpufleet.inference.plugins.module_utils._placement import _managed
+from ansible_collections.gpufleet.inference.plugins.module_utils._plan import MODES as DUAL_MODES
 
 STATUSES = ("ok", "failed", "unreachable")
 APPLY_RESULTS = ("ok", "rolled_back", "failed", "unknown")
@@ -51,16 +58,52 @@ def _dict_or_none(value, what):
     return value
 
 
-def _mode(value, where):
-    record = _dict_or_none(value, where + ".mode")
-    if record is None:
+def _planned_mode(plan, where):
+    """The plan's ``mode`` ({name, exclusive, description}), or None in a plan without one."""
+    mode = plan.get("mode")
+    if mode is None:
         return None
+    if not isinstance(mode, dict) or not isinstance(mode.get("name"), str) or not mode["name"]:
+        raise ValueError("%s.plan.mode must be a dict with a name; got: %r" % (where, mode))
+    return mode
+
+
+def _mode(value, plan, applied, where):
+    """The host's mode: ``{mode, exclusive, description, source, outcome, switched_at,
+    downtime_s, drain_s}``, or None when nothing names one.
+
+    The name is the apply record's ``mode`` (source ``apply``: what the last apply ran), else
+    the plan's (``plan``: the mode the host's .env records, which the report role planned),
+    else ``value``'s, the state file of the retired mode_switch role (``record``). That file is
+    read for compatibility only, for hosts switched before the modes joined the catalog; its
+    last switch (outcome, time, downtime, drain) is shown while it names the mode shown (a
+    record of another mode is stale). ``exclusive`` and the description come from the plan when
+    it names the same mode (None otherwise).
+    """
+    record = _dict_or_none(value, where + ".mode") or {}
+    planned = _planned_mode(plan, where)
+    legacy = None if record.get("mode") is None else str(record["mode"])
+    if applied["mode"] is not None:
+        name, source = applied["mode"], "apply"
+    elif planned is not None:
+        name, source = planned["name"], "plan"
+    elif legacy is not None:
+        name, source = legacy, "record"
+    elif record:
+        name, source = None, "record"
+    else:
+        return None
+    same = planned is not None and planned["name"] == name
+    switch = record if legacy == name else {}
     return {
-        "mode": None if record.get("mode") is None else str(record["mode"]),
-        "outcome": None if record.get("outcome") is None else str(record["outcome"]),
-        "switched_at": record.get("switched_at"),
-        "downtime_s": _float_or_none(record.get("downtime_s"), where + ".mode.downtime_s"),
-        "drain_s": _float_or_none(record.get("drain_s"), where + ".mode.drain_s"),
+        "mode": name,
+        "exclusive": bool(planned.get("exclusive")) if same else None,
+        "description": (str(planned.get("description") or "") or None) if same else None,
+        "source": source,
+        "outcome": None if switch.get("outcome") is None else str(switch["outcome"]),
+        "switched_at": switch.get("switched_at"),
+        "downtime_s": _float_or_none(switch.get("downtime_s"), where + ".mode.downtime_s"),
+        "drain_s": _float_or_none(switch.get("drain_s"), where + ".mode.drain_s"),
     }
 
 
@@ -68,16 +111,19 @@ def _apply(value, where):
     record = _dict_or_none(value, where + ".apply")
     if record is None:
         return {"result": "unknown", "finished_at": None, "runtime": None, "changed": None,
-                "services": []}
+                "services": [], "mode": None}
     result = record.get("result")
     if result not in APPLY_RESULTS:
         raise ValueError("%s.apply.result must be one of %s; got: %r"
                          % (where, ", ".join(APPLY_RESULTS), result))
+    mode = record.get("mode")
+    if mode is not None and (not isinstance(mode, str) or not mode):
+        raise ValueError("%s.apply.mode must be a mode's name; got: %r" % (where, mode))
     changed = record.get("changed")
     return {"result": result, "finished_at": record.get("finished_at"),
             "runtime": record.get("runtime"),
             "changed": None if changed is None else bool(changed),
-            "services": [str(s) for s in record.get("services") or []]}
+            "services": [str(s) for s in record.get("services") or []], "mode": mode}
 
 
 def _gpu_matches(placement, gpu):
@@ -219,13 +265,18 @@ def _host(i, entry):
     apply = _apply(entry.get("apply"), where)
     if apply["result"] in ("failed", "rolled_back"):
         warnings.append("last apply %s" % apply["result"].replace("_", " "))
+    mode = _mode(entry.get("mode"), plan, apply, where)
+    planned = _planned_mode(plan, where)
+    if apply["mode"] and planned and planned["name"] != apply["mode"]:
+        warnings.append("the last apply ran mode %s; the host's plan is mode %s (its services "
+                        "were checked)" % (apply["mode"], planned["name"]))
     return {
         "host": name,
         "status": status,
         "error": None if entry.get("error") is None else str(entry["error"]),
         "profile": plan.get("profile"),
         "dual_gpu_mode": plan.get("dual_gpu_mode"),
-        "mode": _mode(entry.get("mode"), where),
+        "mode": mode,
         "apply": apply,
         "healthy": None if health is None else bool(health.get("healthy")),
         "unhealthy": [str(s) for s in (health or {}).get("unhealthy") or []],
@@ -265,9 +316,10 @@ def host_entry(read, host, ping=None, error=None):
     ``unreachable`` with its message. ``error`` says why reading a reachable host failed: it is
     recorded as ``failed`` with its GPUs (as far as read). Otherwise the host is ``ok`` with all
     that ``read`` holds: ``gpus``, ``gpu_warnings``, ``plan``, ``health``, ``managed_processes``,
-    and the mode and apply records, parsed from ``mode_file`` and ``apply_file``, the slurp
-    results of those files (:func:`slurped_json`: none where a file is missing). A failed host's
-    records are not parsed: one that is not JSON may be why it failed.
+    and the mode and apply records, parsed from ``mode_file`` (the retired mode_switch role's
+    state file, read for compatibility) and ``apply_file``, the slurp results of those files
+    (:func:`slurped_json`: none where a file is missing). A failed host's records are not
+    parsed: one that is not JSON may be why it failed.
     """
     if not isinstance(read, dict):
         raise ValueError("read must be a dict of what the host said; got: %r" % (read,))
@@ -291,9 +343,11 @@ def fleet(hosts):
 
     Each element of ``hosts`` is what the report role collected on one host: ``host`` (name),
     ``status`` (ok, failed, unreachable), ``error``, ``gpus`` (``ansible_facts.gpus``),
-    ``gpu_warnings``, ``plan`` (``services_plan``), ``health`` (``health_result``), ``mode``
-    (the mode_switch record), ``apply`` (the apply record; missing means unknown) and
-    ``managed_processes`` (which GPU processes are ours).
+    ``gpu_warnings``, ``plan`` (``services_plan``, with its ``mode``), ``health``
+    (``health_result``), ``mode`` (the retired mode_switch role's record, read for
+    compatibility), ``apply`` (the apply record, with the ``mode`` it ran; missing means
+    unknown) and ``managed_processes`` (which GPU processes are ours). The host's mode is
+    :func:`_mode`'s.
     """
     if not isinstance(hosts, list):
         raise ValueError("hosts must be a list of host entries; got: %r" % (hosts,))
@@ -332,12 +386,27 @@ def _health_word(entry):
     return {None: "unknown", True: "healthy", False: "UNHEALTHY"}[entry["healthy"]]
 
 
+def _listed_mode(entry):
+    """The mode's name, with "(exclusive)" when the plan says so; None for no mode or a
+    dual-GPU mode (ollama, vllm, mixed: shown with the profile, where it means something)."""
+    mode = entry["mode"]
+    if not mode or not mode["mode"] or mode["mode"] in DUAL_MODES:
+        return None
+    return mode["mode"] + (" (exclusive)" if mode["exclusive"] else "")
+
+
+def _dual_mode(entry):
+    mode = entry["mode"]
+    return mode["mode"] if mode and mode["mode"] in DUAL_MODES else entry["dual_gpu_mode"]
+
+
 def _mode_word(entry):
-    if entry["mode"] and entry["mode"]["mode"]:
-        return entry["mode"]["mode"]
+    listed = _listed_mode(entry)
+    if listed:
+        return listed
     if entry["profile"]:
-        if entry["profile"] in ("dual-gpu", "multi-gpu") and entry["dual_gpu_mode"]:
-            return "%s/%s" % (entry["profile"], entry["dual_gpu_mode"])
+        if entry["profile"] in ("dual-gpu", "multi-gpu") and _dual_mode(entry):
+            return "%s/%s" % (entry["profile"], _dual_mode(entry))
         return entry["profile"]
     return "-"
 
@@ -450,8 +519,8 @@ def _host_badges(entry):
 def _facts(entry):
     items = []
     mode = entry["mode"]
-    if mode and mode["mode"]:
-        items.append(("mode", mode["mode"]))
+    if _listed_mode(entry):
+        items.append(("mode", _listed_mode(entry)))
     if mode:
         if mode["outcome"]:
             items.append(("last switch", mode["outcome"]))
@@ -463,8 +532,8 @@ def _facts(entry):
             items.append(("drain", "%.1f s" % mode["drain_s"]))
     if entry["profile"]:
         items.append(("profile", entry["profile"]))
-    if entry["dual_gpu_mode"] and entry["profile"] in ("dual-gpu", "multi-gpu"):
-        items.append(("dual-GPU mode", entry["dual_gpu_mode"]))
+    if _dual_mode(entry) and entry["profile"] in ("dual-gpu", "multi-gpu"):
+        items.append(("dual-GPU mode", _dual_mode(entry)))
     applied = entry["apply"]
     if applied["finished_at"]:
         items.append(("applied at", applied["finished_at"]))

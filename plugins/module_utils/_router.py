@@ -13,7 +13,8 @@ services role) and what was reachable, :func:`router_config` builds
              ``router_settings`` (fallbacks, cooldowns, retries).
 
 :func:`probe_targets` and :func:`probed` are the probe before it (which backends to ask, and
-what they answered), :func:`check_role` the role's preflight. Secrets never enter these: a
+what they answered), :func:`check_role` the role's preflight, :func:`app_env` the application
+env file (the mode, which engines are up, their base URLs). Secrets never enter these: a
 backend with an API key gets ``api_key: ''`` in llm_yaml and ``os.environ/<VAR>`` in the
 LiteLLM config; :func:`apply_api_keys` and :func:`litellm_env` fill them in at the last moment,
 in tasks that run with no_log. Bad input raises ValueError
@@ -29,6 +30,10 @@ Vocabulary
               gateway and its published port (``http://host.docker.internal:8000/v1``).
               ``host``: the router runs on the host and reaches every service at
               ``host_address`` and the published port.
+  mode        ``services_plan.mode``: ``{name, exclusive, description}``, the named set of
+              services that runs (``chat``, ``ingestion``, or a dual-GPU mode). A backend of the
+              catalog that does not run in the mode is left out of every order and route, with
+              one warning line; a plan without a mode (older callers) gives ``mode: null``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from urllib.parse import urlsplit
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
+    ENV_KEY_RE,
     ascii_digits,
     dotenv_value,
     is_int,
@@ -75,6 +81,7 @@ DEFAULTS = {
     "num_retries": 2,
     "timeout": 600,
     "key_env_prefix": "GPUFLEET_ROUTER_",
+    "app_env_mode_names": [],
 }
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -164,6 +171,16 @@ def check_options(options):
             not _ENV_PREFIX_RE.match(opts["key_env_prefix"]):
         raise ValueError("key_env_prefix must be upper case letters, digits and '_'; got: %r"
                          % (opts["key_env_prefix"],))
+    names = opts["app_env_mode_names"]
+    if not isinstance(names, list):
+        raise ValueError("router_app_env_mode_names must be a list of variable names; got: %r"
+                         % (names,))
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not ENV_KEY_RE.match(name):
+            raise ValueError("router_app_env_mode_names[%d] must be a variable name (letters, "
+                             "digits and '_', not first a digit); got: %r" % (i, name))
+    if len(set(names)) != len(names):
+        raise ValueError("router_app_env_mode_names lists a name twice; got: %r" % (names,))
     return opts
 
 
@@ -230,6 +247,25 @@ def _plan_services(services_plan):
             continue
         result.append(service)
     return result
+
+
+def plan_mode(services_plan):
+    """``{name, exclusive}`` of ``services_plan.mode``; None for a plan without one."""
+    mode = services_plan.get("mode") if isinstance(services_plan, dict) else None
+    if mode is None:
+        return None
+    if not isinstance(mode, dict):
+        raise ValueError("services_plan.mode must be a dict with name and exclusive; got: %r"
+                         % (mode,))
+    name = mode.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError("services_plan.mode.name must be a mode name (letters, digits, '_', "
+                         "'.', '-'); got: %r" % (name,))
+    exclusive = mode.get("exclusive", False)
+    if not isinstance(exclusive, bool):
+        raise ValueError("services_plan.mode.exclusive must be true or false; got: %r"
+                         % (exclusive,))
+    return {"name": name, "exclusive": exclusive}
 
 
 def _local_backend(service, opts):
@@ -327,7 +363,7 @@ def _task_routes(opts, present, order):
                          "got: %r" % (models,))
     by_name = {b["name"]: b for b in present}
     result = {}
-    warnings = []
+    notes = []
     for task, size in routes.items():
         if task not in TASK_CLASSES:
             raise ValueError("router_task_routes has an unknown class (%s); got: %r"
@@ -350,11 +386,9 @@ def _task_routes(opts, present, order):
         backend = target["backend"]
         if backend not in by_name:
             if not order:
-                warnings.append("task class %s: %s is not available and no backend is left; "
-                                "the route is left out" % (task, backend))
+                notes.append((backend, "task_routes.%s (no backend is left)" % task))
                 continue
-            warnings.append("task class %s: %s (%s model) is not available here; routed to %s"
-                            % (task, backend, size, order[0]))
+            notes.append((backend, "task_routes.%s (routed to %s)" % (task, order[0])))
             backend, model = order[0], None
         route = {"size": size, "backend": backend, "model": model or "__auto__"}
         litellm_model = by_name[backend]["litellm_model"]
@@ -362,7 +396,35 @@ def _task_routes(opts, present, order):
             litellm_model = litellm_model.split("/", 1)[0] + "/" + model
         route["litellm_model"] = litellm_model
         result[task] = route
-    return result, warnings
+    return result, notes
+
+
+def _absent_warnings(opts, notes, backends, left_out, mode):
+    """One line per backend named in an order or a task route that is not written: it does not
+    run in this mode (a mode may stop a backend on purpose: not an error) or is unreachable."""
+    places = {}
+    for where in ("fallback_order", "research_fallback_order"):
+        for name in opts[where]:
+            places.setdefault(name, []).append(where)
+    for name, where in notes:
+        places.setdefault(name, []).append(where)
+    written = {b["name"] for b in backends}
+    here = "in mode %s" % mode["name"] if mode else "here"
+    warnings = []
+    for name, where in places.items():
+        if name in written or name in left_out:
+            continue
+        warnings.append("backend %s does not run %s; left out of %s"
+                        % (name, here, _and(where)))
+    for name in left_out:
+        where = places.get(name)
+        warnings.append("backend %s is unreachable and left out%s"
+                        % (name, " of %s" % _and(where) if where else ""))
+    return warnings
+
+
+def _and(items):
+    return items[0] if len(items) == 1 else "%s and %s" % (", ".join(items[:-1]), items[-1])
 
 
 def key_env_name(backend, prefix=DEFAULTS["key_env_prefix"]):
@@ -373,7 +435,9 @@ def key_env_name(backend, prefix=DEFAULTS["key_env_prefix"]):
 def router_config(services_plan, reachable=None, options=None):
     """The router's configuration, without secrets.
 
-    Returns ``{llm_yaml, litellm, backends, left_out, secrets, warnings}``: ``backends`` one
+    Returns ``{mode, mode_comment, llm_yaml, litellm, backends, left_out, secrets, warnings}``:
+    ``mode`` the plan's ``{name, exclusive}`` (None without one; llm.yaml's ``mode`` too),
+    ``mode_comment`` the line that says it at the top of litellm.yaml, ``backends`` one
     entry per backend written (with ``probe_url`` and ``reachable``), ``left_out`` the
     unreachable backends removed under ``unreachable=omit``, ``secrets`` backend -> ``{key,
     env}`` (the key's name in the API key map and its variable; never a value).
@@ -414,13 +478,13 @@ def router_config(services_plan, reachable=None, options=None):
         if key is not None:
             secrets[backend["name"]] = {"key": key,
                                         "env": key_env_name(key, opts["key_env_prefix"])}
-    tasks, warnings = _task_routes(opts, backends, main or [b["name"] for b in backends])
-    for name in left_out:
-        warnings.append("backend %s is unreachable and left out" % name)
+    tasks, notes = _task_routes(opts, backends, main or [b["name"] for b in backends])
+    mode = plan_mode(services_plan)
+    warnings = _absent_warnings(opts, notes, backends, left_out, mode)
     for backend in backends:
         if reach[backend["name"]] is False:
             warnings.append("backend %s is unreachable and ordered last" % backend["name"])
-    llm_yaml = {"backends": {}}
+    llm_yaml = {"mode": mode, "backends": {}}
     for backend in backends:
         llm_yaml["backends"][backend["name"]] = {
             "api_key": "", "base_url": backend["base_url"], "enabled": True,
@@ -433,6 +497,8 @@ def router_config(services_plan, reachable=None, options=None):
         llm_yaml["task_routes"] = {task: {"size": r["size"], "backend": r["backend"],
                                           "model": r["model"]} for task, r in tasks.items()}
     return {
+        "mode": mode,
+        "mode_comment": _mode_comment(mode),
         "llm_yaml": llm_yaml,
         "litellm": _litellm(backends, main, research, tasks, secrets, opts, warnings),
         "backends": [{"name": b["name"], "service": b["service"], "engine": b["engine"],
@@ -442,6 +508,14 @@ def router_config(services_plan, reachable=None, options=None):
         "secrets": secrets,
         "warnings": warnings,
     }
+
+
+def _mode_comment(mode):
+    """LiteLLM's config has no key for it (``general_settings`` are the proxy's own settings, and
+    ``environment_variables`` would set variables in the proxy): a comment line says the mode."""
+    if mode is None:
+        return "mode: none (the plan names no mode)"
+    return "mode: %s, exclusive: %s" % (mode["name"], "true" if mode["exclusive"] else "false")
 
 
 def _litellm(backends, main, research, tasks, secrets, opts, warnings):
@@ -547,10 +621,67 @@ def litellm_env(config, api_keys):
     return "".join("%s=%s\n" % (name, dotenv_value(env[name])) for name in sorted(env))
 
 
+# ---- the application env file ------------------------------------------------------------
+
+def _env_prefix(name, at):
+    prefix = re.sub(r"[^A-Z0-9]", "_", name.upper())
+    if not ENV_KEY_RE.match(prefix):
+        raise ValueError("%s gives no variable name (%s_ENABLED starts with a digit); got: %r"
+                         % (at, prefix, name))
+    return prefix
+
+
+def app_env(services_plan, options=None):
+    """The text of the application env file: what runs in the plan's mode, as apps read it.
+
+    ``KEY=value`` lines sorted by key, each value quoted as :func:`litellm_env` does
+    (:func:`_common.dotenv_value`): ``INFERENCE_MODE`` (the mode's name, empty without one) and
+    ``INFERENCE_MODE_EXCLUSIVE``; per LLM service of the plan, active or not, with ``NAME`` its
+    name upper-cased and every other character ``_``: ``NAME_ENABLED``, ``NAME_BASE_URL``
+    (``http://<host_address>:<published port>/v1`` as apps on the host reach it, empty when it
+    does not run) and ``NAME_MODEL``; ``LLM_FALLBACK_ENABLED`` (true only when two engine kinds
+    run, so that there is something to fall back to); and each of ``options.app_env_mode_names``
+    set to the mode's name. It is built from the plan and the options only: no API key can
+    reach it (the file is world-readable).
+    """
+    opts = check_options(options)
+    services = _plan_services(services_plan)
+    mode = plan_mode(services_plan)
+    env = {"INFERENCE_MODE": mode["name"] if mode else "",
+           "INFERENCE_MODE_EXCLUSIVE": "true" if mode and mode["exclusive"] else "false"}
+    owner = dict.fromkeys([*env, "LLM_FALLBACK_ENABLED"], "the file itself")
+    host = dict(opts, routing="host")
+    engines = set()
+    for service in services:
+        prefix = _env_prefix(service["name"], "services_catalog.%s" % service["name"])
+        backend = _local_backend(service, host)
+        active = bool(service.get("active"))
+        if active:
+            engines.add(service["engine"])
+        values = {"ENABLED": "true" if active else "false",
+                  "BASE_URL": backend["base_url"] if active else "",
+                  "MODEL": service["model"]}
+        for suffix, value in values.items():
+            key = "%s_%s" % (prefix, suffix)
+            if key in owner:
+                raise ValueError("services_catalog.%s gives the application env variable %s, "
+                                 "which %s sets too; rename the service; got: %r"
+                                 % (service["name"], key, owner[key], service["name"]))
+            owner[key] = "services_catalog.%s" % service["name"]
+            env[key] = value
+    env["LLM_FALLBACK_ENABLED"] = "true" if len(engines) > 1 else "false"
+    for name in opts["app_env_mode_names"]:
+        if name in env:
+            raise ValueError("router_app_env_mode_names names a variable the file sets already; "
+                             "got: %r" % (name,))
+        env[name] = env["INFERENCE_MODE"]
+    return "".join("%s=%s\n" % (key, dotenv_value(env[key])) for key in sorted(env))
+
+
 # ---- the role's preflight and probe ------------------------------------------------------
 
 FILE_MODES = ("0600", "0640")
-ROLE_OPTIONS = ("file_mode", "config_dir", "probe_timeout")
+ROLE_OPTIONS = ("file_mode", "config_dir", "probe_timeout", "write_app_env", "app_env_file")
 
 
 def check_role(services_plan, reachable, options, api_keys, role_options=None):
@@ -558,7 +689,9 @@ def check_role(services_plan, reachable, options, api_keys, role_options=None):
 
     ``role_options`` are the role's own options, each checked when given: ``file_mode`` (of the
     files that can hold keys: 0600 or 0640), ``config_dir`` (absolute) and ``probe_timeout``
-    (seconds, an integer >= 1; a number's text counts, as ``-e`` gives it). Then the
+    (seconds, an integer >= 1; a number's text counts, as ``-e`` gives it), and, when
+    ``write_app_env`` is true, ``app_env_file`` (absolute) and the file's text (:func:`app_env`).
+    Then the
     configuration must build without probing (:func:`router_config`: the plan, the options)
     and the API keys must fit it (:func:`apply_api_keys`: one non-empty line each, one for every
     keyed backend); no message quotes a key.
@@ -576,6 +709,15 @@ def check_role(services_plan, reachable, options, api_keys, role_options=None):
         number = int(value) if isinstance(value, str) and ascii_digits(value.strip()) else value
         if not is_int(number) or number < 1:
             raise ValueError("router_probe_timeout must be an integer >= 1; got: %r" % (value,))
+    if role_options.get("write_app_env") not in (None, False, True):
+        raise ValueError("router_write_app_env must be true or false; got: %r"
+                         % (role_options["write_app_env"],))
+    if role_options.get("write_app_env"):
+        path = role_options.get("app_env_file")
+        if not isinstance(path, str) or not path.startswith("/") or path.endswith("/"):
+            raise ValueError("router_app_env_file must be an absolute path of a file; got: %r"
+                             % (path,))
+        app_env(services_plan, options)
     apply_api_keys(router_config(services_plan, reachable, options), api_keys)
     return True
 

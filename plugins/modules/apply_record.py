@@ -9,9 +9,11 @@ module: apply_record
 short_description: Record the outcome of an apply on the host
 version_added: 0.2.0
 description:
-  - Writes C({result, runtime, services, finished_at}) as JSON to O(path), the record the fleet
-    report and the metrics read, only when the result, the runtime or the services differ from
-    the record there (its C(finished_at) is not compared), so a converged re-run changes nothing.
+  - Writes C({result, runtime, services, mode, finished_at}) as JSON to O(path), the record the
+    fleet report and the metrics read, only when the result, the runtime, the services or the
+    mode differ from the record there (its C(finished_at) is not compared), so a converged re-run
+    changes nothing. A record written before O(mode) existed is rewritten once when a mode is
+    given.
   - Writes through a temporary file and an atomic rename; the directory is created when missing.
 author:
   - gpufleet.inference contributors (@gpufleet)
@@ -34,6 +36,12 @@ options:
     type: list
     elements: str
     default: []
+  mode:
+    description:
+      - The mode the services ran in (the name of C(services_plan.mode)), for example V(chat),
+        V(ingestion) or a dual-GPU mode V(ollama). The fleet report shows the host's mode from it.
+      - Omitted, the record has no C(mode).
+    type: str
 extends_documentation_fragment:
   - gpufleet.inference.attributes
 attributes:
@@ -53,6 +61,7 @@ EXAMPLES = r"""
     result: ok
     runtime: compose
     services: "{{ services_plan.active }}"
+    mode: "{{ services_plan.mode.name }}"
 """
 
 RETURN = r"""
@@ -64,6 +73,7 @@ record:
     result: ok
     runtime: compose
     services: [ollama, vision]
+    mode: chat
     finished_at: "2026-12-06T05:00:00+00:00"
 """
 
@@ -85,6 +95,15 @@ def _read(path):
         return None
 
 
+def with_mode(record, changed, previous, mode):
+    """The record of ``_outcome.record`` with ``mode`` added (none: no key), and whether it
+    differs from ``previous`` (whose ``mode`` was left out of the comparison that made
+    ``changed``)."""
+    if mode:
+        record["mode"] = mode
+    return record, changed or (previous or {}).get("mode") != (mode or None)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -92,6 +111,7 @@ def main():
             result=dict(type="str", required=True, choices=list(_outcome.OUTCOMES)),
             runtime=dict(type="str", required=True),
             services=dict(type="list", elements="str", default=[]),
+            mode=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -102,7 +122,12 @@ def main():
             previous = json.loads(before) if before else None
         except ValueError:
             previous = None
-        record, changed = _outcome.record(p["result"], p["runtime"], p["services"], previous)
+        if not isinstance(previous, dict):
+            previous = None
+        record, changed = _outcome.record(
+            p["result"], p["runtime"], p["services"],
+            None if previous is None else {k: v for k, v in previous.items() if k != "mode"})
+        record, changed = with_mode(record, changed, previous, p["mode"])
     except (OSError, ValueError) as exc:
         module.fail_json(msg="apply_record: %s: %s" % (p["path"], exc))
     if not changed:

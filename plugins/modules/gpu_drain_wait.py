@@ -11,16 +11,21 @@ version_added: 0.1.0
 description:
   - Polls the GPUs through NVML (the reader of M(gpufleet.inference.gpu_facts)) every
     O(interval) seconds and returns as soon as, on the watched GPUs, no process of O(pids) or
-    O(names) is listed, used memory is at most O(target_used_mib) (plus O(tolerance_mib)) when
-    given, and used memory has not moved by more than O(tolerance_mib) for O(settle) seconds.
+    O(names) is listed, the freed memory is back (used memory at most O(target_used_mib) plus
+    O(tolerance_mib)) when a target is given, and the reading has stayed within
+    O(tolerance_mib) for O(stable) seconds since it got there.
+  - Without O(target_used_mib) (or O(baseline_available_mib) on unified-memory GPUs) nothing
+    proves the memory is back; stability alone then decides, and O(stable) must cover the
+    gaps between the steps of the driver's teardown. Give a target where you can.
   - On unified-memory GPUs (GB10 / DGX Spark) NVML has no memory size and lists the memory of
     live processes only, so memory the driver still holds after a process exited does not
     show there. When a watched GPU is unified, the memory signal is MemAvailable of
     O(meminfo_path) instead (GPU and CPU share the memory); the wait ends when the processes
     are gone, MemAvailable is at least O(baseline_available_mib) minus O(tolerance_mib) when
-    given, and MemAvailable has not moved by more than O(tolerance_mib) for O(settle) seconds.
+    given, and MemAvailable has stayed within O(tolerance_mib) for O(stable) seconds.
     O(target_used_mib) is not used there.
-  - Fails after O(timeout) seconds with the last reading. No fixed sleep.
+  - Fails after O(timeout) seconds with the last reading. No fixed sleep, so a drain the driver
+    finishes at once costs O(stable) seconds, and a slow one as long as it takes.
   - The wait a mode switch needs before it starts vLLM, whose start-up memory profiling fails
     when a co-tenant frees memory meanwhile (vllm#56830).
 author:
@@ -46,12 +51,18 @@ options:
       - Used MiB (summed over the watched GPUs) the memory must fall to, typically the used
         memory before the stop minus what the stopped processes held.
     type: int
-  settle:
+  stable:
     description:
-      - Seconds used memory (MemAvailable on unified-memory GPUs) must stay within
-        O(tolerance_mib).
+      - Seconds the freed memory must stay back and steady (used memory, MemAvailable on
+        unified-memory GPUs, within O(tolerance_mib)) before the wait ends.
+      - The default, 1 second, is two readings past the first at the default O(interval).
+        Drivers hand an exited process's memory back in one step (a real H200 freed 8.6 GiB
+        between two readings 20 ms apart, 0.14 s after a kill), so with a target the memory
+        being back is the proof, and the interval only rules out a reading caught while
+        something else moved. Without a target, raise it to cover the driver's teardown.
+      - Renamed from C(settle) (default 5) in this release.
     type: float
-    default: 5.0
+    default: 1.0
   meminfo_path:
     description:
       - The meminfo file whose MemAvailable is the memory signal on unified-memory GPUs, and
@@ -93,18 +104,24 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Wait until what Ollama held on GPU 0 is free and stable for 5 seconds
+- name: Wait until GPU 0 is back to 317 MiB used, Ollama gone, stable for 1 second
   gpufleet.inference.gpu_drain_wait:
     gpus: ["0"]
     names: [ollama]
-    settle: 5
+    target_used_mib: 317
+    stable: 1
     timeout: 120
 
-- name: On a GB10, wait until MemAvailable is back to 60000 MiB and stable for 5 seconds
+- name: Without a target, stability alone decides; cover the driver's teardown
+  gpufleet.inference.gpu_drain_wait:
+    gpus: ["0"]
+    names: [ollama]
+    stable: 5
+
+- name: On a GB10, wait until MemAvailable is back to 60000 MiB and stable (default 1 second)
   gpufleet.inference.gpu_drain_wait:
     names: [ollama]
     baseline_available_mib: 60000
-    settle: 5
 """
 
 RETURN = r"""
@@ -155,7 +172,7 @@ def main():
             pids=dict(type="list", elements="int", default=[]),
             names=dict(type="list", elements="str", default=[]),
             target_used_mib=dict(type="int"),
-            settle=dict(type="float", default=5.0),
+            stable=dict(type="float", default=_drain.STABLE_S),
             tolerance_mib=dict(type="int", default=64),
             timeout=dict(type="float", default=120.0),
             interval=dict(type="float", default=0.5),
@@ -184,7 +201,7 @@ def main():
     try:
         result = _drain.wait_drained(
             read, time.monotonic, time.sleep, gpus=p["gpus"], pids=p["pids"], names=p["names"],
-            target_used_mib=p["target_used_mib"], settle_s=p["settle"],
+            target_used_mib=p["target_used_mib"], stable_s=p["stable"],
             tolerance_mib=p["tolerance_mib"], timeout_s=p["timeout"], interval_s=p["interval"],
             read_available=read_available, baseline_available_mib=p["baseline_available_mib"])
     except (ValueError, _nvml.NvmlUnavailable, _nvml.NvmlError) as exc:

@@ -49,6 +49,14 @@ options:
         copied or simulated tree.
     type: path
     default: /
+  meminfo_path:
+    description:
+      - Where the system memory is read (C(MemTotal)), which is the memory of a unified-memory
+        GPU (NVIDIA GB10, Jetson; NVML reports no size there). Defaults to
+        C(<sysfs_root>/proc/meminfo).
+      - Another file in the same format serves a simulated host whose C(/proc/meminfo) is not
+        the simulated machine's.
+    type: path
   include_integrated:
     description:
       - Count an integrated GPU that shares the host's memory and is made for display (the
@@ -266,6 +274,7 @@ def main():
             fail_on_missing=dict(type="bool", default=False),
             sysfs_root=dict(type="path", default="/"),
             include_integrated=dict(type="bool", default=False),
+            meminfo_path=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -281,7 +290,8 @@ def main():
 
     try:
         collected = _gpu_readers.read_gpus(module, params["backend"], params["timeout"],
-                                           params["sysfs_root"], params["include_integrated"])
+                                           params["sysfs_root"], params["include_integrated"],
+                                           meminfo_path=params["meminfo_path"])
     except _gpu_facts.BackendError as exc:
         module.fail_json(msg="Reading GPUs failed: %s" % exc, backend=exc.backend)
 

@@ -42,12 +42,31 @@ options:
     type: str
     choices: [auto, remote, cpu, single-gpu, dual-gpu, multi-gpu]
     default: auto
+  mode:
+    description:
+      - The mode that runs, a name of O(modes) (C(inference_mode)). It wins over
+        O(dual_gpu_mode).
+      - Empty (and O(dual_gpu_mode) empty) reads the host's recorded mode, C(INFERENCE_MODE) and
+        then C(DUAL_GPU_MODE) of O(env_file); V(ollama) when neither is there.
+        RV(ansible_facts.services_plan.dual_gpu_mode_source) says which.
+    type: str
+    default: ''
+  modes:
+    description:
+      - The modes (C(services_modes)), name to C(description), C(exclusive) and C(services).
+      - The dual-GPU modes V(ollama), V(vllm) and V(mixed) are always there. They share the
+        GPUs and run the catalog entries whose C(modes) name them.
+      - Any other mode lists its C(services) and runs exactly those, on any GPU profile, placed
+        by the strategy (GPU number pins are the dual-GPU layout's; UUID and MIG pins hold).
+        C(exclusive=true) says its engines must not share GPU memory with another mode's.
+      - Omitted, the dual-GPU modes only.
+    type: dict
   dual_gpu_mode:
     description:
       - Which stack occupies GPU 1 under V(dual-gpu) and V(multi-gpu), V(ollama), V(vllm) or
-        V(mixed) (the C(DUAL_GPU_MODE) of the project's C(.env)).
-      - Empty reads C(DUAL_GPU_MODE) from O(env_file); V(ollama) when the file or the key is not
-        there. RV(ansible_facts.services_plan.dual_gpu_mode_source) says which.
+        V(mixed) (the C(DUAL_GPU_MODE) of the project's C(.env)), when O(mode) is empty.
+      - Beside a mode that lists its services, the dual-GPU mode recorded in C(DUAL_GPU_MODE)
+        (kept from O(env_file) when empty).
     type: str
     default: ''
   env_file:
@@ -58,6 +77,12 @@ options:
     default: /opt/gpufleet/.env
   extra_profiles:
     description: Opt-in profiles, name to enabled (C(services_extra_profiles)).
+    type: dict
+    default: {}
+  gpu_facts_options:
+    description:
+      - Options of the M(gpufleet.inference.gpu_facts) run when O(gpus) is not given, for
+        example C(meminfo_path) or C(backend).
     type: dict
     default: {}
   gpus:
@@ -274,10 +299,13 @@ from ansible_collections.gpufleet.inference.plugins.module_utils import _placeme
 ARGUMENT_SPEC = dict(
     catalog=dict(type="dict", required=True),
     profile=dict(type="str", default="auto", choices=list(_plan.PROFILE_CHOICES)),
+    mode=dict(type="str", default=""),
+    modes=dict(type="dict"),
     dual_gpu_mode=dict(type="str", default=""),
     env_file=dict(type="str", default="/opt/gpufleet/.env"),
     extra_profiles=dict(type="dict", default={}),
     gpus=dict(type="list", elements="dict"),
+    gpu_facts_options=dict(type="dict", default={}),
     strategy=dict(type="str", default=_placement.DEFAULT_STRATEGY,
                   choices=list(_placement.STRATEGIES)),
     visible_devices_by=dict(type="str", default="uuid",

@@ -147,19 +147,12 @@ CASES = [
     ("preflight-size-table-removed", [role("preflight", preflight_size_table=[
         {"name": "x", "kind": "image", "size_mb": 5, "dir": "images"}])],
      ["preflight_size_table and preflight_dirs were removed"]),
-    # mode_switch (its preflight only: a pass would go on to stop and start containers)
-    ("mode-switch-unknown-mode", [role("mode_switch", "preflight", mode_switch_mode="gaming")],
-     ["mode_switch_mode must be one of chat, ingestion; got: 'gaming'"]),
-    ("mode-switch-port", [role("mode_switch", "preflight", mode_switch_services={
-        "ollama": {"image": "ollama/ollama:latest", "engine": "ollama", "port": 70000,
-                   "container_port": 11434, "health_path": "/api/tags",
-                   "process_names": ["ollama"]}}, mode_switch_modes={
-        "chat": {"services": ["ollama"]}})],
-     ["mode_switch_services.ollama.port must be 1-65535; got: 70000"]),
-    ("mode-switch-settle-beyond-timeout", [role("mode_switch", "preflight",
-                                                mode_switch_drain_timeout=10,
-                                                mode_switch_drain_settle=30)],
-     ["mode_switch_drain_settle must not exceed mode_switch_drain_timeout (10.0); got: 30.0"]),
+    # modes (the services role: the plan fails before anything is written)
+    ("services-unknown-mode", [role("services", services_mode="gaming")],
+     ["services_mode must be one of ollama, vllm, mixed, chat, ingestion; got: 'gaming'"]),
+    ("services-mode-unknown-service", [role("services", services_modes={
+        "chat": {"exclusive": True, "services": ["searx"]}})],
+     ["services_modes.chat.services[0] names no enabled entry of services_catalog", "searx"]),
     # health and k8s_manifests
     ("health-unknown-runtime", [role("health", health_runtime="k8s")], ["health_runtime", "k8s"]),
     ("health-wait-not-a-number", [role("health", health_wait="soon")],
@@ -182,8 +175,8 @@ CASES = [
         "gpu_placement", gpus=DUAL_GPUS, strategy="fastest",
         services=[{"name": "llm", "vram_mib": 1024}])],
      ["strategy", "fastest"]),
-    ("module-drain-settle-beyond-timeout", [module("gpu_drain_wait", settle=30, timeout=10)],
-     ["settle_s must not exceed timeout_s (10.0), or memory can never count as settled; "
+    ("module-drain-stable-beyond-timeout", [module("gpu_drain_wait", stable=30, timeout=10)],
+     ["stable_s must not exceed timeout_s (10.0), or memory can never count as stable; "
       "got: 30.0"]),
     ("module-drain-gpu-malformed", [module("gpu_drain_wait", gpus=["first"])],
      ["gpus[0] must be a GPU index or UUID (GPU-..., MIG-...); got: 'first'"]),
@@ -206,7 +199,7 @@ CASES = [
     ("module-gpu-facts-backend", [module("gpu_facts", backend="cuda")], ["backend", "cuda"]),
     # controls: good input passes (the harness tells a pass from a failure)
     ("control-router-preflight-passes", [role("router", "preflight")], None),
-    ("control-mode-switch-preflight-passes", [role("mode_switch", "preflight")], None),
+    ("control-services-mode-passes", [role("services", services_mode="ingestion")], None),
 ]
 
 
@@ -272,12 +265,9 @@ def ran(tmp_path_factory):
             "systemd_units_ollama_bin": "/usr/local/bin/ollama",
             "systemd_units_vllm_bin": "/usr/local/bin/vllm",
             "router_config_dir": str(project / "config"),
+            "router_app_env_file": str(project / "inference.env"),
             "router_probe": False,
             "preflight_env_file": str(project / "compose/.env"),
-            "mode_switch_project_dir": str(project / "modes"),
-            "mode_switch_state_file": str(project / "mode.json"),
-            "mode_switch_metrics_file": str(project / "mode_switch.prom"),
-            "health_state_file": str(project / "mode.json"),
             "k8s_manifests_dir": str(project / "k8s"),
         },
         # The services role once, with good input: the renderers' cases read its plan.

@@ -226,7 +226,7 @@ def test_env_keeps_foreign_keys(rendered):
     assert lines[1:] == ["MY_TOKEN=abc", "# kept comment", "DUAL_GPU_MODE=mixed",
                          "COMPOSE_PROJECT_NAME=gpufleet",
                          "COMPOSE_FILE=compose.yml:compose.gpu.yml",
-                         "COMPOSE_PROFILES=dual-gpu,dual-gpu-mixed"]
+                         "COMPOSE_PROFILES=dual-gpu,dual-gpu-mixed", "INFERENCE_MODE=mixed"]
 
 
 def test_gpu_assignments_as_seed_001(rendered):

@@ -47,7 +47,7 @@ def test_templates_start_with_ansible_managed(template):
 # filter (STYLE.md, "Logic in Jinja").
 MAX_JINJA_LINES = 6
 # All role task files together: they stay a table of contents. Issue 14 added the fetch steps
-# (one task each in compose, systemd_units, mode_switch; the token file and the planned
+# (one task each in compose and systemd_units; the token file and the planned
 # downloads in preflight), about 120 lines.
 MAX_TASK_FILE_LINES = 1250
 

@@ -16,7 +16,7 @@ from .conftest import BIN, REPO, ansible_env
 
 PLAYBOOKS = {
     "site": (REPO / "site.yml", "PLAY [Preflight, place"),
-    "switch_mode": (REPO / "playbooks" / "switch_mode.yml", "PLAY [Switch the inference mode"),
+    "switch_mode": (REPO / "playbooks" / "switch_mode.yml", "PLAY [Preflight, place"),
 }
 
 

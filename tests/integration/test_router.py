@@ -45,6 +45,7 @@ def router_vars(tmp_path, mode, **extra):
         "services_gpus": [gpu(0), gpu(1)],
         "services_dual_gpu_mode": mode,
         "router_config_dir": str(tmp_path / "config"),
+        "router_app_env_file": str(tmp_path / "etc/gpufleet/inference.env"),
         "router_probe": False,
     }
     values.update(extra)
@@ -57,6 +58,7 @@ def test_each_mode_renders_and_litellm_loads_it(tmp_path, mode):
     rc, output, _recap = run_playbook("router.yml", tmp_path, router_vars(tmp_path, mode))
     assert rc == 0, output
     llm = yaml.safe_load((tmp_path / "config/llm.yaml").read_text())
+    assert llm["mode"] == {"name": mode, "exclusive": False}
     assert list(llm["backends"]) == want["backends"]
     for name, backend in llm["backends"].items():
         service = "vllm" if name == "vllm_research" else name
@@ -75,6 +77,9 @@ def test_each_mode_renders_and_litellm_loads_it(tmp_path, mode):
             "model": "hosted_vllm/Qwen/Qwen2.5-1.5B-Instruct",
             "api_base": "http://vllm:8000/v1", "api_key": "none"}
     assert not (tmp_path / "config/litellm.env").exists()
+    app = read_env_file(tmp_path / "etc/gpufleet/inference.env")
+    assert (app["INFERENCE_MODE"], app["INFERENCE_MODE_EXCLUSIVE"]) == (mode, "false")
+    assert app["LLM_FALLBACK_ENABLED"] == ("false" if mode == "ollama" else "true")
 
 
 def test_host_routing_adopted_services_and_task_routes(tmp_path):
@@ -188,3 +193,66 @@ def test_file_mode_must_keep_keys_private(tmp_path):
                                       router_vars(tmp_path, "ollama", router_file_mode="0644"))
     assert rc != 0
     assert "router_file_mode" in output and "0644" in output
+
+
+def app_env(tmp_path):
+    path = tmp_path / "etc/gpufleet/inference.env"
+    return path, read_env_file(path)
+
+
+def test_router_and_app_env_file_follow_a_switch_to_ingestion_and_back(tmp_path):
+    """chat -> ingestion (check, real, again) -> chat: llm.yaml, LiteLLM and the app env file
+    are rewritten for the mode; in ingestion nothing of Ollama is left in any of them."""
+    def values(mode):
+        return router_vars(tmp_path, "ollama", services_mode=mode,
+                           router_api_keys={"vllm": SECRET},
+                           router_app_env_mode_names=["AEGIS_MODE"],
+                           router_task_routes={"simple": "small", "complex": "large"})
+    config = tmp_path / "config"
+    rc, output, _recap = run_playbook("router.yml", tmp_path, values("chat"))
+    assert rc == 0, output
+    path, chat = app_env(tmp_path)
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert (chat["AEGIS_MODE"], chat["INFERENCE_MODE"], chat["OLLAMA_ENABLED"],
+            chat["OLLAMA_BASE_URL"], chat["VLLM_ENABLED"], chat["VLLM_BASE_URL"]) == (
+        "chat", "chat", "true", "http://127.0.0.1:11434/v1", "false", "")
+    before = path.read_text()
+    # Check mode reports the change and writes nothing.
+    rc, output, recap = run_playbook("router.yml", tmp_path, values("ingestion"), check=True,
+                                     diff=True)
+    assert rc == 0, output
+    assert recap["changed"] >= 1 and path.read_text() == before
+    assert "+INFERENCE_MODE=ingestion" in output and SECRET not in output
+    changed = []
+    for _run in (1, 2):
+        rc, output, recap = run_playbook("router.yml", tmp_path, values("ingestion"))
+        assert rc == 0, output
+        changed.append(recap["changed"])
+    assert changed[0] >= 1 and changed[1] == 0
+    assert "backend ollama does not run in mode ingestion; left out of fallback_order and " \
+        "task_routes.complex (routed to vllm)" in output
+    _path, ingestion = app_env(tmp_path)
+    # Exactly these change; the other services (not in either mode) stay disabled.
+    assert ingestion == dict(chat, AEGIS_MODE="ingestion", INFERENCE_MODE="ingestion",
+                             OLLAMA_ENABLED="false", OLLAMA_BASE_URL="", VLLM_ENABLED="true",
+                             VLLM_BASE_URL="http://127.0.0.1:8000/v1")
+    assert (ingestion["INFERENCE_MODE_EXCLUSIVE"], ingestion["LLM_FALLBACK_ENABLED"]) == (
+        "true", "false")
+    assert SECRET not in path.read_text()
+    llm = yaml.safe_load((config / "llm.yaml").read_text())
+    assert llm["mode"] == {"name": "ingestion", "exclusive": True}
+    assert (llm["fallback_order"], llm["research_fallback_order"]) == (["vllm"],
+                                                                       ["vllm_research"])
+    assert {r["backend"] for r in llm["task_routes"].values()} == {"vllm"}
+    assert "ollama" not in json.dumps(llm)
+    text = (config / "litellm.yaml").read_text()
+    assert "# mode: ingestion, exclusive: true\n" in text
+    assert "ollama" not in text
+    loaded = load_litellm_config(config / "litellm.yaml", {"GPUFLEET_ROUTER_VLLM_API_KEY": "k"})
+    assert not [n for n in loaded["model_names"] if "ollama" in n]
+    assert "ollama" not in json.dumps(loaded["fallbacks"])
+    rc, output, _recap = run_playbook("router.yml", tmp_path, values("chat"))
+    assert rc == 0, output
+    assert path.read_text() == before
+    assert yaml.safe_load((config / "llm.yaml").read_text())["mode"] == {"name": "chat",
+                                                                         "exclusive": True}

@@ -81,6 +81,7 @@ def rendered(tmp_path_factory):
         "systemd_units_ollama_bin": "/usr/local/bin/ollama",
         "systemd_units_vllm_bin": "/usr/local/bin/vllm",
         "router_config_dir": base + "/config",
+        "router_app_env_file": base + "/inference.env",
         "router_probe": False,
         "router_backup": True,
         "router_api_keys": {"vllm": KEY},
@@ -231,10 +232,9 @@ def test_key_only_in_its_files_with_private_modes(rendered):
     assert "os.environ/GPUFLEET_ROUTER_VLLM_API_KEY" in (root / "config/litellm.yaml").read_text()
 
 
-# ---- the project .env and the mode record: read and written, never shown ---------------------
+# ---- the project .env: read and written, never shown -------------------------------------------
 
 TOKEN = "hf_plantedEnvToken0a1b2c3d4e5f6g7h8"
-RECORDED_TOKEN = "sk-planted-recorded-9z8y7x6w"
 
 ENV_PLAYBOOK = """---
 - name: Place, then preflight with the .env written (DUAL_GPU_MODE)
@@ -244,20 +244,6 @@ ENV_PLAYBOOK = """---
     - gpufleet.inference.services
     - gpufleet.inference.preflight
     - gpufleet.inference.compose
-
-- name: Check the health of the recorded mode (no plan in this play)
-  hosts: recorded:unrecorded
-  gather_facts: false
-  tasks:
-    - name: Run the health role over the mode record
-      block:
-        - name: Check the health of the recorded services
-          ansible.builtin.include_role:
-            name: gpufleet.inference.health
-      rescue:
-        - name: Note that nothing answers here
-          ansible.builtin.debug:
-            msg: "no service runs on this host: {{ ansible_failed_result.msg | default('') }}"
 """
 
 
@@ -279,11 +265,6 @@ def env_run(tmp_path_factory):
     env_file.parent.mkdir()
     env_file.write_text("# the user's own\nHF_TOKEN=%s\nexport OTHER=x\n" % TOKEN)
     env_file.chmod(0o600)
-    state = root / "mode.json"
-    state.write_text(json.dumps({"mode": "chat", "services": {"ollama": {
-        "image": "ollama/ollama:latest", "engine": "ollama", "port": 11434,
-        "container_port": 11434, "health_path": "/api/tags",
-        "environment": {"OLLAMA_API_TOKEN": RECORDED_TOKEN}}}}))
     inventory = {"all": {"vars": {"ansible_connection": "local"}, "hosts": {
         "env": {
             "services_gather_gpu_facts": False,
@@ -296,13 +277,7 @@ def env_run(tmp_path_factory):
             "preflight_warn_only": ["ports", "disk", "driver", "toolkit", "runtime"],
             "compose_project_dir": str(env_file.parent),
             "compose_apply": False,
-        },
-        "recorded": {
-            "health_state_file": str(state),
-            "health_wait": 1,
-            "health_fail_when_unhealthy": False,
-        },
-        "unrecorded": {"health_state_file": str(root / "absent.json")}}}}
+        }}}}
     (root / "env.yml").write_text(ENV_PLAYBOOK)
     (root / "inventory.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
     rc, output = run_playbook(root / "env.yml", root / "inventory.yml", "-v", "--diff")
@@ -312,9 +287,8 @@ def env_run(tmp_path_factory):
 def test_env_token_never_in_output_even_with_verbose_diff(env_run):
     output = env_run["output"]
     assert env_run["rc"] == 0, output
-    for secret in (TOKEN, RECORDED_TOKEN):
-        assert secret not in output
-        assert not [form for form in base64_forms(secret) if form in output], secret
+    assert TOKEN not in output
+    assert not [form for form in base64_forms(TOKEN) if form in output], TOKEN
     # The runs did read and write them: DUAL_GPU_MODE was added, the token kept.
     assert recap(output)["env"]["changed"] > 0, output
     written = env_run["env_file"].read_text()
@@ -323,10 +297,6 @@ def test_env_token_never_in_output_even_with_verbose_diff(env_run):
     # The compose role merged its keys into the same .env, and its diff showed the token hidden.
     assert "COMPOSE_PROFILES=" in written
     assert "HF_TOKEN=(hidden)" in output, output
-    assert "Read the recorded mode (no_log)" in output
-    # A record that cannot be read still says why (the slurp's reason, never the content).
-    assert "health_state_file cannot be read: File not found: %s" % (
-        env_run["root"] / "absent.json") in output, output
 
 
 def role_tasks():
@@ -344,14 +314,14 @@ def _tasks(tasks):
 
 
 # Files a role reads whole that hold no secret.
-NOT_SECRET = ("{{ mode_switch_meminfo_path }}",)
+NOT_SECRET = ("{{ compose_meminfo_path }}", "{{ systemd_units_meminfo_path }}")
 
 
 def test_every_file_read_whole_is_no_log_and_env_lines_show_no_diff():
     """slurp returns the file (base64), which -v prints; lineinfile's diff is the whole file."""
     slurps = [(path, task) for path, task in role_tasks() if "ansible.builtin.slurp" in task
               and task["ansible.builtin.slurp"]["src"] not in NOT_SECRET]
-    assert len(slurps) >= 5
+    assert len(slurps) >= 3
     assert [(path, task["name"]) for path, task in slurps if task.get("no_log") is not True] == []
     lines = [(path, task) for path, task in role_tasks() if "ansible.builtin.lineinfile" in task]
     assert lines

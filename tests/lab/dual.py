@@ -172,3 +172,20 @@ def wait_process(host, uuid, needle, timeout=15.0):
             return procs
         assert time.time() < deadline, (uuid, needle, procs)
         time.sleep(0.2)
+
+
+def reboot(host, timeout=120.0):
+    """Restart the host's container: systemd and its Docker engine start again, as at a boot
+    (the outer engine: DOCKER_HOST, set by the lab fixtures)."""
+    subprocess.run(["docker", "restart", host.name], check=True, capture_output=True, timeout=180)
+    deadline = time.time() + timeout
+    while host.sh("systemctl is-system-running --wait >/dev/null 2>&1; docker info >/dev/null"
+                  " 2>&1 && echo up", check=False).stdout.strip() != "up":
+        assert time.time() < deadline, "%s did not come back" % host.name
+        time.sleep(1)
+
+
+def active_units(host):
+    units = host.sh("systemctl list-units --plain --no-legend --state=active"
+                    " 'ollama@*' 'vllm@*'").stdout.split()
+    return {unit for unit in units if unit.endswith(".service")}

@@ -21,6 +21,7 @@ from dual import (
     DUAL2_GPU0,
     DUAL2_GPU1,
     HEALTH,
+    active_units,
     apply,
     assert_compose_state,
     clear_compose,
@@ -28,6 +29,7 @@ from dual import (
     converge,
     gpu_processes,
     modes,
+    reboot,
     sha256s,
 )
 
@@ -127,6 +129,34 @@ def test_systemd_dual_gpu_mode(dual2_lab, tmp_path, mode):
         models = payload["models"]
         assert len(models) == 1 and models[0]["size_vram"] == models[0]["size"], payload
         assert any("ollama.py runner" in p for p in procs[uuid]), (name, procs)
+
+
+def test_systemd_modes_switch_with_the_drain_and_survive_a_reboot(dual2_lab, tmp_path):
+    """gpufleet_runtime systemd, modes of the one catalog: instances outside the mode are
+    stopped and disabled first and their GPU memory drains before the mode's instances start;
+    the host records its mode, and a reboot brings back the mode's instances only."""
+    host = dual2_lab[BOX]
+    clear_compose(host)
+    clear_systemd(host)
+    systemd = {"gpufleet_runtime": "systemd"}
+    rc, out, _recap = apply(tmp_path, BOX, dict(systemd, inference_mode="chat"),
+                            playbook="site.yml")
+    assert rc == 0, out
+    assert active_units(host) == {"ollama@ollama.service"}
+    rc, out, _recap = apply(tmp_path, BOX, dict(systemd, inference_mode="ingestion"),
+                           playbook="site.yml")
+    assert rc == 0, out
+    drained = re.search(r"Wait until their GPU memory has drained\] \*+\n(\S+): \[%s\]" % BOX, out)
+    assert drained and drained.group(1) == "ok", out
+    assert active_units(host) == {"vllm@vllm.service"}
+    assert host.sh("systemctl is-enabled ollama@ollama.service", check=False).stdout.strip() \
+        == "disabled"
+    env = host.sh("cat /opt/gpufleet/.env").stdout.splitlines()
+    assert "INFERENCE_MODE=ingestion" in env, env  # what a run without a mode converges
+    reboot(host)
+    host.wait_http("http://127.0.0.1:%d/health" % HEALTH["vllm"], timeout=60)
+    assert active_units(host) == {"vllm@vllm.service"}
+    clear_systemd(host)
 
 
 # The units and the instances' environment files (not the timestamped backups, `*~`, that a

@@ -207,7 +207,7 @@ def main(out_dir):
 
         # 4: the drain, as the driver does it and as gpu_drain_wait sees it
         wait_out = os.path.join(tempfile.mkdtemp(prefix="gpufleet-drain-"), "wait.json")
-        args = ("gpus=0 pids=%d target_used_mib=%d settle=1 interval=0.1 timeout=60"
+        args = ("gpus=0 pids=%d target_used_mib=%d stable=1 interval=0.1 timeout=60"
                 % (holder.pid, used_before))
         waiter = subprocess.Popen(
             [sys.executable, "-c",

@@ -21,7 +21,7 @@ import yaml
 from ansible_collections.gpufleet.inference.plugins.module_utils import (
     _common,
     _drain,
-    _mode_switch,
+    _leaving,
     _placement,
     _plan,
     _preflight,
@@ -43,7 +43,6 @@ def _defaults(role):
 SERVICES = _defaults("services")
 CATALOG = SERVICES["services_catalog"]
 EXTRA = SERVICES["services_extra_profiles"]
-MODES = _defaults("mode_switch")
 
 
 def gpu(index, total=24576):
@@ -94,20 +93,6 @@ def preflight(**options):
 
 def drain(**kwargs):
     return lambda: _drain.wait_drained(lambda: [gpu(0)], lambda: 0.0, lambda s: None, **kwargs)
-
-
-def modes(mode="chat", modes=None, services=None, gpu_ids=None, **options):
-    all_modes = copy.deepcopy(MODES["mode_switch_modes"] if modes is None else modes)
-    all_services = copy.deepcopy(MODES["mode_switch_services"])
-    for name, changes in (services or {}).items():
-        all_services.setdefault(name, {}).update(changes)
-    return lambda: _mode_switch.check(mode, all_modes, all_services,
-                                      ["0"] if gpu_ids is None else gpu_ids, options)
-
-
-def mode_services(name, **changes):
-    """The default mode_switch_services with one service's keys changed."""
-    return {name: changes}
 
 
 CASES = [
@@ -209,7 +194,7 @@ CASES = [
      "got: 'quad-gpu'"),
     ("services-mode-unknown",
      lambda: _plan.plan(CATALOG, None, GPUS, "dual-gpu", "hybrid", EXTRA),
-     "services_dual_gpu_mode must be one of ollama, vllm, mixed; got: 'hybrid'"),
+     "services_mode must be one of ollama, vllm, mixed; got: 'hybrid'"),
     ("services-extra-profile-reserved",
      lambda: _plan.check_catalog(CATALOG, {"finetune": False, "cpu": True}),
      "services_extra_profiles has a bad profile name (lower case, digits and '-', not one of "
@@ -364,58 +349,22 @@ CASES = [
     ("router-probe-timeout-fullwidth-digits",
      lambda: _router.check_role(plan(), None, {}, {}, {"probe_timeout": "\uff15"}),
      "router_probe_timeout must be an integer >= 1; got: '\uff15'"),
-    ("mode-switch-pid-fullwidth-digits",
-     lambda: _mode_switch.drain_targets([], ["0"], ["\uff11\uff12"]),
+    ("drain-targets-pid-fullwidth-digits",
+     lambda: _leaving.drain_targets([], ["\uff11\uff12"]),
      "pids[0] must be a process id; got: '\uff11\uff12'"),
     ("preflight-facts-timeout-absurd", lambda: _preflight.check_facts_options([], [], 86400),
      "nvidia_smi_timeout must be 1-3600 seconds; got: 86400"),
     # ---- gpu_drain_wait -------------------------------------------------------------------
-    ("drain-settle-beyond-timeout", drain(settle_s=30, timeout_s=10),
-     "settle_s must not exceed timeout_s (10), or memory can never count as settled; got: 30"),
+    ("drain-stable-beyond-timeout", drain(stable_s=30, timeout_s=10),
+     "stable_s must not exceed timeout_s (10), or memory can never count as stable; got: 30"),
     ("drain-timeout-absurd", drain(timeout_s=10 ** 6),
      "timeout_s must be at most 86400; got: 1000000"),
-    ("drain-interval-beyond-timeout", drain(interval_s=60, timeout_s=10, settle_s=1),
+    ("drain-interval-beyond-timeout", drain(interval_s=60, timeout_s=10, stable_s=1),
      "interval_s must not exceed timeout_s (10); got: 60"),
     ("drain-gpu-malformed", drain(gpus=["0", "first"]),
      "gpus[1] must be a GPU index or UUID (GPU-..., MIG-...); got: 'first'"),
     ("drain-pid-negative", drain(pids=[-3]), "pids[0] must be a positive integer; got: -3"),
     ("drain-gpu-missing", drain(gpus=["3"]), "gpus names GPUs this host does not have: 3"),
-    # ---- mode_switch_* --------------------------------------------------------------------
-    ("modes-unknown-mode", modes("gaming"),
-     "mode_switch_mode must be one of chat, ingestion; got: 'gaming'"),
-    ("modes-missing-service",
-     modes(modes={"chat": {"services": ["ollama", "searx"]}}),
-     "mode_switch_modes.chat.services[1] is not a key of mode_switch_services (docling, "
-     "ollama, vllm); got: 'searx'"),
-    ("modes-duplicate-service", modes(modes={"chat": {"services": ["ollama", "ollama"]}}),
-     "mode_switch_modes.chat.services[1] duplicates services[0]; got: 'ollama'"),
-    ("modes-unknown-mode-key", modes(modes={"chat": {"services": ["ollama"], "gpu": 0}}),
-     "mode_switch_modes.chat has unknown key(s): gpu"),
-    ("modes-port-collision", modes(services=mode_services("docling", port=8000)),
-     "mode_switch_modes.ingestion.services[1] (docling) publishes port 8000, as vllm does; "
-     "got: 8000"),
-    ("modes-port-out-of-range", modes(services=mode_services("vllm", port=70000)),
-     "mode_switch_services.vllm.port must be 1-65535; got: 70000"),
-    ("modes-unknown-service-key", modes(services=mode_services("vllm", gpus=[0])),
-     "mode_switch_services.vllm has unknown key(s): gpus"),
-    ("modes-unknown-engine", modes(services=mode_services("vllm", engine="tgi")),
-     "mode_switch_services.vllm.engine must be one of ollama, vllm, docling, http; got: 'tgi'"),
-    ("modes-health-path", modes(services=mode_services("ollama", health_path="api/tags")),
-     "mode_switch_services.ollama.health_path must be a URL path starting with '/'; "
-     "got: 'api/tags'"),
-    ("modes-preload-model", modes(services=mode_services("ollama", preload_model="qwen 7b")),
-     "mode_switch_services.ollama.preload_model must be a model name like llama3.2:3b or "
-     "Qwen/Qwen2.5-1.5B-Instruct (letters, digits and . _ : / @ + -, no spaces); "
-     "got: 'qwen 7b'"),
-    ("modes-gpu-id-malformed", modes(gpu_ids=["gpu0"]),
-     "mode_switch_gpu_ids[0] must be a GPU index or UUID (GPU-..., MIG-...); got: 'gpu0'"),
-    ("modes-settle-beyond-timeout", modes(drain_timeout=10, drain_settle=30, drain_interval=1),
-     "mode_switch_drain_settle must not exceed mode_switch_drain_timeout (10); got: 30"),
-    ("modes-health-timeout-zero", modes(health_timeout=0),
-     "mode_switch_health_timeout must be > 0; got: 0"),
-    ("modes-project-name", modes(project_name="My Modes"),
-     "mode_switch_project_name must be a compose project name (lower case letters, digits, "
-     "'_' and '-'); got: 'My Modes'"),
 ]
 
 
@@ -453,6 +402,7 @@ def test_good_input_passes_every_check():
     assert _router.router_config(plan(), None, {"extra_backends": {
         "cloud": {"base_url": "https://api.example.com:8443/v1", "model": "gpt-4o-mini"}}})
     assert _preflight.check_options({}) is True
-    assert modes()() is True
+    assert _plan.check_modes(SERVICES["services_modes"],
+                             _plan.check_catalog(CATALOG, EXTRA))["chat"]["exclusive"]
     assert place(pin_not_found="fail")()["summary"]
-    assert drain(gpus=["0"], settle_s=0, timeout_s=1)()["drained"]
+    assert drain(gpus=["0"], stable_s=0, timeout_s=1)()["drained"]

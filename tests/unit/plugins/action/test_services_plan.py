@@ -262,8 +262,7 @@ def test_warnings_of_facts_and_placement_are_the_task_warnings():
     (Host(env="DUAL_GPU_MODE=mixed2 # was mixed\n"), {},
      ".env DUAL_GPU_MODE (/opt/gpufleet/.env) must be one of ollama, vllm, mixed; got: 'mixed2'"),
     (Host(), {"dual_gpu_mode": "both"},
-     "services_dual_gpu_mode (or DUAL_GPU_MODE in /opt/gpufleet/.env when none is given) must "
-     "be one of ollama, vllm, mixed; got: both"),
+     "services_dual_gpu_mode must be one of ollama, vllm, mixed; got: both"),
     (Host(slurp_failure="File is not readable: %s"), {},
      "services_env_file /opt/gpufleet/.env cannot be read for DUAL_GPU_MODE: File is not "
      "readable: /opt/gpufleet/.env"),
@@ -315,3 +314,37 @@ def test_bad_profile_is_refused_by_the_argument_spec():
     with pytest.raises(AnsibleActionFail) as error:
         run(Host(), profile="quad-gpu")
     assert "profile" in str(error.value) and "quad-gpu" in str(error.value)
+
+
+# ---- the recorded mode: INFERENCE_MODE, then DUAL_GPU_MODE -----------------------------------
+
+MODES = {"chat": {"exclusive": True, "services": ["ollama"]},
+         "ingestion": {"exclusive": True, "services": ["vllm", "docling"]}}
+
+
+@pytest.mark.parametrize(("env", "args", "mode", "dual", "source"), [
+    ("INFERENCE_MODE=ingestion\nDUAL_GPU_MODE=vllm\n", {}, "ingestion", "vllm", "env"),
+    ("INFERENCE_MODE=chat\n", {}, "chat", "ollama", "env"),
+    ("DUAL_GPU_MODE=mixed\n", {}, "mixed", "mixed", "env"),
+    ("INFERENCE_MODE=ingestion\n", {"mode": "chat"}, "chat", "ollama", "given"),
+    ("INFERENCE_MODE=ingestion\n", {"dual_gpu_mode": "mixed"}, "mixed", "mixed", "given"),
+    ("INFERENCE_MODE=ingestion\nDUAL_GPU_MODE=vllm\n", {"mode": "chat"}, "chat", "vllm",
+     "given"),
+])
+def test_the_recorded_mode_is_converged_when_none_is_given(env, args, mode, dual, source):
+    plan = plan_of(run(Host(env=env), modes=MODES, **args))
+    assert (plan["mode"]["name"], plan["dual_gpu_mode"], plan["dual_gpu_mode_source"]) == \
+        (mode, dual, source)
+
+
+def test_a_recorded_mode_that_is_no_mode_fails_naming_the_file():
+    result = run(Host(env="INFERENCE_MODE=chatty\n"), modes=MODES)
+    assert result["failed"] and result["msg"] == (
+        "INFERENCE_MODE in /opt/gpufleet/.env must be one of ollama, vllm, mixed, chat, "
+        "ingestion; got: 'chatty'")
+
+
+def test_gpu_facts_options_reach_the_gpu_facts_run():
+    host = Host()
+    plan_of(run(host, gpu_facts_options={"meminfo_path": "/run/lab/meminfo"}))
+    assert ("gpufleet.inference.gpu_facts", {"meminfo_path": "/run/lab/meminfo"}) in host.calls

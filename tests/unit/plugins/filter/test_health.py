@@ -13,34 +13,27 @@ from ansible_collections.gpufleet.inference.plugins.filter import health
 from ansible_collections.gpufleet.inference.plugins.module_utils import _health
 
 FILTERS = health.FilterModule().filters()
-STATE = {"mode": "chat", "services": {"ollama": {"engine": "ollama", "port": 11434}}}
+SERVICES = [{"name": "ollama", "engine": "ollama", "port": 11434, "gpu": "0",
+             "project": "gpufleet", "service": "ollama"}]
 
 
 def test_filters_are_registered_with_their_docs():
-    assert sorted(FILTERS) == ["health_probes", "health_recorded_services", "health_report",
-                               "health_services", "health_table", "health_verify_checks"]
+    assert sorted(FILTERS) == ["health_probes", "health_report", "health_services",
+                               "health_table", "health_verify_checks"]
     docs = pathlib.Path(health.__file__).parent
     for name in FILTERS:
         assert "name: %s\n" % name in (docs / ("%s.yml" % name)).read_text()
 
 
-def test_health_recorded_services_is_from_state():
-    assert FILTERS["health_recorded_services"](STATE, "GPU-1") == _health.from_state(STATE, "GPU-1")
-    assert FILTERS["health_recorded_services"](STATE, "GPU-1", "modes") == \
-        _health.from_state(STATE, "GPU-1", "modes")
-    assert FILTERS["health_recorded_services"](STATE)[0]["gpu"] == "0"
-    assert FILTERS["health_recorded_services"](STATE)[0]["project"] == "gpufleet-modes"
-
-
 @pytest.mark.parametrize("args", [("compose", "stack"), ("systemd",), ()])
 def test_health_verify_checks_is_verify_checks(args):
-    services = _health.from_state(STATE)
+    services = SERVICES
     assert FILTERS["health_verify_checks"](services, *args) == \
         _health.verify_checks(services, *args)
 
 
 def test_health_report_takes_service_verifys_services():
-    services = _health.from_state(STATE)
+    services = SERVICES
     verified = [{"name": "ollama", "healthy": True, "device_ok": True, "gpu_used": True,
                  "gpu_processes": [{"pid": 7, "name": "ollama", "used_memory_mib": 900}],
                  "problems": []}]
@@ -57,6 +50,5 @@ def test_health_report_takes_service_verifys_services():
 
 def test_bad_input_is_a_filter_error_naming_the_filter():
     with pytest.raises(AnsibleFilterError) as err:
-        FILTERS["health_recorded_services"]({"services": {"ollama": {"port": "x"}}})
-    assert str(err.value) == ("health_recorded_services: services.ollama.port must be a port "
-                              "number; got: 'x'")
+        FILTERS["health_probes"]([{"name": "ollama", "engine": "ollama", "port": "x"}])
+    assert str(err.value) == "health_probes: services[0].port must be 1-65535; got: 'x'"

@@ -21,9 +21,10 @@ OPTIONS = {"aliases": {}, "fallback_order": ["ollama"], "research_fallback_order
 
 
 def test_filters_are_registered_with_their_docs():
-    assert sorted(ROUTER) == ["router_config", "router_litellm_env", "router_llm_yaml_with_keys",
-                              "router_probe_targets", "router_probed"]
-    assert sorted(CHECKS) == ["mode_switch_check", "preflight_options_check",
+    assert sorted(ROUTER) == ["router_app_env", "router_config", "router_litellm_env",
+                              "router_llm_yaml_with_keys", "router_probe_targets",
+                              "router_probed"]
+    assert sorted(CHECKS) == ["preflight_options_check",
                               "rollout_serial_check", "router_options_check", "unit_paths_check"]
     docs = pathlib.Path(router.__file__).parent
     for name in [*ROUTER, *CHECKS, *PREFLIGHT]:
@@ -36,6 +37,8 @@ def test_filters_equal_the_functions():
         PLAN, {}, OPTIONS)
     probe = {"results": [{"item": {"name": "ollama"}, "status": 200}]}
     assert ROUTER["router_probed"](probe, {}) == {"ollama": True}
+    assert ROUTER["router_app_env"](PLAN, OPTIONS) == _router.app_env(PLAN, OPTIONS)
+    assert "OLLAMA_BASE_URL=http://127.0.0.1:11434/v1\n" in ROUTER["router_app_env"](PLAN)
     assert CHECKS["preflight_options_check"]({}, {"env_file": "/x/.env"}) is True
     assert CHECKS["unit_paths_check"]({"systemd_units_vllm_bin": "/usr/bin/vllm"}) is True
     assert CHECKS["rollout_serial_check"]([1, "25%", "100%"]) is True
@@ -49,6 +52,8 @@ def test_filters_equal_the_functions():
                                       {"ollama": "sk-hidden\n"}),
      "router_options_check: router_api_keys.ollama must be one non-empty line; got: a string "
      "of 10 characters (value hidden)"),
+    (ROUTER, "router_app_env", (dict(PLAN, mode="chat"),),
+     "router_app_env: services_plan.mode must be a dict with name and exclusive; got: 'chat'"),
     (ROUTER, "router_probed", ("x",),
      "router_probed: probe must be the probe task's registered result; got: 'x'"),
     (CHECKS, "preflight_options_check", ({}, {"nvidia_smi_timeout": 0}),

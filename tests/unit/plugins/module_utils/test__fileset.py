@@ -146,9 +146,9 @@ def test_compose_files_are_what_the_template_rendered(tmp_path, profile, mode, c
     overlay = {"docker": ":compose.gpu.yml", "podman": ":compose.podman-gpu.yml"}
     assert (project / ".env").read_text() == (
         "%s\nCOMPOSE_PROJECT_NAME=gpu_fleet\nCOMPOSE_FILE=compose.yml%s\n"
-        "COMPOSE_PROFILES=%s\nDUAL_GPU_MODE=%s\n"
+        "COMPOSE_PROFILES=%s\nDUAL_GPU_MODE=%s\nINFERENCE_MODE=%s\n"
         % (HEADER, overlay[compose_runtime] if plan["gpu_overlay"] else "",
-           ",".join(plan["compose_profiles"]), mode))
+           ",".join(plan["compose_profiles"]), mode, mode))
 
 
 def test_systemd_units_are_what_the_templates_rendered(tmp_path):
@@ -256,15 +256,15 @@ LEGACY = "#\n# Ansible managed\n#\n"
     ("# mine\nTOKEN=secret\nDUAL_GPU_MODE=ollama\nexport OTHER='a b'\n",
      "# mine\nTOKEN=secret\nDUAL_GPU_MODE=mixed\nexport OTHER='a b'\n"
      "COMPOSE_PROJECT_NAME=gpufleet\nCOMPOSE_FILE=compose.yml:compose.gpu.yml\n"
-     "COMPOSE_PROFILES=dual-gpu,dual-gpu-mixed\nEXTRA=\"x y\"\n"),
+     "COMPOSE_PROFILES=dual-gpu,dual-gpu-mixed\nINFERENCE_MODE=mixed\nEXTRA=\"x y\"\n"),
     (LEGACY + "TOKEN=secret\nCOMPOSE_FILE=compose.yml\nEXTRA=old\n",
      "TOKEN=secret\nCOMPOSE_FILE=compose.yml:compose.gpu.yml\nEXTRA=\"x y\"\n"
      "COMPOSE_PROJECT_NAME=gpufleet\nCOMPOSE_PROFILES=dual-gpu,dual-gpu-mixed\n"
-     "DUAL_GPU_MODE=mixed\n"),
+     "DUAL_GPU_MODE=mixed\nINFERENCE_MODE=mixed\n"),
     (HEADER + "\nTOKEN=s\u00e9cret\n",
      "TOKEN=s\u00e9cret\nCOMPOSE_PROJECT_NAME=gpufleet\n"
      "COMPOSE_FILE=compose.yml:compose.gpu.yml\nCOMPOSE_PROFILES=dual-gpu,dual-gpu-mixed\n"
-     "DUAL_GPU_MODE=mixed\nEXTRA=\"x y\"\n"),
+     "DUAL_GPU_MODE=mixed\nINFERENCE_MODE=mixed\nEXTRA=\"x y\"\n"),
 ])
 def test_env_keeps_the_keys_it_does_not_own(tmp_path, existing, expected):
     (tmp_path / "project").mkdir()

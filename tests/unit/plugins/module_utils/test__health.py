@@ -5,13 +5,16 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import pytest
 import yaml
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _health
+from ansible_collections.gpufleet.inference.plugins.module_utils import _plan as plan_utils
+from ansible_collections.gpufleet.inference.plugins.module_utils._placement import place
 from ansible_collections.gpufleet.inference.plugins.module_utils._plan import plan as services_plan
-from tests.support.plans import gpu, make_plan
+from tests.support.plans import REPO, TWO_GPUS, default_catalog, gpu, make_plan
 
 GPU1 = "GPU-5b5d9ab2-8d59-7bd6-2b3a-1c7b4c3a6f10"
 OLLAMA = {"name": "ollama", "engine": "ollama", "port": 11434, "gpu": "0",
@@ -316,6 +319,37 @@ def test_from_plan_systemd_checks_only_the_instances_by_their_units():
     assert [s["unit"] for s in sidecar] == ["ollama@ollama.service", "vllm@vllm.service"]
 
 
+# ---- the host's mode: only the services of the planned (recorded) mode are checked ---------
+
+MODES = yaml.safe_load(pathlib.Path(REPO, "roles/services/defaults/main.yml").read_text())[
+    "services_modes"]
+ONE_GB10 = [dict(gpu(0, total=124610), name="NVIDIA GB10")]
+
+
+def mode_plan(mode, gpus):
+    catalog, extra = default_catalog()
+    chosen = plan_utils.resolve_mode(mode, MODES, plan_utils.check_catalog(catalog, extra))
+    placement = plan_utils.place_in_two_passes(catalog, "auto", chosen, extra, gpus,
+                                               lambda services: place(gpus, services))
+    return services_plan(catalog, placement, gpus, "auto", mode, extra, modes=MODES)
+
+
+@pytest.mark.parametrize("mode, gpus, runtime, checked", [
+    # Ollama is stopped on purpose in ingestion: it is not checked, so the host can be healthy.
+    ("ingestion", ONE_GB10, "compose", [("vllm", "vllm", 8000, "GPU-0000"),
+                                        ("docling", "http", 5001, None)]),
+    ("chat", ONE_GB10, "compose", [("ollama", "ollama", 11434, "GPU-0000")]),
+    ("ingestion", TWO_GPUS, "systemd", [("vllm", "vllm", 8000, "GPU-0000")]),
+    ("vllm", TWO_GPUS, "compose", [("ollama", "ollama", 11434, "GPU-0000"),
+                                   ("vision", "ollama", 8002, "GPU-0000"),
+                                   ("vllm", "vllm", 8000, "GPU-0001"),
+                                   ("docling", "http", 5001, None)]),
+], ids=["ingestion", "chat", "ingestion-systemd", "dual-gpu-vllm"])
+def test_from_plan_checks_the_services_of_the_planned_mode_only(mode, gpus, runtime, checked):
+    services = _health.from_plan(mode_plan(mode, gpus), runtime)
+    assert [(s["name"], s["engine"], s["port"], s["gpu"]) for s in services] == checked
+
+
 @pytest.mark.parametrize("plan, runtime, message", [
     ({"services": "x"}, "compose", "services_plan must be the fact"),
     ({"services": []}, "podman", "runtime must be compose or systemd; got: 'podman'"),
@@ -323,66 +357,6 @@ def test_from_plan_systemd_checks_only_the_instances_by_their_units():
 def test_from_plan_bad_input(plan, runtime, message):
     with pytest.raises(ValueError, match=message):
         _health.from_plan(plan, runtime)
-
-
-# ---- from the recorded mode -------------------------------------------------------------------
-
-# The state file of the mode_switch role (roles/mode_switch/tasks/record.yml): its services are
-# the role's definitions of the recorded mode's services (process_names there is not read).
-STATE = {"mode": "ingestion", "previous": "chat", "outcome": "switched", "services": {
-    "vllm": {"image": "vllm/vllm-openai:latest", "engine": "vllm", "port": 8000,
-             "container_port": 8000, "health_path": "/health", "gpu": True,
-             "process_names": ["vllm"]},
-    "docling": {"image": "d:1", "engine": "docling", "port": 5001, "container_port": 5001,
-                "health_path": "/health", "gpu": True, "process_names": ["docling"]}}}
-
-
-@pytest.mark.parametrize("services, gpu, project, expected", [
-    (STATE["services"], "0", "gpufleet-modes", [
-        {"name": "docling", "engine": "docling", "port": 5001, "gpu": "0",
-         "project": "gpufleet-modes", "service": "docling", "path": "/health"},
-        {"name": "vllm", "engine": "vllm", "port": 8000, "gpu": "0",
-         "project": "gpufleet-modes", "service": "vllm", "path": "/health"}]),
-    ({}, "0", "gpufleet-modes", []),
-    # No GPU, a port written as text, no health path, names not in order, another project.
-    ({"web": {"engine": "http", "port": "8080", "gpu": False, "health_path": "/ok"},
-      "Ollama": {"engine": "ollama", "port": 11434}}, "GPU-1", "modes", [
-        {"name": "Ollama", "engine": "ollama", "port": 11434, "gpu": "GPU-1",
-         "project": "modes", "service": "Ollama"},
-        {"name": "web", "engine": "http", "port": 8080, "gpu": None, "project": "modes",
-         "service": "web", "path": "/ok"}]),
-], ids=["recorded-ingestion", "no-services", "no-gpu-and-defaults"])
-def test_from_state(services, gpu, project, expected):
-    assert _health.from_state(dict(STATE, services=services), gpu, project) == expected
-
-
-def test_from_state_checks_an_http_service_on_its_health_path_in_the_mode_switch_project():
-    services = _health.from_state({"services": {"web": {"engine": "http", "port": 80,
-                                                        "health_path": "/ok"}}})
-    assert services[0]["gpu"] == "0" and _health.probes(services) == []
-    assert _health.verify_checks(services, "compose") == [
-        {"name": "web", "url": "http://127.0.0.1:80/ok", "engine": "other", "device_id": "0",
-         "gpu_index": 0, "project": "gpufleet-modes", "service": "web"}]
-
-
-@pytest.mark.parametrize("state, message", [
-    (None, "the recorded mode must be the state file of the gpufleet.inference.mode_switch "
-           "role, with its services; got: a NoneType"),
-    # The record holds the services' environment: a message names its keys, never a value.
-    ({"mode": "chat", "token": "sk-x"}, "the recorded mode must be the state file of the "
-     "gpufleet.inference.mode_switch role, with its services; got: a dict with keys ['mode', "
-     "'token']"),
-    ({"services": ["ollama"]}, "the recorded mode must be the state file"),
-    ({"services": {"ollama": "sk-x"}}, "services.ollama must be a dict; got: a str"),
-    ({"services": {"ollama": {"engine": "ollama"}}},
-     "services.ollama.port must be a port number; got: None"),
-    ({"services": {"ollama": {"engine": "ollama", "port": "http"}}},
-     "services.ollama.port must be a port number; got: 'http'"),
-])
-def test_from_state_bad_input(state, message):
-    with pytest.raises(ValueError) as err:
-        _health.from_state(state)
-    assert str(err.value).startswith(message)
 
 
 def test_a_service_spanning_gpus_is_held_to_its_budget_on_every_gpu():

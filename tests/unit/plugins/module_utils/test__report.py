@@ -69,8 +69,11 @@ def test_model_splits_each_gpu_into_ours_others_and_free():
 
 
 def test_model_of_the_recorded_mode_and_apply():
+    # lab-ws: a plan and an apply record of before the modes joined the catalog (no mode in
+    # either); the retired mode_switch role's record still names its mode.
     ws = by_host(_report.fleet(hosts()))["lab-ws"]
-    assert ws["mode"] == {"mode": "chat", "outcome": "switched",
+    assert ws["mode"] == {"mode": "chat", "exclusive": None, "description": None,
+                          "source": "record", "outcome": "switched",
                           "switched_at": "2026-11-22T08:40:12.512345+00:00",
                           "downtime_s": 7.42, "drain_s": 3.1}
     assert ws["apply"]["result"] == "ok" and ws["apply"]["changed"] is True
@@ -308,4 +311,124 @@ def test_host_entries_feed_the_fleet_model():
 def test_host_entry_bad_input(read, host, message):
     with pytest.raises(ValueError) as info:
         _report.host_entry(read, host)
+    assert str(info.value) == message
+
+
+# ---- a host is judged by its mode ------------------------------------------------------------
+
+GB10 = {"index": 0, "uuid": "GPU-0000", "name": "NVIDIA GB10", "memory_kind": "unified",
+        "memory_total_mib": 124610, "memory_free_mib": 90000, "processes": []}
+INGESTION = {"name": "ingestion", "exclusive": True, "services": ["vllm", "docling"],
+             "description": "vLLM and Docling only (extraction at high concurrency); Ollama "
+                            "stopped"}
+
+
+def judged(verdicts, mode="ingestion", apply_mode="ingestion", legacy=None,
+           profile="single-gpu"):
+    """A host of one GB10 whose plan runs ``mode`` (the name "ingestion": INGESTION; or a
+    mode's dict, or None): vLLM on the GPU, Docling on the CPU, Ollama planned but not active
+    (stopped on purpose). ``verdicts``: service -> healthy."""
+    if mode == "ingestion":
+        mode = dict(INGESTION)
+    services = [
+        {"name": "ollama", "engine": "ollama", "active": False, "placement": None},
+        {"name": "vllm", "engine": "vllm", "active": True,
+         "placement": {"gpu_index": 0, "gpu_uuid": "GPU-0000", "vram_budget_mib": 60000}},
+        {"name": "docling", "engine": "other", "active": True, "placement": None},
+    ]
+    health = {"healthy": all(verdicts.values()),
+              "unhealthy": [name for name, ok in verdicts.items() if not ok],
+              "services": [{"service": name, "healthy": ok, "vram_mib": None, "checks": []}
+                           for name, ok in verdicts.items()]}
+    apply = {"result": "ok", "runtime": "compose", "services": ["docling", "vllm"]}
+    if apply_mode is not None:
+        apply["mode"] = apply_mode
+    plan = {"profile": profile, "dual_gpu_mode": "ollama", "services": services}
+    if mode is not None:
+        plan["mode"] = mode
+    return [{"host": "lab-spark", "status": "ok", "gpus": [GB10], "plan": plan,
+             "health": health, "apply": apply, "mode": legacy}]
+
+
+def test_a_host_in_ingestion_with_ollama_stopped_is_healthy_and_shows_its_mode():
+    model = _report.fleet(judged({"vllm": True, "docling": True}))
+    [spark] = model["hosts"]
+    assert spark["healthy"] is True and model["totals"]["unhealthy_hosts"] == []
+    assert [s["name"] for s in spark["services"]] == ["vllm", "docling"]
+    assert (spark["mode"]["mode"], spark["mode"]["exclusive"], spark["mode"]["source"]) == (
+        "ingestion", True, "apply")
+    assert spark["warnings"] == []
+    row = _report.table(model)[1]
+    assert row.split() == ["lab-spark", "ok", "healthy", "ingestion", "(exclusive)", "ok", "1",
+                           "0"]
+    page = _report.html_page(model)
+    assert "mode <b>ingestion (exclusive)</b>" in page
+    assert 'data-service="ollama"' not in page and 'data-service="vllm"' in page
+    assert "dual-GPU mode" not in page
+
+
+def test_a_service_of_the_mode_that_fails_still_makes_the_host_unhealthy():
+    model = _report.fleet(judged({"vllm": False, "docling": True}))
+    assert model["hosts"][0]["healthy"] is False
+    assert model["totals"]["unhealthy_hosts"] == ["lab-spark"]
+    assert _report.table(model)[1].split()[2] == "UNHEALTHY"
+
+
+@pytest.mark.parametrize("apply_mode, mode, legacy, want", [
+    # The apply record's mode, with the plan's exclusive flag when the plan names it too.
+    ("ingestion", INGESTION, None, ("ingestion", True, "apply", "ingestion (exclusive)")),
+    # An apply record of before the mode was recorded: the plan's mode.
+    (None, INGESTION, None, ("ingestion", True, "plan", "ingestion (exclusive)")),
+    # A mode that is not exclusive shows without the word.
+    (None, dict(INGESTION, name="batch", exclusive=False), None,
+     ("batch", False, "plan", "batch")),
+    # The retired role's record, read for compatibility: nothing says it was exclusive.
+    (None, None, {"mode": "chat", "outcome": "switched"}, ("chat", None, "record", "chat")),
+    # A dual-GPU mode is shown with its profile.
+    ("vllm", {"name": "vllm", "exclusive": False, "services": None, "description": "d"}, None,
+     ("vllm", False, "apply", "dual-gpu/vllm")),
+    (None, None, None, (None, None, None, "dual-gpu/ollama")),
+], ids=["apply", "plan", "not-exclusive", "legacy-record", "dual-gpu-mode", "none"])
+def test_the_mode_shown(apply_mode, mode, legacy, want):
+    profile = "dual-gpu" if want[3].startswith("dual-gpu") else "single-gpu"
+    model = _report.fleet(judged({"vllm": True}, mode, apply_mode, legacy, profile))
+    entry = model["hosts"][0]
+    got = entry["mode"] or {"mode": None, "exclusive": None, "source": None}
+    assert (got["mode"], got["exclusive"], got["source"], _report._mode_word(entry)) == want
+
+
+def test_a_stale_mode_switch_record_of_another_mode_shows_no_switch():
+    legacy = {"mode": "chat", "outcome": "switched", "downtime_s": 7.4,
+              "switched_at": "2026-11-22T08:40:12+00:00"}
+    entry = _report.fleet(judged({"vllm": True}, legacy=legacy))["hosts"][0]
+    assert (entry["mode"]["mode"], entry["mode"]["outcome"], entry["mode"]["downtime_s"]) == (
+        "ingestion", None, None)
+    entry = _report.fleet(judged({"vllm": True}, None, None, legacy))["hosts"][0]
+    assert (entry["mode"]["mode"], entry["mode"]["outcome"], entry["mode"]["downtime_s"]) == (
+        "chat", "switched", 7.4)
+
+
+def test_an_apply_of_another_mode_than_the_plan_is_warned():
+    model = _report.fleet(judged({"vllm": True, "docling": True}, apply_mode="chat"))
+    entry = model["hosts"][0]
+    assert entry["mode"]["mode"] == "chat" and entry["mode"]["exclusive"] is None
+    assert entry["warnings"] == ["the last apply ran mode chat; the host's plan is mode "
+                                 "ingestion (its services were checked)"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h["plan"].__setitem__("mode", "ingestion"),
+     "hosts[0].plan.mode must be a dict with a name; got: 'ingestion'"),
+    (lambda h: h["plan"].__setitem__("mode", {"exclusive": True}),
+     "hosts[0].plan.mode must be a dict with a name; got: {'exclusive': True}"),
+    (lambda h: h["apply"].__setitem__("mode", ["chat"]),
+     "hosts[0].apply.mode must be a mode's name; got: ['chat']"),
+    (lambda h: h["apply"].__setitem__("mode", ""),
+     "hosts[0].apply.mode must be a mode's name; got: ''"),
+], ids=["plan-mode-a-string", "plan-mode-no-name", "apply-mode-a-list", "apply-mode-empty"])
+def test_bad_modes(change, message):
+    data = judged({"vllm": True})
+    change(data[0])
+    with pytest.raises(ValueError) as info:
+        _report.fleet(data)
     assert str(info.value) == message

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _router as rt
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import dotenv_get
 
 
 def service(name, engine, host, container, active=True, model="llama3.2:3b"):
@@ -25,22 +26,28 @@ def plan(mode):
     ]}
 
 
-@pytest.mark.parametrize("mode, backends, main, research", [
-    ("ollama", ["ollama", "ollama_research"], ["ollama"], ["ollama_research"]),
-    ("vllm", ["ollama", "vllm", "vllm_research"], ["ollama", "vllm"], ["vllm_research"]),
+@pytest.mark.parametrize("mode, backends, main, research, warnings", [
+    ("ollama", ["ollama", "ollama_research"], ["ollama"], ["ollama_research"],
+     ["backend vllm does not run here; left out of fallback_order",
+      "backend vllm_research does not run here; left out of research_fallback_order"]),
+    ("vllm", ["ollama", "vllm", "vllm_research"], ["ollama", "vllm"], ["vllm_research"],
+     ["backend ollama_research does not run here; left out of research_fallback_order"]),
     ("mixed", ["ollama", "vllm", "vllm_research", "ollama_research"], ["ollama", "vllm"],
-     ["vllm_research", "ollama_research"]),
+     ["vllm_research", "ollama_research"], []),
 ])
-def test_modes_give_seed_000_orders(mode, backends, main, research):
+def test_modes_give_seed_000_orders(mode, backends, main, research, warnings):
     config = rt.router_config(plan(mode))
     llm = config["llm_yaml"]
+    # A plan without a mode (older callers): mode null, said so in the LiteLLM config's comment.
+    assert llm["mode"] is None and next(iter(llm)) == "mode"
+    assert config["mode_comment"] == "mode: none (the plan names no mode)"
     assert list(llm["backends"]) == backends
     assert llm["fallback_order"] == main
     assert llm["research_fallback_order"] == research
     assert all(b["type"] == "openai_compat" and b["model"] == "__auto__" and b["api_key"] == ""
                for b in llm["backends"].values())
     assert [m["model_name"] for m in config["litellm"]["model_list"]] == backends
-    assert config["warnings"] == [] and config["secrets"] == {}
+    assert config["warnings"] == warnings and config["secrets"] == {}
 
 
 @pytest.mark.parametrize("options, want", [
@@ -97,8 +104,8 @@ def test_unreachable_backends_last_or_left_out(unreachable, reachable, main, res
      {"simple": ("ollama_research", "qwen2.5:1.5b"), "moderate": ("ollama", "qwen2.5:7b"),
       "complex": ("ollama", "qwen2.5:7b")}, []),
     ("vllm", {"simple": "small"}, {"simple": ("ollama", "__auto__")},
-     ["task class simple: ollama_research (small model) is not available here; routed to "
-      "ollama"]),
+     ["backend ollama_research does not run here; left out of research_fallback_order and "
+      "task_routes.simple (routed to ollama)"]),
 ])
 def test_task_routes_follow_seed_004(mode, routes, want, warnings):
     models = {"small": {"backend": "ollama_research", "model": "qwen2.5:1.5b"},
@@ -384,3 +391,234 @@ def test_probed_bad_input(probe, reachable, message):
     with pytest.raises(ValueError) as info:
         rt.probed(probe, reachable)
     assert str(info.value) == message
+
+
+# ---- modes: the router and the applications follow the mode ----------------------------------
+
+def test_unreachable_and_left_out_is_one_line_naming_where():
+    config = rt.router_config(plan("mixed"), {"vllm": False}, {"unreachable": "omit"})
+    assert config["warnings"] == [
+        "backend vllm is unreachable and left out of fallback_order",
+        "backend vllm_research is unreachable and left out of research_fallback_order"]
+
+
+MODE_SERVICES = {"chat": ("ollama", "ollama_research", "vision"),
+                 "ingestion": ("vllm", "docling"),
+                 "mixed": ("ollama", "ollama_research", "vision", "vllm", "docling")}
+
+
+def modal_plan(name, exclusive=True):
+    """services_plan with a mode (chat: the Ollama servers; ingestion: vLLM and Docling)."""
+    runs = MODE_SERVICES[name]
+    return {"mode": {"name": name, "exclusive": exclusive, "description": "%s mode" % name},
+            "services": [
+                service("ollama", "ollama", 11434, 11434, active="ollama" in runs),
+                {"name": "vision", "engine": "other", "active": "vision" in runs, "ports": []},
+                service("ollama_research", "ollama", 11435, 11434,
+                        active="ollama_research" in runs),
+                service("vllm", "vllm", 8000, 8000, active="vllm" in runs,
+                        model="Qwen/Qwen2.5-1.5B-Instruct"),
+                {"name": "docling", "engine": "other", "active": "docling" in runs,
+                 "ports": [{"host": 5001, "container": 5001}]}]}
+
+
+TASKS = {"task_routes": {"simple": "small", "moderate": "large", "complex": "large"},
+         "task_models": {"small": {"backend": "ollama_research", "model": "qwen2.5:1.5b"},
+                         "large": {"backend": "ollama", "model": "qwen2.5:7b"}}}
+NO_OLLAMA = [
+    "backend ollama does not run in mode ingestion; left out of fallback_order, "
+    "task_routes.moderate (routed to vllm) and task_routes.complex (routed to vllm)",
+    "backend ollama_research does not run in mode ingestion; left out of "
+    "research_fallback_order and task_routes.simple (routed to vllm)"]
+
+
+@pytest.mark.parametrize("unreachable, reachable, warnings", [
+    ("last", {}, NO_OLLAMA),
+    # What a probe says of a stopped backend changes nothing: it is not in the mode at all.
+    ("last", {"ollama": False, "ollama_research": True}, NO_OLLAMA),
+    ("omit", {"ollama": True}, NO_OLLAMA),
+])
+def test_ingestion_has_no_ollama_in_any_order_route_or_fallback(
+        unreachable, reachable, warnings):
+    config = rt.router_config(modal_plan("ingestion"), reachable,
+                              dict(TASKS, unreachable=unreachable))
+    llm, litellm = config["llm_yaml"], config["litellm"]
+    assert llm["mode"] == {"name": "ingestion", "exclusive": True}
+    assert config["mode_comment"] == "mode: ingestion, exclusive: true"
+    assert (llm["fallback_order"], llm["research_fallback_order"]) == (["vllm"],
+                                                                       ["vllm_research"])
+    assert {t: r["backend"] for t, r in llm["task_routes"].items()} == {
+        "simple": "vllm", "moderate": "vllm", "complex": "vllm"}
+    assert litellm["router_settings"]["fallbacks"] == [
+        {"task-simple": ["vllm"]}, {"task-moderate": ["vllm"]}, {"task-complex": ["vllm"]}]
+    assert "ollama" not in repr(llm) and "ollama" not in repr(litellm)
+    assert "ollama" not in repr(config["backends"])
+    assert config["warnings"] == warnings
+
+
+def test_chat_has_no_vllm_and_a_mixed_mode_keeps_both():
+    chat = rt.router_config(modal_plan("chat"))
+    assert chat["llm_yaml"]["mode"] == {"name": "chat", "exclusive": True}
+    assert (chat["llm_yaml"]["fallback_order"], chat["llm_yaml"]["research_fallback_order"]) \
+        == (["ollama"], ["ollama_research"])
+    assert "vllm" not in repr(chat["llm_yaml"]) and "vllm" not in repr(chat["litellm"])
+    assert chat["litellm"]["router_settings"]["fallbacks"] == []
+    assert chat["warnings"] == [
+        "backend vllm does not run in mode chat; left out of fallback_order",
+        "backend vllm_research does not run in mode chat; left out of research_fallback_order"]
+    mixed = rt.router_config(modal_plan("mixed", exclusive=False))
+    assert mixed["llm_yaml"]["mode"] == {"name": "mixed", "exclusive": False}
+    assert mixed["mode_comment"] == "mode: mixed, exclusive: false"
+    assert mixed["litellm"]["router_settings"]["fallbacks"] == [
+        {"ollama": ["vllm"]}, {"vllm_research": ["ollama_research"]}]
+    assert mixed["warnings"] == []
+
+
+CHAT_ENV = """\
+INFERENCE_MODE=chat
+INFERENCE_MODE_EXCLUSIVE=true
+LLM_FALLBACK_ENABLED=false
+OLLAMA_BASE_URL=http://127.0.0.1:11434/v1
+OLLAMA_ENABLED=true
+OLLAMA_MODEL=llama3.2:3b
+OLLAMA_RESEARCH_BASE_URL=http://127.0.0.1:11435/v1
+OLLAMA_RESEARCH_ENABLED=true
+OLLAMA_RESEARCH_MODEL=llama3.2:3b
+VLLM_BASE_URL=
+VLLM_ENABLED=false
+VLLM_MODEL=Qwen/Qwen2.5-1.5B-Instruct
+"""
+INGESTION_ENV = """\
+AEGIS_MODE=ingestion
+INFERENCE_MODE=ingestion
+INFERENCE_MODE_EXCLUSIVE=true
+LLM_FALLBACK_ENABLED=false
+OLLAMA_BASE_URL=
+OLLAMA_ENABLED=false
+OLLAMA_MODEL=llama3.2:3b
+OLLAMA_RESEARCH_BASE_URL=
+OLLAMA_RESEARCH_ENABLED=false
+OLLAMA_RESEARCH_MODEL=llama3.2:3b
+VLLM_BASE_URL=http://10.0.0.5:8000/v1
+VLLM_ENABLED=true
+VLLM_MODEL=Qwen/Qwen2.5-1.5B-Instruct
+"""
+
+
+@pytest.mark.parametrize("services_plan, options, want", [
+    (modal_plan("chat"), {}, CHAT_ENV),
+    # Docker routing and adoption are for the router's container: apps on the host use the
+    # host address and the published port.
+    (modal_plan("chat"), {"routing": "docker", "adopted": ["vllm"]}, CHAT_ENV),
+    (modal_plan("ingestion"), {"host_address": "10.0.0.5", "app_env_mode_names": ["AEGIS_MODE"]},
+     INGESTION_ENV),
+    (modal_plan("mixed", exclusive=False), {},
+     CHAT_ENV.replace("=chat", "=mixed").replace("EXCLUSIVE=true", "EXCLUSIVE=false")
+     .replace("FALLBACK_ENABLED=false", "FALLBACK_ENABLED=true")
+     .replace("VLLM_BASE_URL=", "VLLM_BASE_URL=http://127.0.0.1:8000/v1")
+     .replace("VLLM_ENABLED=false", "VLLM_ENABLED=true")),
+    # A plan without a mode (older callers): the dual-GPU mode vllm runs both engine kinds.
+    (plan("vllm"), {"app_env_mode_names": ["AEGIS_MODE"]}, "AEGIS_MODE=\n" +
+     CHAT_ENV.replace("=chat", "=").replace("EXCLUSIVE=true", "EXCLUSIVE=false")
+     .replace("FALLBACK_ENABLED=false", "FALLBACK_ENABLED=true")
+     .replace("OLLAMA_RESEARCH_BASE_URL=http://127.0.0.1:11435/v1", "OLLAMA_RESEARCH_BASE_URL=")
+     .replace("RESEARCH_ENABLED=true", "RESEARCH_ENABLED=false")
+     .replace("VLLM_BASE_URL=", "VLLM_BASE_URL=http://127.0.0.1:8000/v1")
+     .replace("VLLM_ENABLED=false", "VLLM_ENABLED=true")),
+])
+def test_app_env_tells_apps_the_mode_and_the_engines(services_plan, options, want):
+    assert rt.app_env(services_plan, options) == want
+
+
+def test_app_env_values_read_back_exactly():
+    odd = modal_plan("chat")
+    odd["services"][0]["model"] = 'my model "v2" $HOME #1'
+    text = rt.app_env(odd)
+    assert 'OLLAMA_MODEL="my model \\"v2\\" \\$HOME #1"\n' in text
+    assert dotenv_get(text, "OLLAMA_MODEL") == 'my model "v2" $HOME #1'
+    assert dotenv_get(text, "VLLM_BASE_URL") == ""
+
+
+def test_app_env_holds_no_key_whatever_the_options():
+    keyed = rt.app_env(modal_plan("ingestion"), {"keyed": ["vllm"], "key_env_prefix": "K_"})
+    assert keyed == rt.app_env(modal_plan("ingestion"))
+    assert "API_KEY" not in keyed
+
+
+def renamed(name, active=True):
+    return {"services": [service(name, "vllm", 8000, 8000, active=active)]}
+
+
+@pytest.mark.parametrize("services_plan, options, message", [
+    (modal_plan("chat"), {"app_env_mode_names": "AEGIS_MODE"},
+     "router_app_env_mode_names must be a list of variable names; got: 'AEGIS_MODE'"),
+    (modal_plan("chat"), {"app_env_mode_names": ["aegis-mode"]},
+     "router_app_env_mode_names[0] must be a variable name (letters, digits and '_', not first "
+     "a digit); got: 'aegis-mode'"),
+    (modal_plan("chat"), {"app_env_mode_names": ["A", "A"]},
+     "router_app_env_mode_names lists a name twice; got: ['A', 'A']"),
+    (modal_plan("chat"), {"app_env_mode_names": ["VLLM_ENABLED"]},
+     "router_app_env_mode_names names a variable the file sets already; got: 'VLLM_ENABLED'"),
+    (renamed("7b"), {}, "services_catalog.7b gives no variable name (7B_ENABLED starts with a "
+     "digit); got: '7b'"),
+    ({"services": [service("vllm-a", "vllm", 8000, 8000), service("vllm_a", "vllm", 8001, 8000)]},
+     {}, "services_catalog.vllm_a gives the application env variable VLLM_A_ENABLED, which "
+     "services_catalog.vllm-a sets too; rename the service; got: 'vllm_a'"),
+    (renamed("llm_fallback"), {}, "services_catalog.llm_fallback gives the application env "
+     "variable LLM_FALLBACK_ENABLED, which the file itself sets too; rename the service; got: "
+     "'llm_fallback'"),
+    # A service that does not run still gets its variables: its ports and model are checked.
+    ({"services": [dict(service("vllm", "vllm", 1, 1, active=False), ports=[])]}, {},
+     "services_catalog.vllm.ports must give the port the router reaches; got: []"),
+    (dict(modal_plan("chat"), mode="chat"), {},
+     "services_plan.mode must be a dict with name and exclusive; got: 'chat'"),
+    (dict(modal_plan("chat"), mode={"name": "chat mode"}), {},
+     "services_plan.mode.name must be a mode name (letters, digits, '_', '.', '-'); got: "
+     "'chat mode'"),
+    (dict(modal_plan("chat"), mode={"name": "chat", "exclusive": "yes"}), {},
+     "services_plan.mode.exclusive must be true or false; got: 'yes'"),
+    ([], {}, "services_plan must be the fact set by the gpufleet.inference.services role; "
+     "got: []"),
+])
+def test_app_env_bad_input_names_the_field(services_plan, options, message):
+    with pytest.raises(ValueError) as info:
+        rt.app_env(services_plan, options)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("chat", "services_plan.mode must be a dict with name and exclusive; got: 'chat'"),
+    ({"name": None, "exclusive": True}, "services_plan.mode.name must be a mode name (letters, "
+     "digits, '_', '.', '-'); got: None"),
+])
+def test_router_config_checks_the_mode(mode, message):
+    with pytest.raises(ValueError) as info:
+        rt.router_config(dict(modal_plan("chat"), mode=mode))
+    assert str(info.value) == message
+
+
+APP = dict(ROLE, write_app_env=True, app_env_file="/etc/gpufleet/inference.env")
+
+
+@pytest.mark.parametrize("role_options, options, message", [
+    (dict(APP, app_env_file="inference.env"), {},
+     "router_app_env_file must be an absolute path of a file; got: 'inference.env'"),
+    (dict(APP, app_env_file="/etc/gpufleet/"), {},
+     "router_app_env_file must be an absolute path of a file; got: '/etc/gpufleet/'"),
+    (dict(APP, write_app_env="yes"), {},
+     "router_write_app_env must be true or false; got: 'yes'"),
+    (APP, {"app_env_mode_names": ["VLLM_MODEL"]},
+     "router_app_env_mode_names names a variable the file sets already; got: 'VLLM_MODEL'"),
+])
+def test_check_role_checks_the_app_env_file(role_options, options, message):
+    with pytest.raises(ValueError) as info:
+        rt.check_role(modal_plan("ingestion"), {}, options, {}, role_options)
+    assert str(info.value) == message
+
+
+def test_check_role_skips_the_app_env_file_not_written():
+    role_options = dict(APP, write_app_env=False, app_env_file="not/absolute")
+    assert rt.check_role(renamed("7b"), {}, {"aliases": {}, "fallback_order": [],
+                                             "research_fallback_order": []}, {},
+                         role_options) is True
+    assert rt.check_role(modal_plan("ingestion"), {}, {}, {}, APP) is True
