@@ -144,7 +144,7 @@ def test_systemd_modes_switch_with_the_drain_and_survive_a_reboot(dual2_lab, tmp
     assert rc == 0, out
     assert active_units(host) == {"ollama@ollama.service"}
     rc, out, _recap = apply(tmp_path, BOX, dict(systemd, inference_mode="ingestion"),
-                           playbook="site.yml")
+                            playbook="site.yml")
     assert rc == 0, out
     drained = re.search(r"Wait until their GPU memory has drained\] \*+\n(\S+): \[%s\]" % BOX, out)
     assert drained and drained.group(1) == "ok", out
