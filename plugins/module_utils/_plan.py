@@ -658,10 +658,14 @@ def check_modes(modes, checked, where="services_modes"):
         if not listed:
             raise ValueError("%s.services must list the catalog services of the mode; got: %r"
                              % (at, entry.get("services")))
+        missing = []
         for i, service in enumerate(listed):
             if service not in checked:
-                raise ValueError("%s.services[%d] names no enabled entry of services_catalog "
-                                 "(%s); got: %r" % (at, i, ", ".join(checked), service))
+                # A catalog of one's own need not have the default modes' services: the
+                # mode fails only when it is the one that runs (resolve_mode).
+                missing.append("%s.services[%d] names no enabled entry of services_catalog "
+                               "(%s); got: %r" % (at, i, ", ".join(checked), service))
+                continue
             if checked[service]["per_spare_gpu"]:
                 raise ValueError("%s.services[%d] is a per_spare_gpu template (its replicas "
                                  "fill the spare GPUs of the dual-GPU modes); got: %r"
@@ -669,7 +673,7 @@ def check_modes(modes, checked, where="services_modes"):
             if service in listed[:i]:
                 raise ValueError("%s.services names %s twice; got: %r" % (at, service, listed))
         seen = {}
-        for service in listed:
+        for service in (s for s in listed if s in checked):
             for i, port in enumerate(checked[service]["ports"]):
                 key = (port["host"], port["protocol"])
                 if key in seen:
@@ -680,6 +684,8 @@ def check_modes(modes, checked, where="services_modes"):
                 seen[key] = "services_catalog.%s.ports[%d]" % (service, i)
         result[name] = {"name": name, "exclusive": exclusive, "description": description,
                         "services": [s for s in checked if s in listed]}
+        if missing:
+            result[name]["missing"] = missing
     return result
 
 
@@ -692,6 +698,8 @@ def resolve_mode(mode, modes=None, checked=None, where="services_mode"):
         modes = check_modes(modes, checked or {})
     if not isinstance(mode, str) or mode not in modes:
         raise ValueError("%s must be one of %s; got: %r" % (where, ", ".join(modes), mode))
+    if modes[mode].get("missing"):
+        raise ValueError(modes[mode]["missing"][0])
     return modes[mode]
 
 

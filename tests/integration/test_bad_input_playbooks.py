@@ -150,7 +150,7 @@ CASES = [
     # modes (the services role: the plan fails before anything is written)
     ("services-unknown-mode", [role("services", services_mode="gaming")],
      ["services_mode must be one of ollama, vllm, mixed, chat, ingestion; got: 'gaming'"]),
-    ("services-mode-unknown-service", [role("services", services_modes={
+    ("services-mode-unknown-service", [role("services", services_mode="chat", services_modes={
         "chat": {"exclusive": True, "services": ["searx"]}})],
      ["services_modes.chat.services[0] names no enabled entry of services_catalog", "searx"]),
     # health and k8s_manifests

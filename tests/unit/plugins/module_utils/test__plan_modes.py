@@ -95,8 +95,6 @@ def test_without_modes_only_the_dual_gpu_modes_exist():
     ({"chat": {"services": []}}, "services_modes.chat.services must list the catalog services "
                                  "of the mode; got: []"),
     ({"chat": {}}, "services_modes.chat.services must list the catalog services"),
-    ({"chat": {"services": ["olama"]}}, "services_modes.chat.services[0] names no enabled entry "
-                                        "of services_catalog"),
     ({"chat": {"services": ["ollama", "ollama"]}}, "services_modes.chat.services names ollama "
                                                    "twice"),
     ({"chat": {"services": ["ollama_spare"]}}, "services_modes.chat.services[0] is a "
@@ -165,3 +163,19 @@ def test_sleep_only_for_engines_that_can(name, value, message):
     with pytest.raises(ValueError) as error:
         _plan.check_catalog(catalog, EXTRA)
     assert str(error.value) == message
+
+
+def test_a_mode_naming_services_the_catalog_lacks_fails_only_when_it_runs():
+    """A catalog of one's own (one Ollama) with the default modes: chat and the dual-GPU
+    modes plan; ingestion, which lists vllm and docling, fails naming the field."""
+    catalog = {"ollama": copy.deepcopy(CATALOG["ollama"])}
+    assert active(planned("ollama", ONE_GB10, catalog=catalog)) == ["ollama"]
+    assert active(planned("chat", ONE_GB10, catalog=catalog)) == ["ollama"]
+    with pytest.raises(ValueError) as error:
+        planned("ingestion", ONE_GB10, catalog=catalog)
+    assert str(error.value) == ("services_modes.ingestion.services[0] names no enabled entry of "
+                                "services_catalog (ollama); got: 'vllm'")
+    modes = {"chat": {"services": ["olama"]}}
+    with pytest.raises(ValueError, match=r"services_modes.chat.services\[0\] names no enabled "
+                                         r"entry of services_catalog"):
+        planned("chat", TWO_GPUS, modes=modes)
