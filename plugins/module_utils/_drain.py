@@ -34,10 +34,29 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.gpufleet.inference.plugins.module_utils import (
+    _common,
+    _gpu_facts,
+    _nvml,
+)
+
 # A day: beyond it a wait is a typo (seconds given as milliseconds), not a drain.
 MAX_WAIT_S = 86400
 # Seconds the freed memory must stay back and steady (see the module docstring).
 STABLE_S = 1.0
+# The options of a drain wait: gpu_drain_wait's, and engine_handover's drain.
+ARGUMENT_SPEC = dict(
+    gpus=dict(type="list", elements="str", default=[]),
+    pids=dict(type="list", elements="int", default=[]),
+    names=dict(type="list", elements="str", default=[]),
+    target_used_mib=dict(type="int"),
+    stable=dict(type="float", default=STABLE_S),
+    tolerance_mib=dict(type="int", default=64),
+    timeout=dict(type="float", default=120.0),
+    interval=dict(type="float", default=0.5),
+    meminfo_path=dict(type="path", default="/proc/meminfo"),
+    baseline_available_mib=dict(type="int"),
+)
 _GPU_KEY_RE = re.compile(r"^(?:\d+|(?:GPU|MIG)-[0-9A-Za-z-]+)\Z")
 
 
@@ -165,3 +184,30 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
                         reason="GPU memory did not drain within %s s: %s" % (timeout_s, reason),
                         last=current, samples=samples)
         sleep(interval_s)
+
+
+def wait_with_nvml(pynvml, options, clock, sleep):
+    """wait_drained with the host's readers: the GPUs through NVML, MemAvailable from
+    ``options["meminfo_path"]``; ``options`` as ARGUMENT_SPEC parses them."""
+    path = options["meminfo_path"]
+    memory = _gpu_facts.read_meminfo_mib(path)
+
+    def read():
+        return _nvml.read_gpus(pynvml, system_memory_mib=memory)["gpus"]
+
+    def read_available():
+        where = "meminfo_path %s" % path
+        try:
+            with open(path) as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ValueError("%s cannot be read: %s" % (where, exc)) from exc
+        return _common.parse_meminfo(text, where)["available_mib"]
+
+    return wait_drained(
+        read, clock, sleep, gpus=options["gpus"], pids=options["pids"],
+        names=options["names"], target_used_mib=options["target_used_mib"],
+        stable_s=options["stable"], tolerance_mib=options["tolerance_mib"],
+        timeout_s=options["timeout"], interval_s=options["interval"],
+        read_available=read_available,
+        baseline_available_mib=options["baseline_available_mib"])

@@ -161,3 +161,40 @@ def sleep_actions(services, names, lines, state):
         verb, ", ".join(a["name"] for a in result["sleep"]) or "none",
         ", ".join("%s (%s)" % (u["name"], u["restart"]) for u in result["policies"]) or "none")
     return result
+
+
+def _host_ports(service):
+    return {str(port.get("host")) for port in service.get("ports") or []
+            if isinstance(port, dict) and port.get("host") is not None}
+
+
+def switch_order(services, existing):
+    """The services a switch moves out of its downtime: ``{early, late}``.
+
+    ``services`` is ``services_plan.services``, ``existing`` the names of the services that
+    have a container (``docker ps --all``). Only a switch (an inactive service has a container)
+    reorders anything. ``early``: the entering services that need no GPU (no container yet,
+    ``uses_gpu`` false), started before the leaving services are parked or removed, so that
+    their start overlaps the GPU drain instead of following it; one whose host port a leaving
+    service publishes waits for it as before. ``late``: the leaving services that need no GPU
+    and do not sleep, removed after the entering ones have started (they hold no GPU memory,
+    so nothing waits for them); one whose host port an active service publishes goes first
+    as before.
+    """
+    if not isinstance(services, list) or not all(isinstance(s, dict) for s in services):
+        raise ValueError("services must be services_plan.services (a list of dicts); got: %r"
+                         % (services,))
+    if not isinstance(existing, list):
+        raise ValueError("existing must be a list of service names; got: %r" % (existing,))
+    have = {str(name) for name in existing}
+    leaving = [s for s in services if not s.get("active") and s.get("name") in have]
+    if not leaving:
+        return {"early": [], "late": []}
+    active = [s for s in services if s.get("active")]
+    leaving_ports = set().union(*(_host_ports(s) for s in leaving))
+    active_ports = set().union(*(_host_ports(s) for s in active))
+    early = [s["name"] for s in active if not s.get("uses_gpu") and s.get("name") not in have
+             and not _host_ports(s) & leaving_ports]
+    late = [s["name"] for s in leaving if not s.get("uses_gpu") and not s.get("sleep")
+            and not _host_ports(s) & active_ports]
+    return {"early": early, "late": late}

@@ -262,3 +262,66 @@ def ensure(engine, url, state, http, clock, sleep, level=1, models=None, timeout
         changed, was_sleeping, touched = _ollama(run, state, models, check_mode)
     return {"changed": changed, "was_sleeping": was_sleeping, "waited_s": run.waited(),
             "requests": run.requests, "models": touched}
+
+
+# --- a handover: park, drain, wake --------------------------------------------------------
+HANDOVER_KEYS = ("name", "engine", "url", "level", "models")
+
+
+def _engines(items, where):
+    """``items`` (park or wake), checked: a list of {name, engine, url, level, models}."""
+    if not isinstance(items, list):
+        raise ValueError("%s must be a list of engines; got: %r" % (where, items))
+    checked = []
+    for i, item in enumerate(items):
+        at = "%s[%d]" % (where, i)
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ValueError("%s must be a dict with name, engine, url (level, models "
+                             "optional); got: %r" % (at, item))
+        unknown = sorted(set(item) - set(HANDOVER_KEYS))
+        if unknown:
+            raise ValueError("%s (%s) has unknown keys %s; allowed: %s"
+                             % (at, item["name"], ", ".join(unknown), ", ".join(HANDOVER_KEYS)))
+        try:
+            validate(item.get("engine"), item.get("url"), "asleep", item.get("level", 1),
+                     item.get("models"))
+        except ValueError as exc:
+            raise ValueError("%s (%s): %s" % (at, item["name"], exc)) from None
+        checked.append(dict(item, level=item.get("level", 1), models=item.get("models") or []))
+    return checked
+
+
+def handover(park, wake, http, clock, sleep, drain=None, timeout_s=120.0, interval_s=0.25,
+             check_mode=False):
+    """Put the engines of ``park`` to sleep, wait for the memory they free, wake ``wake``.
+
+    One run with no gap between the steps: a mode switch is down from the first park to the
+    last wake. ``drain()`` (the drain wait, ``_drain.wait_drained``'s result) runs only when a
+    park changed something, and a wake runs only after the memory drained: an engine woken
+    while the other's memory is still held would not find it (vLLM's wake allocates at once).
+    Returns ``{changed, steps, drain, error}``: each step ``{name, engine, state, changed,
+    waited_s, requests, models}``; ``drain`` the wait's result (None when it did not run);
+    ``error`` the first failure (the steps after it are not run), or None.
+    """
+    park, wake = _engines(park, "park"), _engines(wake, "wake")
+    result = {"changed": False, "steps": [], "drain": None, "error": None}
+    for items, state in ((park, "asleep"), (wake, "awake")):
+        if state == "awake" and result["changed"] and drain is not None and not check_mode:
+            result["drain"] = drain()
+            if not result["drain"]["drained"]:
+                result["error"] = result["drain"]["reason"]
+                return result
+        for item in items:
+            try:
+                done = ensure(item["engine"], item["url"], state, http, clock, sleep,
+                              level=item["level"], models=item["models"],
+                              timeout_s=timeout_s, interval_s=interval_s,
+                              check_mode=check_mode)
+            except ValueError as exc:
+                result["error"] = "%s (%s): %s" % (
+                    "park" if state == "asleep" else "wake", item["name"], exc)
+                return result
+            result["steps"].append(dict(done, name=item["name"], engine=item["engine"],
+                                        state=state))
+            result["changed"] = result["changed"] or done["changed"]
+    return result

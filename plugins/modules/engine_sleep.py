@@ -159,35 +159,11 @@ models:
   sample: ["qwen2.5:7b"]
 """
 
-import json
 import time
-from urllib.error import HTTPError, URLError
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_text
-from ansible.module_utils.urls import open_url
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _sleep
-
-MAX_BODY = 1 << 20
-
-
-def http(method, url, body, timeout):
-    """(status, text) of one request; (None, reason) when the server cannot be reached."""
-    data = None if body is None else json.dumps(body)
-    headers = {"Content-Type": "application/json"} if data else None
-    try:
-        answer = open_url(url, method=method, data=data, headers=headers, timeout=timeout,
-                          validate_certs=True)
-        return answer.getcode(), to_text(answer.read(MAX_BODY), errors="surrogate_or_replace")
-    except HTTPError as exc:
-        try:
-            text = to_text(exc.read(MAX_BODY), errors="surrogate_or_replace")
-        except Exception:  # the answer's body may be gone already
-            text = ""
-        return exc.code, text or str(exc.reason)
-    except (URLError, OSError, ValueError) as exc:
-        return None, str(getattr(exc, "reason", exc))
+from ansible_collections.gpufleet.inference.plugins.module_utils import _http, _sleep
 
 
 def main():
@@ -206,7 +182,7 @@ def main():
     p = module.params
     try:
         result = _sleep.ensure(
-            p["engine"], p["url"], p["state"], http, time.monotonic, time.sleep,
+            p["engine"], p["url"], p["state"], _http.request, time.monotonic, time.sleep,
             level=p["level"], models=p["models"], timeout_s=p["timeout"],
             interval_s=p["interval"], check_mode=module.check_mode)
     except ValueError as exc:

@@ -149,9 +149,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import (
-    _common,
     _drain,
-    _gpu_facts,
     _nvml,
 )
 
@@ -166,44 +164,11 @@ else:
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            gpus=dict(type="list", elements="str", default=[]),
-            pids=dict(type="list", elements="int", default=[]),
-            names=dict(type="list", elements="str", default=[]),
-            target_used_mib=dict(type="int"),
-            stable=dict(type="float", default=_drain.STABLE_S),
-            tolerance_mib=dict(type="int", default=64),
-            timeout=dict(type="float", default=120.0),
-            interval=dict(type="float", default=0.5),
-            meminfo_path=dict(type="path", default="/proc/meminfo"),
-            baseline_available_mib=dict(type="int"),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=dict(_drain.ARGUMENT_SPEC), supports_check_mode=True)
     if not HAS_PYNVML:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMP_ERR)
-    p = module.params
-    memory = _gpu_facts.read_meminfo_mib(p["meminfo_path"])
-
-    def read():
-        return _nvml.read_gpus(pynvml, system_memory_mib=memory)["gpus"]
-
-    def read_available():
-        where = "meminfo_path %s" % p["meminfo_path"]
-        try:
-            with open(p["meminfo_path"]) as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise ValueError("%s cannot be read: %s" % (where, exc)) from exc
-        return _common.parse_meminfo(text, where)["available_mib"]
-
     try:
-        result = _drain.wait_drained(
-            read, time.monotonic, time.sleep, gpus=p["gpus"], pids=p["pids"], names=p["names"],
-            target_used_mib=p["target_used_mib"], stable_s=p["stable"],
-            tolerance_mib=p["tolerance_mib"], timeout_s=p["timeout"], interval_s=p["interval"],
-            read_available=read_available, baseline_available_mib=p["baseline_available_mib"])
+        result = _drain.wait_with_nvml(pynvml, module.params, time.monotonic, time.sleep)
     except (ValueError, _nvml.NvmlUnavailable, _nvml.NvmlError) as exc:
         module.fail_json(msg="gpu_drain_wait: %s" % exc)
     out = dict(changed=False, waited_s=result["waited_s"], last=result["last"],

@@ -290,17 +290,14 @@ services:
       problems: []
 """
 
-import json
 import time
-from urllib.error import HTTPError, URLError
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_text
-from ansible.module_utils.urls import open_url
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import (
     _gpu_facts,
     _gpu_readers,
+    _http,
     _verify,
 )
 
@@ -309,7 +306,6 @@ COMMAND_TIMEOUT_S = 30
 # Seconds the GPU readers (NVML, nvidia-smi) may take; nvidia-smi without the persistence
 # daemon can take about 30 s on multi-GPU hosts.
 GPU_READ_TIMEOUT_S = 60
-MAX_BODY = 1 << 20
 
 
 class Readers:
@@ -334,21 +330,7 @@ class Readers:
                                                         (err or out).strip()))
         return rc, out, err
 
-    def http(self, method, url, body, timeout):
-        data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": "application/json"} if data else None
-        try:
-            answer = open_url(url, method=method, data=data, headers=headers, timeout=timeout,
-                              validate_certs=True)
-            return answer.getcode(), to_text(answer.read(MAX_BODY), errors="surrogate_or_replace")
-        except HTTPError as exc:
-            try:
-                text = to_text(exc.read(MAX_BODY), errors="surrogate_or_replace")
-            except Exception:  # the answer's body may be gone already
-                text = ""
-            return exc.code, text or str(exc.reason)
-        except (URLError, OSError, ValueError) as exc:
-            return None, str(getattr(exc, "reason", exc))
+    http = staticmethod(_http.request)
 
     def ps(self, project):
         return self._run("docker", "ps", "--all", "--quiet", "--no-trunc", "--filter",

@@ -174,3 +174,43 @@ def test_sleep_actions_bad_input(services, lines, state, message):
     with pytest.raises(ValueError) as err:
         _leaving.sleep_actions(services, ["vllm"], lines, state)
     assert str(err.value) == message
+
+
+# --- switch_order ------------------------------------------------------------------------
+def _svc(name, active, uses_gpu=True, sleep=False, ports=()):
+    return {"name": name, "active": active, "uses_gpu": uses_gpu, "sleep": sleep,
+            "ports": [{"host": p, "container": p} for p in ports]}
+
+
+CHAT_TO_INGESTION = [_svc("ollama", False, ports=[11434]), _svc("vllm", True, ports=[8000]),
+                     _svc("docling", True, uses_gpu=False, ports=[5001])]
+INGESTION_TO_CHAT = [_svc("ollama", True, ports=[11434]), _svc("vllm", False, ports=[8000]),
+                     _svc("docling", False, uses_gpu=False, ports=[5001])]
+
+
+@pytest.mark.parametrize(("services", "existing", "early", "late"), [
+    pytest.param(CHAT_TO_INGESTION, ["ollama"], ["docling"], [], id="docling-starts-early"),
+    pytest.param(CHAT_TO_INGESTION, ["ollama", "docling"], [], [],
+                 id="a-docling-with-a-container-is-left-to-up"),
+    pytest.param(CHAT_TO_INGESTION, [], [], [], id="no-switch-no-reorder"),
+    pytest.param(INGESTION_TO_CHAT, ["vllm", "docling"], [], ["docling"],
+                 id="docling-removed-late"),
+    pytest.param([_svc("a", False, uses_gpu=False, ports=[5001]),
+                  _svc("b", True, uses_gpu=False, ports=[5001])], ["a"], [], [],
+                 id="a-shared-port-keeps-the-old-order"),
+    pytest.param([_svc("a", False, uses_gpu=False, sleep=True),
+                  _svc("b", True, uses_gpu=True)], ["a"], [], [],
+                 id="gpu-services-and-sleepers-keep-their-place"),
+])
+def test_switch_order(services, existing, early, late):
+    assert _leaving.switch_order(services, existing) == {"early": early, "late": late}
+
+
+@pytest.mark.parametrize(("services", "existing", "message"), [
+    ("x", [], "services must be services_plan.services"),
+    ([], "ollama", "existing must be a list of service names; got: 'ollama'"),
+])
+def test_switch_order_bad_input(services, existing, message):
+    with pytest.raises(ValueError) as err:
+        _leaving.switch_order(services, existing)
+    assert str(err.value).startswith(message)

@@ -119,7 +119,7 @@ def run(args, host, check_mode=False):
             mock.patch.object(basic.AnsibleModule, "fail_json", fail_json), \
             mock.patch.object(basic.AnsibleModule, "get_bin_path", bin_path), \
             mock.patch.object(basic.AnsibleModule, "run_command", host.run_command), \
-            mock.patch.object(service_verify, "open_url", host.open_url), \
+            mock.patch.object(service_verify._http, "open_url", host.open_url), \
             mock.patch.object(service_verify.Readers, "read", staticmethod(host.read)), \
             mock.patch.object(service_verify._gpu_readers, "read_gpus", host.read_gpus):
         try:
