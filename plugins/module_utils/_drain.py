@@ -111,17 +111,18 @@ def wait_drained(read, clock, sleep, gpus=(), pids=(), names=(), target_used_mib
     each with ``t`` seconds since the start). On a unified GPU with ``read_available``,
     each sample also holds ``available_mib`` and the memory signal is MemAvailable.
     """
-    _positive("stable_s", stable_s, allow_zero=True)
+    # messages name the module options (stable, timeout, interval), in seconds
+    _positive("stable", stable_s, allow_zero=True)
     _positive("tolerance_mib", tolerance_mib, allow_zero=True)
-    _positive("timeout_s", timeout_s)
-    _positive("interval_s", interval_s)
+    _positive("timeout", timeout_s)
+    _positive("interval", interval_s)
     if timeout_s > MAX_WAIT_S:
-        raise ValueError("timeout_s must be at most %d; got: %r" % (MAX_WAIT_S, timeout_s))
+        raise ValueError("timeout must be at most %d; got: %r" % (MAX_WAIT_S, timeout_s))
     if interval_s > timeout_s:
-        raise ValueError("interval_s must not exceed timeout_s (%r); got: %r"
+        raise ValueError("interval must not exceed timeout (%r); got: %r"
                          % (timeout_s, interval_s))
     if stable_s > timeout_s:
-        raise ValueError("stable_s must not exceed timeout_s (%r), or memory can never count "
+        raise ValueError("stable must not exceed timeout (%r), or memory can never count "
                          "as stable; got: %r" % (timeout_s, stable_s))
     if target_used_mib is not None:
         _positive("target_used_mib", target_used_mib, allow_zero=True)

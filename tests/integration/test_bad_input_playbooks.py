@@ -176,7 +176,7 @@ CASES = [
         services=[{"name": "llm", "vram_mib": 1024}])],
      ["strategy", "fastest"]),
     ("module-drain-stable-beyond-timeout", [module("gpu_drain_wait", stable=30, timeout=10)],
-     ["stable_s must not exceed timeout_s (10.0), or memory can never count as stable; "
+     ["stable must not exceed timeout (10.0), or memory can never count as stable; "
       "got: 30.0"]),
     ("module-drain-gpu-malformed", [module("gpu_drain_wait", gpus=["first"])],
      ["gpus[0] must be a GPU index or UUID (GPU-..., MIG-...); got: 'first'"]),

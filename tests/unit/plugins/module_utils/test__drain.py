@@ -98,9 +98,9 @@ def test_unknown_used_memory_never_meets_a_target():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(stable_s=-1), "stable_s must be >= 0; got: -1"),
-    (dict(timeout_s=0), "timeout_s must be > 0; got: 0"),
-    (dict(interval_s="1"), "interval_s must be a number; got: '1'"),
+    (dict(stable_s=-1), "stable must be >= 0; got: -1"),
+    (dict(timeout_s=0), "timeout must be > 0; got: 0"),
+    (dict(interval_s="1"), "interval must be a number; got: '1'"),
     (dict(tolerance_mib=True), "tolerance_mib must be a number; got: True"),
     (dict(target_used_mib=-5), "target_used_mib must be >= 0; got: -5"),
     (dict(pids=[1, -3]), "pids[1] must be a positive integer; got: -3"),
@@ -254,5 +254,5 @@ def test_stable_beyond_timeout_names_stable():
     fake = Fake([(0, [gpu(0)])])
     with pytest.raises(ValueError) as err:
         _drain.wait_drained(fake.read, fake.clock, fake.sleep, stable_s=30, timeout_s=10)
-    assert str(err.value) == ("stable_s must not exceed timeout_s (10), or memory can never "
+    assert str(err.value) == ("stable must not exceed timeout (10), or memory can never "
                               "count as stable; got: 30")

@@ -35,8 +35,10 @@ class Host:
                 "reason": None if self.drained else "GPU memory did not drain within 1 s: x"}
 
 
-def handover(host, park=PARK, wake=WAKE, **kwargs):
+def handover(host, park=None, wake=None, **kwargs):
     clock = Clock()
+    park = PARK if park is None else park
+    wake = WAKE if wake is None else wake
     return _sleep.handover(park, wake, host.http, clock, clock.sleep, drain=host.drain,
                            **kwargs)
 
