@@ -251,7 +251,8 @@ def test_switch_parks_and_wakes_the_same_vllm(spark2, sleep_vars):
     assert rc == 0 and recap["failed"] == 0, out
     assert "would put to sleep: vllm; would set the restart policy of: vllm (no)" in out, out
     assert "would wake: ollama; would set the restart policy of: ollama (unless-stopped)" in out
-    assert "would remove: docling;" in out, out  # vLLM is parked, not removed
+    # Ollama is woken, not created; vLLM parked, not removed
+    assert "would (re)create: none; would remove: docling" in out, out
     assert spark2.http("http://127.0.0.1:8000/is_sleeping")[1] == {"is_sleeping": False}
     assert inspect(spark2, "vllm", "{{.HostConfig.RestartPolicy.Name}}") == "unless-stopped"
 

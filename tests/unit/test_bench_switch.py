@@ -147,15 +147,25 @@ def _task(name, result):
 
 
 REMOVED = "Wait until the GPU memory of the removed services has drained"
-PARKED_WAIT = "Wait until the GPU memory the sleeping engines freed is back and steady"
+HANDOVER = "Park, wait until the freed GPU memory is back and steady, wake (one step, no gaps)"
+STEPS = [{"name": "ollama", "state": "asleep", "waited_s": 0.4},
+         {"name": "vllm", "state": "awake", "waited_s": 2.5}]
 
 
 @pytest.mark.parametrize(("output", "expected"), [
     (_task(REMOVED, 'ok: [lab-spark] => {"changed": false, "waited_s": 1.02}'), 1.02),
-    (_task(PARKED_WAIT, 'ok: [lab-spark] => {"waited_s": 1.5, "changed": false}')
-     + _task(REMOVED, 'ok: [lab-spark] => {"changed": false, "waited_s": 0.25}'), 1.75),
-    (_task(PARKED_WAIT, "skipping: [lab-spark] => {\"changed\": false}"), None),
+    # the sleep path's handover: the drain's wait, not the engines' own seconds
+    (_task(HANDOVER, "changed: [lab-spark] => %s" % json.dumps(
+        {"changed": True, "drain": {"drained": True, "samples": 3, "waited_s": 1.5},
+         "steps": STEPS}, sort_keys=True)), 1.5),
+    (_task(HANDOVER, "changed: [lab-spark] => %s" % json.dumps(
+        {"changed": True, "drain": None, "steps": STEPS})), None),  # a wake only
+    (_task(HANDOVER, 'ok: [lab-spark] => {"drain": {"waited_s": 0.75}}')
+     + _task(REMOVED, 'ok: [lab-spark] => {"changed": false, "waited_s": 0.25}'), 1.0),
+    (_task(REMOVED, "skipping: [lab-spark] => {\"changed\": false}"), None),
     (_task(REMOVED, 'fatal: [lab-spark]: FAILED! => {"waited_s": 30.0}'), None),
+    (_task(REMOVED, 'ok: [lab-spark] => {"waited_s": "soon"}'), None),
+    (_task(REMOVED, 'ok: [lab-spark] => {"waited_s": 1.0'), None),  # cut short
     (_task("Start the active services", 'ok: [lab-spark] => {"waited_s": 9.0}'), None),
     ("", None),
 ])
@@ -320,3 +330,15 @@ def test_the_prober_runs_judge_answer_on_real_answers(tmp_path):
     for line in lines[:2]:
         assert line.split()[1:] == ["1", "0", "1", "0", "1", "0", "1", "0"], line
     assert switch.probe_args()[3] == "model=qwen2.5:7b|http://127.0.0.1:11434/api/ps"
+
+
+@pytest.mark.parametrize(("crashed", "cells"), [
+    ((True, False), "| 1 / 2 | 1 / 2 | never up | - | 2.00 | x0.50 |"),
+    ((False, True), "| 1 / 2 | 1 / 2 | 1.00 | x0.10 | never up | - |"),
+    ((False, False), "| 0 / 2 | 1 / 2 | 1.00 | x0.10 | 2.00 | x0.50 |"),
+])
+def test_a_crashed_sleep_leg_is_never_up(crashed, cells):
+    legs = _legs("sleep", 1.0, 2.0, crashed=crashed)
+    legs[0]["woken"] = False  # one leg of two kept its vLLM container
+    row = switch.sleep_table(switch.summarize(ROLE + legs)).splitlines()[3]
+    assert cells in row, row
