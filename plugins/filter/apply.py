@@ -1,7 +1,7 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters of the apply step: apply_failure and registry_login_failures (module_utils/_outcome.py),
-one documentation file per filter name next to this file (as ansible-doc looks them up)."""
+"""Filters of the apply step: apply_failure (module_utils/_outcome.py), one documentation file per
+filter name next to this file (as ansible-doc looks them up)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,5 @@ from ansible_collections.gpufleet.inference.plugins.plugin_utils._filters import
 
 class FilterModule:
     def filters(self):
-        functions = {"apply_failure": _outcome.failure_summary,
-                     "registry_login_failures": _outcome.refused_logins}
+        functions = {"apply_failure": _outcome.failure_summary}
         return {name: filter_function(name, function) for name, function in functions.items()}

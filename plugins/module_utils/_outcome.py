@@ -59,19 +59,3 @@ def record(outcome, runtime, services, previous=None):
     old.pop("finished_at", None)
     return new, old != new
 
-
-def refused_logins(results):
-    """``<registry> as <user>: <the CLI's last error line>`` for each refused ``docker login``.
-
-    ``results`` are the loop results of the login task (items ``{registry, username, ...}``;
-    the password is never read). Items that were skipped or succeeded are left out.
-    """
-    out = []
-    for res in results or []:
-        if not isinstance(res, dict) or res.get("rc") in (None, 0):
-            continue
-        item = res.get("item") or {}
-        text = str(res.get("stderr") or "").strip() or str(res.get("msg") or "")
-        out.append("%s as %s: %s" % (item.get("registry"), item.get("username"),
-                                     text.rsplit("\n", maxsplit=1)[-1]))
-    return out

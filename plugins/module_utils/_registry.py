@@ -237,12 +237,10 @@ def docker_login(registry, config_path=None):
         return None
     keys = (DOCKER_HUB_AUTH_KEY, DOCKER_HUB) if registry == DOCKER_HUB else (registry,)
     auths = config.get("auths") if isinstance(config.get("auths"), dict) else {}
-    stored = False
     for key, entry in auths.items():
         host = urllib.parse.urlsplit(key).netloc if "://" in key else key.split("/")[0]
         if key not in keys and host not in keys:
             continue
-        stored = True
         if isinstance(entry, dict) and entry.get("auth"):
             try:
                 user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
@@ -251,7 +249,9 @@ def docker_login(registry, config_path=None):
             if sep:
                 return user, password
     helpers = config.get("credHelpers") if isinstance(config.get("credHelpers"), dict) else {}
-    if any(key in helpers for key in keys) or (config.get("credsStore") and stored):
+    # With a credsStore the Docker CLI asks the store for every registry; community.docker's
+    # docker_login stores there without an auths entry, so the entry cannot be required.
+    if any(key in helpers for key in keys) or config.get("credsStore"):
         return "helper"
     return None
 

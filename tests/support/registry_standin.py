@@ -2,12 +2,13 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A stand-in for the login check of a Docker registry, on loopback, for tests.
 
-Not a registry: it serves no image. It answers the one call `docker login` makes (the engine
-asks ``GET /v2/`` of the registry) the way a registry with HTTP basic auth does (the
-Distribution API's htpasswd mode): ``401`` with ``WWW-Authenticate: Basic realm=...`` without
-credentials or with wrong ones, ``200 {}`` with the right ones, both with the
-``Docker-Distribution-API-Version: registry/2.0`` header; any other path is ``404``. Each
-request's outcome is recorded (``ok``, ``no-credentials``, ``wrong``), never the password.
+Not a registry: it serves no image. It answers the one call a login makes (for `docker login`
+and the API's ``POST /auth`` alike, the engine asks ``GET /v2/`` of the registry) the way a
+registry with HTTP basic auth does (the Distribution API's htpasswd mode): ``401`` with
+``WWW-Authenticate: Basic realm=...`` without credentials or with wrong ones, ``200 {}`` with
+the right ones, both with the ``Docker-Distribution-API-Version: registry/2.0`` header; any
+other path is ``404``. Each request's outcome is recorded (``ok``, ``no-credentials``,
+``wrong``), never the password.
 The engine treats registries on 127.0.0.0/8 as insecure, so it speaks plain HTTP to it after
 its TLS attempt fails.
 """

@@ -45,15 +45,3 @@ def test_record_bad_input(outcome, services, message):
         _outcome.record(outcome, "compose", services)
     assert str(err.value) == message
 
-
-def test_refused_logins_name_registry_and_user_only():
-    results = [
-        {"item": {"registry": "r1:5000", "username": "ci", "password": "s3cret"}, "rc": 0},
-        {"item": {"registry": "r2", "username": "bot", "password": "s3cret"}, "rc": 1,
-         "stderr": "Login did not succeed\nError response from daemon: unauthorized"},
-        {"item": {"registry": "r3", "username": "x", "password": "s3cret"}, "skipped": True},
-        {"item": {"registry": "r4", "username": "y", "password": "s3cret"}, "rc": 1, "msg": "boom"},
-    ]
-    out = _outcome.refused_logins(results)
-    assert out == ["r2 as bot: Error response from daemon: unauthorized", "r4 as y: boom"]
-    assert "s3cret" not in " ".join(out)

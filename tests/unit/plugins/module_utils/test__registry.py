@@ -92,7 +92,10 @@ def test_docker_login(tmp_path):
     assert _registry.docker_login("registry.lab:5000", config) == ("lab", "secret")
     assert _registry.docker_login("ghcr.io", config) == "helper"
     assert _registry.docker_login("gcr.io", config) == "helper"
-    assert _registry.docker_login("quay.io", config) is None
+    # a credsStore answers for every registry (docker_login writes no auths entry there)
+    assert _registry.docker_login("quay.io", config) == "helper"
+    plain = write_config(tmp_path, {"auths": {"registry.lab:5000": {"auth": auth("l", "s")}}})
+    assert _registry.docker_login("quay.io", plain) is None
     assert _registry.docker_login("quay.io", str(tmp_path / "missing.json")) is None
 
 
