@@ -29,7 +29,7 @@ from ansible_collections.gpufleet.inference.plugins.modules.services_plan import
 PLACEMENT_OPTION_KEYS = ("headroom_mib", "reserve_mib", "live_usage", "managed_processes",
                          "catalog", "pin_not_found")
 MODE_KEY = "DUAL_GPU_MODE"
-# The host's recorded mode (any kind), beside the dual-GPU mode of seed 000's DUAL_GPU_MODE.
+# The host's recorded mode (any kind), beside the dual-GPU mode in DUAL_GPU_MODE.
 RECORD_KEY = "INFERENCE_MODE"
 
 

@@ -93,7 +93,7 @@ SYSTEMD_DEFAULTS = {"units_dir": "/etc/systemd/system", "env_dir": "/etc/gpuflee
                     "vllm_bin": "/usr/local/bin/vllm", "state_dir_name": "gpufleet",
                     "snapshot_dir": None, "secret_env": {}}
 
-_ASSIGNMENTS_COMMENT = ("# Which GPU each service runs on (seed 001): for reading, generated "
+_ASSIGNMENTS_COMMENT = ("# Which GPU each service runs on: for reading, generated "
                         "from the placement.")
 _INSTANCE_COMMENT = "# %s: written from services_plan (placement and catalog); edit the inventory."
 # The header the roles' templates wrote before this module ({{ ansible_managed | comment }}).

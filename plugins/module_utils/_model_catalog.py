@@ -12,8 +12,8 @@ Each entry gives either
     the architecture is known, ``layers``, ``kv_heads``, ``head_dim``: the KV cache and the
     runtime overhead are then added by the formula in ``_vram.estimate``.
 
-Units: the seeds write "GB" for what is GiB (they call the 24,564 MiB RTX A5500 "24 GB" and
-the 4,094 MiB RTX A400 "4 GB"), so their numbers are converted at 1 GB = 1,024 MiB. Download
+Units: VRAM estimates in "GB" mean GiB, as GPUs are sold (the 24,564 MiB RTX A5500 is "24 GB",
+the 4,094 MiB RTX A400 "4 GB"), so they are converted at 1 GB = 1,024 MiB. Download
 sizes on ollama.com are decimal (1 GB = 10^9 bytes = 953.7 MiB). Architectures are the
 ``config.json`` of each model's reference checkpoint on Hugging Face (num_hidden_layers,
 num_key_value_heads, head_dim or hidden_size / num_attention_heads).
@@ -22,7 +22,7 @@ num_key_value_heads, head_dim or hidden_size / num_attention_heads).
 from __future__ import annotations
 
 CATALOG = {
-    # ollama.com/library/llama3.2: tag 3b = Q4_K_M, 2.0 GB download (seed 000 too: "~2.0 GB").
+    # ollama.com/library/llama3.2: tag 3b = Q4_K_M, 2.0 GB download.
     # meta-llama/Llama-3.2-3B config.json: 28 layers, 8 KV heads, 3072 / 24 heads = head_dim 128.
     "llama3.2:3b": {
         "aliases": ["llama3.2", "llama3.2:latest", "llama3.2:3b-instruct-q4_K_M"],
@@ -47,7 +47,7 @@ CATALOG = {
         "params_b": 1.54, "quantization": "q4_k_m", "weights_mib": 940,
         "layers": 28, "kv_heads": 2, "head_dim": 128, "context_length": 4096,
         "role": "llm",
-        "source": "ollama.com/library/qwen2.5 (986 MB); Qwen/Qwen2.5-1.5B config.json; seed 004",
+        "source": "ollama.com/library/qwen2.5 (986 MB); Qwen/Qwen2.5-1.5B config.json",
     },
     # ollama.com/library/qwen2.5: tag 7b = Q4_K_M, 4.7 GB download.
     # Qwen/Qwen2.5-7B config.json: 28 layers, 4 KV heads, 3584 / 28 heads = head_dim 128.
@@ -56,7 +56,7 @@ CATALOG = {
         "params_b": 7.62, "quantization": "q4_k_m", "weights_mib": 4482,
         "layers": 28, "kv_heads": 4, "head_dim": 128, "context_length": 4096,
         "role": "llm",
-        "source": "ollama.com/library/qwen2.5 (4.7 GB); Qwen/Qwen2.5-7B config.json; seed 004",
+        "source": "ollama.com/library/qwen2.5 (4.7 GB); Qwen/Qwen2.5-7B config.json",
     },
     # ollama.com/library/gpt-oss: tag 20b = MXFP4 experts, 14 GB download.
     # openai/gpt-oss-20b config.json: 24 layers, 8 KV heads, head_dim 64 (half of the layers use
@@ -66,7 +66,7 @@ CATALOG = {
         "params_b": 20.9, "quantization": "mxfp4", "weights_mib": 13351,
         "layers": 24, "kv_heads": 8, "head_dim": 64, "context_length": 4096,
         "role": "llm",
-        "source": "ollama.com/library/gpt-oss (14 GB); openai/gpt-oss-20b config.json; seed 003",
+        "source": "ollama.com/library/gpt-oss (14 GB); openai/gpt-oss-20b config.json",
     },
     # ollama.com/library/qwen3-vl: tag 32b = Q4_K_M, 21 GB download (vision encoder included).
     # Qwen/Qwen3-VL-32B-Instruct config.json (text_config): 64 layers, 8 KV heads, head_dim 128.
@@ -75,62 +75,62 @@ CATALOG = {
         "params_b": 33.4, "quantization": "q4_k_m", "weights_mib": 20027,
         "layers": 64, "kv_heads": 8, "head_dim": 128, "context_length": 4096,
         "role": "llm",
-        "source": "ollama.com/library/qwen3-vl (21 GB); Qwen/Qwen3-VL-32B-Instruct config.json; "
-                  "seed 003",
+        "source": "ollama.com/library/qwen3-vl (21 GB); Qwen/Qwen3-VL-32B-Instruct config.json",
     },
-    # Seed 001, "Model VRAM Estimates": Nemotron-3-Nano-30B (Q4_K_M) ~21.7 GB, all included.
-    # Seed 003 pulls it as nemotron-3-nano:128k.
+    # A VRAM estimate: Nemotron-3-Nano-30B (Q4_K_M) ~21.7 GB, weights, cache and runtime
+    # included. Ollama also tags it nemotron-3-nano:128k.
     "nemotron-3-nano:30b": {
         "aliases": ["nemotron-3-nano", "nemotron-3-nano:128k", "nemotron-30b"],
         "params_b": 31.6, "quantization": "q4_k_m", "vram_mib": 22221,
         "role": "llm",
-        "source": "seed 001 (Nemotron-3-Nano-30B Q4_K_M ~21.7 GB); seed 003 (tag 128k)",
+        "source": "VRAM estimate (Nemotron-3-Nano-30B Q4_K_M ~21.7 GB); Ollama tag 128k",
     },
-    # Seed 003 serves the NVFP4 checkpoint with vLLM. Weights from 31.6 B parameters x 4.5 bits
+    # The NVFP4 checkpoint, served with vLLM. Weights from 31.6 B parameters x 4.5 bits
     # (NVFP4: 4-bit values + one FP8 scale per 16); the hybrid Mamba-Transformer has few
     # attention layers, so its KV cache is not modelled here: give context via vram_budget_mib.
     "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-NVFP4": {
         "aliases": [],
         "params_b": 31.6, "quantization": "nvfp4",
         "role": "llm",
-        "source": "seed 003 (VLLM_MODEL); NVFP4 block layout (16 x FP4 + FP8 scale)",
+        "source": "huggingface.co/nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-NVFP4; NVFP4 block "
+                  "layout (16 x FP4 + FP8 scale)",
     },
-    # Seed 000, "Size table": moondream2 weights ~1.8 GB (decimal download) in the vision
-    # container; vikhyatk/moondream2 has 1.93 B parameters.
+    # moondream2 weights: a ~1.8 GB download (decimal) into the vision container's cache;
+    # vikhyatk/moondream2 has 1.93 B parameters.
     "moondream2": {
         "aliases": ["vikhyatk/moondream2", "moondream"],
         "params_b": 1.93, "weights_mib": 1717,
         "role": "vision",
-        "source": "seed 000 (moondream2 weights ~1.8 GB)",
+        "source": "vikhyatk/moondream2 (weights ~1.8 GB download)",
     },
-    # Seed 001, "Model VRAM Estimates": Florence-2-Large ~1.5 GB (microsoft/Florence-2-large,
+    # A VRAM estimate: Florence-2-Large ~1.5 GB (microsoft/Florence-2-large,
     # 0.77 B parameters).
     "florence-2-large": {
         "aliases": ["florence-2-l", "microsoft/Florence-2-large", "florence2-large"],
         "params_b": 0.77, "vram_mib": 1536,
         "role": "vision",
-        "source": "seed 001 (Florence-2-Large ~1.5 GB)",
+        "source": "VRAM estimate (Florence-2-Large ~1.5 GB)",
     },
-    # Seed 001, "Model VRAM Estimates": CLIP ViT-L ~1.2 GB (openai/clip-vit-large-patch14,
+    # A VRAM estimate: CLIP ViT-L ~1.2 GB (openai/clip-vit-large-patch14,
     # 0.43 B parameters).
     "clip-vit-large": {
         "aliases": ["clip-vit-l", "clip-vit-l-14", "openai/clip-vit-large-patch14"],
         "params_b": 0.43, "vram_mib": 1229,
         "role": "embedding",
-        "source": "seed 001 (CLIP ViT-L ~1.2 GB)",
+        "source": "VRAM estimate (CLIP ViT-L ~1.2 GB)",
     },
-    # Seed 001, "Model VRAM Estimates": YOLO26 ~650 MB.
+    # A VRAM estimate: YOLO26 ~650 MB.
     "yolo26": {
         "aliases": ["yolo"],
         "vram_mib": 650,
         "role": "vision",
-        "source": "seed 001 (YOLO26 ~650 MB)",
+        "source": "VRAM estimate (YOLO26 ~650 MB)",
     },
-    # Seed 001, "Model VRAM Estimates": ai-enrichment "Model Zoo (9 models) ~6.8 GB budget".
+    # Not one model: the ~6.8 GB budget an enrichment service shares among a zoo of 9 models.
     "model-zoo": {
         "aliases": ["enrichment-model-zoo"],
         "vram_mib": 6963,
         "role": "vision",
-        "source": "seed 001 (ai-enrichment Model Zoo, 9 models, ~6.8 GB budget)",
+        "source": "VRAM budget (enrichment model zoo, 9 models, ~6.8 GB)",
     },
 }

@@ -30,7 +30,7 @@ UUID), then places the other services one by one, each on the unit with the smal
      unused?,] strategy key..., position)
 
 so hard wishes are only given up when no unit grants them, and each give-up is a warning
-("warn but allow", seed 001). A service spanning N GPUs is placed before the single-GPU
+("warn but allow"). A service spanning N GPUs is placed before the single-GPU
 ones (it is the hardest to fit), on the set with the smallest key:
 
     (compute capability too low on one?, exclusivity broken on one?, does not fit on one?,
@@ -41,7 +41,7 @@ among the sets of each host: all of them when there are at most ``SET_ENUMERATIO
 else one per start GPU, grown by adding the GPU with the smallest (hard wishes, fits,
 slowest link to the GPUs taken, strategy key, position) until it has N.
 
-Strategies (seed 001, "Assignment Strategies"):
+Strategies:
   manual             pins only; an unpinned service goes where vram_based would put it, with
                      a warning.
   vram_based         largest budget first, onto the unit with the most free memory.
@@ -80,12 +80,12 @@ STRATEGIES = ("manual", "vram_based", "latency_optimized", "isolation_first", "b
 DEFAULT_STRATEGY = "vram_based"
 ENGINES = ("ollama", "vllm", "other")
 LIVE_USAGE = ("account", "ignore")
-# A pin to a GPU the facts do not list: fall back with a warning (seed 001's runtime fallback,
-# the default), or fail before anything is placed (a typo in inventory).
+# A pin to a GPU the facts do not list: fall back to an available GPU with a warning (the
+# default), or fail before anything is placed (a typo in inventory).
 PIN_NOT_FOUND = ("warn", "fail")
 VISIBLE_DEVICES_BY = ("uuid", "index")
 # Kept free on every unit: the CUDA context of each process and allocator fragmentation.
-# 512 MiB turns seed 001's 4 GB RTX A400 (4,094 MiB) into its 3.5 GB budget.
+# 512 MiB turns a 4 GB RTX A400 (4,094 MiB) into a 3.5 GB budget.
 DEFAULT_HEADROOM_MIB = 512
 # How many runners-up an explanation lists (all of them are counted).
 EXPLAIN_LIMIT = 8
@@ -164,7 +164,7 @@ _MIG_KEY_RE = re.compile(r"^\s*([0-9]+)\s*:\s*([0-9]+)\s*$", re.ASCII)
 # ---- small helpers ----------------------------------------------------------------------
 
 def gb(mib):
-    """MiB as the seeds write GB (GiB): 6963 -> '6.8', 4094 -> '4', 3582 -> '3.5'."""
+    """MiB as GB (GiB, as GPUs are sold): 6963 -> '6.8', 4094 -> '4', 3582 -> '3.5'."""
     text = "%.1f" % (mib / 1024.0)
     return text[:-2] if text.endswith(".0") else text
 
@@ -1939,7 +1939,8 @@ def _summary(units, services, issues):
 
 
 def _gpu_assignments(strategy, services, fleet):
-    """Seed 001's config/gpu-assignments.yml shape (without a timestamp: outputs are stable)."""
+    """The gpu-assignments.yml shape: strategy and assignments (without a timestamp: outputs
+    are stable)."""
     assignments = {}
     for service in services:
         unit = service.unit
@@ -2291,8 +2292,8 @@ def place_fleet(hosts, services, *, strategy=DEFAULT_STRATEGY, headroom_mib=DEFA
 
     ``hosts`` is a list of ``{name, gpus, labels, dedicated}``: ``gpus`` each host's
     ``ansible_facts.gpus``; ``labels`` matched by a service's ``node_selector``; ``dedicated``
-    the engines, roles or service names a host is reserved for (seed 002: khelben runs only
-    vLLM), which then prefer it. A service may name its ``host``. ``reserve_mib`` keys are
+    the engines, roles or service names a host is reserved for (for example a host that runs
+    only vLLM), which then prefer it. A service may name its ``host``. ``reserve_mib`` keys are
     GPU UUIDs here. Same result shape as :func:`place`, plus ``by_host``.
     """
     opts = _check_options(strategy=strategy, headroom_mib=headroom_mib, reserve_mib=reserve_mib,

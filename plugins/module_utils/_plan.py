@@ -10,7 +10,7 @@ raises ValueError naming the field and its value
 (``services_catalog.vllm.ports[0] must be 1-65535; got: 70000``). The same input always gives
 the same output (dicts keep the catalog's order).
 
-Vocabulary (seed 000, "Compose Profile Architecture")
+Vocabulary
   profile       what the user picks: remote, cpu, single-gpu, dual-gpu, multi-gpu
                 (``services_profile``), or ``auto`` (:func:`recommend_profile` of the number
                 of healthy GPUs: 0 cpu, 1 single-gpu, 2 dual-gpu, 3 or more multi-gpu).
@@ -18,10 +18,11 @@ Vocabulary (seed 000, "Compose Profile Architecture")
                 ``inference_mode``). Two kinds, one vocabulary:
                 dual-GPU modes ollama, vllm, mixed: which stack occupies GPU 1 under dual-gpu
                 and multi-gpu (the catalog entries whose ``modes`` name it; the
-                ``DUAL_GPU_MODE`` of seed 000); other profiles run all their entries.
+                ``DUAL_GPU_MODE`` of the host's .env); other profiles run all their entries.
                 listed modes (chat, ingestion and any the user declares): exactly the services
                 the mode lists, on any GPU profile; ``exclusive: true`` says the mode's
-                engines must not share the GPUs' memory with another mode's (seed 003): a
+                engines must not share the GPUs' memory with another mode's (vLLM fails its
+                start-up memory profiling when Ollama frees memory meanwhile): a
                 switch stops or puts to sleep the leaving services and waits for their
                 memory to drain before the new ones start.
   sub-profile   ``<profile>-<mode>`` (``dual-gpu-vllm``, ``multi-gpu-vllm``), the compose
@@ -748,8 +749,8 @@ def placement_input(catalog, profile="auto", mode="ollama", extra_profiles=None,
     """The ``services`` option of gpu_placement: active services that use a GPU, but for
     the per_spare_gpu entries (the first pass of :func:`place_in_two_passes`).
 
-    Nothing is placed under the cpu and remote profiles (seed 000: the GPU overlay is
-    used for the GPU profiles only).
+    Nothing is placed under the cpu and remote profiles (the GPU overlay is used for the
+    GPU profiles only).
     """
     checked = check_catalog(catalog, extra_profiles)
     mode = _check_mode(mode)

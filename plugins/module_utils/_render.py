@@ -167,7 +167,7 @@ def compose_document(services_plan, kind="base", project=None):
 
 
 def gpu_assignments_document(services_plan, previous=None, now=None):
-    """Seed 001's ``gpu-assignments.yml``: generated_at, strategy, assignments.
+    """The ``gpu-assignments.yml`` for people: generated_at, strategy, assignments.
 
     ``generated_at`` is when the assignments last changed: the previous file's time is kept
     while strategy and assignments are the same, so a run that changes nothing rewrites nothing.
@@ -353,7 +353,7 @@ ExecStart={vllm_bin} serve ${{VLLM_MODEL}} --host ${{VLLM_HOST}} --port ${{VLLM_
 --gpu-memory-utilization ${{VLLM_GPU_MEMORY_UTILIZATION}} $VLLM_EXTRA_ARGS
 Restart=on-failure
 RestartSec=10
-# A cold start of a big model takes minutes (seed 003).
+# A cold start of a big model takes minutes.
 TimeoutStopSec=60
 
 # Hardening. No PrivateDevices=: the GPU device nodes must stay visible. No

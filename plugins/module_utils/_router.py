@@ -6,9 +6,10 @@ Not a public API: the leading underscore says so. Pure functions, stdlib only, n
 AnsibleModule; the router role's filters wrap them. From the ``services_plan`` fact (the
 services role) and what was reachable, :func:`router_config` builds
 
-  llm_yaml   seed 000's ``config/llm.yaml``: ``backends`` (``type: openai_compat``,
+  llm_yaml   the application's ``config/llm.yaml``: ``backends`` (``type: openai_compat``,
              ``base_url``, ``model: __auto__``), ``fallback_order`` and
-             ``research_fallback_order``, and, when asked, seed 004's ``task_routes``.
+             ``research_fallback_order``, and, when asked, ``task_routes`` (each task class to
+             the small or the large model).
   litellm    a LiteLLM proxy config: ``model_list`` (one model group per backend),
              ``router_settings`` (fallbacks, cooldowns, retries).
 
@@ -22,8 +23,9 @@ naming the field and its value; an API key's value is never quoted.
 
 Vocabulary
   backend     something the router sends requests to: an active LLM service of the plan
-              (engine ollama or vllm), an alias of one (seed 000's ``vllm_research`` is
-              ``vllm`` under a second name), or an extra backend (a remote or cloud API).
+              (engine ollama or vllm), an alias of one (``vllm_research`` is ``vllm``
+              under a second name, for research requests), or an extra backend (a remote or
+              cloud API).
   routing     ``docker``: the router runs in the services' compose network and reaches a
               container by its service name and container port (``http://ollama:11434/v1``);
               a service in ``adopted`` runs on the host and is reached through the host

@@ -36,8 +36,9 @@ reported together:
    request, ``HostConfig.Devices`` with /dev/kfd and /dev/dri (or a render node), and
    ``ROCR_VISIBLE_DEVICES=<device_id>`` in the container's (the unit's) environment.
 3. Ollama with a model: POST ``/api/generate {"model": m}`` loads it, then ``/api/ps`` must show
-   it entirely in VRAM when the service has a GPU (``size_vram == size``; else the seed-004
-   failure "GPU detected is not GPU used").
+   it entirely in VRAM when the service has a GPU (``size_vram == size``; else the
+   failure "GPU detected is not GPU used": the server started but runs the model, or part
+   of it, on the CPU).
 4. the GPU ``device_id`` lists a process of THIS service (by cgroup) holding memory; with
    several (tensor parallel: one worker per GPU) each of them must, and the first that does
    not is named. Read again

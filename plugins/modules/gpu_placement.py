@@ -16,7 +16,7 @@ description:
   - Pure computation; changes nothing anywhere. It usually runs on the controller
     (with C(delegate_to=localhost) or C(run_once)); the same function is the filter
     P(gpufleet.inference.gpu_placement#filter).
-  - Warns but allows (seed 001 of the design) when a budget is above a GPU's capacity (the
+  - Warns but does not fail when a budget is above a GPU's capacity (the
     budget is cut to what the GPU has, and said so), when combined budgets are above a GPU,
     when an LLM lands on a GPU too small for it, when a pin names a GPU that does not exist
     (the service falls back to an available GPU; O(pin_not_found=fail) fails instead), when
@@ -63,8 +63,8 @@ options:
         default: {}
       dedicated:
         description:
-          - Engines, roles or service names this host is reserved for (seed 002, I(khelben
-            runs only vLLM)). Other services never go there; the named ones prefer it.
+          - Engines, roles or service names this host is reserved for (for example a host
+            that runs only vLLM). Other services never go there; the named ones prefer it.
         type: list
         elements: str
         default: []
@@ -142,7 +142,7 @@ options:
         description: Lowest CUDA compute capability the service runs on, like V(7.0).
         type: str
       vram_budget_mib:
-        description: Budget override in MiB (seed 001's C(vram_budget_override)).
+        description: Budget override in MiB, used instead of the estimate from the catalog.
         type: int
       context_length:
         description: Context length for the KV cache estimate; also rendered as engine setting.
@@ -177,7 +177,7 @@ options:
   headroom_mib:
     description:
       - MiB kept free on every GPU (CUDA contexts, fragmentation). The default turns a 4 GB GPU
-        into a 3.5 GB budget, as in seed 001.
+        (an RTX A400, 4,094 MiB) into a 3.5 GB budget.
     type: int
     default: 512
   reserve_mib:
@@ -211,16 +211,19 @@ options:
   pin_not_found:
     description:
       - What a pin (O(services[].gpu)) to a GPU that O(gpus) does not list does.
-      - V(warn) places the service on an available GPU with a warning (the runtime fallback of
-        seed 001); V(fail) fails before placing anything, naming the service and the pin (a
-        typo in inventory). A pin to a listed GPU that cannot take services (unhealthy) always
-        falls back with a warning.
+      - V(warn) places the service on an available GPU with a warning; V(fail) fails before
+        placing anything, naming the service and the pin (a typo in inventory). A pin to a
+        listed GPU that cannot take services (unhealthy) always falls back with a warning.
     type: str
     choices: [warn, fail]
     default: warn
   catalog:
     description:
-      - Models to add to, or replace in, the built-in catalog (the models of the design seeds).
+      - Models to add to, or replace in, the built-in catalog. It holds C(llama3.2:3b),
+        C(llama3.2:1b), C(qwen2.5:1.5b), C(qwen2.5:7b), C(gpt-oss:20b), C(qwen3-vl:32b),
+        C(nemotron-3-nano:30b) (Q4_K_M, for Ollama) and its NVFP4 checkpoint for vLLM,
+        C(moondream2), C(florence-2-large), C(clip-vit-large), C(yolo26) and C(model-zoo)
+        (a 6.8 GB budget shared by nine vision models).
       - Give O(catalog[].vram_mib), or O(catalog[].weights_mib) or O(catalog[].params_b) with
         O(catalog[].quantization), plus O(catalog[].layers), O(catalog[].kv_heads) and
         O(catalog[].head_dim) for the KV cache.
@@ -307,7 +310,7 @@ EXAMPLES = r"""
 - name: Gather GPU facts
   gpufleet.inference.gpu_facts:
 
-- name: Place the seed-001 services
+- name: Place five services (an LLM, detection, captioning, embeddings, a model zoo)
   gpufleet.inference.gpu_placement:
     gpus: "{{ ansible_facts.gpus }}"
     strategy: vram_based
@@ -495,7 +498,7 @@ summary:
   type: dict
 gpu_assignments:
   description:
-    - The C(gpu-assignments.yml) shape of seed 001, C(strategy) and C(assignments) (C(gpu),
+    - The C(gpu-assignments.yml) document, C(strategy) and C(assignments) (C(gpu),
       a list of indexes for a service spanning GPUs, C(vram_budget) in GB when set or
       adjusted).
   returned: always

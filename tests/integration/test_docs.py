@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -61,3 +62,31 @@ def test_fault_table_names_tests_that_exist():
             path, _sep, name = ref.partition("::")
             source = (REPO / path).read_text()
             assert "def %s(" % name.split("[")[0] in source, ref
+
+
+# What users read: the README, the roles, the playbooks, the plugins (their ansible-doc pages,
+# the files they render, their comments) and meta/. The design documents ("seed 000" ...
+# "seed 004") are not shipped, so these files state the facts instead of pointing at them.
+USER_FACING = ("README.md", "galaxy.yml", "docs/", "meta/", "playbooks/", "plugins/", "roles/")
+DESIGN_REFERENCE = re.compile(r"\bseeds?\b", re.IGNORECASE)
+
+
+def _user_facing_files():
+    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
+                              "--", *USER_FACING], capture_output=True, text=True, check=True,
+                             cwd=str(REPO))
+    paths = sorted(set(listing.stdout.split()))
+    return [path for path in paths if (REPO / path).is_file()]
+
+
+@pytest.mark.parametrize("path", _user_facing_files())
+def test_user_docs_do_not_cite_design_documents(path):
+    if not (REPO / path).is_file():  # deleted since collection: nothing left to read
+        return
+    data = (REPO / path).read_bytes()
+    if b"\0" in data:  # an image
+        return
+    hits = ["%s:%d: %s" % (path, number, line.strip())
+            for number, line in enumerate(data.decode("utf-8").splitlines(), 1)
+            if DESIGN_REFERENCE.search(line)]
+    assert not hits, "state the fact, not the design document:\n" + "\n".join(hits)

@@ -141,7 +141,7 @@ def test_compose_files_are_what_the_template_rendered(tmp_path, profile, mode, c
         assert (project / name).read_text() == expected, name
     doc = _render.gpu_assignments_document(plan, None, "2026-01-02T03:04:05Z")
     assert (project / "gpu-assignments.yml").read_text() == (
-        "%s\n# Which GPU each service runs on (seed 001): for reading, generated from the "
+        "%s\n# Which GPU each service runs on: for reading, generated from the "
         "placement.\n%s" % (HEADER, to_nice_yaml(doc, indent=2, sort_keys=False, width=200)))
     overlay = {"docker": ":compose.gpu.yml", "podman": ":compose.podman-gpu.yml"}
     assert (project / ".env").read_text() == (
