@@ -22,8 +22,10 @@ description:
   - A playbook marks a host C(rolled back) with
     C(ansible.builtin.set_stats) of C(gpufleet_outcome=rolled_back) (per host, not aggregated);
     the site playbook does so when an apply was rolled back.
-  - By default the table is printed for playbooks with a C(serial) play (rollouts); set
-    O(always) to print it after every playbook.
+  - By default the table is printed for playbooks with a C(serial) play (rollouts), and for
+    any playbook in which a host failed or was unreachable, whatever play it failed in (a
+    rollout whose every host fails in a check before its serial play still gets its table);
+    set O(always) to print it after every playbook.
   - Enable it like every callback of a collection, in C(ansible.cfg)
     (C(callbacks_enabled = gpufleet.inference.fleet_outcome)) or with
     C(ANSIBLE_CALLBACKS_ENABLED=gpufleet.inference.fleet_outcome).
@@ -31,7 +33,7 @@ requirements:
   - enable in configuration
 options:
   always:
-    description: Print the table after every playbook, not only after those with a serial play.
+    description: Print the table after every playbook, not only after rollouts and failures.
     type: bool
     default: false
     env:
@@ -115,7 +117,8 @@ class CallbackModule(CallbackBase):
             self._host(name)["stopped"] = True
 
     def v2_playbook_on_stats(self, stats):
-        if not (self._serial or self.get_option("always")):
+        failed = any(seen["failed"] or seen["unreachable"] for seen in self._seen.values())
+        if not (self._serial or failed or self.get_option("always")):
             return
         order, meant = [], set()
         for uuid, hosts in self._play_hosts.items():

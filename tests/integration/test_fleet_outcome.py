@@ -145,3 +145,11 @@ def test_the_fleet_inventory_example_host_variables_beat_group_defaults():
     assert inv["gpu_NVIDIA_RTX_A4000"]["hosts"] == ["infer-03"]
     assert inv["gpu_NVIDIA_L4"]["hosts"] == ["edge-01", "edge-02"]
     assert "gpufleet_expected_gpus" not in hostvars["cpu-01"]
+
+
+def test_every_host_failing_before_the_serial_play_still_gets_the_table(tmp_path):
+    """No serial play ever started (a check before the rollout failed everywhere)."""
+    rc, out, rows = run(tmp_path, '{"broken": ["h1", "h2", "h3", "h4", "h5"]}', serial=False)
+    assert rc == 2, out
+    assert out.count("FLEET OUTCOME") == 1, out
+    assert {h: rows[h][0] for h in HOSTS} == dict.fromkeys(HOSTS, "failed"), out
