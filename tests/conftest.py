@@ -30,6 +30,7 @@ LAB_MODULE_GROUPS = {
     "test_lab_molecule.py": "lab-ws", "test_lab_report.py": "lab-ws",
     "test_lab_apply.py": "lab-dual2", "test_lab_first_run.py": "lab-dual3",
     "test_lab_site.py": "lab-dual",
+    "test_lab_installed.py": "lab-dual",
     "test_lab_switch.py": "lab-spark",
 }
 
