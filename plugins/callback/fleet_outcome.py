@@ -25,7 +25,8 @@ description:
   - By default the table is printed for playbooks with a C(serial) play (rollouts), and for
     any playbook in which a host failed or was unreachable, whatever play it failed in (a
     rollout whose every host fails in a check before its serial play still gets its table);
-    set O(always) to print it after every playbook.
+    set O(always) to print it after every playbook. Ad-hoc commands (C(ansible)) never print
+    it.
   - Enable it like every callback of a collection, in C(ansible.cfg)
     (C(callbacks_enabled = gpufleet.inference.fleet_outcome)) or with
     C(ANSIBLE_CALLBACKS_ENABLED=gpufleet.inference.fleet_outcome).
@@ -66,10 +67,15 @@ class CallbackModule(CallbackBase):
         self._play = None
         self._seen = {}  # host -> changed, failed, unreachable, stopped
         self._serial = False
+        self._adhoc = False
 
     def _host(self, name):
         return self._seen.setdefault(name, {"changed": 0, "failed": None, "unreachable": None,
                                             "stopped": False})
+
+    def v2_playbook_on_start(self, playbook):
+        """An ad-hoc command (``ansible``) is no rollout: it never gets the table."""
+        self._adhoc = getattr(playbook, "_file_name", None) == "__adhoc_playbook__"
 
     def v2_playbook_on_play_start(self, play):
         """Called once per batch: remember the play's hosts and the batch."""
@@ -118,7 +124,7 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_stats(self, stats):
         failed = any(seen["failed"] or seen["unreachable"] for seen in self._seen.values())
-        if not (self._serial or failed or self.get_option("always")):
+        if self._adhoc or not (self._serial or failed or self.get_option("always")):
             return
         order, meant = [], set()
         for uuid, hosts in self._play_hosts.items():
