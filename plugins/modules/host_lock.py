@@ -25,6 +25,9 @@ description:
     lock of another run is left alone.
   - Neither counts as a change, as the lock is not part of the host's converged state and a
     converged re-run must show C(changed=0).
+  - While it waits, its action plugin shows on the controller, every few seconds, who holds the
+    lock and how long this run has waited (the module runs detached and writes O(progress_file)).
+    A lock taken at the first try runs the module once, as a plain task.
   - The role C(gpufleet.inference.host_lock) builds O(owner) and calls this module.
 author:
   - gpufleet.inference contributors (@gpufleet)
@@ -56,6 +59,13 @@ options:
     description: Seconds after which a lock is taken as left over by a run that died, and broken.
     type: int
     default: 3600
+  progress_file:
+    description:
+      - A file on the host to which the module appends one JSON line (C(item), C(text),
+        C(final)) when the lock's owner changes and at most every 2 seconds while it waits,
+        and one when it takes the lock after a wait. For internal use - the action plugin
+        sets it; set it only when running the module without the action.
+    type: path
 extends_documentation_fragment:
   - gpufleet.inference.attributes
 attributes:
@@ -110,7 +120,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _lock
+from ansible_collections.gpufleet.inference.plugins.module_utils import _lock, _waiting
 
 
 def main():
@@ -122,6 +132,7 @@ def main():
             timeout=dict(type="int", default=600),
             delay=dict(type="int", default=2),
             stale_after=dict(type="int", default=3600),
+            progress_file=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -142,9 +153,14 @@ def main():
         if result["failed"]:
             module.fail_json(msg=result["msg"], **out)
         module.exit_json(msg=result["msg"], **out)
-    result = _lock.acquire(fs, p["path"], p["owner"], time.time, time.sleep,
+    wait = _waiting.LockWait(fs, p["path"], p["timeout"],
+                             _waiting.ProgressFile(p["progress_file"], time.monotonic),
+                             time.monotonic, time.sleep)
+    result = _lock.acquire(fs, p["path"], p["owner"], time.time, wait.sleep,
                            timeout_s=p["timeout"], delay_s=p["delay"],
                            stale_after_s=p["stale_after"])
+    if result["acquired"]:
+        wait.taken()
     out.update(acquired=result["acquired"], broken=result["broken"])
     if not result["acquired"]:
         module.fail_json(msg=result["reason"], **out)

@@ -53,6 +53,11 @@ description:
     with a GPU has its C(/api/ps) read (nothing is loaded); a loaded model must be entirely in
     VRAM and held by a process of the service; with no model loaded there is nothing to check
     on its GPU. Bad input still fails.
+  - B(Progress.) With a O(timeout) over 10 seconds (outside check mode) its action plugin
+    runs the module detached and shows on the controller, every few seconds, each service
+    that answered but not yet with 200 (its url's path, the status and what the body says, its
+    container's or unit's state, seconds waited of O(timeout)), an Ollama model being loaded,
+    and a service that answers 200 after such a line. The task's result is the module's own.
 author:
   - gpufleet.inference contributors (@gpufleet)
 options:
@@ -154,6 +159,13 @@ options:
         failing (the report mode, see the description); bad input fails either way.
     type: bool
     default: true
+  progress_file:
+    description:
+      - A file on the host to which the module appends one JSON line (C(item), C(text),
+        C(final)) per service when what it waits for changes and at most every 2 seconds
+        while it waits. For internal use - the action plugin sets it; set it only when running
+        the module without the action.
+    type: path
 extends_documentation_fragment:
   - gpufleet.inference.attributes
 attributes:
@@ -299,6 +311,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils import (
     _gpu_readers,
     _http,
     _verify,
+    _waiting,
 )
 
 # Seconds one docker, systemctl or journalctl call may take before it is stopped.
@@ -403,13 +416,17 @@ def main():
             load_models=dict(type="bool", default=True),
             gpu_check=dict(type="bool", default=True),
             fail_on_problem=dict(type="bool", default=True),
+            progress_file=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    watch = _waiting.ServiceWatch(p["runtime"], p["services"], Readers(module),
+                                  _waiting.ProgressFile(p["progress_file"], time.monotonic),
+                                  time.monotonic, time.sleep, p["timeout"], p["load_models"])
     try:
         result = _verify.verify(
-            p["runtime"], p["services"], Readers(module), time.monotonic, time.sleep,
+            p["runtime"], p["services"], watch, time.monotonic, watch.sleep,
             timeout_s=p["timeout"], interval_s=p["interval"],
             request_timeout_s=p["request_timeout"], load_models=p["load_models"],
             gpu_check=p["gpu_check"], fail_on_problem=p["fail_on_problem"])

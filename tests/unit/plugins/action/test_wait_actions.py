@@ -1,0 +1,238 @@
+# Copyright (c) gpufleet.inference contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The host_lock and service_verify actions on the controller: which paths run the module
+directly, which run it detached with a progress file (plugin_utils/_progress.py, the loop the
+downloads action tests too), and that the task's result is the module's own. The host is faked
+at the level of ActionBase's calls; the progress file is a real file written by a fake job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from unittest.mock import MagicMock
+
+import pytest
+
+from ansible_collections.gpufleet.inference.plugins.action import host_lock, service_verify
+from ansible_collections.gpufleet.inference.plugins.plugin_utils import _progress
+
+OWNER = '{"controller": "ops1", "pid": 4524}'
+HELD = {"failed": True, "changed": False, "acquired": False, "broken": None, "released": False,
+        "msg": "the lock /run/gpufleet/lock is held by another run (owner x, taken 3 s ago)"}
+TAKEN = {"changed": False, "acquired": True, "broken": None, "released": False,
+         "msg": "took the lock /run/gpufleet/lock"}
+
+
+class Host:
+    """Direct runs answer ``direct`` in order; a detached run writes ``lines`` to its progress
+    file, then ends with ``final``."""
+
+    def __init__(self, tmp_path, direct=(), final=None, lines=()):
+        self.tmp_path = tmp_path
+        self.direct = list(direct)
+        self.final = final
+        self.lines = list(lines)
+        self.calls = []
+        self.result = None
+        self.async_val_seen = None
+        self.job = None
+
+    def execute_module(self, action, module_name=None, module_args=None, task_vars=None,
+                       wrap_async=False, **_kwargs):
+        self.calls.append((module_name, dict(module_args or {}), wrap_async))
+        if module_name == "ansible.legacy.async_status":
+            if module_args.get("mode") == "cleanup":
+                return {"erased": "/root/.ansible_async/j1"}
+            if self.result is None:
+                return {"started": True, "finished": False, "ansible_job_id": "j1"}
+            return dict(self.result, finished=True, ansible_job_id="j1")
+        if not wrap_async:
+            return dict(self.direct.pop(0))
+        assert self.final is not None, "a detached run where none was expected"
+        self.async_val_seen = action._task.async_val
+        self.job = threading.Thread(target=self.run_job, args=(module_args["progress_file"],))
+        self.job.start()
+        return {"started": True, "finished": False, "ansible_job_id": "j1",
+                "results_file": "/root/.ansible_async/j1", "changed": False}
+
+    def run_job(self, path):
+        for line in self.lines:
+            with open(path, "a") as out:
+                out.write(json.dumps(line) + "\n")
+            time.sleep(0.02)
+        self.result = dict(self.final)
+
+    def make_tmp_path(self, action):
+        path = self.tmp_path / ("ansible-tmp-%d" % len(self.calls))
+        path.mkdir(exist_ok=True)
+        action._connection._shell.tmpdir = str(path)
+        return str(path)
+
+    @staticmethod
+    def low_level(cmd, sudoable=True, **_kwargs):
+        done = subprocess.run(cmd, shell=True, capture_output=True, text=True, check=False)
+        return {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+    def kinds(self):
+        """'direct', 'detached' and 'status' per call, in order."""
+        return ["status" if name else "detached" if wrap else "direct"
+                for name, _args, wrap in self.calls]
+
+
+def make_action(plugin, host, check_mode=False, **args):
+    task = MagicMock()
+    task.args = args
+    task.async_val = 0
+    task.check_mode = check_mode
+    connection = MagicMock()
+    connection._shell.tmpdir = None
+    connection._shell.join_path = os.path.join
+    action = plugin.ActionModule(task, connection, play_context=MagicMock(), loader=None,
+                                 templar=None, shared_loader_obj=None)
+    action._execute_module = lambda **kw: host.execute_module(action, **kw)
+    action._make_tmp_path = lambda *a: host.make_tmp_path(action)
+    action._low_level_execute_command = host.low_level
+    action._remove_tmp_path = lambda path, force=False: None
+    action._remote_expand_user = lambda path, sudoable=True: path.replace("~", "/root")
+    action.get_shell_option = lambda name, default=None: default
+    shown = []
+    action._display = MagicMock()
+    action._display.display.side_effect = shown.append
+    return action, shown
+
+
+def run(action):
+    return action.run(task_vars={"inventory_hostname": "lab-dual"})
+
+
+@pytest.fixture(autouse=True)
+def fast_polls(monkeypatch):
+    monkeypatch.setattr(_progress, "POLL_S", 0.01)
+
+
+def event(item, text, final=False):
+    return {"item": item, "text": text, "final": final}
+
+
+# ---- host_lock -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("check_mode", "args"), [
+    pytest.param(True, {}, id="check-mode"),
+    pytest.param(False, {"state": "absent"}, id="release"),
+    pytest.param(False, {"timeout": 0}, id="timeout-0"),
+    pytest.param(False, {"timeout": "soon"}, id="timeout-not-a-number"),
+    pytest.param(False, {"timeout": True}, id="timeout-a-bool"),
+])
+def test_host_lock_paths_that_do_not_wait_run_the_module_once_as_given(tmp_path, check_mode,
+                                                                       args):
+    host = Host(tmp_path, direct=[TAKEN])
+    action, shown = make_action(host_lock, host, check_mode=check_mode, owner=OWNER, **args)
+    assert run(action) == TAKEN
+    assert host.kinds() == ["direct"] and host.calls[0][1] == dict(args, owner=OWNER)
+    assert shown == []
+
+
+def test_a_free_lock_is_taken_by_one_try_whose_invocation_shows_the_task_timeout(tmp_path):
+    taken = dict(TAKEN, invocation={"module_args": {"owner": OWNER, "timeout": 0}})
+    host = Host(tmp_path, direct=[taken])
+    action, shown = make_action(host_lock, host, owner=OWNER, timeout="30")
+    result = run(action)
+    assert host.kinds() == ["direct"] and host.calls[0][1] == {"owner": OWNER, "timeout": 0}
+    assert result == dict(TAKEN, invocation={"module_args": {"owner": OWNER, "timeout": 30}})
+    assert shown == []
+
+
+def test_a_held_lock_is_waited_for_detached_with_progress_and_the_module_result(tmp_path):
+    final = dict(TAKEN, invocation={"module_args": {"owner": OWNER, "timeout": 600,
+                                                    "progress_file": "/x/progress.jsonl"}})
+    lines = [event("lock", "host lock held by ops1 pid 4524: waited 0 s of 600 s"),
+             event("lock", "took the host lock after 4 s", final=True)]
+    host = Host(tmp_path, direct=[HELD], final=final, lines=lines)
+    action, shown = make_action(host_lock, host, owner=OWNER)
+    result = run(action)
+    host.job.join()
+    assert host.kinds()[:2] == ["direct", "detached"] and set(host.kinds()[2:]) == {"status"}
+    assert host.calls[0][1] == {"owner": OWNER, "timeout": 0}
+    detached = host.calls[1][1]
+    assert detached["progress_file"].endswith("/progress.jsonl")
+    assert {k: v for k, v in detached.items() if k != "progress_file"} == {"owner": OWNER}
+    assert host.async_val_seen == 600 + _progress.GRACE_S and action._task.async_val == 0
+    assert result == dict(TAKEN, invocation={"module_args": {"owner": OWNER, "timeout": 600,
+                                                             "progress_file": None}})
+    assert shown[-1] == "lab-dual: took the host lock after 4 s"
+    assert shown[0] in ("lab-dual: host lock held by ops1 pid 4524: waited 0 s of 600 s",
+                        "lab-dual: took the host lock after 4 s")
+
+
+def test_a_lock_held_past_the_timeout_is_the_detached_run_s_failure(tmp_path):
+    failed = dict(HELD, msg=HELD["msg"] + " and was not released within host_lock_timeout=5 s")
+    host = Host(tmp_path, direct=[HELD], final=failed)
+    action, _shown = make_action(host_lock, host, owner=OWNER, timeout=5)
+    result = run(action)
+    host.job.join()
+    assert result == failed and host.async_val_seen == 5 + _progress.GRACE_S
+
+
+@pytest.mark.parametrize("first", [
+    pytest.param(dict(HELD, msg="host_lock: delay must be an integer > 0; got: 0"),
+                 id="bad-input"),
+    pytest.param({"failed": True, "msg": "missing required arguments: owner"},
+                 id="argspec-failure"),
+])
+def test_a_first_try_that_fails_otherwise_is_the_result(tmp_path, first):
+    host = Host(tmp_path, direct=[first])
+    action, _shown = make_action(host_lock, host, owner=OWNER, delay=0)
+    assert run(action) == first and host.kinds() == ["direct"]
+
+
+# ---- service_verify --------------------------------------------------------------------------
+
+VERIFIED = {"changed": False, "waited_s": 41.0, "crashed": None, "problems": [],
+            "services": [{"name": "vllm", "healthy": True}]}
+SERVICES = [{"name": "vllm", "url": "http://127.0.0.1:8000/health"},
+            {"name": "ollama", "engine": "ollama", "url": "http://127.0.0.1:11434/api/version"}]
+
+
+@pytest.mark.parametrize(("check_mode", "args"), [
+    pytest.param(True, {}, id="check-mode"),
+    pytest.param(False, {"timeout": 2}, id="a-snapshot"),
+    pytest.param(False, {"timeout": service_verify.DIRECT_MAX_S}, id="at-the-limit"),
+    pytest.param(False, {"timeout": "0"}, id="bad-timeout"),
+    pytest.param(False, {"timeout": "soon"}, id="not-a-number"),
+])
+def test_service_verify_short_waits_run_the_module_directly(tmp_path, check_mode, args):
+    host = Host(tmp_path, direct=[VERIFIED])
+    action, shown = make_action(service_verify, host, check_mode=check_mode, runtime="compose",
+                                services=SERVICES, **args)
+    assert run(action) == VERIFIED
+    assert host.kinds() == ["direct"] and shown == []
+
+
+def test_service_verify_long_waits_run_detached_with_progress(tmp_path):
+    lines = [event("vllm", "vllm: /health 503 (loading), container running, 0 s of 600 s"),
+             event("vllm", "vllm: /health 200 after 41 s", final=True)]
+    failed = dict(VERIFIED, failed=True, msg="ollama: not healthy within 600 s")
+    host = Host(tmp_path, final=failed, lines=lines)
+    action, shown = make_action(service_verify, host, runtime="compose", services=SERVICES,
+                                timeout=600)
+    result = run(action)
+    host.job.join()
+    assert result == failed
+    assert host.kinds()[0] == "detached"
+    assert {k: v for k, v in host.calls[0][1].items() if k != "progress_file"} == {
+        "runtime": "compose", "services": SERVICES, "timeout": 600}
+    # the health wait, one model load, the GPU check and a margin
+    assert host.async_val_seen == 600 * 2 + service_verify.JOB_MARGIN_S
+    assert shown[-1] == "lab-dual: vllm: /health 200 after 41 s"
+
+
+def test_service_verify_default_timeout_runs_detached(tmp_path):
+    host = Host(tmp_path, final=VERIFIED)
+    action, _shown = make_action(service_verify, host, runtime="systemd", services="bad")
+    assert run(action) == VERIFIED
+    assert host.kinds()[0] == "detached"
+    assert host.async_val_seen == int(service_verify.DEFAULT_TIMEOUT_S
+                                      + service_verify.JOB_MARGIN_S)
