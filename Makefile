@@ -13,11 +13,13 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/$(COLL_ROOT)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup system-deps venv link collections run test lint sanity unit build clean
+.PHONY: help setup system-deps venv link collections run test test-quick lint sanity unit build \
+	clean
 
 help:
 	@echo "make run    gather GPU facts on the inventory (INVENTORY=$(INVENTORY)) and print a summary"
-	@echo "make test   lint, ansible-test sanity, unit and integration tests"
+	@echo "make test   lint, ansible-test sanity, unit, integration and lab tests"
+	@echo "make test-quick   lint, unit and integration tests: no sanity, no lab host"
 
 setup: venv link
 
@@ -100,5 +102,10 @@ bench: setup lab-setup
 TEST_WORKERS ?= 4
 test: lint sanity lab-setup
 	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --durations=25 tests
+
+# The inner loop: lint, unit and integration tests (some use the lab's Docker engine, no host).
+test-quick: lint lab-setup
+	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n 2 --dist loadscope tests/unit \
+	  tests/integration
 
 include lab/lab.mk

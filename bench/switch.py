@@ -199,6 +199,7 @@ def probe_args():
     """The prober's arguments after its log file: one "check|url" per column."""
     return ["%s|%s" % (check, url) for _name, check, url in PROBES]
 
+
 GPU_STATE = r"""
 import json, os, sys
 sys.path.insert(0, "/opt/gpufleet-lab/servers")
@@ -344,8 +345,8 @@ def summarize(legs):
         if peer is not None:
             row["ratio_to_%s_ingestion" % peer_approach] = _common.ratio(
                 row["to_ingestion_s"], peer["to_ingestion_s"])
-            row["ratio_to_%s_chat" % peer_approach] = _common.ratio(row["to_chat_s"],
-                                                                   peer["to_chat_s"])
+            row["ratio_to_%s_chat" % peer_approach] = _common.ratio(
+                row["to_chat_s"], peer["to_chat_s"])
     return rows
 
 
@@ -456,8 +457,8 @@ def markdown(result):
                 f(r["to_ingestion"]), f(r["to_chat"]), startup)
             for startup, r in sorted(judged["sleep_downtimes"].items(),
                                      key=lambda item: float(item[0])))
-        line += (" Sleep mode: vLLM crashed in %d of its %d legs, woken (not restarted) in "
-                 "%d of %d; sleep-mode downtime at the %g s drain: %s (target at most %g s "
+        line += (" Sleep mode: vLLM crashed in %s of its %s legs, woken (not restarted) in "
+                 "%s of %s; sleep-mode downtime at the %g s drain: %s (target at most %g s "
                  "both ways, every leg woken, none crashed: %s)." % (
                      judged["sleep_crashed"], judged["sleep_legs"], judged["sleep_woken"],
                      judged["sleep_legs"], judged["judged_drain_s"],

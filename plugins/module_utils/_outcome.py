@@ -58,4 +58,3 @@ def record(outcome, runtime, services, previous=None):
     old = dict(previous) if isinstance(previous, dict) else {}
     old.pop("finished_at", None)
     return new, old != new
-

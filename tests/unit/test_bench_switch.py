@@ -317,8 +317,8 @@ def test_the_prober_runs_judge_answer_on_real_answers(tmp_path):
     probe = subprocess.Popen([sys.executable, str(script), str(log), *args])
     try:
         deadline = time.time() + 20
-        while time.time() < deadline and len(log.read_text().splitlines() if log.exists()
-                                              else []) < 2:
+        while time.time() < deadline and len(
+                log.read_text().splitlines() if log.exists() else []) < 2:
             time.sleep(0.05)
     finally:
         probe.kill()

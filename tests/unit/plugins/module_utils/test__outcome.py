@@ -44,4 +44,3 @@ def test_record_bad_input(outcome, services, message):
     with pytest.raises(ValueError) as err:
         _outcome.record(outcome, "compose", services)
     assert str(err.value) == message
-
