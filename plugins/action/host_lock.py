@@ -20,20 +20,10 @@ from __future__ import annotations
 from ansible_collections.gpufleet.inference.plugins.plugin_utils._progress import (
     GRACE_S,
     ProgressAction,
+    number_option,
 )
 
 DEFAULT_TIMEOUT_S = 600
-
-
-def _whole_seconds(value):
-    """``timeout`` as the module reads it, or None when it is not a whole number."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-    return number
 
 
 class ActionModule(ProgressAction):
@@ -43,7 +33,7 @@ class ActionModule(ProgressAction):
         del tmp
         task_vars = task_vars or {}
         args = dict(self._task.args)
-        timeout = _whole_seconds(args.get("timeout", DEFAULT_TIMEOUT_S))
+        timeout = number_option(args.get("timeout", DEFAULT_TIMEOUT_S), int)
         if self._task.check_mode or args.get("state", "present") != "present" \
                 or timeout is None or timeout <= 0:
             result.update(self.run_directly(task_vars))

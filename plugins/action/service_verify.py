@@ -15,22 +15,16 @@ result is the module's own.
 from __future__ import annotations
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _verify
-from ansible_collections.gpufleet.inference.plugins.plugin_utils._progress import ProgressAction
+from ansible_collections.gpufleet.inference.plugins.plugin_utils._progress import (
+    ProgressAction,
+    number_option,
+)
 
 DEFAULT_TIMEOUT_S = 180.0
 # A wait this short is over before a progress line could be shown: run as a plain task.
 DIRECT_MAX_S = 10.0
 # Beyond the health wait and the model loads: the GPU check and the docker/systemctl calls.
 JOB_MARGIN_S = _verify.GPU_SETTLE_S + 300
-
-
-def _seconds(value):
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(str(value).strip())
-    except (TypeError, ValueError):
-        return None
 
 
 def job_seconds(timeout, services):
@@ -48,7 +42,7 @@ class ActionModule(ProgressAction):
         del tmp
         task_vars = task_vars or {}
         args = dict(self._task.args)
-        timeout = _seconds(args.get("timeout", DEFAULT_TIMEOUT_S))
+        timeout = number_option(args.get("timeout", DEFAULT_TIMEOUT_S))
         if self._task.check_mode or timeout is None or timeout <= DIRECT_MAX_S:
             result.update(self.run_directly(task_vars))
             return result

@@ -37,6 +37,17 @@ ASYNC_KEYS = ("ansible_job_id", "started", "finished", "results_file", "stdout",
               "stdout_lines", "stderr", "stderr_lines")
 
 
+def number_option(value, kind=float):
+    """A task's numeric option (``timeout``) as the module will read it, converted with
+    ``kind`` (int or float), or None when it is not one: the module then says why."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return kind(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
 class ProgressAction(ActionBase):
     """An action that runs its own module (``self._task.action``), directly or detached."""
 
