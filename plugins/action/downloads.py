@@ -7,8 +7,9 @@ and pulls take minutes, so with ``state: present`` (outside check mode) the modu
 the way ``async:`` starts one (``_execute_module(wrap_async=True)``: Ansible's async_wrapper
 runs it detached on the host) with a ``progress_file`` in a remote temporary directory of its
 own. Every ``POLL_S`` seconds the action asks ``ansible.legacy.async_status`` whether the job
-ended and reads the progress file's new lines with one ``tail -c +<offset>``; it prints at most
-one line per item every ``SHOW_EVERY_S`` seconds, and always the line that ends an item. The
+ended and reads the progress file's new lines with one ``tail -c +<offset>``; it prints an
+item's first line and the line that ends it, between them at most one every ``SHOW_EVERY_S``
+seconds. The
 module's own result (a failure included) is the task's result. ``state: planned`` and check
 mode run the module directly.
 

@@ -38,7 +38,8 @@ description:
   - Progress - the action plugin runs the module asynchronously on the host with a progress
     file in the remote temporary directory, polls it about every 2 seconds and prints lines
     such as C(lab-dual - pulling ollama/ollama:latest 3/7 layers 512.0/1650.3 MiB) (the host,
-    a colon and the text; at most one every 5 seconds per item, and one when each item ends),
+    a colon and the text; the first line of each item, at most one every 5 seconds while it
+    goes, and the one that ends it),
     then returns the module's result.
     O(state=planned) and check mode run the module directly. A failure of the module is the
     task's failure with its message.

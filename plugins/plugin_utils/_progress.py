@@ -142,8 +142,8 @@ class ProgressAction(ActionBase):
 
 
 class ProgressReader:
-    """Turns progress lines into displayed lines: per item at most one every SHOW_EVERY_S
-    seconds (the newest), and always the one that ends it."""
+    """Turns progress lines into displayed lines: per item always the first (what starts) and
+    the one that ends it, between them at most one every SHOW_EVERY_S seconds (the newest)."""
 
     def __init__(self, host, display, clock=time.monotonic):
         self.host = host
@@ -167,6 +167,8 @@ class ProgressReader:
             if event.get("final"):
                 latest.pop(item, None)
                 self.show(item, event["text"])
+            elif item not in self.shown:
+                self.show(item, event["text"])  # what starts, even when it ends by the next poll
             else:
                 latest[item] = event["text"]
         now = self.clock()

@@ -186,16 +186,26 @@ def test_progress_reader_keeps_partial_lines_and_throttles():
     first = json.dumps(event(0, "a 1")) + "\n" + json.dumps(event(0, "a 2")) + "\n"
     partial = json.dumps(event(0, "a 3"))[:10]
     reader.feed(first + partial)
-    assert reader.offset == len(first) and shown == ["h: a 2"]
+    assert reader.offset == len(first) and shown == ["h: a 1"]
     clock.now += 2
     reader.feed(json.dumps(event(0, "a 4")) + "\n" + json.dumps(event(1, "b 1")) + "\n")
-    assert shown == ["h: a 2", "h: b 1"]
+    assert shown == ["h: a 1", "h: b 1"]
     clock.now += 4
     reader.feed(json.dumps(event(0, "a 5")) + "\n" + json.dumps(event(0, "a done", True)) + "\n")
-    assert shown == ["h: a 2", "h: b 1", "h: a done"]
+    assert shown == ["h: a 1", "h: b 1", "h: a done"]
     clock.now += 0.5  # b was shown 4.5 s ago
     reader.feed("not json\n" + json.dumps(event(1, "b 2")) + "\n")
-    assert shown == ["h: a 2", "h: b 1", "h: a done"]
+    assert shown == ["h: a 1", "h: b 1", "h: a done"]
     clock.now += 5
     reader.feed(json.dumps(event(1, "b 3")) + "\n")
     assert shown[-1] == "h: b 3"
+
+
+def test_progress_reader_shows_an_item_that_starts_and_ends_between_two_polls():
+    clock = Clock()
+    shown = []
+    reader = ProgressReader("h", shown.append, clock=clock)
+    reader.feed("".join(json.dumps(e) + "\n" for e in (
+        event(0, "pulling x (42 MiB)"), event(0, "pulling x 3/7 layers"),
+        event(0, "pulled x (42 MiB in 1 s)", True))))
+    assert shown == ["h: pulling x (42 MiB)", "h: pulled x (42 MiB in 1 s)"]
