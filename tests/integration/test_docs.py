@@ -15,24 +15,42 @@ from .conftest import BIN, REPO, ansible_env
 MODULES = sorted(p.stem for p in (REPO / "plugins/modules").glob("*.py") if p.stem != "__init__")
 
 
-def _doc(kind, name):
-    proc = subprocess.run([str(BIN / "ansible-doc"), "-t", kind, "--json", name],
+def _docs(kind, names):
+    """ansible-doc's JSON of ``names`` (one run for all: each run starts Ansible anew)."""
+    proc = subprocess.run([str(BIN / "ansible-doc"), "-t", kind, "--json", *names],
                           capture_output=True, text=True, check=False, env=ansible_env())
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)[name]
+    docs = json.loads(proc.stdout)
+    assert sorted(docs) == sorted(names), proc.stderr
+    return docs
+
+
+@pytest.fixture(scope="module")
+def module_docs():
+    return _docs("module", ["gpufleet.inference.%s" % module for module in MODULES])
+
+
+@pytest.fixture(scope="module")
+def module_pages():
+    """The text pages of every module, by module (what `ansible-doc <module>` prints)."""
+    names = ["gpufleet.inference.%s" % module for module in MODULES]
+    text = subprocess.run([str(BIN / "ansible-doc"), *names], capture_output=True, text=True,
+                          check=False, env=ansible_env())
+    assert text.returncode == 0, text.stderr
+    starts = sorted((text.stdout.index("> MODULE %s" % name), name) for name in names)
+    ends = [start for start, _name in starts[1:]] + [len(text.stdout)]
+    return {name: text.stdout[start:end] for (start, name), end in zip(starts, ends)}
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_module_doc_renders(module):
+def test_module_doc_renders(module, module_docs, module_pages):
     name = "gpufleet.inference.%s" % module
-    doc = _doc("module", name)
+    doc = module_docs[name]
     assert doc["doc"]["module"] == module
     assert doc["doc"]["short_description"]
     assert doc["examples"].strip()
     assert doc["return"]
-    text = subprocess.run([str(BIN / "ansible-doc"), name], capture_output=True, text=True,
-                          check=False, env=ansible_env())
-    assert text.returncode == 0 and "EXAMPLES" in text.stdout
+    assert "EXAMPLES" in module_pages[name]
 
 
 def test_every_filter_has_docs():
@@ -40,8 +58,9 @@ def test_every_filter_has_docs():
                               "gpufleet.inference"], capture_output=True, text=True,
                              check=False, env=ansible_env())
     assert listing.returncode == 0, listing.stderr
-    for name in json.loads(listing.stdout):
-        doc = _doc("filter", name)
+    names = sorted(json.loads(listing.stdout))
+    assert names
+    for name, doc in _docs("filter", names).items():
         assert doc["doc"]["short_description"], name
 
 

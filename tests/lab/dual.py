@@ -23,6 +23,9 @@ GPU1 = "GPU-d0a1e2f3-0000-4000-8000-309000000001"
 # lab-dual2, the same box again (the apply tests run there, beside the site tests).
 DUAL2_GPU0 = "GPU-d0a1e2f3-0000-4000-8000-309000000010"
 DUAL2_GPU1 = "GPU-d0a1e2f3-0000-4000-8000-309000000011"
+# lab-dual3, once more (the first-run and installed-collection tests start it empty).
+DUAL3_GPU0 = "GPU-d0a1e2f3-0000-4000-8000-309000000020"
+DUAL3_GPU1 = "GPU-d0a1e2f3-0000-4000-8000-309000000021"
 PROJECT = "/opt/gpufleet"
 PROJECT_FILES = ("compose.yml", "compose.gpu.yml", "compose.podman-gpu.yml", ".env",
                  "gpu-assignments.yml")

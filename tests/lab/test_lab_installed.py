@@ -1,6 +1,6 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The collection as a user installs it, on the lab's dual box (lab-dual).
+"""The collection as a user installs it, on the lab's third dual box (lab-dual3), new and empty.
 
 `ansible-galaxy collection build` makes the tarball; `ansible-galaxy collection install --offline`
 puts it, with the collections galaxy.yml declares (community.docker and what that one needs, given
@@ -11,8 +11,8 @@ scan): `gpufleet.inference.site`, `gpufleet.inference.switch_mode -e inference_m
 `gpufleet.inference.report` by their names. The services run as planned, the collection's callback
 prints its table, and the report lands in the working directory, not in the installed collection.
 
-Afterwards lab-dual is recreated: the site tests of its host group (after this module, in file
-order) start from a new box, as when they run alone.
+lab-dual3 is recreated empty first: a host that never had anything, as a user's new box (the
+first-run tests of the same host group recreate it again for themselves).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import time
 import pytest
 import yaml
 from conftest import LAB, ROOT
-from dual import MANAGED, MODES, PROJECT, assert_compose_state, clear_systemd
+from dual import DUAL3_GPU0, DUAL3_GPU1, MANAGED, PROJECT, assert_compose_state, modes
 
-BOX = "lab-dual"
+BOX = "lab-dual3"
+MODES = modes(DUAL3_GPU0, DUAL3_GPU1)
 BIN = os.path.join(ROOT, ".venv", "bin")
 # Where `make collections` (lab/vendor-collections.sh) put community.docker and what it needs.
 VENDORED = os.path.join(ROOT, ".build", "collections", "ansible_collections")
@@ -178,12 +179,13 @@ def lab_tool(*args):
 
 
 @pytest.fixture(scope="module")
-def box(dual_lab):
-    """lab-dual, recreated afterwards (whatever the outcome): the site tests expect a new box
-    (they plant a token in its empty project .env and look for it in the first run's diff)."""
-    yield dual_lab[BOX]
+def box(dual3_lab):
+    """lab-dual3, recreated: no image, no model, no unit."""
     lab_tool("down", "--hosts", BOX)
     lab_tool("up", "--hosts", BOX)
+    host = dual3_lab[BOX]
+    assert host.sh("docker image ls -q").stdout.split() == []
+    return host
 
 
 def test_installed_collection_resolves_only_from_the_empty_path(installed):
@@ -207,7 +209,6 @@ def test_installed_collection_resolves_only_from_the_empty_path(installed):
 
 def test_installed_site_switch_mode_and_report_from_an_empty_directory(installed, box):
     dual = box
-    clear_systemd(dual)
     rc, out = playbook(installed, "site", {"dual_gpu_mode": "ollama"})
     assert rc == 0, out
     assert "FLEET OUTCOME" in out, out
