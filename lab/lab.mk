@@ -7,10 +7,10 @@ LAB_ARGS := --inventory $(LAB_INVENTORY) $(if $(LAB_HOSTS),--hosts $(LAB_HOSTS))
 .PHONY: lab-setup lab-image lab-up lab-down lab-down-all lab-status lab-test lab-molecule \
 	lab-engine-stop
 
-$(VENV)/.lab-installed: requirements/lab.txt requirements/test.txt
+$(VENV)/.lab-installed: requirements/lab.txt requirements/ee.txt requirements/test.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/test.txt -r requirements/lab.txt \
-	  -c requirements/constraints.txt
+	  -r requirements/ee.txt -c requirements/constraints.txt
 	touch $@
 
 # Engine, mmdebstrap, Compose plugin, vendored collections, images: what a fresh machine needs.
@@ -40,6 +40,14 @@ lab-engine-stop:
 lab-test: lab-setup
 	$(BIN)/pytest -p no:cacheprovider tests/lab
 
-# Molecule's collection-level scenarios on the shared base config (hosts from the lab).
+# Molecule's scenarios, one per role and one of site.yml, on the lab's hosts; molecule finds the
+# shared base config (.config/molecule/config.yml) by itself.
 lab-molecule: lab-setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule --base-config molecule/shared/base.yml test --all
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --all
+
+# The execution environment built for real and run as AWX runs a job (lab/ee.py, lab/README.md
+# "Execution environment"): its base image, ansible-builder build, then ansible-runner runs
+# site.yml in it twice on lab-edge (the second run must change nothing).
+.PHONY: lab-ee
+lab-ee: lab-setup
+	$(BIN)/python lab/ee.py all --host lab-edge

@@ -28,6 +28,7 @@ HOST_FIXTURES = {"lab": "lab-ws", "ws": "lab-ws", "cpu": "lab-ws", "dual_lab": "
 LAB_MODULE_GROUPS = {
     "test_lab_hosts.py": "lab-ws", "test_lab_placement.py": "lab-ws",
     "test_lab_molecule.py": "lab-ws", "test_lab_report.py": "lab-ws",
+    "test_lab_ee.py": "lab-ws",
     "test_lab_apply.py": "lab-dual2", "test_lab_first_run.py": "lab-dual3",
     "test_lab_site.py": "lab-dual",
     "test_lab_installed.py": "lab-dual3",
@@ -38,7 +39,7 @@ LAB_MODULE_GROUPS = {
 # the order in which workers take them. A lab scope not listed counts LAB_SCOPE_DEFAULT_S.
 LAB_SCOPE_SECONDS = {
     "lab-dual": 950, "lab-dual2": 1050, "lab-dual3": 700, "lab-spark": 800,
-    "tests/lab/test_lab_sleep.py": 750, "lab-ws": 400, "tests/lab/test_lab_fleet.py": 400,
+    "tests/lab/test_lab_sleep.py": 750, "lab-ws": 550, "tests/lab/test_lab_fleet.py": 400,
     "tests/lab/test_lab_amd.py": 240, "tests/lab/test_lab_multi.py": 110,
 }
 LAB_SCOPE_DEFAULT_S = 60

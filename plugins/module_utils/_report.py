@@ -21,6 +21,7 @@ import base64
 import binascii
 import html
 import json
+import re
 
 from ansible_collections.gpufleet.inference.plugins.module_utils._placement import _managed
 from ansible_collections.gpufleet.inference.plugins.module_utils._plan import MODES as DUAL_MODES
@@ -617,8 +618,20 @@ def _host_block(entry):
     return "".join(parts)
 
 
-def html_page(report, title="GPU fleet report", generated_at=None):
-    """One self-contained HTML page (inline CSS, no script, nothing fetched) of the fleet."""
+_GENERATED_RE = re.compile(r'<p class="meta">[^<]*; generated ([^<]+)</p>')
+
+
+def html_page(report, title="GPU fleet report", generated_at=None, previous=None):
+    """One self-contained HTML page (inline CSS, no script, nothing fetched) of the fleet.
+
+    ``previous``: the page written before, if any. When it shows the same fleet, it comes back
+    as it is, with the time it was generated, so that writing the report of a fleet that did
+    not change changes nothing.
+    """
+    if previous and generated_at:
+        match = _GENERATED_RE.search(previous)
+        if match and html_page(report, title, html.unescape(match.group(1))) == previous:
+            return previous
     model = _model(report)
     totals = model["totals"]
     meta = "%d host(s), %d reachable, %d GPU(s), %d of %d MiB free" % (

@@ -17,8 +17,6 @@ first-run tests of the same host group recreate it again for themselves).
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import subprocess
@@ -30,6 +28,9 @@ import pytest
 import yaml
 from conftest import LAB, ROOT
 from dual import DUAL3_GPU0, DUAL3_GPU1, MANAGED, PROJECT, assert_compose_state, modes
+
+sys.path.insert(0, LAB)
+import ee as lab_ee  # lab/ee.py: collections packed as Galaxy artifacts
 
 BOX = "lab-dual3"
 MODES = modes(DUAL3_GPU0, DUAL3_GPU1)
@@ -50,50 +51,6 @@ retry_files_enabled = False
 [connection]
 pipelining = True
 """
-
-
-def _sha256(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
-
-
-def artifact(src, dest_dir):
-    """Pack an installed collection (MANIFEST.json and its files) as a Galaxy artifact.
-
-    The PyPI ansible bundle leaves out files that the FILES.json it keeps lists (CI configs), and
-    ansible-galaxy refuses such a tarball: FILES.json is written again for the files there.
-    """
-    with open(os.path.join(src, "MANIFEST.json"), encoding="utf-8") as handle:
-        manifest = json.load(handle)
-    info = manifest["collection_info"]
-    entries = [{"name": ".", "ftype": "dir", "chksum_type": None, "chksum_sha256": None,
-                "format": 1}]
-    members = []
-    for top, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in dirs + sorted(files):
-            path = os.path.join(top, name)
-            rel = os.path.relpath(path, src)
-            if rel in ("MANIFEST.json", "FILES.json") or name.endswith(".pyc"):
-                continue
-            is_file = os.path.isfile(path)
-            entries.append({"name": rel, "ftype": "file" if is_file else "dir",
-                            "chksum_type": "sha256" if is_file else None,
-                            "chksum_sha256": _sha256(path) if is_file else None, "format": 1})
-            members.append((path, rel))
-    files_json = json.dumps({"files": entries, "format": 1}, indent=4).encode()
-    manifest["file_manifest_file"]["chksum_sha256"] = hashlib.sha256(files_json).hexdigest()
-    out = os.path.join(dest_dir, "%s-%s-%s.tar.gz" % (info["namespace"], info["name"],
-                                                      info["version"]))
-    with tarfile.open(out, "w:gz") as tar:
-        for name, data in (("MANIFEST.json", json.dumps(manifest, indent=4).encode()),
-                           ("FILES.json", files_json)):
-            member = tarfile.TarInfo(name)
-            member.size, member.mode = len(data), 0o644
-            tar.addfile(member, io.BytesIO(data))
-        for path, rel in members:
-            tar.add(path, arcname=rel, recursive=False)
-    return out
 
 
 def lab_vars():
@@ -124,7 +81,9 @@ def installed(tmp_path_factory):
         tops = {name.split("/", 1)[0] for name in tar.getnames()}
     assert not tops & set(REPOSITORY_ONLY), sorted(tops)
     assert {"plugins", "roles", "playbooks", "meta", "README.md"} <= tops, sorted(tops)
-    artifacts = [artifact(os.path.join(VENDORED, dep), str(deps)) for dep in DEPENDENCIES]
+    # lab/ee.py packs them so for the execution environment too.
+    names = [lab_ee.artifact(os.path.join(VENDORED, dep), str(deps))[1] for dep in DEPENDENCIES]
+    artifacts = [os.path.join(str(deps), name) for name in names]
     config = base / "ansible.cfg"
     config.write_text(CONFIG.format(collections=collections))
     env = clean_env(ANSIBLE_CONFIG=str(config), ANSIBLE_COLLECTIONS_PATH=str(collections))

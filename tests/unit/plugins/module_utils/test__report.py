@@ -181,6 +181,24 @@ def test_table():
     assert _report.table(_report.fleet(hosts())) == lines
 
 
+def test_the_page_of_an_unchanged_fleet_keeps_its_time_and_a_changed_one_gets_the_new():
+    first = _report.html_page(hosts(), generated_at="2026-11-22T09:00:00+00:00")
+    again = _report.html_page(hosts(), generated_at="2026-11-22T10:00:00+00:00", previous=first)
+    assert again == first
+    changed = hosts()
+    changed[0]["gpus"][0]["memory_used_mib"] += 1000
+    changed[0]["gpus"][0]["memory_free_mib"] -= 1000
+    page = _report.html_page(changed, generated_at="2026-11-22T10:00:00+00:00", previous=first)
+    assert page != first and "generated 2026-11-22T10:00:00+00:00" in page
+    retitled = _report.html_page(hosts(), title="Lab", generated_at="2026-11-22T10:00:00+00:00",
+                                 previous=first)
+    assert "generated 2026-11-22T10:00:00+00:00" in retitled
+    # Not a page of ours (or none): the new page.
+    for previous in ("", "<html>something else</html>", None):
+        assert "generated 2026-11-22T10:00:00+00:00" in _report.html_page(
+            hosts(), generated_at="2026-11-22T10:00:00+00:00", previous=previous)
+
+
 def test_page_is_self_contained_and_lists_every_host_and_gpu():
     page = _report.html_page(hosts(), generated_at="2026-11-22T09:00:00+00:00")
     parsed = parse(page)
