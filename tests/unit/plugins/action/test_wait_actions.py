@@ -3,18 +3,12 @@
 """The host_lock and service_verify actions on the controller: which paths run the module
 directly, which run it detached with a progress file (plugin_utils/_progress.py, the loop the
 downloads action tests too), and that the task's result is the module's own. The host is faked
-at the level of ActionBase's calls; the progress file is a real file written by a fake job."""
+at the level of ActionBase's calls (progress_host.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import threading
-import time
-from unittest.mock import MagicMock
-
 import pytest
+from progress_host import Host, make_action
 
 from ansible_collections.gpufleet.inference.plugins.action import host_lock, service_verify
 from ansible_collections.gpufleet.inference.plugins.plugin_utils import _progress
@@ -24,84 +18,6 @@ HELD = {"failed": True, "changed": False, "acquired": False, "broken": None, "re
         "msg": "the lock /run/gpufleet/lock is held by another run (owner x, taken 3 s ago)"}
 TAKEN = {"changed": False, "acquired": True, "broken": None, "released": False,
          "msg": "took the lock /run/gpufleet/lock"}
-
-
-class Host:
-    """Direct runs answer ``direct`` in order; a detached run writes ``lines`` to its progress
-    file, then ends with ``final``."""
-
-    def __init__(self, tmp_path, direct=(), final=None, lines=()):
-        self.tmp_path = tmp_path
-        self.direct = list(direct)
-        self.final = final
-        self.lines = list(lines)
-        self.calls = []
-        self.result = None
-        self.async_val_seen = None
-        self.job = None
-
-    def execute_module(self, action, module_name=None, module_args=None, task_vars=None,
-                       wrap_async=False, **_kwargs):
-        self.calls.append((module_name, dict(module_args or {}), wrap_async))
-        if module_name == "ansible.legacy.async_status":
-            if module_args.get("mode") == "cleanup":
-                return {"erased": "/root/.ansible_async/j1"}
-            if self.result is None:
-                return {"started": True, "finished": False, "ansible_job_id": "j1"}
-            return dict(self.result, finished=True, ansible_job_id="j1")
-        if not wrap_async:
-            return dict(self.direct.pop(0))
-        assert self.final is not None, "a detached run where none was expected"
-        self.async_val_seen = action._task.async_val
-        self.job = threading.Thread(target=self.run_job, args=(module_args["progress_file"],))
-        self.job.start()
-        return {"started": True, "finished": False, "ansible_job_id": "j1",
-                "results_file": "/root/.ansible_async/j1", "changed": False}
-
-    def run_job(self, path):
-        for line in self.lines:
-            with open(path, "a") as out:
-                out.write(json.dumps(line) + "\n")
-            time.sleep(0.02)
-        self.result = dict(self.final)
-
-    def make_tmp_path(self, action):
-        path = self.tmp_path / ("ansible-tmp-%d" % len(self.calls))
-        path.mkdir(exist_ok=True)
-        action._connection._shell.tmpdir = str(path)
-        return str(path)
-
-    @staticmethod
-    def low_level(cmd, sudoable=True, **_kwargs):
-        done = subprocess.run(cmd, shell=True, capture_output=True, text=True, check=False)
-        return {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
-
-    def kinds(self):
-        """'direct', 'detached' and 'status' per call, in order."""
-        return ["status" if name else "detached" if wrap else "direct"
-                for name, _args, wrap in self.calls]
-
-
-def make_action(plugin, host, check_mode=False, **args):
-    task = MagicMock()
-    task.args = args
-    task.async_val = 0
-    task.check_mode = check_mode
-    connection = MagicMock()
-    connection._shell.tmpdir = None
-    connection._shell.join_path = os.path.join
-    action = plugin.ActionModule(task, connection, play_context=MagicMock(), loader=None,
-                                 templar=None, shared_loader_obj=None)
-    action._execute_module = lambda **kw: host.execute_module(action, **kw)
-    action._make_tmp_path = lambda *a: host.make_tmp_path(action)
-    action._low_level_execute_command = host.low_level
-    action._remove_tmp_path = lambda path, force=False: None
-    action._remote_expand_user = lambda path, sudoable=True: path.replace("~", "/root")
-    action.get_shell_option = lambda name, default=None: default
-    shown = []
-    action._display = MagicMock()
-    action._display.display.side_effect = shown.append
-    return action, shown
 
 
 def run(action):
