@@ -232,7 +232,25 @@ def dual2_lab():
 
 @pytest.fixture(scope="session")
 def dual3_lab():
-    """lab-dual3 (2x RTX 3090), for the first-run tests: they recreate it empty, beside the
-    apply tests on lab-dual2 (one group of hosts is one worker's queue: two short queues end
-    sooner than one long one)."""
+    """lab-dual3 (2x RTX 3090), for the first-run and installed-collection tests: they recreate
+    it empty, beside the apply tests on lab-dual2 (one group of hosts is one worker's queue: two
+    short queues end sooner than one long one)."""
     yield from _dual_boxes(("lab-dual3",))
+
+
+def lab_py(*args):
+    """Run lab/lab.py with ``args``; it must succeed."""
+    proc = subprocess.run([sys.executable, os.path.join(LAB, "lab.py"), *args],
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def empty_dual3(dual3_lab):
+    """lab-dual3 as a host that never had anything, once per test module: recreated, its
+    engine empty (no image, no model, no unit)."""
+    lab_py("down", "--hosts", "lab-dual3")
+    lab_py("up", "--hosts", "lab-dual3")
+    host = dual3_lab["lab-dual3"]
+    assert host.sh("docker image ls -q").stdout.split() == []
+    return host

@@ -20,9 +20,8 @@ import sys
 import time
 import urllib.request
 
-import pytest
 import yaml
-from conftest import LAB, ROOT
+from conftest import LAB, ROOT, lab_py
 from dual import apply, sha256s
 
 sys.path.insert(0, LAB)
@@ -36,22 +35,6 @@ TOKEN = "hf_lablabLABlab0123456789"
 CUT_MODEL = "tinyllama:latest"
 MODELS_DIR = "/srv/gpufleet/models/ollama"
 HF_HOME = "/srv/gpufleet/models/huggingface"
-
-
-def lab_up(*args):
-    proc = subprocess.run([sys.executable, os.path.join(LAB, "lab.py"), *args],
-                          check=False, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module")
-def empty_box(dual3_lab):
-    """lab-dual3 as a host that never had anything: recreated, its engine empty."""
-    lab_up("down", "--hosts", BOX)
-    lab_up("up", "--hosts", BOX)
-    host = dual3_lab[BOX]
-    assert host.sh("docker image ls -q").stdout.split() == []
-    return host
 
 
 def run_json(tmp_path, extra, *args):
@@ -91,8 +74,8 @@ def blob_bytes(host, path):
     return sum(int(n) for n in out.split())
 
 
-def test_an_empty_host_converges_and_preflight_said_what_it_fetched(empty_box, tmp_path):
-    host = empty_box
+def test_an_empty_host_converges_and_preflight_said_what_it_fetched(empty_dual3, tmp_path):
+    host = empty_dual3
     rc, progress, tasks = run_json(tmp_path, {"dual_gpu_mode": "mixed"})
     assert rc == 0, (progress, {k: v for k, v in tasks.items() if any(
         r.get("failed") for r in v)})
@@ -130,8 +113,8 @@ def test_an_empty_host_converges_and_preflight_said_what_it_fetched(empty_box, t
     assert "%s: pull" % BOX not in out and "%s: download" % BOX not in out, out
 
 
-def test_an_unknown_ollama_model_stops_preflight_naming_it(empty_box, tmp_path):
-    host = empty_box
+def test_an_unknown_ollama_model_stops_preflight_naming_it(empty_dual3, tmp_path):
+    host = empty_dual3
     before = sha256s(host)
     containers = host.sh("docker ps -q --no-trunc | sort").stdout
     catalog = default_catalog()
@@ -151,8 +134,8 @@ def gated_catalog():
     return catalog
 
 
-def test_a_gated_model_needs_hf_token_which_never_shows(empty_box, tmp_path):
-    host = empty_box
+def test_a_gated_model_needs_hf_token_which_never_shows(empty_dual3, tmp_path):
+    host = empty_dual3
     before = sha256s(host)
     extra = {"dual_gpu_mode": "vllm", "services_catalog": gated_catalog()}
     rc, out, recap = apply(tmp_path, BOX, extra, playbook="site.yml")
@@ -176,9 +159,9 @@ def test_a_gated_model_needs_hf_token_which_never_shows(empty_box, tmp_path):
 
 
 def test_a_pull_cut_off_midway_fails_keeps_serving_and_completes_next_time(
-        empty_box, tmp_path):
+        empty_dual3, tmp_path):
     """From the converged state the test above left: only Ollama's models change."""
-    host = empty_box
+    host = empty_dual3
     catalog = gated_catalog()
     catalog["ollama"]["models"] = [CUT_MODEL]
     extra = {"dual_gpu_mode": "vllm", "services_catalog": catalog, "services_hf_token": TOKEN}
@@ -203,7 +186,7 @@ def test_a_pull_cut_off_midway_fails_keeps_serving_and_completes_next_time(
                                           "stream": False})
         assert status == 200, payload
     finally:
-        lab_up("up", "--hosts", BOX)  # puts the blob back
+        lab_py("up", "--hosts", BOX)  # puts the blob back
     rc, out, _recap = apply(tmp_path, BOX, extra, playbook="site.yml")
     assert rc == 0, out
     status, tags = host.http("http://127.0.0.1:11434/api/tags")

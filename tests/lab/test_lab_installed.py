@@ -131,22 +131,6 @@ def playbook(installed, name, variables):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def lab_tool(*args):
-    proc = subprocess.run([sys.executable, os.path.join(LAB, "lab.py"), *args],
-                          check=False, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module")
-def box(dual3_lab):
-    """lab-dual3, recreated: no image, no model, no unit."""
-    lab_tool("down", "--hosts", BOX)
-    lab_tool("up", "--hosts", BOX)
-    host = dual3_lab[BOX]
-    assert host.sh("docker image ls -q").stdout.split() == []
-    return host
-
-
 def test_installed_collection_resolves_only_from_the_empty_path(installed):
     proc = subprocess.run([os.path.join(BIN, "ansible-galaxy"), "collection", "list",
                            "--format", "json"],
@@ -166,8 +150,8 @@ def test_installed_collection_resolves_only_from_the_empty_path(installed):
     assert not set(os.listdir(own)) & set(REPOSITORY_ONLY), sorted(os.listdir(own))
 
 
-def test_installed_site_switch_mode_and_report_from_an_empty_directory(installed, box):
-    dual = box
+def test_installed_site_switch_mode_and_report_from_an_empty_directory(installed, empty_dual3):
+    dual = empty_dual3
     rc, out = playbook(installed, "site", {"dual_gpu_mode": "ollama"})
     assert rc == 0, out
     assert "FLEET OUTCOME" in out, out
