@@ -423,9 +423,12 @@ def private_data_dir(pdd, host, sock, extra_vars=None):
     inventory = {"all": {"children": {"lab": {"hosts": {host: None}, "vars": group}}}}
     with open(os.path.join(pdd, "inventory", "hosts.yml"), "w", encoding="utf-8") as handle:
         yaml.safe_dump(inventory, handle, sort_keys=False)
+    # Pipelining, as the lab's other runs: a module goes to the host on the exec's stdin, not
+    # as a file put first (for which docker_api asks the container `id -u && id -g`, an exec a
+    # loaded engine answered empty once: "Error while determining user and group ID").
     envvars = {"DOCKER_HOST": "unix://%s" % sock,
                "ANSIBLE_CALLBACKS_ENABLED": "gpufleet.inference.fleet_outcome",
-               "ANSIBLE_NOCOLOR": "1"}
+               "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "1"}
     with open(os.path.join(pdd, "env", "envvars"), "w", encoding="utf-8") as handle:
         yaml.safe_dump(envvars, handle)
     with open(os.path.join(pdd, "env", "extravars"), "w", encoding="utf-8") as handle:
