@@ -447,6 +447,8 @@ REGISTRY = "gpufleet-lab-registry"
 REGISTRY_ALIAS = "registry.lab"
 REGISTRY_PORT = 5000
 REGISTRY_DATA = "/var/lib/docker-registry"  # the storage root in lab/image/registry/config.yml
+# In the registry container, outside its storage: one empty file per blob a test cut on purpose.
+CUT_DIR = "/tmp/gpufleet-lab-cut"
 HUB = "gpufleet-lab-hub"
 HUB_ALIAS = "hub.lab"
 HUB_CDN_ALIAS = "cdn-lfs.lab"  # where the hub redirects LFS downloads (hf_hub.py CDN_NAMES)
@@ -750,9 +752,12 @@ def registry_upload(base, repo, data):
     return True
 
 
-def push_model(base, spec, content):
-    """Push one Ollama model (all its tags); True when something was missing."""
+def push_model(base, spec, content, cut=frozenset()):
+    """Push one Ollama model (all its tags); True when something was missing. A model with a
+    blob in ``cut`` (cut_blobs) is left as it is."""
     manifest, blobs = ollama_model(spec, content)
+    if cut & {_sha256(data) for _media, data in blobs}:
+        return False
     want = _sha256(manifest)
     changed = False
     for name in [spec["name"], *(spec.get("also") or [])]:
@@ -939,7 +944,9 @@ def _up_services(images, content_path):
     pushed = [n for n, key in REGISTRY_IMAGES.items() if push_image(base, port, n, images[key])]
     if pushed:
         done.append("pushed " + ", ".join(pushed))
-    models = [m["name"] for m in content.get("ollama_models") or [] if push_model(base, m, content)]
+    cut = cut_blobs()
+    models = [m["name"] for m in content.get("ollama_models") or []
+              if push_model(base, m, content, cut)]
     if models:
         done.append("pushed models " + ", ".join(models))
     return "registry %s:%d, hub %s:%d on %s (%s) in %.1f s" % (
@@ -982,10 +989,23 @@ def down_services():
 
 def delete_blob_data(digest):
     """Delete a blob's data from the registry's storage, as a pull cut off midway leaves a
-    client without it (no blob descriptor cache: the registry then answers 404 at once)."""
+    client without it (no blob descriptor cache: the registry then answers 404 at once).
+    The blob stays cut, whatever `lab.py up` runs meanwhile, until restore_blob."""
     hexa = digest.split(":", 1)[1]
+    docker("exec", REGISTRY, "sh", "-c", 'mkdir -p "$1" && touch "$1/$2"', "-", CUT_DIR, hexa)
     path = "%s/docker/registry/v2/blobs/sha256/%s/%s/data" % (REGISTRY_DATA, hexa[:2], hexa)
     docker("exec", REGISTRY, "rm", "-f", path)
+
+
+def restore_blob(digest):
+    """Let `lab.py up` push a blob cut by delete_blob_data again."""
+    docker("exec", REGISTRY, "rm", "-f", "%s/%s" % (CUT_DIR, digest.split(":", 1)[1]))
+
+
+def cut_blobs():
+    """The digests delete_blob_data cut and restore_blob did not restore yet."""
+    proc = docker("exec", REGISTRY, "ls", CUT_DIR, check=False)
+    return {"sha256:" + n for n in proc.stdout.decode().split()} if proc.returncode == 0 else set()
 
 
 def services_status():

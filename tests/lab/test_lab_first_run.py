@@ -186,6 +186,7 @@ def test_a_pull_cut_off_midway_fails_keeps_serving_and_completes_next_time(
                                           "stream": False})
         assert status == 200, payload
     finally:
+        lab_tool.restore_blob(layer)
         lab_py("up", "--hosts", BOX)  # puts the blob back
     rc, out, _recap = apply(tmp_path, BOX, extra, playbook="site.yml")
     assert rc == 0, out
