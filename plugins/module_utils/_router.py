@@ -725,16 +725,18 @@ def check_role(services_plan, reachable, options, api_keys, role_options=None):
 
 
 def probe_targets(services_plan, reachable=None, options=None):
-    """``[{name, probe_url}]``: the backends to probe, those with a probe URL (the local ones)
-    whose reachability ``reachable`` does not already say."""
+    """``[{name, probe_url, url}]``: the backends to probe, those with a probe URL (the local
+    ones) whose reachability ``reachable`` does not already say (``url``: the probe URL, as
+    gpufleet.inference.http_probe takes its requests)."""
     config = router_config(services_plan, reachable, options)
     known = _check_reachable(reachable)
-    return [{"name": b["name"], "probe_url": b["probe_url"]} for b in config["backends"]
-            if b["probe_url"] and b["name"] not in known]
+    return [{"name": b["name"], "probe_url": b["probe_url"], "url": b["probe_url"]}
+            for b in config["backends"] if b["probe_url"] and b["name"] not in known]
 
 
 def probed(probe, reachable=None):
-    """Backend name -> reachable (HTTP 200), from the probe task's registered loop result.
+    """Backend name -> reachable (HTTP 200), from the probe task's registered result (each
+    result's ``item`` is its request, as http_probe and a loop both give it).
 
     Items that were skipped (probing off) say nothing; ``reachable`` (the role's overrides) wins
     over what was probed. ``probe`` may be empty (no probe ran).

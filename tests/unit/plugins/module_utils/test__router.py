@@ -338,14 +338,19 @@ def test_check_role_needs_the_plan():
         rt.check_role(None, {}, {}, {}, ROLE)
 
 
+def _target(name, port):
+    url = "http://127.0.0.1:%d/v1/models" % port
+    return {"name": name, "probe_url": url, "url": url}
+
+
 @pytest.mark.parametrize("reachable, want", [
-    ({}, [{"name": "ollama", "probe_url": "http://127.0.0.1:11434/v1/models"},
-          {"name": "vllm", "probe_url": "http://127.0.0.1:8000/v1/models"},
-          {"name": "vllm_research", "probe_url": "http://127.0.0.1:8000/v1/models"},
-          {"name": "ollama_research", "probe_url": "http://127.0.0.1:11435/v1/models"}]),
+    ({}, [_target("ollama", 11434),
+          _target("vllm", 8000),
+          _target("vllm_research", 8000),
+          _target("ollama_research", 11435)]),
     ({"ollama": True, "vllm_research": False},
-     [{"name": "vllm", "probe_url": "http://127.0.0.1:8000/v1/models"},
-      {"name": "ollama_research", "probe_url": "http://127.0.0.1:11435/v1/models"}]),
+     [_target("vllm", 8000),
+      _target("ollama_research", 11435)]),
 ])
 def test_probe_targets_are_the_local_backends_not_given(reachable, want):
     assert rt.probe_targets(plan("mixed"), reachable, {}) == want
