@@ -3,15 +3,11 @@
 """Action downloads: run the downloads module on the host and show its progress meanwhile.
 
 Documentation: plugins/modules/downloads.py. Ansible prints a task's result only when it ends,
-and pulls take minutes, so with ``state: present`` (outside check mode) the module is started
-the way ``async:`` starts one (``_execute_module(wrap_async=True)``: Ansible's async_wrapper
-runs it detached on the host) with a ``progress_file`` in a remote temporary directory of its
-own. Every ``POLL_S`` seconds the action asks ``ansible.legacy.async_status`` whether the job
-ended and reads the progress file's new lines with one ``tail -c +<offset>``; it prints an
-item's first line and the line that ends it, between them at most one every ``SHOW_EVERY_S``
-seconds. The
-module's own result (a failure included) is the task's result. ``state: planned`` and check
-mode run the module directly.
+and pulls take minutes, so with ``state: present`` (outside check mode) the module runs with a
+``progress_file`` on the host while the action reads the file's new lines every ``POLL_S``
+seconds with one ``tail -c +<offset>``; it prints an item's first line and the line that ends
+it, between them at most one every ``SHOW_EVERY_S`` seconds. The module's own result (a failure
+included) is the task's result. ``state: planned`` and check mode run the module directly.
 
 The loop is ``plugin_utils/_progress.py``'s, shared with host_lock and service_verify.
 The host sends back only what the module returns and its progress lines; neither holds the

@@ -7,11 +7,11 @@ Documentation: plugins/modules/host_lock.py. The wait for a lock another run hol
 ``state: present`` (outside check mode, with a ``timeout`` over 0) first runs the module once
 with ``timeout: 0``, as a plain task: a free lock (the usual case) is taken at once, at no cost.
 Only when that try finds the lock held does the module run again with its own ``timeout``,
-detached, through plugin_utils/_progress.py: every few seconds the controller shows
+with a progress file, through plugin_utils/_progress.py: every few seconds the controller shows
 ``<host>: host lock held by <controller> pid <pid> since <time>: waited 30 s of 600 s``.
 
 The task's result is the module's own: the first try's (its ``invocation`` showing the task's
-``timeout``), else the detached run's. A first try that fails on bad input (its message starts
+``timeout``), else the waiting run's. A first try that fails on bad input (its message starts
 with ``host_lock:``) is the result; so are check mode and ``state: absent``, run directly.
 """
 

@@ -4,9 +4,9 @@
 
 Documentation: plugins/modules/service_verify.py. The health wait lasts up to ``timeout``
 seconds (180 by default, 600 for slow model loads), and Ansible prints a task's result only when
-it ends. So with a ``timeout`` over ``DIRECT_MAX_S`` (outside check mode) the module runs
-detached through plugin_utils/_progress.py, and every few seconds the controller shows each
-service that answered but not yet with 200, e.g. ``<host>: vllm: /health 503 (loading),
+it ends. So with a ``timeout`` over ``DIRECT_MAX_S`` (outside check mode) the module runs with
+a progress file through plugin_utils/_progress.py, and every few seconds the controller shows
+each service that answered but not yet with 200, e.g. ``<host>: vllm: /health 503 (loading),
 container running, 40 s of 600 s``. A short wait (the health role's snapshot), check mode and
 a ``timeout`` that is not a number (the module says why) run the module directly. The task's
 result is the module's own.

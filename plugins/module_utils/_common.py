@@ -206,3 +206,14 @@ def parse_meminfo(text, path="meminfo", need=("MemTotal", "MemAvailable")):
         if key not in values:
             raise ValueError("%s has no %s line" % (path, key))
     return dict(total_mib=values.get("MemTotal"), available_mib=values.get("MemAvailable"))
+
+
+def recommend_profile(gpu_count, remote=False):
+    """remote when inference runs elsewhere, else cpu / single-gpu / dual-gpu / multi-gpu."""
+    if not is_int(gpu_count) or gpu_count < 0:
+        raise ValueError("gpu_count must be an integer >= 0; got: %r" % (gpu_count,))
+    if not isinstance(remote, bool):
+        raise ValueError("remote must be a boolean; got: %r" % (remote,))
+    if remote:
+        return "remote"
+    return ("cpu", "single-gpu", "dual-gpu", "multi-gpu")[min(gpu_count, 3)]

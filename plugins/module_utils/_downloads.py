@@ -331,6 +331,9 @@ class Progress:
         event = {"item": index, "kind": item["kind"], "name": item["name"], "text": text,
                  "final": final, "done_bytes": done_bytes, "total_bytes": total_bytes}
         try:
+            directory = os.path.dirname(self.path)
+            if directory and not os.path.isdir(directory):  # the async directory of a new host
+                os.makedirs(directory, mode=0o700, exist_ok=True)
             with open(self.path, "a", encoding="ascii") as out:
                 out.write(json.dumps(event) + "\n")
         except OSError:

@@ -9,13 +9,15 @@ order, the fallbacks and the summary without touching a machine.
 
 from __future__ import annotations
 
-from ansible_collections.gpufleet.inference.plugins.module_utils._common import parse_meminfo
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
+    parse_meminfo,
+    recommend_profile,
+)
 from ansible_collections.gpufleet.inference.plugins.module_utils._gpu_model import (
     VENDORS,
     check_values,
     gpu_label,
 )
-from ansible_collections.gpufleet.inference.plugins.module_utils._plan import recommend_profile
 
 BACKENDS = ("auto", "nvml", "nvidia-smi", "amd-smi", "rocm-smi", "sysfs")
 

@@ -47,6 +47,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils import _vram
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
     ENV_KEY_RE,
     is_int,
+    recommend_profile,
     scalar_text,
 )
 
@@ -93,19 +94,6 @@ _IMAGE_RE = re.compile(
     r"^(?:[A-Za-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
     r"(?:@sha256:[a-f0-9]{64})?\Z")
-
-
-# ---- profiles -----------------------------------------------------------------------------
-
-def recommend_profile(gpu_count, remote=False):
-    """remote when inference runs elsewhere, else cpu / single-gpu / dual-gpu / multi-gpu."""
-    if not is_int(gpu_count) or gpu_count < 0:
-        raise ValueError("gpu_count must be an integer >= 0; got: %r" % (gpu_count,))
-    if not isinstance(remote, bool):
-        raise ValueError("remote must be a boolean; got: %r" % (remote,))
-    if remote:
-        return "remote"
-    return ("cpu", "single-gpu", "dual-gpu", "multi-gpu")[min(gpu_count, 3)]
 
 
 # ---- the catalog --------------------------------------------------------------------------

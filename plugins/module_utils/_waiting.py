@@ -24,6 +24,7 @@ write nothing; a final line is written only for an item that was said to wait.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from urllib.parse import urlsplit
 
@@ -40,6 +41,9 @@ _REASON_KEYS = ("error", "detail", "message", "status")
 
 
 def _append(path, line):
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):  # the async directory of a new host
+        os.makedirs(directory, mode=0o700, exist_ok=True)
     with open(path, "a", encoding="utf-8") as out:
         out.write(line + "\n")
 

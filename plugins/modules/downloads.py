@@ -175,8 +175,8 @@ attributes:
 requirements:
   - The docker CLI on the host for V(image) items.
 notes:
-  - The pull runs detached on the host (Ansible's async wrapper); interrupting the playbook
-    does not stop it.
+  - Interrupting the playbook does not undo what was fetched; a re-run fetches only what is
+    still missing (a partial Hugging Face file is resumed or fetched again).
 seealso:
   - module: gpufleet.inference.services_plan
 """

@@ -26,7 +26,8 @@ description:
   - Neither counts as a change, as the lock is not part of the host's converged state and a
     converged re-run must show C(changed=0).
   - While it waits, its action plugin shows on the controller, every few seconds, who holds the
-    lock and how long this run has waited (the module runs detached and writes O(progress_file)).
+    lock and how long this run has waited (the module writes O(progress_file), which the
+    controller reads while the module runs).
     A lock taken at the first try runs the module once, as a plain task.
   - The role C(gpufleet.inference.host_lock) builds O(owner) and calls this module.
 author:

@@ -54,10 +54,10 @@ description:
     VRAM and held by a process of the service; with no model loaded there is nothing to check
     on its GPU. Bad input still fails.
   - B(Progress.) With a O(timeout) over 10 seconds (outside check mode) its action plugin
-    runs the module detached and shows on the controller, every few seconds, each service
-    that answered but not yet with 200 (its url's path, the status and what the body says, its
-    container's or unit's state, seconds waited of O(timeout)), an Ollama model being loaded,
-    and a service that answers 200 after such a line. The task's result is the module's own.
+    runs the module with a progress file and shows on the controller, every few seconds, each
+    service that answered but not yet with 200 (its url's path, the status and what the body
+    says, its container's or unit's state, seconds waited of O(timeout)), an Ollama model being
+    loaded, and a service that answers 200 after such a line. The task's result is the module's own.
 author:
   - gpufleet.inference contributors (@gpufleet)
 options:

@@ -1,18 +1,22 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private plugin_utils of gpufleet.inference: run a module detached on the host and show the
-progress it writes, for the action plugins of modules that wait long (downloads, host_lock,
+"""Private plugin_utils of gpufleet.inference: run a module on the host and show the progress
+it writes while it runs, for the action plugins of modules that wait long (downloads, host_lock,
 service_verify).
 
 Not a public API: the leading underscore says so. Ansible prints a task's result only when it
-ends, and these waits last minutes. ``ProgressAction.run_with_progress`` starts the module the
-way ``async:`` starts one (``_execute_module(wrap_async=True)``: Ansible's async_wrapper runs it
-detached on the host) with a ``progress_file`` in a remote temporary directory of its own.
-Every ``poll_s`` seconds it asks ``ansible.legacy.async_status`` whether the job ended and reads
-the progress file's new lines with one ``tail -c +<offset>``; ``ProgressReader`` prints at most
-one line per item every ``SHOW_EVERY_S`` seconds, and always the line that ends an item. The
-module's own result (a failure included) is the task's result, without the async keys.
-``run_directly`` runs the module as a plain task does (check mode, paths that do not wait).
+ends, and these waits last minutes. ``ProgressAction.run_with_progress`` runs the module as a
+plain task does (``_execute_module``, pipelined where the connection allows) in a thread of
+the action, with a ``progress_file`` on the host (in the async directory, ``~/.ansible_async``
+by default; the module creates it). Every ``poll_s`` seconds while the module runs it reads the
+file's new lines with one ``tail -c +<offset>``; when the module has ended it reads the rest and
+removes the file in one command. ``ProgressReader`` prints at most one line per item every
+``SHOW_EVERY_S`` seconds, and always an item's first line and the line that ends it. A module
+that ends before the first poll costs its own run and that one read: Ansible's ``async:``
+(a temporary directory, the module copied over, the async wrapper, one ``async_status`` run
+per poll and one to clean up) cost ten runs of a command on the host. The module's own result
+(a failure included) is the task's result. ``run_directly`` runs the module as a plain task
+does (check mode, paths that do not wait).
 
 A progress line is one JSON object: ``item`` (what it is about: an index, a service's name),
 ``text`` (what is shown, after the host's name) and ``final`` (the item is done); other keys
@@ -23,18 +27,17 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
+import uuid
 
 from ansible import constants as C
 from ansible.plugins.action import ActionBase
 
 POLL_S = 2.0
 SHOW_EVERY_S = 5.0
-# Beyond the module's own time limit: the controller's patience for a job that did not end.
+# Beyond the module's own time limit: the controller's patience for a module that did not end.
 GRACE_S = 120
-PROGRESS_NAME = "progress.jsonl"
-ASYNC_KEYS = ("ansible_job_id", "started", "finished", "results_file", "stdout",
-              "stdout_lines", "stderr", "stderr_lines")
 
 
 def number_option(value, kind=float):
@@ -65,78 +68,69 @@ class ProgressAction(ActionBase):
 
     def run_with_progress(self, task_vars, module_args, job_s, what, poll_s=None,
                           patience_s=None):
-        """The module's result, run detached with a ``progress_file`` whose lines are shown.
+        """The module's result, run with a ``progress_file`` whose lines are shown meanwhile.
 
-        ``job_s``: the async wrapper's time limit (the module's longest run, with a margin);
-        ``what``: the job's name in the failures of this loop ("the downloads job");
-        ``poll_s``: seconds between two polls (``POLL_S`` by default); ``patience_s``: how
-        long the controller polls (``job_s + GRACE_S`` by default).
+        ``job_s``: the module's longest run (its own time limit, with a margin); ``what``: the
+        job's name in the failure of this loop ("the downloads job"); ``poll_s``: seconds
+        between two reads of the progress file (``POLL_S`` by default); ``patience_s``: how long
+        the controller waits for the module (``job_s + GRACE_S`` by default).
         """
         host = task_vars.get("inventory_hostname") or "host"
-        # A directory of its own for the progress file: the async wrapper removes the module's
-        # directory when the module ends, before the last lines are read.
-        progress_dir = self._make_tmp_path()
-        progress_file = self._connection._shell.join_path(progress_dir, PROGRESS_NAME)
-        self._connection._shell.tmpdir = None
-        saved_async = self._task.async_val
-        self._task.async_val = int(job_s)  # the async wrapper's time limit
-        try:
-            started = self._execute_module(module_args=dict(module_args,
-                                                            progress_file=progress_file),
-                                           task_vars=task_vars, wrap_async=True)
-        finally:
-            self._task.async_val = saved_async
-            # The module's directory is the wrapper's to remove; the polls use the progress
-            # directory, which this action removes.
-            self._connection._shell.tmpdir = progress_dir
-            self._cleanup_remote_tmp = True
-        jid = started.get("ansible_job_id")
-        try:
-            if started.get("failed") or not jid:
-                return dict(started, failed=True, msg=started.get("msg")
-                            or "%s did not start" % what)
-            patience = job_s + GRACE_S if patience_s is None else patience_s
-            return self._follow(jid, progress_file, host, patience, what,
-                                POLL_S if poll_s is None else poll_s, task_vars)
-        finally:
-            if not C.DEFAULT_KEEP_REMOTE_FILES:
-                self._remove_tmp_path(progress_dir, force=True)
+        progress_file = self._progress_path()
+        outcome = {}
 
-    def _async_dir(self):
-        return self._remote_expand_user(self.get_shell_option("async_dir",
-                                                              default="~/.ansible_async"))
+        def job():
+            try:
+                outcome["result"] = self._execute_module(
+                    module_args=dict(module_args, progress_file=progress_file),
+                    task_vars=task_vars)
+            except BaseException as exc:  # raised again in the action's own thread
+                outcome["error"] = exc
 
-    def _follow(self, jid, progress_file, host, patience, what, poll_s, task_vars):
-        """Poll the job until it ends; show progress; the module's result."""
-        status_args = {"jid": jid, "_async_dir": self._async_dir()}
+        worker = threading.Thread(target=job, name="gpufleet-progress-job", daemon=True)
+        worker.start()
         reader = ProgressReader(host, self._display.display)
+        patience = job_s + GRACE_S if patience_s is None else patience_s
         give_up = time.monotonic() + patience
+        poll = POLL_S if poll_s is None else poll_s
         try:
             while True:
-                status = self._execute_module(module_name="ansible.legacy.async_status",
-                                              module_args=dict(status_args),
-                                              task_vars=task_vars)
-                reader.feed(self._read_new(progress_file, reader.offset))
-                if status.get("finished") or status.get("failed"):
+                worker.join(poll)
+                if not worker.is_alive():
                     break
                 if time.monotonic() > give_up:
                     return {"failed": True, "changed": True,
-                            "msg": "%s %s did not end within %d seconds" % (what, jid, patience)}
-                time.sleep(poll_s)
+                            "msg": "%s did not end within %d seconds" % (what, patience)}
+                reader.feed(self._read_new(progress_file, reader.offset))
         finally:
-            self._execute_module(module_name="ansible.legacy.async_status",
-                                 module_args=dict(status_args, mode="cleanup"),
-                                 task_vars=task_vars)
-        result = {key: value for key, value in status.items() if key not in ASYNC_KEYS}
+            reader.feed(self._read_new(progress_file, reader.offset,
+                                       remove=not C.DEFAULT_KEEP_REMOTE_FILES))
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
         # As a direct run shows it: the progress file is this loop's, not the task's.
         module_args = (result.get("invocation") or {}).get("module_args")
         if isinstance(module_args, dict) and module_args.get("progress_file"):
             module_args["progress_file"] = None
         return result
 
-    def _read_new(self, path, offset):
-        """The progress file's bytes from ``offset`` on (empty while it does not exist)."""
-        command = "tail -c +%d %s 2>/dev/null || true" % (offset + 1, shlex.quote(path))
+    def _progress_path(self):
+        """A new file name in the host's async directory (``~`` is the host's own home)."""
+        async_dir = self.get_shell_option("async_dir", default="~/.ansible_async")
+        return self._connection._shell.join_path(
+            async_dir, "gpufleet-progress-%s.jsonl" % uuid.uuid4().hex)
+
+    def _read_new(self, path, offset, remove=False):
+        """The progress file's bytes from ``offset`` on (empty while it does not exist); with
+        ``remove`` the file is removed in the same command."""
+        if path.startswith("~/"):  # expanded by the host's shell, as the module expands it
+            quoted = "~/" + shlex.quote(path[2:])
+        else:
+            quoted = shlex.quote(path)
+        command = "tail -c +%d %s 2>/dev/null || true" % (offset + 1, quoted)
+        if remove:
+            command += "; rm -f %s" % quoted
         answer = self._low_level_execute_command(command, sudoable=True)
         return answer.get("stdout") or ""
 

@@ -3,8 +3,8 @@
 """The fake host of the progress actions' tests (downloads, host_lock, service_verify).
 
 The host is faked at the level of ActionBase's calls (_execute_module,
-_low_level_execute_command, the temporary directories); the progress file is a real file that a
-fake job writes while the action polls, read with the real ``tail`` command the action sends.
+_low_level_execute_command); the progress file is a real file that the fake module writes while
+the action polls, read (and at the end removed) by the real shell command the action sends.
 """
 
 from __future__ import annotations
@@ -12,60 +12,42 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from unittest.mock import MagicMock
 
 
 class Host:
-    """Direct runs answer ``direct`` in order; a detached run answers ``start`` when given (a
-    job that did not start), else writes ``lines`` to its progress file and ends with
-    ``final``."""
+    """Direct runs answer ``direct`` in order; a run with a progress file answers ``start``
+    when given (a module that failed at once), else writes ``lines`` to its progress file, as
+    the module does while the action polls, and ends with ``final``."""
 
     def __init__(self, tmp_path, direct=(), final=None, lines=(), start=None):
         self.tmp_path = tmp_path
+        self.async_dir = str(tmp_path / "async")
         self.direct = list(direct)
         self.final = final
         self.lines = list(lines)
         self.start = start
         self.calls = []
         self.removed = []
-        self.result = None
-        self.async_val_seen = None
-        self.job = None
+        self.progress_file = None
 
     def execute_module(self, action, module_name=None, module_args=None, task_vars=None,
                        wrap_async=False, **_kwargs):
-        self.calls.append((module_name, dict(module_args or {}), wrap_async))
-        if module_name == "ansible.legacy.async_status":
-            if module_args.get("mode") == "cleanup":
-                return {"erased": "/root/.ansible_async/j1"}
-            if self.result is None:
-                return {"started": True, "finished": False, "ansible_job_id": "j1"}
-            return dict(self.result, finished=True, ansible_job_id="j1")
-        if not wrap_async:
+        assert not wrap_async and module_name is None, (module_name, wrap_async)
+        self.calls.append(dict(module_args or {}))
+        if "progress_file" not in module_args:
             return dict(self.direct.pop(0))
-        self.async_val_seen = action._task.async_val
         if self.start is not None:
             return self.start
-        assert self.final is not None, "a detached run where none was expected"
-        self.job = threading.Thread(target=self.run_job, args=(module_args["progress_file"],))
-        self.job.start()
-        return {"started": True, "finished": False, "ansible_job_id": "j1",
-                "results_file": "/root/.ansible_async/j1", "changed": False}
-
-    def run_job(self, path):
+        assert self.final is not None, "a run with progress where none was expected"
+        self.progress_file = module_args["progress_file"]
+        os.makedirs(os.path.dirname(self.progress_file), exist_ok=True)
         for line in self.lines:
-            with open(path, "a") as out:
+            with open(self.progress_file, "a") as out:
                 out.write(json.dumps(line) + "\n")
             time.sleep(0.02)
-        self.result = dict(self.final)
-
-    def make_tmp_path(self, action):
-        path = self.tmp_path / ("ansible-tmp-%d" % len(self.calls))
-        path.mkdir(exist_ok=True)
-        action._connection._shell.tmpdir = str(path)
-        return str(path)
+        return dict(self.final)
 
     @staticmethod
     def low_level(cmd, sudoable=True, **_kwargs):
@@ -73,9 +55,8 @@ class Host:
         return {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 
     def kinds(self):
-        """'direct', 'detached' and 'status' per call, in order."""
-        return ["status" if name else "detached" if wrap else "direct"
-                for name, _args, wrap in self.calls]
+        """'direct' or 'progress' (a run with a progress file) per module run, in order."""
+        return ["progress" if "progress_file" in args else "direct" for args in self.calls]
 
 
 def make_action(plugin, host, check_mode=False, **args):
@@ -92,11 +73,10 @@ def make_action(plugin, host, check_mode=False, **args):
     action = plugin.ActionModule(task, connection, play_context=MagicMock(), loader=None,
                                  templar=None, shared_loader_obj=None)
     action._execute_module = lambda **kw: host.execute_module(action, **kw)
-    action._make_tmp_path = lambda *a: host.make_tmp_path(action)
     action._low_level_execute_command = host.low_level
     action._remove_tmp_path = lambda path, force=False: host.removed.append((path, force))
-    action._remote_expand_user = lambda path, sudoable=True: path.replace("~", "/root")
-    action.get_shell_option = lambda name, default=None: default
+    action.get_shell_option = lambda name, default=None: (
+        host.async_dir if name == "async_dir" else default)
     shown = []
     action._display = MagicMock()
     action._display.display.side_effect = shown.append

@@ -53,12 +53,11 @@ def test_planned_and_check_mode_run_the_module_directly(tmp_path, check_mode, st
     action, shown = make_action(host, check_mode=check_mode, state=state)
     result = action.run(task_vars={"inventory_hostname": "lab-dual"})
     assert result["planned"] is True
-    assert [(name, wrap) for name, _args, wrap in host.calls] == [(None, False)]
-    assert "progress_file" not in host.calls[0][1]
+    assert host.kinds() == ["direct"]
     assert shown == []
 
 
-def test_present_runs_async_shows_progress_and_returns_the_module_result(tmp_path):
+def test_present_shows_progress_and_returns_the_module_result(tmp_path):
     lines = [event(0, "pulling ollama/ollama:latest (1650.3 MiB)"),
              event(0, "pulling ollama/ollama:latest 1/7 layers 12.0/1650.3 MiB"),
              event(0, "pulled ollama/ollama:latest (1650.3 MiB in 40 s)", final=True),
@@ -67,22 +66,15 @@ def test_present_runs_async_shows_progress_and_returns_the_module_result(tmp_pat
     host = Host(tmp_path, lines=lines)
     action, shown = make_action(host, state="present", timeout=600)
     result = action.run(task_vars={"inventory_hostname": "lab-dual"})
-    host.job.join()
-    assert result == dict(DONE, **{k: v for k, v in result.items() if k not in DONE})
-    assert not set(result) & {"ansible_job_id", "finished", "started", "results_file"}
-    assert host.async_val_seen == 600 + downloads.GRACE_S
-    assert action._task.async_val == 0
-    start = host.calls[0]
-    assert start[2] is True and start[1]["progress_file"].endswith("/progress.jsonl")
-    assert start[1]["items"] == ITEMS
+    assert result == DONE
+    assert host.kinds() == ["progress"] and host.calls[0]["items"] == ITEMS
     # An item's first line is always shown, however slow the polls.
     assert shown[0] == "lab-dual: pulling ollama/ollama:latest (1650.3 MiB)"
     assert "lab-dual: pulled ollama/ollama:latest (1650.3 MiB in 40 s)" in shown
     assert shown[-1] == "lab-dual: pulled ollama model llama3.2:3b (1926.0 MiB in 30 s)"
-    assert host.calls[-1][1] == {"jid": "j1", "_async_dir": "/root/.ansible_async",
-                                 "mode": "cleanup"}
-    progress_dir = os.path.dirname(start[1]["progress_file"])
-    assert (progress_dir, True) in host.removed
+    # The file is read to its end, then removed, by one command.
+    assert not os.path.exists(host.progress_file)
+    assert os.path.dirname(host.progress_file) == host.async_dir
 
 
 def test_a_failed_module_is_the_task_failure(tmp_path):
@@ -91,17 +83,16 @@ def test_a_failed_module_is_the_task_failure(tmp_path):
     host = Host(tmp_path, final=failed, lines=[event(0, "pulling x (1.0 MiB)")])
     action, shown = make_action(host, state="present")
     result = action.run(task_vars={"inventory_hostname": "h"})
-    host.job.join()
     assert result["failed"] is True and result["msg"] == failed["msg"]
     assert shown == ["h: pulling x (1.0 MiB)"]
 
 
-def test_a_job_that_does_not_start(tmp_path):
-    host = Host(tmp_path, start={"failed": True, "msg": "async_wrapper exited prematurely"})
-    action, _shown = make_action(host, state="present")
-    result = action.run(task_vars={})
-    assert (result["failed"], result["msg"]) == (True, "async_wrapper exited prematurely")
-    assert action._task.async_val == 0
+def test_a_module_that_fails_at_once_is_the_result_and_nothing_is_left(tmp_path):
+    failed = {"failed": True, "msg": "MODULE FAILURE: /usr/bin/python3: not found"}
+    host = Host(tmp_path, start=failed)
+    action, shown = make_action(host, state="present")
+    assert action.run(task_vars={}) == failed and shown == []
+    assert host.kinds() == ["progress"] and not os.path.exists(host.async_dir)
 
 
 class Clock:

@@ -1,11 +1,14 @@
 # Copyright (c) gpufleet.inference contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The host_lock and service_verify actions on the controller: which paths run the module
-directly, which run it detached with a progress file (plugin_utils/_progress.py, the loop the
-downloads action tests too), and that the task's result is the module's own. The host is faked
+directly, which run it with a progress file the controller reads meanwhile
+(plugin_utils/_progress.py, the loop the downloads action tests too), and that the task's
+result is the module's own. The host is faked
 at the level of ActionBase's calls (progress_host.py)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from progress_host import Host, make_action
@@ -47,7 +50,7 @@ def test_host_lock_paths_that_do_not_wait_run_the_module_once_as_given(tmp_path,
     host = Host(tmp_path, direct=[TAKEN])
     action, shown = make_action(host_lock, host, check_mode=check_mode, owner=OWNER, **args)
     assert run(action) == TAKEN
-    assert host.kinds() == ["direct"] and host.calls[0][1] == dict(args, owner=OWNER)
+    assert host.kinds() == ["direct"] and host.calls[0] == dict(args, owner=OWNER)
     assert shown == []
 
 
@@ -56,12 +59,12 @@ def test_a_free_lock_is_taken_by_one_try_whose_invocation_shows_the_task_timeout
     host = Host(tmp_path, direct=[taken])
     action, shown = make_action(host_lock, host, owner=OWNER, timeout="30")
     result = run(action)
-    assert host.kinds() == ["direct"] and host.calls[0][1] == {"owner": OWNER, "timeout": 0}
+    assert host.kinds() == ["direct"] and host.calls[0] == {"owner": OWNER, "timeout": 0}
     assert result == dict(TAKEN, invocation={"module_args": {"owner": OWNER, "timeout": 30}})
     assert shown == []
 
 
-def test_a_held_lock_is_waited_for_detached_with_progress_and_the_module_result(tmp_path):
+def test_a_held_lock_is_waited_for_with_progress_and_the_module_result(tmp_path):
     final = dict(TAKEN, invocation={"module_args": {"owner": OWNER, "timeout": 600,
                                                     "progress_file": "/x/progress.jsonl"}})
     lines = [event("lock", "host lock held by ops1 pid 4524: waited 0 s of 600 s"),
@@ -69,13 +72,12 @@ def test_a_held_lock_is_waited_for_detached_with_progress_and_the_module_result(
     host = Host(tmp_path, direct=[HELD], final=final, lines=lines)
     action, shown = make_action(host_lock, host, owner=OWNER)
     result = run(action)
-    host.job.join()
-    assert host.kinds()[:2] == ["direct", "detached"] and set(host.kinds()[2:]) == {"status"}
-    assert host.calls[0][1] == {"owner": OWNER, "timeout": 0}
-    detached = host.calls[1][1]
-    assert detached["progress_file"].endswith("/progress.jsonl")
-    assert {k: v for k, v in detached.items() if k != "progress_file"} == {"owner": OWNER}
-    assert host.async_val_seen == 600 + _progress.GRACE_S and action._task.async_val == 0
+    assert host.kinds() == ["direct", "progress"]
+    assert host.calls[0] == {"owner": OWNER, "timeout": 0}
+    waited = host.calls[1]
+    assert waited["progress_file"].startswith(host.async_dir + "/gpufleet-progress-")
+    assert {k: v for k, v in waited.items() if k != "progress_file"} == {"owner": OWNER}
+    assert not os.path.exists(waited["progress_file"])  # read to its end, then removed
     assert result == dict(TAKEN, invocation={"module_args": {"owner": OWNER, "timeout": 600,
                                                              "progress_file": None}})
     assert shown[-1] == "lab-dual: took the host lock after 4 s"
@@ -83,13 +85,11 @@ def test_a_held_lock_is_waited_for_detached_with_progress_and_the_module_result(
                         "lab-dual: took the host lock after 4 s")
 
 
-def test_a_lock_held_past_the_timeout_is_the_detached_run_s_failure(tmp_path):
+def test_a_lock_held_past_the_timeout_is_the_waiting_run_s_failure(tmp_path):
     failed = dict(HELD, msg=HELD["msg"] + " and was not released within host_lock_timeout=5 s")
     host = Host(tmp_path, direct=[HELD], final=failed)
     action, _shown = make_action(host_lock, host, owner=OWNER, timeout=5)
-    result = run(action)
-    host.job.join()
-    assert result == failed and host.async_val_seen == 5 + _progress.GRACE_S
+    assert run(action) == failed and host.kinds() == ["direct", "progress"]
 
 
 @pytest.mark.parametrize("first", [
@@ -127,7 +127,7 @@ def test_service_verify_short_waits_run_the_module_directly(tmp_path, check_mode
     assert host.kinds() == ["direct"] and shown == []
 
 
-def test_service_verify_long_waits_run_detached_with_progress(tmp_path):
+def test_service_verify_long_waits_run_with_progress(tmp_path):
     lines = [event("vllm", "vllm: /health 503 (loading), container running, 0 s of 600 s"),
              event("vllm", "vllm: /health 200 after 41 s", final=True)]
     failed = dict(VERIFIED, failed=True, msg="ollama: not healthy within 600 s")
@@ -135,20 +135,50 @@ def test_service_verify_long_waits_run_detached_with_progress(tmp_path):
     action, shown = make_action(service_verify, host, runtime="compose", services=SERVICES,
                                 timeout=600)
     result = run(action)
-    host.job.join()
     assert result == failed
-    assert host.kinds()[0] == "detached"
-    assert {k: v for k, v in host.calls[0][1].items() if k != "progress_file"} == {
+    assert host.kinds() == ["progress"]
+    assert {k: v for k, v in host.calls[0].items() if k != "progress_file"} == {
         "runtime": "compose", "services": SERVICES, "timeout": 600}
-    # the health wait, one model load, the GPU check and a margin
-    assert host.async_val_seen == 600 * 2 + service_verify.JOB_MARGIN_S
     assert shown[-1] == "lab-dual: vllm: /health 200 after 41 s"
 
 
-def test_service_verify_default_timeout_runs_detached(tmp_path):
+def test_service_verify_default_timeout_runs_with_progress(tmp_path):
     host = Host(tmp_path, final=VERIFIED)
     action, _shown = make_action(service_verify, host, runtime="systemd", services="bad")
     assert run(action) == VERIFIED
-    assert host.kinds()[0] == "detached"
-    assert host.async_val_seen == int(service_verify.DEFAULT_TIMEOUT_S
-                                      + service_verify.JOB_MARGIN_S)
+    assert host.kinds() == ["progress"]
+
+
+@pytest.mark.parametrize(("services", "seconds"), [
+    # the health wait, one model load per Ollama service, the GPU check and a margin
+    (SERVICES, 600 * 2 + service_verify.JOB_MARGIN_S),
+    ("bad", 600 + service_verify.JOB_MARGIN_S),
+])
+def test_service_verify_waits_for_the_module_s_longest_run(services, seconds):
+    assert service_verify.job_seconds(600, services) == seconds
+
+
+def test_a_module_that_outlasts_the_patience_fails_the_task_and_its_file_goes(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(_progress, "GRACE_S", 0)
+    lines = [event("lock", "host lock held by ops1 pid 4524: waited %d s of 1 s" % i)
+             for i in range(60)]  # 1.2 s of writing, past 0 + 1 s of patience
+    host = Host(tmp_path, direct=[HELD], final=TAKEN, lines=lines)
+    action, shown = make_action(host_lock, host, owner=OWNER, timeout=1)
+    result = action.run_with_progress({"inventory_hostname": "lab-dual"}, {"owner": OWNER},
+                                      job_s=1, what="the host_lock job")
+    assert result == {"failed": True, "changed": True,
+                      "msg": "the host_lock job did not end within 1 seconds"}
+    assert shown and shown[0].startswith("lab-dual: host lock held by ops1 pid 4524")
+
+
+def test_an_error_of_the_module_run_is_the_action_s_own(tmp_path):
+    host = Host(tmp_path, final=TAKEN)
+
+    def unreachable(**_kwargs):
+        raise ConnectionError("the host went away")
+
+    action, _shown = make_action(host_lock, host, owner=OWNER)
+    action._execute_module = unreachable
+    with pytest.raises(ConnectionError, match="the host went away"):
+        action.run_with_progress({}, {"owner": OWNER}, job_s=5, what="the host_lock job")
