@@ -758,3 +758,33 @@ def probed(probe, reachable=None):
         found[item["name"]] = result.get("status", -1) == 200
     found.update(_check_reachable(reachable))
     return found
+
+
+def file_writes(files, contents, directories=None):
+    """The options of gpufleet.inference.config_files for the router's files: ``{directories,
+    files, secret_files}`` from the role's files ``[{name, dest, mode, secret}]`` (those it
+    writes), their rendered ``contents`` (one per file, in the same order) and its
+    ``directories`` ``[{path, mode}]``; each file ``{path, content, mode}``."""
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        raise ValueError("files must be a list of {name, dest, mode, secret}; got: %r" % (files,))
+    if not isinstance(contents, list) or len(contents) != len(files):
+        raise ValueError("contents must be a list of %d rendered files; got %s" % (
+            len(files), "%d" % len(contents) if isinstance(contents, list)
+            else type(contents).__name__))
+    if directories is None:
+        directories = []
+    if not isinstance(directories, list) or not all(isinstance(d, dict) for d in directories):
+        raise ValueError("directories must be a list of {path, mode}; got: %r" % (directories,))
+    out = {"directories": [{"path": d.get("path"), "mode": d.get("mode")} for d in directories],
+           "files": [], "secret_files": []}
+    for i, (entry, content) in enumerate(zip(files, contents)):
+        for key in ("dest", "mode"):
+            if not isinstance(entry.get(key), str):
+                raise ValueError("files[%d].%s must be a string; got: %r"
+                                 % (i, key, entry.get(key)))
+        if not isinstance(content, str):
+            raise ValueError("contents[%d] must be text (%s); got a %s"
+                             % (i, entry["dest"], type(content).__name__))
+        out["secret_files" if entry.get("secret") else "files"].append(
+            {"path": entry["dest"], "content": content, "mode": entry["mode"]})
+    return out

@@ -21,9 +21,9 @@ OPTIONS = {"aliases": {}, "fallback_order": ["ollama"], "research_fallback_order
 
 
 def test_filters_are_registered_with_their_docs():
-    assert sorted(ROUTER) == ["router_app_env", "router_config", "router_litellm_env",
-                              "router_llm_yaml_with_keys", "router_probe_targets",
-                              "router_probed"]
+    assert sorted(ROUTER) == ["router_app_env", "router_config", "router_file_writes",
+                              "router_litellm_env", "router_llm_yaml_with_keys",
+                              "router_probe_targets", "router_probed"]
     assert sorted(CHECKS) == ["preflight_options_check",
                               "rollout_serial_check", "router_options_check", "unit_paths_check"]
     docs = pathlib.Path(router.__file__).parent
@@ -56,6 +56,9 @@ def test_filters_equal_the_functions():
      "router_app_env: services_plan.mode must be a dict with name and exclusive; got: 'chat'"),
     (ROUTER, "router_probed", ("x",),
      "router_probed: probe must be the probe task's registered result; got: 'x'"),
+    (ROUTER, "router_file_writes", ([{"name": "llm.yaml", "dest": "/c/llm.yaml", "mode": "0600"}],
+                                    []),
+     "router_file_writes: contents must be a list of 1 rendered files; got 0"),
     (CHECKS, "preflight_options_check", ({}, {"nvidia_smi_timeout": 0}),
      "preflight_options_check: preflight_nvidia_smi_timeout must be 1-3600 seconds; got: 0"),
     (CHECKS, "unit_paths_check",

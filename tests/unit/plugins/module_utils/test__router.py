@@ -627,3 +627,32 @@ def test_check_role_skips_the_app_env_file_not_written():
                                              "research_fallback_order": []}, {},
                          role_options) is True
     assert rt.check_role(modal_plan("ingestion"), {}, {}, {}, APP) is True
+
+
+FILES = [{"name": "llm.yaml", "dest": "/c/llm.yaml", "mode": "0600", "secret": True, "write": True},
+         {"name": "litellm.yaml", "dest": "/c/litellm.yaml", "mode": "0640", "secret": False},
+         {"name": "inference.env", "dest": "/e/inference.env", "mode": "0644", "secret": False}]
+
+
+def test_file_writes_pair_each_file_with_its_content_secret_ones_apart():
+    dirs = [{"path": "/c", "mode": "0750", "write": True}]
+    assert rt.file_writes(FILES, ["keys: k\n", "model_list: []\n", "A=1\n"], dirs) == {
+        "directories": [{"path": "/c", "mode": "0750"}],
+        "files": [{"path": "/c/litellm.yaml", "content": "model_list: []\n", "mode": "0640"},
+                  {"path": "/e/inference.env", "content": "A=1\n", "mode": "0644"}],
+        "secret_files": [{"path": "/c/llm.yaml", "content": "keys: k\n", "mode": "0600"}]}
+    assert rt.file_writes([], []) == {"directories": [], "files": [], "secret_files": []}
+
+
+@pytest.mark.parametrize("files, contents, dirs, message", [
+    ("x", [], None, "files must be a list of {name, dest, mode, secret}; got: 'x'"),
+    (FILES, ["a", "b"], None, "contents must be a list of 3 rendered files; got 2"),
+    (FILES, "abc", None, "contents must be a list of 3 rendered files; got str"),
+    (FILES, ["a", None, "c"], None, "contents[1] must be text (/c/litellm.yaml); got a NoneType"),
+    ([{"name": "x", "dest": "/x"}], ["a"], None, "files[0].mode must be a string; got: None"),
+    (FILES, ["a", "b", "c"], "/c", "directories must be a list of {path, mode}; got: '/c'"),
+])
+def test_file_writes_name_bad_input(files, contents, dirs, message):
+    with pytest.raises(ValueError) as raised:
+        rt.file_writes(files, contents, dirs)
+    assert str(raised.value) == message
