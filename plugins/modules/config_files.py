@@ -66,10 +66,9 @@ options:
         type: str
         required: true
       content:
-        description: The whole content of the file.
+        description: The whole content of the file (masked in the invocation).
         type: str
         required: true
-        no_log: true
       mode:
         description: The file's mode, an octal string such as V('0600').
         type: str
@@ -176,7 +175,8 @@ def main():
                              options=dict(path=dict(type="str", required=True),
                                           mode=dict(type="str", required=True))),
             files=dict(type="list", elements="dict", default=[], options=_ENTRY),
-            secret_files=dict(type="list", elements="dict", default=[],
+            # no_log on each file's content; its path and mode may be shown
+            secret_files=dict(type="list", elements="dict", default=[], no_log=False,
                               options=dict(_ENTRY, content=dict(type="str", required=True,
                                                                 no_log=True))),
             backup=dict(type="bool", default=False),
