@@ -6,46 +6,19 @@ result, backups are kept, bad input is named before anything is touched."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
 from unittest import mock
 
 import pytest
-from ansible.module_utils import basic
 
 from ansible_collections.gpufleet.inference.plugins.modules import config_files
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19
-    @contextlib.contextmanager
-    def patch_module_args(args):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
-
-
-class Exit(Exception):
-    pass
+from tests.support.modules import run_module
 
 
 def run(args, check_mode=False, diff=True):
-    args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
-
-    def exit_json(self, **result):
-        raise Exit(result)
-
-    def fail_json(self, **result):
-        raise Exit(dict(result, failed=True))
-
-    with patch_module_args(args), \
-            mock.patch.object(basic.AnsibleModule, "exit_json", exit_json), \
-            mock.patch.object(basic.AnsibleModule, "fail_json", fail_json):
-        with pytest.raises(Exit) as done:
-            config_files.main()
-    return done.value.args[0]
+    return run_module(config_files.main, args, check_mode, diff)
 
 
 SECRET = "sk-planted-config-files-3f9a"
