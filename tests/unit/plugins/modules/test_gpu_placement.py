@@ -9,7 +9,6 @@ JSON bytes in ``basic._ANSIBLE_ARGS``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import pathlib
 from unittest import mock
@@ -18,15 +17,7 @@ import pytest
 from ansible.module_utils import basic
 
 from ansible_collections.gpufleet.inference.plugins.modules import gpu_placement
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19
-    @contextlib.contextmanager
-    def patch_module_args(args):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
+from tests.support.modules import patch_module_args
 
 FIXTURES = pathlib.Path(__file__).parents[2] / "fixtures" / "placement"
 SEED_GPUS = json.loads((FIXTURES / "seed001_gpus.json").read_text())

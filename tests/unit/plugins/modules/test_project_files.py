@@ -9,7 +9,6 @@ JSON bytes in ``basic._ANSIBLE_ARGS``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -22,16 +21,8 @@ from ansible.module_utils import basic
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _fileset
 from ansible_collections.gpufleet.inference.plugins.modules import project_files
+from tests.support.modules import patch_module_args
 from tests.support.plans import MODELS, make_plan
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19
-    @contextlib.contextmanager
-    def patch_module_args(args):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
 
 
 class Exit(Exception):

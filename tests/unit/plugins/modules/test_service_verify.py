@@ -6,7 +6,6 @@ the GPU readers are scripted; the verdicts themselves are test__verify.py's."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 from unittest import mock
@@ -17,15 +16,7 @@ from ansible.module_utils import basic
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _gpu_facts
 from ansible_collections.gpufleet.inference.plugins.modules import service_verify
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19
-    @contextlib.contextmanager
-    def patch_module_args(args):
-        data = json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", data):
-            yield
+from tests.support.modules import patch_module_args
 
 GPU1 = "GPU-5b5d9ab2-8d59-7bd6-2b3a-1c7b4c3a6f10"
 VLLM_ID = "a" * 64
