@@ -217,3 +217,11 @@ def recommend_profile(gpu_count, remote=False):
     if remote:
         return "remote"
     return ("cpu", "single-gpu", "dual-gpu", "multi-gpu")[min(gpu_count, 3)]
+
+
+def os_error_text(exc):
+    """An error as a failure message says it: ``[Errno 28] No space left on device`` for an
+    OSError with its reason, else the exception's text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return "[Errno %s] %s" % (exc.errno, exc.strerror)
+    return str(exc)

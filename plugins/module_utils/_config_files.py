@@ -14,6 +14,10 @@ import os
 import re
 import stat
 
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
+    os_error_text as _why,
+)
+
 _MODE_RE = re.compile(r"^0?[0-7]{3}\Z")
 
 
@@ -63,10 +67,6 @@ def check(files, secret_files, directories):
             raise ValueError("%s is given twice" % entry["path"])
         seen.add(entry["path"])
     return dirs, out
-
-
-def _why(exc):
-    return "[Errno %s] %s" % (exc.errno, exc.strerror) if exc.strerror else str(exc)
 
 
 def _stat(path):

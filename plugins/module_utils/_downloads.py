@@ -61,6 +61,9 @@ import urllib.error
 import urllib.request
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _hf, _registry
+from ansible_collections.gpufleet.inference.plugins.module_utils._progress_file import (
+    append as append_line,
+)
 
 KINDS = ("image", "ollama", "huggingface")
 STATES = ("planned", "present")
@@ -331,11 +334,7 @@ class Progress:
         event = {"item": index, "kind": item["kind"], "name": item["name"], "text": text,
                  "final": final, "done_bytes": done_bytes, "total_bytes": total_bytes}
         try:
-            directory = os.path.dirname(self.path)
-            if directory and not os.path.isdir(directory):  # the async directory of a new host
-                os.makedirs(directory, mode=0o700, exist_ok=True)
-            with open(self.path, "a", encoding="ascii") as out:
-                out.write(json.dumps(event) + "\n")
+            append_line(self.path, json.dumps(event))
         except OSError:
             self.path = None  # progress is a courtesy: a file that cannot be written ends it
 

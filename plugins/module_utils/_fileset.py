@@ -53,6 +53,9 @@ import stat
 import tempfile
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _common, _plan, _render
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
+    os_error_text as _why,
+)
 
 HEADER = "# Managed by gpufleet.inference (project_files): edit the inventory, not this file."
 RUNTIMES = ("compose", "systemd")
@@ -207,12 +210,6 @@ def _rendering(call, *args, **kwargs):
 
 
 # ---- the disk -----------------------------------------------------------------------------
-
-def _why(exc):
-    if isinstance(exc, OSError) and exc.strerror:
-        return "[Errno %s] %s" % (exc.errno, exc.strerror)
-    return str(exc)
-
 
 def _read(path):
     """``(bytes, mode)`` of the regular file at ``path``, or None when there is none."""

@@ -24,11 +24,13 @@ write nothing; a final line is written only for an item that was said to wait.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from urllib.parse import urlsplit
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _verify
+from ansible_collections.gpufleet.inference.plugins.module_utils._progress_file import (
+    append as append_line,
+)
 
 # At most this often per item while its state stays (the controller shows one line in 5 s:
 # the newest it read, so the module writes more often than that).
@@ -40,19 +42,11 @@ NO_OWNER = "(no owner file yet)"
 _REASON_KEYS = ("error", "detail", "message", "status")
 
 
-def _append(path, line):
-    directory = os.path.dirname(path)
-    if directory and not os.path.isdir(directory):  # the async directory of a new host
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as out:
-        out.write(line + "\n")
-
-
 class ProgressFile:
     """Appends events to ``path`` as JSON lines (none when ``path`` is None): per item when its
     state changes, else at most every ``every_s`` seconds; a final event always."""
 
-    def __init__(self, path, clock, every_s=EVERY_S, append=_append):
+    def __init__(self, path, clock, every_s=EVERY_S, append=append_line):
         self.path = path
         self.clock = clock
         self.every_s = every_s
