@@ -140,6 +140,15 @@ class Host:
             time.sleep(0.2)
 
 
+def set_drain_delay(host, seconds):
+    """Rewrite the host's NVML state drain_delay line (lab/nvml/README.md) through a temp file
+    and a rename: a process that ends from now on holds its memory ``seconds`` longer."""
+    host.sh(
+        "s=/etc/gpufleet-nvml/state; sed 's/^drain_delay .*/drain_delay %s/' $s > $s.tmp; "
+        "mv $s.tmp $s; grep -qx 'drain_delay %s' $s" % (seconds, seconds)
+    )
+
+
 USED_MIB = """
 import json, pynvml
 pynvml.nvmlInit()

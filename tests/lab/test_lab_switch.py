@@ -26,7 +26,7 @@ import time
 
 import pytest
 import yaml
-from conftest import HF_ENDPOINT, Host, _docker_host
+from conftest import HF_ENDPOINT, Host, _docker_host, set_drain_delay
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "lab")
@@ -85,14 +85,6 @@ def lab_py(*args):
     return subprocess.run(
         [sys.executable, os.path.join(LAB, "lab.py"), *args, "--hosts", HOST],
         check=False, capture_output=True, text=True, timeout=600,
-    )
-
-
-def set_drain_delay(host, seconds):
-    """Rewrite the host's NVML state drain_delay line through a temp file and a rename."""
-    host.sh(
-        "s=/etc/gpufleet-nvml/state; sed 's/^drain_delay .*/drain_delay %s/' $s > $s.tmp; "
-        "mv $s.tmp $s; grep -qx 'drain_delay %s' $s" % (seconds, seconds)
     )
 
 
