@@ -9,6 +9,7 @@ JSON bytes in ``basic._ANSIBLE_ARGS``.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import hashlib
 import json
@@ -33,8 +34,13 @@ class Fail(Exception):
     pass
 
 
+# One clock for every run: a check run and the real run after it must render the same
+# gpu-assignments.yml even when a second boundary falls between them.
+NOW = datetime.datetime(2026, 1, 23, 10, 30, tzinfo=datetime.timezone.utc)
+
+
 def run(args, check_mode=False):
-    """Run the module; its result, or its failure with ``failed: true``."""
+    """Run the module at NOW; its result, or its failure with ``failed: true``."""
     args = dict(args)
     if check_mode:
         args["_ansible_check_mode"] = True
@@ -47,7 +53,8 @@ def run(args, check_mode=False):
 
     with patch_module_args(args), \
             mock.patch.object(basic.AnsibleModule, "exit_json", exit_json), \
-            mock.patch.object(basic.AnsibleModule, "fail_json", fail_json):
+            mock.patch.object(basic.AnsibleModule, "fail_json", fail_json), \
+            mock.patch.object(_fileset, "_utc_now", lambda: NOW):
         try:
             project_files.main()
         except Exit as exc:
