@@ -73,15 +73,20 @@ def _nspid_last(pid):
     return None
 
 
-def render_view(cdir, host_state=gpuview.HOST_STATE, info=None):
-    """Write <cdir>/state: the visible GPUs of the host state, used = everybody else's MiB."""
+def render_view(cdir, host_state=gpuview.HOST_STATE, info=None, state=None, regs=None):
+    """Write <cdir>/state: the visible GPUs of the host state, used = everybody else's MiB.
+
+    ``state`` and ``regs`` (the parsed host state and its registrations) are read here unless
+    the caller read them once for all its containers."""
     if info is None:
         with open(os.path.join(cdir, "container.json"), encoding="utf-8") as handle:
             info = json.load(handle)
-    state = gpuview.parse_state(host_state)
+    if state is None:
+        state = gpuview.parse_state(host_state)
     glob = state["globals"]
-    drain = float(gpuview._num(glob.get("drain_delay"), 0))
-    regs = gpuview.registrations(glob["procs_dir"], drain)
+    if regs is None:
+        drain = float(gpuview._num(glob.get("drain_delay"), 0))
+        regs = gpuview.registrations(glob["procs_dir"], drain)
     own = set(_relayed(cdir).values())
     lines = [
         "# view of container %s (written by the lab's nvml relay; do not edit)" % info["id"][:12]
@@ -203,6 +208,7 @@ def sweep(host_state=gpuview.HOST_STATE, containers=CONTAINERS, pid_cache=None):
         cdirs = sorted(os.listdir(containers))
     except OSError:
         return
+    live = []
     for cid in cdirs:
         cdir = os.path.join(containers, cid)
         try:
@@ -216,7 +222,16 @@ def sweep(host_state=gpuview.HOST_STATE, containers=CONTAINERS, pid_cache=None):
                     shutil.rmtree(cdir, ignore_errors=True)
                     pid_cache.pop(cid, None)
                 continue
-            render_view(cdir, host_state, info)
+            live.append((cid, cdir, info))
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            print("nvml-relay: %s: %s" % (cid, exc), file=sys.stderr)
+    # Every container's view from one reading of the host, taken after all the relays above
+    # (a registration relayed for one container counts in the others' views in this sweep).
+    if live:
+        regs = gpuview.registrations(host_procs, drain)
+    for cid, cdir, info in live:
+        try:
+            render_view(cdir, host_state, info, state=state, regs=regs)
         except (OSError, ValueError, KeyError, IndexError) as exc:
             print("nvml-relay: %s: %s" % (cid, exc), file=sys.stderr)
 
