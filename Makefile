@@ -13,13 +13,14 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/$(COLL_ROOT)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup system-deps venv link collections run test test-quick lint sanity unit build \
-	clean
+.PHONY: help setup system-deps venv link collections run test test-quick test-ee lint sanity sanity-deps unit \
+	build clean
 
 help:
 	@echo "make run    gather GPU facts on the inventory (INVENTORY=$(INVENTORY)) and print a summary"
 	@echo "make test   lint, ansible-test sanity, unit, integration and lab tests"
 	@echo "make test-quick   lint, unit and integration tests: no sanity, no lab host"
+	@echo "make test-ee   the execution environment built and run as AWX runs a job (CI runs it too)"
 
 setup: venv link
 
@@ -63,23 +64,22 @@ clean:
 # ---- lint, sanity, tests -------------------------------------------------------------
 PIP_BOOTSTRAP := $(HOME)/.ansible/test/cache/get_pip_24_2.py
 
+# Lint and sanity are tests of the suite (tests/static/): `make test` and `make test-quick` run
+# them beside the other tests, these targets run them alone.
 lint: setup collections
-	$(BIN)/ruff check .
-	$(BIN)/yamllint --strict .
-	$(BIN)/ansible-lint --offline
+	$(BIN)/pytest -p no:cacheprovider tests/static/test_lint.py
 
-# ansible-test wants the collection under ansible_collections/<ns>/<name>, outside any other git
-# work tree: copy the files git tracks or would track into a temporary one. Its pip bootstrap
-# comes from a host we cannot reach: see tests/sanity/get_pip_offline.py.
-sanity: setup system-deps
+# ansible-test's pip bootstrap comes from a host we cannot reach: see
+# tests/sanity/get_pip_offline.py. tests/static/test_sanity.py runs ansible-test on a copy of
+# the collection under ansible_collections/gpufleet/inference, outside any other git work tree.
+sanity-deps: setup system-deps
 	mkdir -p $(dir $(PIP_BOOTSTRAP))
 	ls $(dir $(PIP_BOOTSTRAP))pip-24.2-*.whl >/dev/null 2>&1 || \
 	  $(BIN)/pip download --quiet --disable-pip-version-check --no-deps -d $(dir $(PIP_BOOTSTRAP)) pip==24.2
 	install -m 644 tests/sanity/get_pip_offline.py $(PIP_BOOTSTRAP)
-	root=$$(mktemp -d /tmp/gpufleet-sanity.XXXXXX); dest=$$root/ansible_collections/gpufleet/inference; \
-	mkdir -p $$dest; git ls-files -co --exclude-standard | tar -T - -cf - | tar -xf - -C $$dest; \
-	rc=0; (cd $$dest && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --color no) || rc=$$?; \
-	rm -rf $$root; exit $$rc
+
+sanity: sanity-deps
+	$(BIN)/pytest -p no:cacheprovider tests/static/test_sanity.py
 
 # On a host with an NVIDIA GPU only (CI has none, so `make test` does not run it): gpu_facts and
 # gpu_drain_wait against the real driver (README, "Checked on a real GPU"). The Python must have
@@ -95,17 +95,23 @@ real-gpu-check:
 bench: setup lab-setup
 	$(BIN)/python bench/run.py
 
-# The last command of `make test` is pytest over every test layer (unit, integration, lab): its
-# summary line closes the run. Each group of lab hosts runs in one pytest-xdist worker, beside the
-# other groups and the unit and integration tests (tests/conftest.py); the lab's engine is
-# settled once, before the workers start.
+# The last command of `make test` is pytest over every test layer (lint and sanity, unit,
+# integration, lab): its summary line closes the run. Each group of lab hosts runs in one
+# pytest-xdist worker, beside the other groups and the other tests (tests/conftest.py); the
+# lab's engine is settled once, before the workers start. The execution environment's build and
+# AWX-style run (about 5 minutes of two cores) is `make test-ee`: CI runs it before `make test`.
 TEST_WORKERS ?= 4
-test: lint sanity lab-setup
-	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --durations=25 tests
+EE_TESTS := tests/lab/test_lab_ee.py
+test: setup collections sanity-deps lab-setup
+	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --durations=25 \
+	  --ignore=$(EE_TESTS) tests
+
+test-ee: setup lab-setup
+	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest $(EE_TESTS)
 
 # The inner loop: lint, unit and integration tests (some use the lab's Docker engine, no host).
-test-quick: lint lab-setup
-	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n 2 --dist loadscope tests/unit \
-	  tests/integration
+test-quick: setup collections system-deps lab-setup
+	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n 2 --dist loadscope tests/static/test_lint.py \
+	  tests/unit tests/integration
 
 include lab/lab.mk

@@ -35,12 +35,14 @@ LAB_MODULE_GROUPS = {
     "test_lab_switch.py": "lab-spark",
 }
 
-# About how long each lab scope runs in `make test` (seconds, its --durations on two cores):
+# About how long each long scope runs in `make test` (seconds, its --durations on two cores):
 # the order in which workers take them. A lab scope not listed counts LAB_SCOPE_DEFAULT_S.
-LAB_SCOPE_SECONDS = {
-    "lab-dual": 950, "lab-dual2": 1050, "lab-dual3": 700, "lab-spark": 800,
-    "tests/lab/test_lab_sleep.py": 750, "lab-ws": 550, "tests/lab/test_lab_fleet.py": 400,
-    "tests/lab/test_lab_amd.py": 240, "tests/lab/test_lab_multi.py": 110,
+# Besides the lab's, the linters and ansible-test sanity (tests/static/) are long scopes.
+LONG_SCOPE_SECONDS = {
+    "lab-dual": 650, "lab-dual2": 850, "lab-dual3": 550, "lab-spark": 700,
+    "tests/lab/test_lab_sleep.py": 700, "lab-ws": 250, "tests/lab/test_lab_fleet.py": 300,
+    "tests/lab/test_lab_amd.py": 260, "tests/lab/test_lab_multi.py": 120,
+    "tests/static/test_sanity.py": 280, "tests/static/test_lint.py": 90,
 }
 LAB_SCOPE_DEFAULT_S = 60
 
@@ -69,10 +71,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 def scope_weight(scope, tests):
-    """Which scope a free worker takes first: lab scopes before the others, the longest first
-    (LAB_SCOPE_SECONDS), then the others by their number of tests (xdist's own order)."""
-    if scope.startswith("tests/lab/") or scope in LAB_SCOPE_SECONDS:
-        return (1, LAB_SCOPE_SECONDS.get(scope, LAB_SCOPE_DEFAULT_S))
+    """Which scope a free worker takes first: lab and other long scopes before the others, the
+    longest first (LONG_SCOPE_SECONDS), then the others by their number of tests (xdist's own
+    order)."""
+    if scope.startswith("tests/lab/") or scope in LONG_SCOPE_SECONDS:
+        return (1, LONG_SCOPE_SECONDS.get(scope, LAB_SCOPE_DEFAULT_S))
     return (0, tests)
 
 
