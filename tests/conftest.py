@@ -36,13 +36,24 @@ LAB_MODULE_GROUPS = {
 }
 
 # About how long each long scope runs in `make test` (seconds, its --durations on two cores):
-# the order in which workers take them. A lab scope not listed counts LAB_SCOPE_DEFAULT_S.
-# Besides the lab's, the linters and ansible-test sanity (tests/static/) are long scopes.
+# the order in which workers take them, the longest first, so that no long scope starts late
+# and runs alone at the end while the other workers wait. A lab scope not listed counts
+# LAB_SCOPE_DEFAULT_S; any other scope not listed comes after the listed ones.
 LONG_SCOPE_SECONDS = {
+    # lab host groups and lab modules with hosts of their own
     "lab-dual": 650, "lab-dual2": 850, "lab-dual3": 550, "lab-spark": 700,
     "tests/lab/test_lab_sleep.py": 700, "lab-ws": 250, "tests/lab/test_lab_fleet.py": 300,
     "tests/lab/test_lab_amd.py": 260, "tests/lab/test_lab_multi.py": 120,
+    # linters and ansible-test sanity
     "tests/static/test_sanity.py": 280, "tests/static/test_lint.py": 90,
+    # integration modules that run many playbooks
+    "tests/integration/test_preflight.py": 190, "tests/integration/test_router.py": 120,
+    "tests/integration/test_host_lock.py": 110, "tests/integration/test_k8s.py": 100,
+    "tests/integration/test_render.py": 100, "tests/integration/test_gpu_facts_module.py": 80,
+    "tests/integration/test_bad_input_playbooks.py": 70, "tests/integration/test_security.py": 50,
+    "tests/integration/test_status_playbook.py": 45, "tests/integration/test_registry_login.py": 35,
+    "tests/integration/test_fleet_outcome.py": 30, "tests/unit/test_lab_standins.py": 25,
+    "tests/unit/test_lab_standins_sleep.py": 22,
 }
 LAB_SCOPE_DEFAULT_S = 60
 
@@ -73,7 +84,7 @@ def pytest_collection_modifyitems(config, items):
 def scope_weight(scope, tests):
     """Which scope a free worker takes first: lab and other long scopes before the others, the
     longest first (LONG_SCOPE_SECONDS), then the others by their number of tests (xdist's own
-    order)."""
+    order): short scopes of many quick tests fill the end of the run."""
     if scope.startswith("tests/lab/") or scope in LONG_SCOPE_SECONDS:
         return (1, LONG_SCOPE_SECONDS.get(scope, LAB_SCOPE_DEFAULT_S))
     return (0, tests)
