@@ -110,8 +110,9 @@ test-ee: setup lab-setup
 	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest $(EE_TESTS)
 
 # The inner loop: lint, unit and integration tests (some use the lab's Docker engine, no host).
+# Three workers on two cores: a playbook run waits on its module processes now and then.
 test-quick: setup collections system-deps lab-setup
-	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n 2 --dist loadscope tests/static/test_lint.py \
+	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n 3 --dist loadscope tests/static/test_lint.py \
 	  tests/unit tests/integration
 
 include lab/lab.mk
