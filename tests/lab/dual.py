@@ -63,7 +63,7 @@ def apply(tmp_path, limit, extra, *args, playbook="playbooks/apply.yml"):
     extra_file = tmp_path / ("vars-%d.json" % time.monotonic_ns())
     extra_file.write_text(json.dumps(dict(MANAGED, **extra)))
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_PIPELINING="1")
+               ANSIBLE_NOCOLOR="1")
     t0 = time.time()
     proc = subprocess.run(
         [os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i",

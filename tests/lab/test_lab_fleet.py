@@ -64,7 +64,7 @@ def fleet():
 def ansible_env():
     path = os.path.join(ROOT, ".venv", "bin")
     return dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
-                ANSIBLE_NOCOLOR="1", ANSIBLE_PIPELINING="1", ANSIBLE_FORKS="8",
+                ANSIBLE_NOCOLOR="1", ANSIBLE_FORKS="8",
                 ANSIBLE_CALLBACKS_ENABLED="gpufleet.inference.fleet_outcome",
                 PATH=path + os.pathsep + os.environ["PATH"])
 
