@@ -42,6 +42,7 @@ import re
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _placement, _plan
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import scalar_text
+from ansible_collections.gpufleet.inference.plugins.module_utils._fileset import YAML_DUMP_OPTIONS
 from ansible_collections.gpufleet.inference.plugins.module_utils._render import (
     _dollars,
     _main_command,
@@ -701,6 +702,45 @@ def k8s_manifests(services_plan, namespace="gpufleet", node_placement=None,
                       "documents": [config_map]})
     warnings = [w for name in sorted(analysis) for w in analysis[name]["warnings"]]
     return {"files": files, "nodes": analysis, "warnings": warnings}
+
+
+MANIFEST_HEADER = ("# Managed by gpufleet.inference (k8s_manifests): edit the inventory, "
+                   "not this file.")
+MANIFEST_MODE = "0644"
+_FILE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def manifest_files(files, directory, yaml_dump):
+    """The ``files`` option of gpufleet.inference.config_files for the manifests of
+    :func:`k8s_manifests`: per entry of its ``files`` ``{path, content, mode}``, the path
+    ``<directory>/<name>.yml``; the content the header line, the entry's ``comments`` as
+    ``# `` lines, then each document after a ``---`` line, as ``yaml_dump`` (``yaml.dump`` or
+    Ansible's dumper) writes it with :data:`YAML_DUMP_OPTIONS` (what ``to_nice_yaml(indent=2,
+    sort_keys=false, width=200)`` hands to ``yaml.dump``)."""
+    if not isinstance(directory, str) or not directory.startswith("/"):
+        raise ValueError("k8s_manifests_dir must be an absolute path; got: %r" % (directory,))
+    if not isinstance(files, list):
+        raise ValueError("files must be the list k8s_manifests returns; got: %r" % (files,))
+    result = []
+    for i, entry in enumerate(files):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not _FILE_NAME_RE.match(name):
+            raise ValueError("files[%d].name must be a lower-case file name without '/'; got: %r"
+                             % (i, name))
+        comments = entry.get("comments") or []
+        documents = entry.get("documents")
+        if not isinstance(comments, list) or not all(isinstance(c, str) for c in comments):
+            raise ValueError("files[%d].comments must be a list of lines; got: %r"
+                             % (i, comments))
+        if not isinstance(documents, list) or not documents:
+            raise ValueError("files[%d].documents must be a non-empty list; got: %r"
+                             % (i, documents))
+        lines = [MANIFEST_HEADER] + [("# %s" % line).rstrip() for line in comments]
+        content = "\n".join(lines) + "\n" + "".join(
+            "---\n%s" % yaml_dump(document, **YAML_DUMP_OPTIONS) for document in documents)
+        result.append({"path": "%s/%s.yml" % (directory.rstrip("/") or "", name),
+                       "content": content, "mode": MANIFEST_MODE})
+    return result
 
 
 def _node_commands(documents):

@@ -166,6 +166,8 @@ CASES = [
       "got: True"]),
     ("k8s-namespace", [role("k8s_manifests", k8s_manifests_namespace="Bad_NS")],
      ["k8s_manifests_namespace must be a DNS-1123 label; got: 'Bad_NS'"]),
+    ("k8s-relative-dir", [role("k8s_manifests", k8s_manifests_dir="k8s")],
+     ["k8s_manifest_files: k8s_manifests_dir must be an absolute path; got: 'k8s'"]),
     # the modules
     ("module-placement-pin-to-missing-gpu", [module(
         "gpu_placement", gpus=DUAL_GPUS, pin_not_found="fail",

@@ -105,7 +105,8 @@ def test_renders_every_host_and_a_second_run_changes_nothing(rendered):
     assert set(stats) == set(HOSTS)
     assert {h: s["changed"] for h, s in stats.items()} == dict.fromkeys(HOSTS, 0)
     text = (rendered["root"] / "dual-vllm" / "nodes.yml").read_text()
-    assert text.startswith("#\n# Ansible managed\n#\n# Labels and taints of the nodes")
+    assert text.startswith("# Managed by gpufleet.inference (k8s_manifests): edit the inventory, "
+                           "not this file.\n# Labels and taints of the nodes")
     assert "# kubectl label node dual-vllm --overwrite " in text
 
 

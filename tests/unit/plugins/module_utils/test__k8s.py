@@ -526,3 +526,49 @@ def test_escapes_every_dollar_of_a_user_value():
     assert container["command"] == ["/bin/run$$1", "100%"]
     assert "--api-key=pa$$word" in container["args"]
     assert "--served-model-name=$${HOME}" in container["args"]
+
+
+# ---- the files config_files writes ---------------------------------------------------------
+
+def _dump(document, **options):
+    return yaml.dump(document, **options)
+
+
+def test_manifest_files_are_header_comments_and_documents_in_order():
+    manifests = _k8s.k8s_manifests(make_plan("dual-gpu", "vllm"), node="box", gpus=TWO_GPUS)
+    files = _k8s.manifest_files(manifests["files"], "/opt/gpufleet/k8s/", _dump)
+    assert [f["path"] for f in files] == ["/opt/gpufleet/k8s/%s.yml" % m["name"]
+                                          for m in manifests["files"]]
+    assert {f["mode"] for f in files} == {"0644"}
+    by_name = dict(zip((m["name"] for m in manifests["files"]), files))
+    nodes = by_name["nodes"]["content"]
+    lines = nodes.splitlines()
+    assert lines[0] == _k8s.MANIFEST_HEADER
+    assert lines[1:1 + len(_k8s.NODES_COMMENT)] == ["# %s" % c if c else "#"
+                                                     for c in _k8s.NODES_COMMENT]
+    vllm = by_name["vllm"]["content"]
+    assert list(yaml.safe_load_all(vllm)) == by_name_documents(manifests, "vllm")
+    assert vllm.count("\n---\n") == 2 and not vllm.endswith("\n\n")
+    # what to_nice_yaml(indent=2, sort_keys=false, width=200) writes: keys in their order
+    assert "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: vllm\n" in vllm
+
+
+def by_name_documents(manifests, name):
+    return next(m["documents"] for m in manifests["files"] if m["name"] == name)
+
+
+@pytest.mark.parametrize("files,directory,message", [
+    ([], "k8s", "k8s_manifests_dir must be an absolute path; got: 'k8s'"),
+    ([], None, "k8s_manifests_dir must be an absolute path; got: None"),
+    ({"name": "x"}, "/k8s", "files must be the list k8s_manifests returns; got: {'name': 'x'}"),
+    ([{"name": "../etc/passwd", "documents": [{}]}], "/k8s",
+     "files[0].name must be a lower-case file name without '/'; got: '../etc/passwd'"),
+    ([{"name": "ok", "documents": []}], "/k8s",
+     "files[0].documents must be a non-empty list; got: []"),
+    ([{"name": "ok", "comments": "one line", "documents": [{}]}], "/k8s",
+     "files[0].comments must be a list of lines; got: 'one line'"),
+])
+def test_manifest_files_bad_input_names_the_field(files, directory, message):
+    with pytest.raises(ValueError) as exc:
+        _k8s.manifest_files(files, directory, _dump)
+    assert str(exc.value) == message
