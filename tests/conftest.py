@@ -48,7 +48,7 @@ LONG_SCOPE_SECONDS = {
     "tests/static/test_sanity.py": 280, "tests/static/test_lint.py": 90,
     # integration modules that run many playbooks
     "tests/integration/test_preflight.py": 190, "tests/integration/test_router.py": 120,
-    "tests/integration/test_host_lock.py": 110, "tests/integration/test_k8s.py": 100,
+    "tests/integration/test_host_lock.py": 110, "tests/integration/test_k8s.py": 25,
     "tests/integration/test_render.py": 100, "tests/integration/test_gpu_facts_module.py": 80,
     "tests/integration/test_bad_input_playbooks.py": 70, "tests/integration/test_security.py": 50,
     "tests/integration/test_status_playbook.py": 45, "tests/integration/test_registry_login.py": 35,

@@ -205,22 +205,6 @@ def test_module_reads_persistence_mode_with_a_timeout(tmp_path):
 
 # ---- the playbook ------------------------------------------------------------------------
 
-def test_env_gets_dual_gpu_mode_once_on_a_two_gpu_host(tmp_path, tools):
-    env_file = tmp_path / "project" / ".env"
-    values = base_vars(tmp_path)
-    runs = []
-    for check in (True, False, True, False):
-        rc, output, recap = run_playbook("preflight.yml", tmp_path, values, check=check,
-                                         diff=True, env=tools)
-        assert rc == 0, output
-        runs.append((recap["changed"], env_file.exists() and env_file.read_text()))
-    assert runs == [(1, False), (1, "DUAL_GPU_MODE=ollama\n"),
-                    (0, "DUAL_GPU_MODE=ollama\n"), (0, "DUAL_GPU_MODE=ollama\n")]
-    assert oct(env_file.stat().st_mode & 0o777) == "0o640"
-    assert "Profile: dual-gpu (recommended: dual-gpu, 2 GPU(s)), DUAL_GPU_MODE=ollama" in output
-    assert "Total: 3.8 GB to fetch (2 of 4 already present)" in output
-
-
 def test_env_value_already_there_is_kept(tmp_path, tools):
     env_file = tmp_path / "project" / ".env"
     env_file.parent.mkdir()
@@ -314,24 +298,32 @@ def test_unknown_ollama_model_fails_before_anything_changes(tmp_path, tools):
     assert "Preflight localhost" not in output
 
 
-def test_hf_token_file_is_0600_and_the_token_is_never_shown(tmp_path, tools):
+def test_first_run_writes_dual_gpu_mode_and_the_hf_token_once_never_showing_it(tmp_path, tools):
+    """Check, real, check, real on a two-GPU host with a token: .env gets DUAL_GPU_MODE and
+    the token file its token (0600, root's) on the first real run only, and no run shows it.
+    Without the token, the file is removed."""
+    env_file = tmp_path / "project" / ".env"
     token = "hf_plantedPreflightToken1234567890"
     token_file = tmp_path / "etc" / "huggingface.env"
     values = base_vars(tmp_path, services_hf_token=token)
-    outputs = []
-    for check in (True, False, False):
+    runs, outputs = [], []
+    for check in (True, False, True, False):
         rc, output, recap = run_playbook("preflight.yml", tmp_path, values, check=check,
                                          diff=True, verbosity=2, env=tools)
         assert rc == 0, output
         outputs.append(output)
-        if check:
-            assert not token_file.exists()
-    assert token_file.read_text() == "HF_TOKEN=%s\n" % token
+        runs.append((recap["changed"], env_file.exists() and env_file.read_text(),
+                     token_file.exists() and token_file.read_text()))
+    written = ("DUAL_GPU_MODE=ollama\n", "HF_TOKEN=%s\n" % token)
+    # .env's DUAL_GPU_MODE, the token file's directory and the token file
+    assert runs == [(3, False, False), (3, *written), (0, *written), (0, *written)]
+    assert oct(env_file.stat().st_mode & 0o777) == "0o640"
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
     assert oct(token_file.parent.stat().st_mode & 0o777) == "0o755"
     assert token_file.stat().st_uid == 0
-    assert recap["changed"] == 0
     assert all(token not in output for output in outputs)
+    assert "Profile: dual-gpu (recommended: dual-gpu, 2 GPU(s)), DUAL_GPU_MODE=ollama" in output
+    assert "Total: 3.8 GB to fetch (2 of 4 already present)" in output
     rc, output, recap = run_playbook("preflight.yml", tmp_path, base_vars(tmp_path),
                                      diff=True, verbosity=2, env=tools)
     assert rc == 0, output

@@ -101,6 +101,10 @@ def write_scenario(root, hosts):
     return playbook, path
 
 
+RENDER_ONLY_SKIP = ",".join("%s_%s" % (role, step) for role in ("compose", "systemd_units")
+                            for step in ("apply", "fetch", "verify"))
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """Every distinct profile x mode render (and finetune, auto) once, then again."""
@@ -118,8 +122,11 @@ def rendered(tmp_path_factory):
     for name in hosts:
         (root / name / "compose").mkdir(parents=True)
         (root / name / "compose" / ".env").write_text(FOREIGN_ENV)
-    first = run_playbook(playbook, inventory)
-    second = run_playbook(playbook, inventory)
+    # Render only, as a user runs it: the apply, fetch and verify tasks are not even evaluated
+    # (with compose_apply and systemd_units_apply false they would be skipped one by one;
+    # test_check_mode_changes_nothing_and_shows_a_diff runs them).
+    first = run_playbook(playbook, inventory, "--skip-tags", RENDER_ONLY_SKIP)
+    second = run_playbook(playbook, inventory, "--skip-tags", RENDER_ONLY_SKIP)
     return {"root": root, "hosts": hosts, "first": first, "second": second}
 
 
@@ -129,6 +136,11 @@ def test_first_run_writes_every_host(rendered):
     stats = recap(output)
     assert set(stats) == set(rendered["hosts"])
     assert all(s["changed"] > 0 and s["failed"] == 0 for s in stats.values()), stats
+    # The role tags select the render: no apply, fetch or verify task was evaluated.
+    for task in ("Verify the services", "Verify the instances", "Fetch the images",
+                 "Start the active services", "Enable and start every instance"):
+        assert task not in output, task
+    assert "Write the compose files, .env and gpu-assignments.yml" in output
 
 
 def test_second_run_changes_nothing(rendered):
@@ -322,10 +334,10 @@ def test_check_mode_changes_nothing_and_shows_a_diff(tmp_path):
     written = tree(out)
     assert "compose/compose.gpu.yml" in written and "env/vllm.env" in written
 
-    for args in (("--check", "--diff"), ()):
-        rc, output = run_playbook(playbook, inventory, *args)
-        assert rc == 0 and recap(output)["box"]["changed"] == 0, output
-        assert project_files(out) == project_files(written)
+    # (a second real run changes nothing either: test_second_run_changes_nothing)
+    rc, output = run_playbook(playbook, inventory, "--check", "--diff")
+    assert rc == 0 and recap(output)["box"]["changed"] == 0, output
+    assert project_files(out) == project_files(written)
 
     rc, output = run_playbook(playbook, inventory, "--check", "--diff",
                               "-e", "services_dual_gpu_mode=mixed")
