@@ -42,7 +42,7 @@ LAB_MODULE_GROUPS = {
 LONG_SCOPE_SECONDS = {
     # lab host groups and lab modules with hosts of their own
     "lab-dual": 650, "lab-dual2": 850, "lab-dual3": 550, "lab-spark": 700,
-    "tests/lab/test_lab_sleep.py": 700, "lab-ws": 250, "tests/lab/test_lab_fleet.py": 300,
+    "tests/lab/test_lab_sleep.py": 700, "lab-ws": 250, "tests/lab/test_lab_fleet.py": 180,
     "tests/lab/test_lab_amd.py": 260, "tests/lab/test_lab_multi.py": 120,
     # linters and ansible-test sanity
     "tests/static/test_sanity.py": 280, "tests/static/test_lint.py": 90,
