@@ -544,8 +544,8 @@ def test_manifest_files_are_header_comments_and_documents_in_order():
     nodes = by_name["nodes"]["content"]
     lines = nodes.splitlines()
     assert lines[0] == _k8s.MANIFEST_HEADER
-    assert lines[1:1 + len(_k8s.NODES_COMMENT)] == ["# %s" % c if c else "#"
-                                                     for c in _k8s.NODES_COMMENT]
+    comments = ["# %s" % c if c else "#" for c in _k8s.NODES_COMMENT]
+    assert lines[1:1 + len(comments)] == comments
     vllm = by_name["vllm"]["content"]
     assert list(yaml.safe_load_all(vllm)) == by_name_documents(manifests, "vllm")
     assert vllm.count("\n---\n") == 2 and not vllm.endswith("\n\n")
