@@ -240,6 +240,19 @@ AMD_DRIVER = "Linuxversion6.14.0-24-generic(buildd@lab)#24~24.04.3-UbuntuSMPPREE
 # An AMD host's inner engine gives its containers the DRM and KFD nodes: the host's own device
 # cgroup (cgroup v1 nests the inner containers under it) must allow those majors.
 AMD_RUN_FLAGS = ["--device-cgroup-rule", "c 226:* rwm", "--device-cgroup-rule", "c 235:* rwm"]
+# A Podman host (lab_engine: podman): its NVIDIA device nodes (major 195) are given to the
+# containers through CDI, and netavark sets its bridge's sysctls on the host as root may on a
+# real one (Docker's /proc/sys is read-only otherwise).
+PODMAN_RUN_FLAGS = ["--device-cgroup-rule", "c 195:* rwm", "--security-opt",
+                    "systempaths=unconfined"]
+
+
+def engine_of(hvars):
+    """The host's container engine: docker (the default) or podman (lab_engine)."""
+    engine = hvars.get("lab_engine", "docker")
+    if engine not in ("docker", "podman"):
+        raise LabError("lab_engine must be docker or podman; got: %r" % (engine,))
+    return engine
 
 
 def nvidia_gpus(hvars):
@@ -305,6 +318,58 @@ chgrp render /dev/dri/renderD* /dev/kfd 2>/dev/null || true
 mkdir -p %s && chgrp video %s && chmod 1775 %s
 ln -sf /opt/gpufleet-lab/servers/amd-smi /usr/local/bin/amd-smi
 """
+
+
+# --- CDI (Podman hosts) ---------------------------------------------------------------------
+
+CDI_SPEC = "/etc/cdi/nvidia.yaml"
+NVIDIA_LIB_DIR = "/usr/lib/x86_64-linux-gnu"
+STANDIN_NVML = "/opt/gpufleet-lab/nvml/libnvidia-ml.so.1"
+CDI_HOOK = "/usr/bin/nvidia-cdi-hook"
+NVIDIA_NODES = """
+for i in %s; do [ -c /dev/nvidia$i ] || mknod -m 666 /dev/nvidia$i c 195 $i; done
+[ -c /dev/nvidiactl ] || mknod -m 666 /dev/nvidiactl c 195 255
+ln -sf /opt/gpufleet-lab/hook/nvidia-cdi-hook %s
+"""
+
+
+def cdi_spec_text(hvars):
+    """The CDI spec of a Podman host's NVIDIA GPUs, as `nvidia-ctk cdi generate` writes it
+    (kind nvidia.com/gpu; one device per GPU by index and by UUID, and ``all``; the device
+    nodes /dev/nvidia<index>; the driver library bound read-only with its soname link made by
+    nvidia-cdi-hook create-symlinks; update-ldcache), pointing at the stand-in library and
+    hook (lab/hook/cdi_hook.py). MIG devices are not described (no Podman host has them)."""
+    version = hvars.get("lab_driver_version", "590.48.01")
+    library = "%s/libnvidia-ml.so.%s" % (NVIDIA_LIB_DIR, version)
+
+    def device(name, indexes):
+        return {"name": name, "containerEdits": {
+            "deviceNodes": [{"path": "/dev/nvidia%d" % i} for i in indexes]}}
+
+    gpus = nvidia_gpus(hvars)
+    devices = []
+    for i, gpu in enumerate(gpus):
+        devices += [device(str(i), [i]), device(gpu["uuid"], [i])]
+    devices.append(device("all", range(len(gpus))))
+    spec = {
+        "cdiVersion": "0.5.0",
+        "kind": "nvidia.com/gpu",
+        "devices": devices,
+        "containerEdits": {
+            "env": ["NVIDIA_VISIBLE_DEVICES=void"],
+            "deviceNodes": [{"path": "/dev/nvidiactl"}],
+            "hooks": [
+                {"hookName": "createContainer", "path": CDI_HOOK,
+                 "args": ["nvidia-cdi-hook", "create-symlinks", "--link",
+                          "libnvidia-ml.so.%s::%s/libnvidia-ml.so.1" % (version, NVIDIA_LIB_DIR)]},
+                {"hookName": "createContainer", "path": CDI_HOOK,
+                 "args": ["nvidia-cdi-hook", "update-ldcache", "--folder", NVIDIA_LIB_DIR]},
+            ],
+            "mounts": [{"hostPath": STANDIN_NVML, "containerPath": library,
+                        "options": ["ro", "nosuid", "nodev", "bind"]}],
+        },
+    }
+    return "---\n" + yaml.safe_dump(spec, sort_keys=False)
 
 
 def standin_env(hvars):
@@ -1103,6 +1168,7 @@ def configure(host, hvars):
     else:
         dexec(host, f"if [ -e {AMD_STATE} ]; then rm -f {AMD_STATE} /usr/local/bin/amd-smi "
                     "/dev/kfd /dev/dri/card* /dev/dri/renderD*; fi")
+    podman = engine_of(hvars) == "podman"
     if gpus:
         write_file(host, STATE, state_text(host, hvars))
         dexec(
@@ -1114,11 +1180,16 @@ def configure(host, hvars):
             # at boot, as a driver's device nodes are.
             printf 'd %s 1775 root video -\n' > /etc/tmpfiles.d/gpufleet-nvml.conf
             ln -sf /opt/gpufleet-lab/nvml/libnvidia-ml.so.1 /usr/lib/x86_64-linux-gnu/
-            ln -sf /opt/gpufleet-lab/hook/nvidia-container-runtime-hook /usr/local/bin/
             ldconfig
         """
             % (HOST_PROCS, HOST_PROCS, HOST_PROCS, HOST_PROCS),
         )
+        if podman:
+            write_file(host, CDI_SPEC, cdi_spec_text(hvars))
+            dexec(host, NVIDIA_NODES % (" ".join(str(i) for i in range(len(gpus))), CDI_HOOK))
+        else:
+            dexec(host, "ln -sf /opt/gpufleet-lab/hook/nvidia-container-runtime-hook "
+                        "/usr/local/bin/")
     else:
         dexec(
             host,
@@ -1129,15 +1200,20 @@ def configure(host, hvars):
     # (stand-in driver only) write access for the video group where it counts VRAM; a real
     # driver needs /dev/nvidia*, which ProtectSystem=strict leaves alone.
     dexec(host, LAB_UNIT_ACCESS + NO_WAY_OUT)
-    dexec(host, "touch /etc/gpufleet-lab/configured; systemctl start docker.service")
+    if podman:
+        dexec(host, "rm -f %s; touch /etc/gpufleet-lab/configured" % ("" if gpus else CDI_SPEC))
+    else:
+        dexec(host, "touch /etc/gpufleet-lab/configured; systemctl start docker.service")
 
 
 def up_host(host, hvars, images, recreate=False):
     t0 = time.time()
+    engine = engine_of(hvars)
+    image = images["PODMAN_HOST_IMAGE" if engine == "podman" else "HOST_IMAGE"]
     info = inspect(host)
     if info is not None and (
         recreate
-        or info["Config"]["Image"] != images["HOST_IMAGE"]
+        or info["Config"]["Image"] != image
         or not info["State"]["Running"]
         or info["HostConfig"]["NetworkMode"] != NETWORK
     ):
@@ -1148,6 +1224,7 @@ def up_host(host, hvars, images, recreate=False):
         # stopped during `down`) would bring back that host's containers.
         down_host(host, keep_volume=False)
     volume = "%s-docker" % host
+    storage = "/var/lib/containers" if engine == "podman" else "/var/lib/docker"
     if info is None:
         docker("volume", "create", "--label", "%s=%s" % (LABEL, host), volume)
         docker(
@@ -1161,14 +1238,15 @@ def up_host(host, hvars, images, recreate=False):
             "%s=%s" % (LABEL, host),
             *RUN_FLAGS,
             *(AMD_RUN_FLAGS if amd_gpus(hvars) else []),
+            *(PODMAN_RUN_FLAGS if engine == "podman" else []),
             # The lab network: the registry and the hub answer there, nothing else does.
             "--network",
             NETWORK,
             "-v",
-            "%s:/var/lib/docker" % volume,
+            "%s:%s" % (volume, storage),
             "-e",
             "GPUFLEET_NVML_STATE=%s" % STATE,
-            images["HOST_IMAGE"],
+            image,
             "/sbin/init",
         )
 
@@ -1179,10 +1257,12 @@ def up_host(host, hvars, images, recreate=False):
     wait_for("systemd in %s" % host, systemd_up, 60)
     configure(host, hvars)
     wait_for(
-        "the Docker engine in %s" % host,
+        "the %s engine in %s" % ("Podman" if engine == "podman" else "Docker", host),
         lambda: (
             docker(
-                "exec", host, "docker", "info", "-f", "{{.ServerVersion}}", check=False
+                "exec", host, engine, "info", "-f",
+                "{{.Version.Version}}" if engine == "podman" else "{{.ServerVersion}}",
+                check=False,
             ).returncode
             == 0
         ),
@@ -1200,7 +1280,8 @@ def down_host(host, keep_volume=False):
             # Stop the inner containers first, or their cgroups outlive the host.
             dexec(
                 host,
-                'ids=$(docker ps -q 2>/dev/null || true); [ -z "$ids" ] || docker stop -t 5 $ids >/dev/null',  # noqa: E501
+                'ids=$(docker ps -q 2>/dev/null || true); [ -z "$ids" ] || docker stop -t 5 $ids >/dev/null; '  # noqa: E501
+                'command -v podman >/dev/null && podman stop -a -t 5 >/dev/null 2>&1',
                 check=False,
                 timeout=60,
             )
@@ -1232,13 +1313,19 @@ def host_status(host):
     script = r"""
         echo "hostname=$(hostname)"
         echo "systemd=$(systemctl is-system-running 2>/dev/null || true)"
-        echo "engine=$(docker info -f '{{.ServerVersion}}' 2>/dev/null || echo down)"
-        echo "containers=$(docker ps -q 2>/dev/null | wc -l)"
+        if command -v podman >/dev/null; then
+            echo "engine=podman $(podman info -f '{{.Version.Version}}' 2>/dev/null || echo down)"
+            echo "containers=$(podman ps -q 2>/dev/null | wc -l)"
+        else
+            echo "engine=$(docker info -f '{{.ServerVersion}}' 2>/dev/null || echo down)"
+            echo "containers=$(docker ps -q 2>/dev/null | wc -l)"
+        fi
         if [ -e /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 ]; then
             nvidia-smi --query-gpu=index,name,memory.used,memory.total \
                 --format=csv,noheader,nounits | sed 's/^/gpu=/'
         fi
-        [ -x /usr/local/bin/nvidia-container-runtime-hook ] && echo hook=yes || echo hook=no
+        [ -x /usr/local/bin/nvidia-container-runtime-hook ] || [ -s /etc/cdi/nvidia.yaml ] \
+            && echo hook=yes || echo hook=no
     """
     out = dexec(host, script, check=False).stdout.decode()
     row["gpus"] = []

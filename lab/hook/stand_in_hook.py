@@ -59,30 +59,35 @@ def resolve(spec, gpus):
     return chosen
 
 
-def in_container(pid, script):
+def in_container(pid, script, enter=True):
+    """Run ``script`` in the mount namespace of ``pid``: entered from a prestart hook (the
+    runtime's namespace); a createContainer hook (``enter`` False) already runs in it."""
+    command = ["nsenter", "--target", str(pid), "--mount", "--"] if enter else []
     subprocess.run(
-        ["nsenter", "--target", str(pid), "--mount", "--", "sh", "-ec", script],
+        [*command, "sh", "-ec", script],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
 
 
-def prestart():
-    state = json.load(sys.stdin)
+def load_bundle(state):
+    """The OCI state (stdin) and the bundle's config.json."""
     bundle = state.get("bundle") or state.get("bundlePath")
     with open(os.path.join(bundle, "config.json"), encoding="utf-8") as handle:
-        config = json.load(handle)
-    env = dict(
-        item.split("=", 1) for item in config.get("process", {}).get("env", []) if "=" in item
-    )
-    spec = env.get("NVIDIA_VISIBLE_DEVICES")
-    if spec is None or spec.strip() in ("", "void"):
-        return
+        return bundle, json.load(handle)
+
+
+def host_gpus():
     if not os.path.exists(gpuview.HOST_STATE):
         fail("initialization error: nvml error: driver not loaded")
-    host = gpuview.parse_state(gpuview.HOST_STATE)
-    visible = resolve(spec, host["gpus"])
+    return gpuview.parse_state(gpuview.HOST_STATE)["gpus"]
+
+
+def attach(state, bundle, config, visible, gpus, why, bind_library=True, enter=True):
+    """Give the container its view of the host GPUs ``visible`` (host indexes) and (unless a
+    CDI spec mounts it) the stand-in library, inside its mount namespace (before pivot_root:
+    the old root is there)."""
     root = config["root"]["path"]
     if not os.path.isabs(root):
         root = os.path.join(bundle, root)
@@ -93,17 +98,16 @@ def prestart():
         "id": state["id"],
         "init_pid": pid,
         "visible": visible,
-        "uuids": [host["gpus"][i].get("uuid") for i in visible],
+        "uuids": [gpus[i].get("uuid") for i in visible],
     }
     gpuview.atomic_write(os.path.join(cdir, "container.json"), json.dumps(info))
     nvml_relay.render_view(cdir, info=info)
-    # Inside the container's mount namespace, before pivot_root: the old root is still there.
     in_container(
         pid,
         """
         mkdir -p '{root}{target}'
         mount --bind '{cdir}' '{root}{target}'
-        if [ -e '{lib}' ]; then
+        if [ {bind} = yes ] && [ -e '{lib}' ]; then
             mkdir -p '{root}{libdir}'
             [ -e '{root}{lib}' ] || : > '{root}{lib}'
             mount --bind -o ro '{lib}' '{root}{lib}'
@@ -114,13 +118,26 @@ def prestart():
             cdir=cdir,
             lib=LIB,
             libdir=os.path.dirname(LIB),
+            bind="yes" if bind_library else "no",
         ),
+        enter=enter,
     )
     with open(LOG, "a", encoding="utf-8") as log:
-        log.write(
-            "%s pid=%d NVIDIA_VISIBLE_DEVICES=%s -> host GPUs %s\n"
-            % (state["id"][:12], pid, spec, visible)
-        )
+        log.write("%s pid=%d %s -> host GPUs %s\n" % (state["id"][:12], pid, why, visible))
+
+
+def prestart():
+    state = json.load(sys.stdin)
+    bundle, config = load_bundle(state)
+    env = dict(
+        item.split("=", 1) for item in config.get("process", {}).get("env", []) if "=" in item
+    )
+    spec = env.get("NVIDIA_VISIBLE_DEVICES")
+    if spec is None or spec.strip() in ("", "void"):
+        return
+    gpus = host_gpus()
+    attach(state, bundle, config, resolve(spec, gpus), gpus,
+           "NVIDIA_VISIBLE_DEVICES=%s" % spec)
 
 
 def main():

@@ -8,6 +8,10 @@
 #                                    distribution registry 2.8) + registry/config.yml
 #   gpufleet-lab/host:<hash>         host-base + stand-in hook, NVML stand-in, nvidia-ml-py,
 #                                    Compose v2 plugin, stand-in servers (host.Dockerfile)
+#   gpufleet-lab/podman-base:<hash>  mmdebstrap minbase of Debian trixie + systemd + Podman with
+#                                    Quadlet (packages-podman.txt)
+#   gpufleet-lab/podman-host:<hash>  podman-base + stand-in CDI hook, NVML stand-in, nvidia-ml-py,
+#                                    stand-in servers, rootfs-podman (podman.Dockerfile)
 #   gpufleet-lab/standin:<hash>      runtime + the stand-in servers (inner/Dockerfile); the hub
 #   gpufleet-lab/standin-<name>:<hash>  inner/<name>.Dockerfile on it: ollama, vllm,
 #                                    docling-serve (lab/lab.py pushes them to the lab registry
@@ -60,6 +64,15 @@ mirror_source() {
     exit 1
 }
 
+mirror_uri() {
+    # The first archive URI apt uses here, for a suite other than the one it lists (trixie).
+    local f uri
+    f=$(mirror_source)
+    uri=$(awk '/^URIs:/ {print $2; exit} /^deb / {for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) {print $i; exit}}' "$f")
+    [[ -n $uri ]] || { log "no archive URI in $f"; exit 1; }
+    echo "$uri"
+}
+
 packages() { grep -v '^\s*#' "$1" | grep -v '^\s*$' | paste -sd, -; }
 
 debootstrap_import() {  # $1 package list file, $2 tag, $3 extra customize hook, $4.. docker import changes
@@ -69,7 +82,7 @@ debootstrap_import() {  # $1 package list file, $2 tag, $3 extra customize hook,
     local c
     for c in "$@"; do changes+=(-c "$c"); done
     command -v mmdebstrap >/dev/null || { log "mmdebstrap missing: apt-get install -y mmdebstrap"; exit 1; }
-    log "building $tag with mmdebstrap from $(mirror_source)"
+    log "building $tag with mmdebstrap ($SUITE) from ${MIRROR:-$(mirror_source)}"
     # shellcheck disable=SC2016 # "$1" in a hook is the chroot, expanded by mmdebstrap
     mmdebstrap --quiet --variant=minbase --include="$(packages "$list")" \
         --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
@@ -80,7 +93,7 @@ debootstrap_import() {  # $1 package list file, $2 tag, $3 extra customize hook,
         --dpkgopt='path-exclude=/usr/share/info/*' \
         --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/etc/machine-id; : > "$1"/etc/machine-id' \
         --customize-hook="$hook" \
-        "$SUITE" - "$(mirror_source)" 2>"$BUILD/mmdebstrap-${tag//[:\/]/_}.log" \
+        "$SUITE" - "${MIRROR:-$(mirror_source)}" 2>"$BUILD/mmdebstrap-${tag//[:\/]/_}.log" \
         | docker import "${changes[@]}" - "$tag" >/dev/null \
         || { log "mmdebstrap failed; see $BUILD/mmdebstrap-${tag//[:\/]/_}.log"; tail -20 "$BUILD/mmdebstrap-${tag//[:\/]/_}.log" >&2; exit 1; }
 }
@@ -95,8 +108,12 @@ RT_HASH=$(hash_inputs "$HERE/packages-runtime.txt" "text:recipe $RECIPE")
 RT_TAG=gpufleet-lab/runtime:$RT_HASH
 REG_HASH=$(hash_inputs "$HERE/packages-registry.txt" "$HERE/registry" "text:recipe $RECIPE")
 REG_TAG=gpufleet-lab/registry:$REG_HASH
+PODMAN_SUITE=trixie
+PB_HASH=$(hash_inputs "$HERE/packages-podman.txt" "text:recipe $RECIPE $PODMAN_SUITE")
+PB_TAG=gpufleet-lab/podman-base:$PB_HASH
 rt_pid=
 reg_pid=
+pb_pid=
 if ! have_image "$RT_TAG"; then
     (
         t0=$SECONDS
@@ -116,6 +133,20 @@ if ! have_image "$REG_TAG"; then
     ) &
     reg_pid=$!
 fi
+if ! have_image "$PB_TAG"; then
+    (
+        t0=$SECONDS
+        # shellcheck disable=SC2016 # "$1" in a hook is the chroot, expanded by mmdebstrap
+        MIRROR=$(mirror_uri) SUITE=$PODMAN_SUITE debootstrap_import "$HERE/packages-podman.txt" "$PB_TAG" \
+            'chroot "$1" systemctl mask getty@tty1.service console-getty.service systemd-logind.service \
+                 systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket \
+                 systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
+                 e2scrub_all.timer fstrim.timer podman-auto-update.timer >/dev/null 2>&1; true' \
+            'CMD ["/sbin/init"]'
+        log "built $PB_TAG in $((SECONDS - t0)) s"
+    ) &
+    pb_pid=$!
+fi
 if ! have_image "$BASE_TAG"; then
     t0=$SECONDS
     # shellcheck disable=SC2016 # "$1" in a hook is the chroot, expanded by mmdebstrap
@@ -134,6 +165,10 @@ if [[ -n $rt_pid ]] && ! wait "$rt_pid"; then
 fi
 if [[ -n $reg_pid ]] && ! wait "$reg_pid"; then
     log "building $REG_TAG failed"
+    exit 1
+fi
+if [[ -n $pb_pid ]] && ! wait "$pb_pid"; then
+    log "building $PB_TAG failed"
     exit 1
 fi
 
@@ -174,6 +209,38 @@ if ! have_image "$HOST_TAG"; then
     log "built $HOST_TAG in $((SECONDS - t0)) s"
 fi
 
+# 3b. podman-host = podman-base + the lab's own files, as a Podman GPU box has them ----------
+PH_HASH=$(hash_inputs "$HERE/podman.Dockerfile" "$HERE/rootfs" "$HERE/rootfs-podman" "$LAB/hook" \
+    "$LAB/servers" "$LAB/nvml/build.sh" "$NVML_SRC" "$SITE/pynvml.py" "$HERE/build.sh" \
+    "text:$PB_TAG $RT_TAG")
+PH_TAG=gpufleet-lab/podman-host:$PH_HASH
+if ! have_image "$PH_TAG"; then
+    t0=$SECONDS
+    ctx=$BUILD/context-podman-host
+    rm -rf "$ctx"
+    mkdir -p "$ctx/usr/lib/python3/dist-packages" "$ctx/opt/gpufleet-lab/servers" \
+        "$ctx/opt/gpufleet-lab/hook" "$ctx/opt/gpufleet-lab/nvml" "$ctx/etc/systemd"
+    # The systemd settings and the relay of every lab host; no Docker engine here.
+    cp -a "$HERE/rootfs/etc/systemd/." "$ctx/etc/systemd/"
+    rm -rf "$ctx/etc/systemd/system/docker.service.d"
+    cp -a "$HERE/rootfs-podman/." "$ctx/"
+    # The CDI hook (and NVML library) wait under /opt: lab/lab.py links the hook in and
+    # writes /etc/cdi/nvidia.yaml on hosts that have GPUs.
+    install -m755 "$LAB/hook/nvidia-cdi-hook" "$ctx/opt/gpufleet-lab/hook/"
+    install -m644 "$LAB/hook/cdi_hook.py" "$LAB/hook/stand_in_hook.py" "$ctx/opt/gpufleet-lab/hook/"
+    cp "$SITE/pynvml.py" "$ctx/usr/lib/python3/dist-packages/"
+    cp -a "$LAB/servers/." "$ctx/opt/gpufleet-lab/servers/"
+    find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
+    if [[ -f $NVML_SRC ]]; then
+        sh "$LAB/nvml/build.sh" "$ctx/opt/gpufleet-lab/nvml" >&2
+    fi
+    cp "$HERE/podman.Dockerfile" "$ctx/Dockerfile"
+    printf 'Dockerfile\n.dockerignore\n' > "$ctx/.dockerignore"
+    DOCKER_BUILDKIT=0 docker build --quiet --build-arg "BASE=$PB_TAG" --build-arg "RUNTIME_TAG=$RT_TAG" \
+        -t "$PH_TAG" "$ctx" >/dev/null 2> >(grep -v -i 'deprecated\|legacy builder\|buildx\|buildkit\|environment-variable\|^\s*$' >&2)
+    log "built $PH_TAG in $((SECONDS - t0)) s"
+fi
+
 # 4. the stand-in server images, on this (outer) engine: lab/lab.py pushes them to the lab
 # registry; the hosts pull them from there ----------------------------------------------------
 SI_HASH=$(hash_inputs "$HERE/inner" "$LAB/servers" "$SITE/pynvml.py" "text:$RT_TAG")
@@ -207,7 +274,8 @@ done
 
 # Older builds of our own repositories only (gpufleet-lab/*): keep the disk tidy.
 keep=("gpufleet-lab/host-base:$BASE_HASH" "gpufleet-lab/runtime:$RT_HASH" "gpufleet-lab/host:$HOST_HASH"
-      "gpufleet-lab/registry:$REG_HASH" "gpufleet-lab/standin:$SI_HASH")
+      "gpufleet-lab/registry:$REG_HASH" "gpufleet-lab/standin:$SI_HASH"
+      "gpufleet-lab/podman-base:$PB_HASH" "gpufleet-lab/podman-host:$PH_HASH")
 for flavor in "${flavors[@]}"; do
     keep+=("gpufleet-lab/standin-$flavor:$SI_HASH")
 done
@@ -219,6 +287,7 @@ done
 find "$BUILD" -maxdepth 1 -name 'runtime-*.tar' -delete
 
 echo "HOST_IMAGE=$HOST_TAG"
+echo "PODMAN_HOST_IMAGE=$PH_TAG"
 echo "RUNTIME_IMAGE=$RT_TAG"
 echo "REGISTRY_IMAGE=$REG_TAG"
 echo "STANDIN_IMAGE=$SI_TAG"
