@@ -13,7 +13,11 @@ Vocabulary
              compose.podman-gpu.yml, .env and gpu-assignments.yml in project_dir. systemd:
              ollama@.service and vllm@.service in units_dir, and every <instance>.env in env_dir
              (the plan's instances, and those it no longer has, which are removed).
-             Both: secrets/<service>.env (in project_dir, in env_dir) for each service whose
+             podman: gpufleet.network and gpufleet-<service>.container (Quadlet units, one
+             per active service) in units_dir, and <service>.env (Podman's environment file
+             of each container) in env_dir; containers and environment files the plan no
+             longer has are removed.
+             All: secrets/<service>.env (in project_dir, in env_dir) for each service whose
              plan lists a secret environment, mode 0600 in a 0700 folder, from ``secret_env``.
   key        a file's name in the snapshot: compose.yml, .env, units/vllm@.service, env/x.env.
   snapshot   snapshot_dir: a copy of every file of the set that existed before the last write,
@@ -52,13 +56,18 @@ import re
 import stat
 import tempfile
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _common, _plan, _render
+from ansible_collections.gpufleet.inference.plugins.module_utils import (
+    _common,
+    _plan,
+    _quadlet,
+    _render,
+)
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
     os_error_text as _why,
 )
 
 HEADER = "# Managed by gpufleet.inference (project_files): edit the inventory, not this file."
-RUNTIMES = ("compose", "systemd")
+RUNTIMES = ("compose", "systemd", "podman")
 COMPOSE_RUNTIMES = ("docker", "podman")
 COMPOSE_FILES = (("compose.yml", "base"), ("compose.gpu.yml", "gpu"),
                  ("compose.podman-gpu.yml", "podman"))
@@ -96,6 +105,12 @@ SYSTEMD_DEFAULTS = {"units_dir": "/etc/systemd/system", "env_dir": "/etc/gpuflee
                     "vllm_bin": "/usr/local/bin/vllm", "state_dir_name": "gpufleet",
                     "snapshot_dir": None, "secret_env": {}}
 
+PODMAN_DEFAULTS = {"units_dir": "/etc/containers/systemd", "env_dir": _quadlet.DEFAULT_ENV_DIR,
+                   "bind_address": _render.DEFAULT_BIND_ADDRESS, "snapshot_dir": None,
+                   "secret_env": {}}
+_CONTAINER_FILE_RE = re.compile(r"^%s[a-z0-9][a-z0-9_-]*\.container\Z" % _quadlet.PREFIX)
+_CONTAINER_COMMENT = "# %s: written from services_plan (placement and catalog); edit the inventory."
+
 _ASSIGNMENTS_COMMENT = ("# Which GPU each service runs on: for reading, generated "
                         "from the placement.")
 _INSTANCE_COMMENT = "# %s: written from services_plan (placement and catalog); edit the inventory."
@@ -130,7 +145,8 @@ def check_options(runtime, options=None):
     options = options or {}
     if not isinstance(options, dict):
         raise ValueError("options must be a dict; got: %r" % (options,))
-    defaults = COMPOSE_DEFAULTS if runtime == "compose" else SYSTEMD_DEFAULTS
+    defaults = {"compose": COMPOSE_DEFAULTS, "systemd": SYSTEMD_DEFAULTS,
+                "podman": PODMAN_DEFAULTS}[runtime]
     opts = {key: default if options.get(key) is None else options[key]
             for key, default in defaults.items()}
     if runtime == "compose":
@@ -146,7 +162,8 @@ def check_options(runtime, options=None):
         default_snapshot = os.path.join(opts["project_dir"], SNAPSHOT_NAME)
     else:
         for key in ("units_dir", "env_dir", "models_dir", "ollama_bin", "vllm_bin"):
-            opts[key] = _abs_path(opts[key], key)
+            if key in opts:
+                opts[key] = _abs_path(opts[key], key)
         opts["bind_address"] = _plan.check_bind_address(opts["bind_address"], "bind_address")
         default_snapshot = os.path.join(opts["env_dir"], SNAPSHOT_NAME)
     opts["secret_env"] = _check_secret_env(opts["secret_env"])
@@ -517,9 +534,12 @@ def _key_path(runtime, opts, key):
             return os.path.join(root, SECRETS_DIR, name)
         if runtime == "compose" and key in COMPOSE_SET:
             return os.path.join(opts["project_dir"], key)
-        if runtime == "systemd":
+        if runtime in ("systemd", "podman"):
             folder, _sep, name = key.partition("/")
-            if folder == "units" and name in ["%s@.service" % e for e in ENGINES]:
+            units = (["%s@.service" % e for e in ENGINES] if runtime == "systemd"
+                     else [_quadlet.NETWORK_FILE])
+            if folder == "units" and (name in units or (runtime == "podman"
+                                      and _CONTAINER_FILE_RE.match(name))):
                 return os.path.join(opts["units_dir"], name)
             if folder == "env" and _is_env_name(name):
                 return os.path.join(opts["env_dir"], name)
@@ -613,7 +633,8 @@ def _secret_entries(plan, opts, root, services, render_value):
             continue
         name = "%s.env" % service
         written.add(name)
-        lines = ["%s=%s\n" % (key, render_value(env[key])) for key in names]
+        lines = ["%s=%s\n" % (key, render_value(env[key], "secret_env.%s.%s" % (service, key)))
+                 for key in names]
         text = "%s\n%s" % (HEADER, "".join(lines))
         entries.append(_entry("%s/%s" % (SECRETS_DIR, name), os.path.join(root, SECRETS_DIR, name),
                               text.encode("utf-8"), SECRET_MODE_FILE))
@@ -684,7 +705,8 @@ def _compose_set(plan, opts, yaml_dump, yaml_load, stamp):
     text = "%s\n%s\n%s" % (HEADER, _ASSIGNMENTS_COMMENT, _yaml(doc, yaml_dump))
     entries.append(_entry(ASSIGNMENTS, path, text.encode("utf-8"), FILE_MODE))
     services = [s.get("name") for s in plan["services"] if isinstance(s, dict)]
-    entries += _secret_entries(plan, opts, root, services, _common.dotenv_value)
+    entries += _secret_entries(plan, opts, root, services,
+                               lambda value, _where: _common.dotenv_value(value))
     return entries
 
 
@@ -747,17 +769,22 @@ def _unit_options(opts, plan=None):
     return options
 
 
-def _env_files(env_dir):
-    """Names of the <name>.env files in env_dir now (plain files, not links)."""
+def _files_in(directory, wanted):
+    """Names of the plain files (not links) of ``directory`` now for which ``wanted(name)``."""
     try:
-        names = os.listdir(env_dir)
+        names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
-        raise FilesetError("cannot list %s: %s" % (env_dir, _why(exc))) from None
-    return sorted(n for n in names if _is_env_name(n)
-                  and os.path.isfile(os.path.join(env_dir, n))
-                  and not os.path.islink(os.path.join(env_dir, n)))
+        raise FilesetError("cannot list %s: %s" % (directory, _why(exc))) from None
+    return sorted(n for n in names if wanted(n)
+                  and os.path.isfile(os.path.join(directory, n))
+                  and not os.path.islink(os.path.join(directory, n)))
+
+
+def _env_files(env_dir):
+    """Names of the <name>.env files in env_dir now."""
+    return _files_in(env_dir, _is_env_name)
 
 
 def _instance_unit(name, data):
@@ -770,6 +797,20 @@ def _instance_unit(name, data):
     return "%s@%s.service" % (engine, name[:-len(".env")])
 
 
+def _env_entry(env_dir, service, unit, comment, env_lines):
+    """env/<service>.env: the header, the line naming its unit, its NAME=value lines."""
+    name = "%s.env" % service
+    lines = [HEADER, comment % unit, *env_lines]
+    return _entry("env/" + name, os.path.join(env_dir, name),
+                  "".join(line + "\n" for line in lines).encode("utf-8"), SECRET_MODE)
+
+
+def _removals(prefix, directory, names, planned):
+    """Entries that remove the files ``names`` of ``directory`` the plan does not have."""
+    return [_entry(prefix + name, os.path.join(directory, name), None, None)
+            for name in names if name not in planned]
+
+
 def _systemd_set(plan, opts):
     instances = _rendering(_render.systemd_instances, plan, opts["models_dir"],
                            opts["bind_address"])
@@ -780,21 +821,56 @@ def _systemd_set(plan, opts):
         text = "%s\n%s" % (HEADER, _render.systemd_unit(engine, unit_options))
         entries.append(_entry("units/" + name, os.path.join(opts["units_dir"], name),
                               text.encode("utf-8"), FILE_MODE))
-    planned = set()
     for instance in instances:
-        name = "%s.env" % instance["service"]
-        planned.add(name)
-        lines = [HEADER, _INSTANCE_COMMENT % instance["unit"], *instance["env_lines"]]
-        entries.append(_entry("env/" + name, os.path.join(opts["env_dir"], name),
-                              "".join(line + "\n" for line in lines).encode("utf-8"),
-                              SECRET_MODE))
-    for name in _env_files(opts["env_dir"]):
-        if name not in planned:
-            entries.append(_entry("env/" + name, os.path.join(opts["env_dir"], name), None,
-                                  None))
+        entries.append(_env_entry(opts["env_dir"], instance["service"], instance["unit"],
+                                  _INSTANCE_COMMENT, instance["env_lines"]))
+    entries += _removals("env/", opts["env_dir"], _env_files(opts["env_dir"]),
+                         {"%s.env" % i["service"] for i in instances})
     entries += _secret_entries(plan, opts, opts["env_dir"], [i["service"] for i in instances],
-                               _render.systemd_env_value)
+                               lambda value, _where: _render.systemd_env_value(value))
     return instances, entries
+
+
+# ---- the podman set -----------------------------------------------------------------------
+
+def _container_files(units_dir):
+    """Names of the gpufleet-<service>.container files in units_dir now."""
+    return _files_in(units_dir, _CONTAINER_FILE_RE.match)
+
+
+def _container_unit(name):
+    """The service systemd generates from <name>.container."""
+    return name[:-len(".container")] + ".service"
+
+
+def _podman_secret_value(value, where):
+    text = _common.scalar_text(value)
+    if "\n" in text or "\r" in text:
+        raise ValueError("%s must be one line (Podman's environment file has no quoting; "
+                         "value not shown)" % where)
+    return text
+
+
+def _podman_set(plan, opts):
+    units = _rendering(_quadlet.container_units, plan, opts["env_dir"], opts["bind_address"])
+    network = "%s\n%s" % (HEADER, _quadlet.network_unit())
+    entries = [_entry("units/" + _quadlet.NETWORK_FILE,
+                      os.path.join(opts["units_dir"], _quadlet.NETWORK_FILE),
+                      network.encode("utf-8"), FILE_MODE)]
+    for unit in units:
+        text = "%s\n%s\n%s" % (HEADER, _CONTAINER_COMMENT % unit["unit"], unit["text"])
+        entries.append(_entry("units/" + unit["file"],
+                              os.path.join(opts["units_dir"], unit["file"]),
+                              text.encode("utf-8"), FILE_MODE))
+        entries.append(_env_entry(opts["env_dir"], unit["service"], unit["unit"],
+                                  _CONTAINER_COMMENT, unit["env_lines"]))
+    entries += _removals("units/", opts["units_dir"], _container_files(opts["units_dir"]),
+                         {u["file"] for u in units})
+    entries += _removals("env/", opts["env_dir"], _env_files(opts["env_dir"]),
+                         {"%s.env" % u["service"] for u in units})
+    entries += _secret_entries(plan, opts, opts["env_dir"], [u["service"] for u in units],
+                               _podman_secret_value)
+    return units, entries
 
 
 # ---- verify -------------------------------------------------------------------------------
@@ -826,7 +902,8 @@ def verify_checks(plan, runtime, project_name="gpufleet",
     the service has none or publishes no port for it), ``device_id``, ``gpu_index`` and
     ``vendor`` of the placement (None on the CPU, and no ``vendor``); compose adds ``project``
     and ``service`` (the container is ``<project>-<service>-1``), systemd adds ``unit`` and
-    ``cuda_visible_devices`` (what the unit's main process must have). A listener bound to
+    ``cuda_visible_devices`` (what the unit's main process must have), podman adds ``unit``
+    (``gpufleet-<service>.service``) and ``container`` (``gpufleet-<service>``). A listener bound to
     0.0.0.0, ``::`` or loopback is probed on 127.0.0.1; one bound to another address, on that
     address.
     """
@@ -835,7 +912,7 @@ def verify_checks(plan, runtime, project_name="gpufleet",
         raise ValueError("runtime must be one of %s; got: %r" % (", ".join(RUNTIMES), runtime))
     services = {s.get("name"): s for s in plan["services"] if isinstance(s, dict)}
     checks = []
-    if runtime == "compose":
+    if runtime in ("compose", "podman"):
         for service in plan["services"]:
             if not service.get("active"):
                 continue
@@ -846,11 +923,14 @@ def verify_checks(plan, runtime, project_name="gpufleet",
             url = _url(port and port.get("address"), port and port.get("host"),
                        health.get("path"))
             place = service.get("placement") or {}
+            where = ({"project": project_name, "service": service["name"]}
+                     if runtime == "compose" else
+                     {"unit": _quadlet.unit_name(service["name"]),
+                      "container": _quadlet.container_name(service["name"])})
             checks.append({"name": service["name"], "engine": service.get("engine"),
                            "model": service.get("model"), "url": url,
                            "device_id": place.get("device_id"),
-                           "gpu_index": place.get("gpu_index"), "project": project_name,
-                           "service": service["name"], **_vendor(place)})
+                           "gpu_index": place.get("gpu_index"), **where, **_vendor(place)})
         return checks
     instances = _rendering(_render.systemd_instances, plan, models_dir, bind_address)
     for instance in instances:
@@ -884,7 +964,7 @@ def _files(changes):
 def _prepare(runtime, opts, changes=()):
     if runtime == "compose":
         _makedirs(opts["project_dir"], DIR_MODE)
-    else:
+    else:  # systemd, podman
         _makedirs(opts["units_dir"], DIR_MODE)
         _makedirs(opts["env_dir"], DIR_MODE)
     if any(_is_secret(c["key"]) and c["content"] is not None for c in changes):
@@ -914,8 +994,10 @@ def present(runtime, plan, options=None, check_mode=False, yaml_dump=None, yaml_
             raise ValueError("runtime compose needs a YAML dumper and loader (PyYAML)")
         stamp = (now or _utc_now)().strftime(TIMESTAMP_FORMAT)
         entries = _compose_set(plan, opts, yaml_dump, yaml_load, stamp)
-    else:
+    elif runtime == "systemd":
         instances, entries = _systemd_set(plan, opts)
+    else:
+        containers, entries = _podman_set(plan, opts)
     changes = _compare(entries)
     result = {"changed": any(c["state"] != "unchanged" for c in changes),
               "diff": _diff(changes), "files": _files(changes),
@@ -926,6 +1008,17 @@ def present(runtime, plan, options=None, check_mode=False, yaml_dump=None, yaml_
                       compose_profiles=list(plan["compose_profiles"]),
                       services_changed=changed, services_removed=removed,
                       verify=verify_checks(plan, runtime, project_name=opts["project_name"]))
+    elif runtime == "podman":
+        written = _written(changes)
+        result.update(
+            instances=[u["unit"] for u in containers],
+            units_changed=any(k.startswith("units/") for k in written),
+            restart=[u["unit"] for u in containers
+                     if {"units/" + u["file"], "env/%s.env" % u["service"],
+                         "%s/%s.env" % (SECRETS_DIR, u["service"])} & written],
+            stale_instances=[_container_unit(c["key"][len("units/"):]) for c in changes
+                             if c["state"] == "removed" and c["key"].startswith("units/")],
+            verify=verify_checks(plan, runtime))
     else:
         written = {c["key"] for c in changes
                    if c["state"] in ("created", "changed") and c["content"] != c["before"]}
@@ -950,6 +1043,14 @@ def present(runtime, plan, options=None, check_mode=False, yaml_dump=None, yaml_
     return result
 
 
+def _written(changes):
+    """The keys a write changes: new or different content, and removed secret files."""
+    written = {c["key"] for c in changes
+               if c["state"] in ("created", "changed") and c["content"] != c["before"]}
+    return written | {c["key"] for c in changes
+                      if _is_secret(c["key"]) and c["state"] == "removed"}
+
+
 def active_services(compose_text, profiles, yaml_load):
     """The services a compose file starts with ``profiles`` (what ``docker compose config
     --services`` lists): those without profiles, and those with one of ``profiles``."""
@@ -971,9 +1072,13 @@ def restored(runtime, options=None, check_mode=False, mover=None, yaml_load=None
     mover = mover or os.replace
     entries = _load_snapshot(opts, runtime)
     known = {e["key"] for e in entries}
-    if runtime == "systemd":
+    if runtime in ("systemd", "podman"):
         entries += [_entry("env/" + name, os.path.join(opts["env_dir"], name), None, None)
                     for name in _env_files(opts["env_dir"]) if "env/" + name not in known]
+    if runtime == "podman":
+        entries += [_entry("units/" + name, os.path.join(opts["units_dir"], name), None, None)
+                    for name in _container_files(opts["units_dir"])
+                    if "units/" + name not in known]
     root = opts["project_dir"] if runtime == "compose" else opts["env_dir"]
     entries += [_entry("%s/%s" % (SECRETS_DIR, name), os.path.join(root, SECRETS_DIR, name),
                        None, None)
@@ -992,6 +1097,9 @@ def restored(runtime, options=None, check_mode=False, mover=None, yaml_load=None
         base = next((_text(e["content"]) for e in existed if e["key"] == "compose.yml"), None)
         result["services"] = (active_services(base, result["compose_profiles"], yaml_load)
                               if yaml_load else None)
+    elif runtime == "podman":
+        result["instances"] = sorted(_container_unit(e["key"][len("units/"):]) for e in existed
+                                     if _CONTAINER_FILE_RE.match(e["key"][len("units/"):]))
     else:
         result["instances"] = sorted(_instance_unit(e["key"][len("env/"):], e["content"])
                                      for e in existed if e["key"].startswith("env/"))

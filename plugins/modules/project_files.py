@@ -12,7 +12,10 @@ description:
   - Owns the file set of one runtime. V(compose) - C(compose.yml), C(compose.gpu.yml),
     C(compose.podman-gpu.yml), C(.env) and C(gpu-assignments.yml) in O(project_dir).
     V(systemd) - C(ollama@.service) and C(vllm@.service) in O(units_dir) and one
-    C(<service>.env) per inference instance in O(env_dir).
+    C(<service>.env) per inference instance in O(env_dir). V(podman) - Quadlet units in
+    O(units_dir) (C(gpufleet.network), and C(gpufleet-<service>.container) per active service -
+    its image, ports, volumes, CDI GPUs C(nvidia.com/gpu=<id>) or AMD/Intel device nodes) and
+    each container's environment file C(<service>.env) (read by Podman) in O(env_dir).
   - With O(state=present) every file is rendered from O(plan) and compared with the disk
     before anything is written; bad input fails before any file or directory is touched.
     Then the set as it is on disk is kept in O(snapshot_dir) (the bytes and mode of every
@@ -22,7 +25,8 @@ description:
     and no temporary file; the files this run already replaced are put back.
   - C(.env) keeps every key the module does not own. C(gpu-assignments.yml) keeps its
     C(generated_at) while the assignments stay the same. An C(<instance>.env) in O(env_dir)
-    the plan no longer has is removed.
+    (and, for V(podman), a C(gpufleet-<service>.container) in O(units_dir)) the plan no longer
+    has is removed.
   - A service whose plan lists a secret environment (its C(secret_environment) names) gets
     C(secrets/<service>.env), mode 0600 in a 0700 folder, in O(project_dir) (read by compose
     through C(env_file)) or in O(env_dir) (read by systemd through C(EnvironmentFile=)), from
@@ -37,7 +41,7 @@ options:
     description: Which file set.
     type: str
     required: true
-    choices: [compose, systemd]
+    choices: [compose, systemd, podman]
   state:
     description:
       - V(present) writes the set of O(plan); V(restored) puts back the set the last
@@ -86,13 +90,18 @@ options:
     type: dict
     default: {}
   units_dir:
-    description: V(systemd) - where the template units go.
+    description:
+      - V(systemd) - where the template units go; default C(/etc/systemd/system).
+      - V(podman) - where the Quadlet units go, a directory Quadlet reads; default
+        C(/etc/containers/systemd).
     type: path
-    default: /etc/systemd/system
   env_dir:
-    description: V(systemd) - where each instance's C(<service>.env) goes.
+    description:
+      - V(systemd) - where each instance's C(<service>.env) goes; default
+        C(/etc/gpufleet/instances).
+      - V(podman) - where each container's C(<service>.env) goes; default
+        C(/etc/gpufleet/podman).
     type: path
-    default: /etc/gpufleet/instances
   models_dir:
     description: V(systemd) - the model directory every Ollama instance shares (C(OLLAMA_MODELS)).
     type: path
@@ -100,6 +109,8 @@ options:
   bind_address:
     description:
       - V(systemd) - the IP address the instances listen on, unless a catalog port gives one.
+      - V(podman) - the IP address the containers' ports are published on, unless a catalog
+        port gives one.
     type: str
     default: 127.0.0.1
   user:
@@ -154,6 +165,12 @@ EXAMPLES = r"""
     runtime: systemd
     plan: "{{ services_plan }}"
     models_dir: /srv/gpufleet/models/ollama
+
+- name: Write the Quadlet units and the environment file of each container
+  gpufleet.inference.project_files:
+    runtime: podman
+    plan: "{{ services_plan }}"
+  register: quadlet
 
 - name: Put the last good compose files back
   gpufleet.inference.project_files:
@@ -239,22 +256,30 @@ instances:
   description:
     - The instance units of the plan. With O(state=restored), those whose environment files
       were restored.
-  returned: when O(runtime=systemd)
+    - V(podman) - the services systemd generates from the containers
+      (C(gpufleet-<service>.service)).
+  returned: when O(runtime=systemd) or O(runtime=podman)
   type: list
   elements: str
   sample: [ollama@ollama.service, vllm@vllm.service]
 units_changed:
-  description: A template unit changed (C(daemon-reload) needed).
-  returned: when O(runtime=systemd) and O(state=present)
+  description:
+    - A template unit (V(systemd)) or a Quadlet unit (V(podman)) changed (C(daemon-reload)
+      needed).
+  returned: when O(runtime=systemd) or O(runtime=podman), and O(state=present)
   type: bool
 restart:
-  description: Instance units whose environment file or template unit changed.
-  returned: when O(runtime=systemd) and O(state=present)
+  description:
+    - Instance units whose environment file or template unit changed; V(podman) - services
+      whose container unit, environment file or secret file changed.
+  returned: when O(runtime=systemd) or O(runtime=podman), and O(state=present)
   type: list
   elements: str
 stale_instances:
-  description: Instance units whose environment file was removed (no longer in the plan).
-  returned: when O(runtime=systemd) and O(state=present)
+  description:
+    - Instance units whose environment file was removed (no longer in the plan); V(podman) -
+      services whose container unit was removed.
+  returned: when O(runtime=systemd) or O(runtime=podman), and O(state=present)
   type: list
   elements: str
 verify:
@@ -262,7 +287,7 @@ verify:
     - What gpufleet.inference.service_verify checks for each active service - C(name),
       C(engine), C(model), C(url) (the health endpoint, or null), C(device_id) and C(gpu_index)
       of the placement (null on the CPU); compose adds C(project) and C(service), systemd
-      C(unit) and C(cuda_visible_devices).
+      C(unit) and C(cuda_visible_devices), podman C(unit) and C(container).
   returned: when O(state=present)
   type: list
   elements: dict
@@ -290,7 +315,7 @@ OPTIONS = ("project_dir", "project_name", "compose_runtime", "env", "units_dir",
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            runtime=dict(type="str", required=True, choices=["compose", "systemd"]),
+            runtime=dict(type="str", required=True, choices=["compose", "systemd", "podman"]),
             state=dict(type="str", default="present", choices=["present", "restored"]),
             plan=dict(type="dict"),
             snapshot_dir=dict(type="path"),
@@ -299,8 +324,8 @@ def main():
             compose_runtime=dict(type="str", default="docker", choices=["docker", "podman"]),
             env=dict(type="dict", default={}),
             secret_env=dict(type="dict", default={}, no_log=True),
-            units_dir=dict(type="path", default="/etc/systemd/system"),
-            env_dir=dict(type="path", default="/etc/gpufleet/instances"),
+            units_dir=dict(type="path"),  # the runtime's default (module_utils/_fileset.py)
+            env_dir=dict(type="path"),
             models_dir=dict(type="path", default="/srv/gpufleet/models/ollama"),
             bind_address=dict(type="str", default="127.0.0.1"),
             user=dict(type="str", default="gpufleet"),

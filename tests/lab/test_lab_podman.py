@@ -41,13 +41,11 @@ HOST_PROCESSES = (
 
 @pytest.fixture(scope="module")
 def podman():
-    boxes = _dual_boxes((HOST,))
-    hosts = next(boxes)
-    host = hosts[HOST]
-    assert host.sh("podman pull -q %s >/dev/null 2>&1 && echo ok" % IMAGE).stdout.strip() == "ok"
-    yield host
-    host.sh("podman rm -af -t 1 >/dev/null 2>&1; true", check=False)
-    next(boxes, None)
+    for hosts in _dual_boxes((HOST,)):
+        host = hosts[HOST]
+        assert podman_sh(host, "podman pull -q %s >/dev/null && echo ok" % IMAGE).stdout == "ok\n"
+        yield host
+        podman_sh(host, "podman rm -af -t 1 >/dev/null 2>&1; true", check=False)
 
 
 def podman_sh(host, script, check=True):
@@ -97,7 +95,7 @@ def test_container_vram_shows_on_the_host_under_the_host_pid(podman):
                       "%s --port 18002 >/dev/null" % IMAGE)
     pid = int(podman_sh(podman, "podman inspect t2 --format '{{.State.Pid}}'").stdout)
     held = []
-    for _ in range(50):
+    for _attempt in range(50):
         held = json.loads(podman.py(HOST_PROCESSES))
         if held:
             break

@@ -469,7 +469,7 @@ def test_failed_rename_puts_back_the_files_already_replaced(tmp_path, runtime, m
     ("compose", None, {"env": {"COMPOSE_FILE": "x.yml", "DUAL_GPU_MODE": "vllm", "A": "1"}},
      "env must not set COMPOSE_FILE, DUAL_GPU_MODE: project_files writes them from the plan "
      "and its options; got: COMPOSE_FILE, DUAL_GPU_MODE, A"),
-    ("k8s", None, {}, "runtime must be one of compose, systemd; got: 'k8s'"),
+    ("k8s", None, {}, "runtime must be one of compose, systemd, podman; got: 'k8s'"),
     ("compose", None, {"project_name": "My Project"},
      "project_name must be a compose project name (lower case letters, digits, '_' and '-'); "
      "got: 'My Project'"),
@@ -618,3 +618,80 @@ def test_env_diff_hides_the_values_of_keys_it_does_not_own(tmp_path):
     [diff] = [d for d in result["diff"] if d["after_header"].startswith(str(project / ".env"))]
     assert "sk-planted" not in json.dumps(result)
     assert diff["after"].endswith("# other values changed\n")
+
+
+# ---- podman (Quadlet) ----------------------------------------------------------------------
+
+def podman_options(tmp_path):
+    return {"units_dir": str(tmp_path / "units"), "env_dir": str(tmp_path / "env")}
+
+
+def test_podman_first_write_then_nothing(tmp_path):
+    opts = podman_options(tmp_path)
+    plan = make_plan(mode="vllm")
+    check = present("podman", plan, opts, check_mode=True)
+    assert list(tmp_path.iterdir()) == []
+    result = present("podman", plan, opts)
+    assert (result["changed"], result["diff"]) == (True, check["diff"])
+    assert {p: m for p, (_sha, m) in tree(tmp_path).items()} == {
+        "units/gpufleet.network": "0o644",
+        **{"units/gpufleet-%s.container" % s: "0o644" for s in plan["active"]},
+        **{"env/%s.env" % s: "0o640" for s in plan["active"]}}
+    assert result["instances"] == ["gpufleet-%s.service" % s for s in
+                                   ("ollama", "vision", "vllm", "docling")]
+    assert result["units_changed"] is True
+    assert result["restart"] == result["instances"] and result["stale_instances"] == []
+    text = (tmp_path / "units/gpufleet-vllm.container").read_text()
+    assert text.startswith(HEADER + "\n# gpufleet-vllm.service: written from services_plan")
+    assert "AddDevice=nvidia.com/gpu=GPU-0001\n" in text
+    assert "EnvironmentFile=%s/env/vllm.env\n" % tmp_path in text
+    assert [c["unit"] for c in result["verify"]] == result["instances"]
+    assert result["verify"][2]["container"] == "gpufleet-vllm"
+    again = present("podman", plan, opts, now=T2)
+    assert (again["changed"], again["diff"], again["restart"], again["units_changed"]) == (
+        False, [], [], False)
+    assert leftovers(tmp_path) == []
+
+
+def test_podman_mode_change_restarts_what_changed_and_removes_the_leaving(tmp_path):
+    opts = podman_options(tmp_path)
+    present("podman", make_plan(mode="vllm"), opts)
+    result = present("podman", make_plan(mode="ollama"), opts, now=T2)
+    states = dict(names(result))
+    assert states["gpufleet-vllm.container"] == "removed" and states["vllm.env"] == "removed"
+    assert states["gpufleet-ollama_research.container"] == "created"
+    assert result["stale_instances"] == ["gpufleet-vllm.service"]
+    assert "gpufleet-ollama_research.service" in result["restart"]
+    assert "gpufleet-docling.service" not in result["restart"]
+    restored = _fileset.restored("podman", opts)
+    assert restored["instances"] == ["gpufleet-docling.service", "gpufleet-ollama.service",
+                                     "gpufleet-vision.service", "gpufleet-vllm.service"]
+    assert not (tmp_path / "units/gpufleet-ollama_research.container").exists()
+    assert (tmp_path / "units/gpufleet-vllm.container").exists()
+
+
+def test_podman_restored_after_a_first_apply_removes_what_it_wrote(tmp_path):
+    opts = podman_options(tmp_path)
+    present("podman", make_plan(mode="mixed"), opts)
+    (tmp_path / "units/gpufleet-handmade.container").write_text("[Container]\n")
+    result = _fileset.restored("podman", opts)
+    assert (result["previous_existed"], result["instances"]) == (False, [])
+    assert tree(tmp_path) == {}
+
+
+def test_podman_secret_values_are_one_line_and_never_shown(tmp_path):
+    plan = make_plan(mode="vllm")
+    for service in plan["services"]:
+        service["secret_environment"] = ["HF_TOKEN"] if service["name"] == "vllm" else []
+    opts = dict(podman_options(tmp_path), secret_env={"vllm": {"HF_TOKEN": "hf_x\ny"}})
+    with pytest.raises(ValueError) as exc:
+        present("podman", plan, opts)
+    assert str(exc.value) == ("secret_env.vllm.HF_TOKEN must be one line (Podman's environment "
+                              "file has no quoting; value not shown)")
+    assert list(tmp_path.iterdir()) == []
+    opts["secret_env"] = {"vllm": {"HF_TOKEN": "hf_plain"}}
+    result = present("podman", plan, opts)
+    secret = tmp_path / "env/secrets/vllm.env"
+    assert secret.read_text().endswith("HF_TOKEN=hf_plain\n")
+    assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    assert "hf_plain" not in json.dumps(result)

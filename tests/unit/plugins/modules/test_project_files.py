@@ -76,6 +76,9 @@ def tree(root):
 def args(tmp_path, runtime, **more):
     if runtime == "compose":
         base = {"runtime": "compose", "project_dir": str(tmp_path / "project")}
+    elif runtime == "podman":
+        base = {"runtime": "podman", "units_dir": str(tmp_path / "units"),
+                "env_dir": str(tmp_path / "env")}
     else:
         base = {"runtime": "systemd", "units_dir": str(tmp_path / "units"),
                 "env_dir": str(tmp_path / "env"), "models_dir": MODELS}
@@ -83,7 +86,7 @@ def args(tmp_path, runtime, **more):
     return base
 
 
-@pytest.mark.parametrize("runtime", ["compose", "systemd"])
+@pytest.mark.parametrize("runtime", ["compose", "systemd", "podman"])
 def test_check_real_check_real_then_restored(tmp_path, runtime):
     first = args(tmp_path, runtime, plan=make_plan(mode="mixed"))
     check = run(first, check_mode=True)
@@ -103,6 +106,8 @@ def test_check_real_check_real_then_restored(tmp_path, runtime):
     if runtime == "compose":
         assert changed["services_removed"] == ["ollama_research"]
         assert changed["compose_profiles"] == ["dual-gpu", "dual-gpu-vllm"]
+    elif runtime == "podman":
+        assert changed["stale_instances"] == ["gpufleet-ollama_research.service"]
     else:
         assert changed["stale_instances"] == ["ollama@ollama_research.service"]
     assert tree(tmp_path) != good
@@ -114,6 +119,9 @@ def test_check_real_check_real_then_restored(tmp_path, runtime):
     assert tree(tmp_path) == good
     if runtime == "compose":
         assert restored["compose_profiles"] == ["dual-gpu", "dual-gpu-mixed"]
+    elif runtime == "podman":
+        assert restored["instances"] == ["gpufleet-%s.service" % s for s in sorted(
+            ("ollama", "vision", "ollama_research", "vllm", "docling"))]
     else:
         assert restored["instances"] == ["ollama@ollama.service",
                                          "ollama@ollama_research.service",
@@ -144,7 +152,7 @@ def test_returns_what_the_roles_need(tmp_path):
      "project_files: env must not set COMPOSE_FILE: project_files writes them from the plan "
      "and its options; got: COMPOSE_FILE"),
     ({"runtime": "k8s", "plan": make_plan()},
-     "value of runtime must be one of: compose, systemd, got: k8s"),
+     "value of runtime must be one of: compose, systemd, podman, got: k8s"),
     ({"runtime": "systemd"}, "state is present but all of the following are missing: plan"),
     ({"runtime": "compose", "state": "restored"},
      "project_files: there is no snapshot of the last good files in {tmp}/project/"
