@@ -24,8 +24,12 @@ keys as its options. Here:
   (``EnvironmentFile=``, ``podman run --env-file``: ``NAME=value`` lines taken as they are,
   no quoting, no expansion), so no value passes through systemd's ``$`` and ``%`` expansion;
   the secret environment into ``<env_dir>/secrets/<service>.env``;
-* ``Exec=`` (the command) and ``Entrypoint=`` pass through systemd's command-line parsing in
-  the generated service: each word is quoted, ``%`` written ``%%`` and ``$`` written ``$$``;
+* ``Exec=`` (the command) is split into words by Quadlet and quoted again in the generated
+  service's ExecStart=, where systemd expands ``%`` and ``$``: each word is quoted (``\\``
+  and ``"`` escaped), ``%`` written ``%%`` and ``$`` written ``$$``. ``Entrypoint=`` is a JSON
+  array that Quadlet takes as it is (``%`` and ``$`` doubled only). Checked on Podman 5.4:
+  ``$$``, ``%%``, ``\\\\``, ``\\"`` and two spaces reach the container as ``$``, ``%``,
+  ``\\``, ``"`` and two spaces;
 * ``Pull=never``: the images are fetched before any file changes (a pull that fails leaves
   the services as they were), and a service never pulls on its own at boot.
 """
@@ -83,6 +87,17 @@ def exec_word(word, where):
                          "unit line); got: %r" % (where, word))
     text = text.replace("%", "%%").replace("$", "$$")
     return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def entrypoint_value(entrypoint, where):
+    """``Entrypoint=``: a JSON array (podman run --entrypoint takes one, so each word stays one
+    word). Quadlet takes this value as it is and quotes it in ExecStart=, where systemd still
+    expands ``%`` and ``$``: those are doubled."""
+    words = [scalar_text(w) for w in entrypoint]
+    if any(_CONTROL_RE.search(w) for w in words):
+        raise ValueError("%s must not hold control characters (a newline would end the "
+                         "unit line); got: %r" % (where, entrypoint))
+    return json.dumps(words).replace("%", "%%").replace("$", "$$")
 
 
 def env_file_line(name, value, where):
@@ -189,9 +204,8 @@ def container_units(services_plan, env_dir=DEFAULT_ENV_DIR, bind_address=DEFAULT
             lines.append("Volume=%s:%s%s" % (source, target, suffix))
         lines += ["AddDevice=%s" % d for d in _devices(service["placement"])]
         if service["entrypoint"] is not None:
-            # A JSON array: podman run --entrypoint takes one, so each word stays one word.
-            lines.append("Entrypoint=%s" % exec_word(json.dumps(list(service["entrypoint"])),
-                                                     at + ".entrypoint"))
+            lines.append("Entrypoint=%s" % entrypoint_value(service["entrypoint"],
+                                                            at + ".entrypoint"))
         command = _command(service)
         if command:
             lines.append("Exec=%s" % " ".join(exec_word(w, at + ".command") for w in command))

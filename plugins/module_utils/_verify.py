@@ -65,7 +65,7 @@ from __future__ import annotations
 import json
 import re
 
-RUNTIMES = ("compose", "systemd")
+RUNTIMES = ("compose", "systemd", "podman")
 ENGINES = ("ollama", "vllm", "other")
 LOG_LINES = 5
 # How long the GPU check reads again before it fails (seconds).
@@ -81,6 +81,11 @@ SYSTEMD_PROPERTIES = ("LoadState", "ActiveState", "SubState", "Result", "ExecMai
                       "NRestarts", "MainPID")
 COMPOSE_FIELDS = ("project", "service")
 SYSTEMD_FIELDS = ("unit", "cuda_visible_devices")
+PODMAN_FIELDS = ("unit", "container")
+# The fields of each runtime's checks; the others' are refused.
+RUNTIME_FIELDS = {"compose": COMPOSE_FIELDS, "systemd": SYSTEMD_FIELDS, "podman": PODMAN_FIELDS}
+CDI_KIND = "nvidia.com/gpu"
+_NVIDIA_NODE_RE = re.compile(r"^/dev/nvidia[0-9]+\Z")
 # The GPU's vendor: AMD GPUs are given as device nodes and ROCR_VISIBLE_DEVICES, not requests.
 VENDORS = ("nvidia", "amd", "intel")
 # What a container placed on an AMD GPU must be given (ROCm's docs: docker run --device
@@ -88,7 +93,7 @@ VENDORS = ("nvidia", "amd", "intel")
 AMD_KFD = "/dev/kfd"
 AMD_DRI = "/dev/dri"
 FIELDS = ("name", "url", "engine", "model", "device_id", "gpu_index", "vendor", *COMPOSE_FIELDS,
-          *SYSTEMD_FIELDS)
+          *SYSTEMD_FIELDS, "container")
 
 _URL_RE = re.compile(r"^(https?://[^/\s?#]+)(/\S*)?\Z")
 _HEX64 = r"[0-9a-f]{64}"
@@ -123,8 +128,12 @@ def check_services(runtime, services, load_models=True):
         raise ValueError("runtime must be one of %s; got: %r" % (", ".join(RUNTIMES), runtime))
     if not isinstance(services, list):
         raise ValueError("services must be a list; got: %r" % (services,))
-    own, other = ((COMPOSE_FIELDS, SYSTEMD_FIELDS) if runtime == "compose"
-                  else (SYSTEMD_FIELDS, COMPOSE_FIELDS))
+    own = RUNTIME_FIELDS[runtime]
+    other = {}
+    for name, fields in RUNTIME_FIELDS.items():
+        for field in fields:
+            if field not in own:
+                other.setdefault(field, []).append(name)
     checks = []
     for i, svc in enumerate(services):
         at = "services[%d]" % i
@@ -160,12 +169,11 @@ def check_services(runtime, services, load_models=True):
                 raise ValueError("%s.%s is required with runtime %s; got: None"
                                  % (at, field, runtime))
             _text_field("%s.%s" % (at, field), svc.get(field))
-        for field in other:
+        for field, owners in other.items():
             if svc.get(field) is not None:
                 raise ValueError("%s.%s applies to runtime %s only; got: %r"
-                                 % (at, field, "systemd" if runtime == "compose" else "compose",
-                                    svc.get(field)))
-        if runtime == "systemd" and not check["unit"].endswith(_UNIT_SUFFIXES):
+                                 % (at, field, " or ".join(owners), svc.get(field)))
+        if runtime != "compose" and not check["unit"].endswith(_UNIT_SUFFIXES):
             check["unit"] += ".service"
         if (load_models and check["engine"] == "ollama" and check["model"]
                 and check["url"] is None):
@@ -399,6 +407,7 @@ def _wait(runtime, checks, readers, clock, sleep, timeout_s, interval_s, request
     (report mode) a crash ends the wait of that check only. Returns (the failing mode's message
     or None, the names of the crashed checks, waited_s, the last watch of every check).
     """
+    # podman: Quadlet's service runs the container (and recreates it when it restarts).
     read = _read_containers if runtime == "compose" else _read_units
     crash_of = _compose_crash if runtime == "compose" else _systemd_crash
     start = clock()
@@ -472,6 +481,55 @@ def _compose_placement(check, seen, vendor_of=None):
     return False, ("%s: container %s (running: %s) has device requests %s; the placement says %s"
                    % (check["name"], seen["name"], seen["running"], seen["device_requests"],
                       check["device_id"] or "no GPU"))
+
+
+def cdi_devices(specs):
+    """``{device name: [device node paths]}`` of the NVIDIA CDI specs (kind nvidia.com/gpu)
+    among ``specs`` (parsed spec files); each name as ``nvidia-ctk cdi generate`` writes it (an
+    index, a UUID, ``all``)."""
+    devices = {}
+    for spec in specs:
+        if not isinstance(spec, dict) or spec.get("kind") != CDI_KIND:
+            continue
+        for device in spec.get("devices") or []:
+            edits = (device or {}).get("containerEdits") or {}
+            devices[str(device.get("name"))] = [n.get("path") for n in edits.get("deviceNodes")
+                                                or [] if isinstance(n, dict)]
+    return devices
+
+
+def _podman_placement(check, seen, readers):
+    """The Quadlet service is active and its container runs with exactly the GPU device nodes
+    the host's CDI spec gives the placement's devices (``nvidia.com/gpu=<device_id>``), or,
+    on an AMD GPU, what ROCm needs (as for compose)."""
+    head = "%s: unit %s (%s)" % (check["name"], check["unit"], seen["active"])
+    if seen["active"] != "active":
+        return False, "%s is not active; its container %s cannot be placed" % (
+            head, check["container"])
+    found = parse_inspect(readers.podman_inspect(check["container"]))
+    container = found[0] if found else None
+    if container is None or not container["running"]:
+        return False, "%s: container %s is %s" % (
+            head, check["container"], container["status"] if container else "not there")
+    if check["device_id"] and check["vendor"] == "amd":
+        return _amd_placement(check, container)
+    have = sorted(d for d in container["devices"] if d and _NVIDIA_NODE_RE.match(d))
+    wanted = []
+    if check["device_id"]:
+        devices = cdi_devices(readers.cdi_specs())
+        for device_id in check["device_id"].split(","):
+            if device_id not in devices:
+                return False, ("%s: the host's CDI specs have no device %s=%s (devices: %s)"
+                               % (check["name"], CDI_KIND, device_id,
+                                  ", ".join(sorted(devices)) or "none"))
+            wanted += [n for n in devices[device_id] if n not in wanted]
+    if have == sorted(wanted):
+        return True, None
+    return False, ("%s: container %s has the GPU device nodes %s; the placement (%s) gives %s"
+                   % (check["name"], check["container"], ", ".join(have) or "none",
+                      ", ".join("%s=%s" % (CDI_KIND, d) for d in
+                                check["device_id"].split(",")) if check["device_id"]
+                      else "no GPU", ", ".join(sorted(wanted)) or "none"))
 
 
 def _amd_placement(check, seen):
@@ -817,6 +875,11 @@ def verify(runtime, services, readers, clock, sleep, timeout_s=180.0, interval_s
     for check in live:
         if runtime == "compose":
             good, why = _compose_placement(check, seen[check["name"]], vendor_of)
+        elif runtime == "podman":
+            try:
+                good, why = _podman_placement(check, seen[check["name"]], readers)
+            except (OSError, ValueError) as exc:
+                good, why = False, "%s: reading its container failed: %s" % (check["name"], exc)
         else:
             good, why = _systemd_placement(check, seen[check["name"]], readers, vendor_of)
         report[check["name"]]["device_ok"] = good

@@ -9,7 +9,8 @@ module: service_verify
 short_description: Verify that services are healthy, placed as planned and really on their GPU
 version_added: 0.1.0
 description:
-  - One verify for every runtime (compose containers, systemd units). For each service, in
+  - One verify for every runtime (compose containers, systemd units, Podman Quadlet services).
+    For each service, in
     this order; a failure names the service and what was seen.
   - B(Health.) Every O(services[].url) answers HTTP 200 within O(timeout). Each round also reads
     each service's container (C(docker ps -a) by the compose labels, then C(docker inspect)) or
@@ -17,11 +18,16 @@ description:
     log lines (C(docker logs), C(journalctl)). With compose, the container exited, is dead, is being
     restarted, is gone, or its restart count grew since the first look (services with a
     restart policy show a crash as a restart). With systemd, the unit failed, is inactive, waits
-    in C(auto-restart), or its C(NRestarts) grew.
+    in C(auto-restart), or its C(NRestarts) grew. With podman, the same of the service Quadlet
+    generated (it runs the container, and makes it again when it restarts).
   - B(Placement.) With compose, the container runs and its C(HostConfig.DeviceRequests) ask for
     exactly O(services[].device_id) (none when it is V(null)). With systemd, the unit is active
     and its main process runs with C(CUDA_VISIBLE_DEVICES) = O(services[].cuda_visible_devices)
-    (read from C(/proc/<MainPID>/environ)).
+    (read from C(/proc/<MainPID>/environ)). With podman, the service is active, its container
+    O(services[].container) runs (C(podman inspect)), and the GPU device nodes in its
+    C(HostConfig.Devices) (C(/dev/nvidia<n>)) are exactly those the host's CDI specs
+    (C(/etc/cdi), C(/var/run/cdi); kind C(nvidia.com/gpu)) give the devices
+    C(nvidia.com/gpu=<device_id>) of the placement (none for no GPU).
   - B(Placement on an AMD GPU) (O(services[].vendor=amd), or read from the GPU facts when the
     container has no device request or the unit's C(CUDA_VISIBLE_DEVICES) differs). With
     compose, the container runs with no NVIDIA device request, its C(HostConfig.Devices) hold
@@ -64,7 +70,7 @@ options:
   runtime:
     description: How the services run.
     type: str
-    choices: [compose, systemd]
+    choices: [compose, systemd, podman]
     required: true
   services:
     description: The services to verify, each name once.
@@ -119,8 +125,11 @@ options:
         type: str
       unit:
         description:
-          - With O(runtime=systemd), required; the unit (C(.service) is added when no unit
-            type is given).
+          - With O(runtime=systemd) or O(runtime=podman), required; the unit (C(.service) is
+            added when no unit type is given).
+        type: str
+      container:
+        description: With O(runtime=podman), required; the container's name.
         type: str
       cuda_visible_devices:
         description:
@@ -179,7 +188,8 @@ attributes:
   idempotent:
     support: full
 requirements:
-  - The docker CLI with O(runtime=compose); systemctl and journalctl with O(runtime=systemd).
+  - The docker CLI with O(runtime=compose); systemctl and journalctl with O(runtime=systemd);
+    those and the podman CLI (and PyYAML for YAML CDI specs) with O(runtime=podman).
   - Root (or become) to read another user's C(/proc/<pid>/environ) and the journal.
   - nvidia-ml-py or nvidia-smi on the host for O(gpu_check).
 seealso:
@@ -302,9 +312,12 @@ services:
       problems: []
 """
 
+import glob
+import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.yaml import HAS_YAML
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import (
     _gpu_facts,
@@ -314,6 +327,14 @@ from ansible_collections.gpufleet.inference.plugins.module_utils import (
     _waiting,
 )
 
+if HAS_YAML:
+    from ansible.module_utils.common.yaml import yaml_load
+else:
+    yaml_load = None
+
+# Where CDI specs are (the CDI spec's default directories; nvidia-ctk writes /etc/cdi, the
+# toolkit's nvidia-cdi-refresh service /var/run/cdi).
+CDI_GLOBS = ("/etc/cdi/*.yaml", "/etc/cdi/*.json", "/var/run/cdi/*.yaml", "/var/run/cdi/*.json")
 # Seconds one docker, systemctl or journalctl call may take before it is stopped.
 COMMAND_TIMEOUT_S = 30
 # Seconds the GPU readers (NVML, nvidia-smi) may take; nvidia-smi without the persistence
@@ -366,6 +387,28 @@ class Readers:
         _rc, out, err = self._run("docker", "logs", *window, container_id, ok_codes=(0, 1))
         return (out or "") + (err or "")
 
+    def podman_inspect(self, name):
+        # A container that is not there: rc 125 and "[]" on stdout.
+        rc, out, err = self._run("podman", "inspect", "--type", "container", name,
+                                 ok_codes=(0, 125))
+        if rc != 0 and not out.strip().startswith("["):
+            raise ValueError("podman inspect failed (rc %d): %s" % (rc, (err or out).strip()))
+        return out
+
+    @staticmethod
+    def cdi_specs():
+        specs = []
+        for path in sorted(p for pattern in CDI_GLOBS for p in glob.glob(pattern)):
+            with open(path, "rb") as handle:
+                text = handle.read().decode("utf-8", "replace")
+            if path.endswith(".json"):
+                specs.append(json.loads(text))
+            elif yaml_load is None:
+                raise ValueError("PyYAML is needed to read the CDI spec %s" % path)
+            else:
+                specs.append(yaml_load(text))
+        return specs
+
     def show(self, unit):
         return self._run("systemctl", "show", "-p", ",".join(_verify.SYSTEMD_PROPERTIES),
                          unit)[1]
@@ -405,6 +448,7 @@ def main():
         service=dict(type="str"),
         unit=dict(type="str"),
         cuda_visible_devices=dict(type="str"),
+        container=dict(type="str"),
     )
     module = AnsibleModule(
         argument_spec=dict(

@@ -105,12 +105,12 @@ def test_command_words_are_quoted_with_percent_and_dollar_doubled():
     assert docling["Exec"] == '"serve" "my \\"model\\" 100%% $$HOME\\\\x"'
 
 
-def test_entrypoint_is_one_json_word():
+def test_entrypoint_is_a_json_array_as_quadlet_takes_it():
     def change(catalog):
-        catalog["docling"]["entrypoint"] = ["/bin/sh", "-c", "exec serve"]
+        catalog["docling"]["entrypoint"] = ["/bin/sh", "-c", "exec serve $X 5%"]
     docling = dict(keys(units_of(make_plan("dual-gpu", "ollama", change=change))["docling"]
                         ["text"], "Container"))
-    assert docling["Entrypoint"] == '"[\\"/bin/sh\\", \\"-c\\", \\"exec serve\\"]"'
+    assert docling["Entrypoint"] == '["/bin/sh", "-c", "exec serve $$X 5%%"]'
 
 
 def test_secret_environment_gets_its_own_file():

@@ -777,7 +777,7 @@ def test_parse_inspect_and_show():
 # ---- bad input ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("runtime", "services", "options", "text"), [
-    ("k8s", [], {}, "runtime must be one of compose, systemd; got: 'k8s'"),
+    ("k8s", [], {}, "runtime must be one of compose, systemd, podman; got: 'k8s'"),
     ("compose", [dict(VLLM, url="127.0.0.1:8000/health")], {},
      "services[0].url must be an http(s) URL; got: '127.0.0.1:8000/health'"),
     ("compose", [VLLM, dict(VLLM, url="http://127.0.0.1:8001/health")], {},
@@ -787,7 +787,7 @@ def test_parse_inspect_and_show():
     ("compose", [dict(VLLM, service="")], {},
      "services[0].service must be a non-empty string; got: ''"),
     ("compose", [dict(VLLM, unit="vllm@vllm.service")], {},
-     "services[0].unit applies to runtime systemd only; got: 'vllm@vllm.service'"),
+     "services[0].unit applies to runtime systemd or podman only; got: 'vllm@vllm.service'"),
     ("systemd", [dict(VLLM_UNIT, unit=None)], {},
      "services[0].unit is required with runtime systemd; got: None"),
     ("systemd", [dict(VLLM_UNIT, cuda_visible_devices=None)], {},
@@ -1028,3 +1028,104 @@ def test_bad_vendor_is_refused():
             "services[0].vendor must be one of nvidia, amd, intel (or null: read from the GPU "
             "facts); got: 'rocm'")):
         _verify.check_services("compose", [dict(VLLM, vendor="rocm")])
+
+
+# ---- podman (Quadlet) ---------------------------------------------------------------------
+
+CDI_SPEC = {"cdiVersion": "0.5.0", "kind": "nvidia.com/gpu", "devices": [
+    {"name": "0", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0"}]}},
+    {"name": GPU0, "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0"}]}},
+    {"name": "1", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia1"}]}},
+    {"name": GPU1, "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia1"}]}},
+    {"name": "all", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0"},
+                                                       {"path": "/dev/nvidia1"}]}}]}
+VLLM_QUADLET = {"name": "vllm", "url": "http://127.0.0.1:8000/health", "engine": "vllm",
+                "unit": "gpufleet-vllm.service", "container": "gpufleet-vllm"}
+
+
+class PodmanHost(Host):
+    """A Podman host: the unit as systemctl shows it, the container as podman inspect does."""
+
+    def __init__(self, nodes, status="running", specs=(CDI_SPEC,), **kwargs):
+        super().__init__(**kwargs)
+        self.nodes, self.status, self.specs = nodes, status, list(specs)
+
+    def podman_inspect(self, name):
+        assert name == "gpufleet-vllm"
+        return json.dumps([{
+            "Id": cid(name), "Name": name, "State": {
+                "Status": self.status, "Running": self.status == "running", "ExitCode": 0},
+            "HostConfig": {"Devices": [{"PathOnHost": n, "PathInContainer": n}
+                                       for n in self.nodes]}}])
+
+    def cdi_specs(self):
+        return self.specs
+
+
+def podman_run(host, device_id, **options):
+    return run(host, [dict(VLLM_QUADLET, device_id=device_id)], runtime="podman", **options)
+
+
+@pytest.mark.parametrize(("nodes", "device_id", "ok"), [
+    pytest.param(["/dev/nvidiactl", "/dev/nvidia1"], GPU1, True, id="the-placed-gpu"),
+    pytest.param(["/dev/nvidiactl", "/dev/nvidia1"], "1", True, id="by-index"),
+    pytest.param([], None, True, id="no-gpu-none-given"),
+    pytest.param(["/dev/nvidiactl", "/dev/nvidia0"], GPU1, False, id="another-gpu"),
+    pytest.param(["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1"], GPU1, False,
+                 id="two-gpus"),
+    pytest.param(["/dev/nvidiactl", "/dev/nvidia1"], None, False, id="a-gpu-where-none"),
+])
+def test_podman_container_has_the_cdi_device_nodes_of_its_placement(nodes, device_id, ok):
+    host = PodmanHost(nodes, answers={VLLM_QUADLET["url"]: [200]},
+                      units={"gpufleet-vllm.service": [unit_show(pid=42)]})
+    result = podman_run(host, device_id, gpu_check=False)
+    assert result["ok"] is ok and entry(result, "vllm")["device_ok"] is ok, result["msg"]
+    if not ok:
+        assert result["msg"].startswith("vllm: container gpufleet-vllm has the GPU device nodes ")
+
+
+def test_podman_placement_messages():
+    host = PodmanHost(["/dev/nvidia0"], answers={VLLM_QUADLET["url"]: [200]},
+                      units={"gpufleet-vllm.service": [unit_show(pid=42)]})
+    assert podman_run(host, GPU1, gpu_check=False)["msg"] == (
+        "vllm: container gpufleet-vllm has the GPU device nodes /dev/nvidia0; the placement "
+        "(nvidia.com/gpu=%s) gives /dev/nvidia1" % GPU1)
+    host = PodmanHost(["/dev/nvidia1"], specs=(), answers={VLLM_QUADLET["url"]: [200]},
+                      units={"gpufleet-vllm.service": [unit_show(pid=42)]})
+    assert podman_run(host, GPU1, gpu_check=False)["msg"] == (
+        "vllm: the host's CDI specs have no device nvidia.com/gpu=%s (devices: none)" % GPU1)
+    host = PodmanHost(["/dev/nvidia1"], status="exited", answers={VLLM_QUADLET["url"]: [200]},
+                      units={"gpufleet-vllm.service": [unit_show(pid=42)]})
+    assert podman_run(host, GPU1, gpu_check=False)["msg"] == (
+        "vllm: unit gpufleet-vllm.service (active): container gpufleet-vllm is exited")
+
+
+def test_podman_crash_is_the_units():
+    host = PodmanHost([], answers={VLLM_QUADLET["url"]: [None]},
+                      units={"gpufleet-vllm.service": [unit_show(pid=42),
+                                                       unit_show("failed", "failed",
+                                                                 "exit-code", 125)]})
+    host.journal = lambda unit: "Error: unresolvable CDI devices nvidia.com/gpu=GPU-x\n"
+    result = podman_run(host, GPU1)
+    assert result["crashed"] == "vllm"
+    assert result["msg"].startswith(
+        "vllm: its unit gpufleet-vllm.service failed (result exit-code, exit status 125)")
+    assert result["msg"].endswith("last log lines: Error: unresolvable CDI devices "
+                                  "nvidia.com/gpu=GPU-x")
+
+
+def test_podman_checks_need_unit_and_container():
+    with pytest.raises(ValueError) as exc:
+        _verify.check_services("podman", [{"name": "vllm", "unit": "gpufleet-vllm.service"}])
+    assert str(exc.value) == "services[0].container is required with runtime podman; got: None"
+    with pytest.raises(ValueError) as exc:
+        _verify.check_services("podman", [dict(VLLM_QUADLET, cuda_visible_devices="0")])
+    assert str(exc.value) == ("services[0].cuda_visible_devices applies to runtime systemd only; "
+                              "got: '0'")
+
+
+def test_cdi_devices_reads_the_nvidia_specs_only():
+    other = {"kind": "amd.com/gpu", "devices": [{"name": "0", "containerEdits": {
+        "deviceNodes": [{"path": "/dev/kfd"}]}}]}
+    assert _verify.cdi_devices([other, CDI_SPEC, "junk"])[GPU1] == ["/dev/nvidia1"]
+    assert _verify.cdi_devices([other]) == {}
