@@ -277,7 +277,8 @@ def sweep_amd(tracked, seen, host_state=gpuview.AMD_HOST_STATE):
     state = gpuview.parse_state(host_state)
     host_procs = state["globals"]["procs_dir"]
     drain = float(gpuview._num(state["globals"].get("drain_delay"), 0))
-    gpuview.registrations(host_procs, drain)  # marks dead processes at once, like a driver
+    # marks dead processes at once, like a driver
+    regs = gpuview.registrations(host_procs, drain)
     for pid in _init_pids(seen):
         root = "/proc/%d/root" % pid
         try:
@@ -294,18 +295,26 @@ def sweep_amd(tracked, seen, host_state=gpuview.AMD_HOST_STATE):
         try:
             os.makedirs(os.path.join(cdir, "state.d"), exist_ok=True)
             gpuview.atomic_write(os.path.join(cdir, "container.json"), json.dumps(info))
-            render_view(cdir, host_state, info)
+            render_view(cdir, host_state, info, state=state, regs=regs)
         except OSError as exc:
             print("nvml-relay: AMD container %d: %s" % (pid, exc), file=sys.stderr)
             continue
         tracked[pid] = {"cdir": cdir, "cache": {}}
+    live = []
     for pid, entry in list(tracked.items()):
         if not gpuview.pid_alive(pid):
             tracked.pop(pid)  # its processes are dead too: the host's copies drain
             continue
         try:
-            info = relay(entry["cdir"], host_procs, entry["cache"])
-            render_view(entry["cdir"], host_state, info)
+            live.append((pid, entry, relay(entry["cdir"], host_procs, entry["cache"])))
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            print("nvml-relay: AMD container %d: %s" % (pid, exc), file=sys.stderr)
+    # Every view from one reading of the host, after all the relays (as sweep() does).
+    if live:
+        regs = gpuview.registrations(host_procs, drain)
+    for pid, entry, info in live:
+        try:
+            render_view(entry["cdir"], host_state, info, state=state, regs=regs)
         except (OSError, ValueError, KeyError, IndexError) as exc:
             print("nvml-relay: AMD container %d: %s" % (pid, exc), file=sys.stderr)
 
