@@ -1194,14 +1194,15 @@ def configure(host, hvars):
         dexec(
             host,
             "rm -f %s /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 "
-            "/usr/local/bin/nvidia-container-runtime-hook; ldconfig" % STATE,
+            "/usr/local/bin/nvidia-container-runtime-hook %s %s; ldconfig"
+            % (STATE, CDI_SPEC, CDI_HOOK),
         )
     # What a real GPU box has for the hardened units (systemd_units role): a `render` group, and
     # (stand-in driver only) write access for the video group where it counts VRAM; a real
     # driver needs /dev/nvidia*, which ProtectSystem=strict leaves alone.
     dexec(host, LAB_UNIT_ACCESS + NO_WAY_OUT)
     if podman:
-        dexec(host, "rm -f %s; touch /etc/gpufleet-lab/configured" % ("" if gpus else CDI_SPEC))
+        dexec(host, "touch /etc/gpufleet-lab/configured")
     else:
         dexec(host, "touch /etc/gpufleet-lab/configured; systemctl start docker.service")
 

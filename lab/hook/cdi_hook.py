@@ -41,12 +41,9 @@ def gpu_minors(config):
     return sorted(set(minors))
 
 
-def create_symlinks(state, config, args):
+def create_symlinks(state, bundle, config, args):
     links = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--link"]
-    bundle = state.get("bundle") or state.get("bundlePath")
-    root = config["root"]["path"]
-    if not os.path.isabs(root):
-        root = os.path.join(bundle, root)
+    root = stand_in_hook.rootfs(bundle, config)
     script = []
     for link in links:
         target, sep, path = link.partition("::")
@@ -85,11 +82,10 @@ def container_pid(state):
     return 0
 
 
-def update_ldcache(state, config):
+def update_ldcache(state, bundle, config):
     state = dict(state, pid=container_pid(state))
     gpus = stand_in_hook.host_gpus()
     visible = [i for i in gpu_minors(config) if i < len(gpus)]
-    bundle = state.get("bundle") or state.get("bundlePath")
     stand_in_hook.attach(state, bundle, config, visible, gpus,
                          "CDI device nodes %s" % ["/dev/nvidia%d" % i for i in visible],
                          bind_library=False, enter=False)
@@ -100,12 +96,12 @@ def main():
     if not args or args[0] not in ("create-symlinks", "update-ldcache"):
         return
     state = json.load(sys.stdin)
-    _bundle, config = stand_in_hook.load_bundle(state)
+    bundle, config = stand_in_hook.load_bundle(state)
     try:
         if args[0] == "create-symlinks":
-            create_symlinks(state, config, args[1:])
+            create_symlinks(state, bundle, config, args[1:])
         else:
-            update_ldcache(state, config)
+            update_ldcache(state, bundle, config)
     except stand_in_hook.subprocess.CalledProcessError as exc:
         stand_in_hook.fail("mount error: %s" % exc.stderr.decode(errors="replace").strip())
 

@@ -78,6 +78,12 @@ def load_bundle(state):
         return bundle, json.load(handle)
 
 
+def rootfs(bundle, config):
+    """The container's root directory (config.json's root.path, relative to the bundle)."""
+    root = config["root"]["path"]
+    return root if os.path.isabs(root) else os.path.join(bundle, root)
+
+
 def host_gpus():
     if not os.path.exists(gpuview.HOST_STATE):
         fail("initialization error: nvml error: driver not loaded")
@@ -88,9 +94,7 @@ def attach(state, bundle, config, visible, gpus, why, bind_library=True, enter=T
     """Give the container its view of the host GPUs ``visible`` (host indexes) and (unless a
     CDI spec mounts it) the stand-in library, inside its mount namespace (before pivot_root:
     the old root is there)."""
-    root = config["root"]["path"]
-    if not os.path.isabs(root):
-        root = os.path.join(bundle, root)
+    root = rootfs(bundle, config)
     pid = int(state["pid"])
     cdir = os.path.join(nvml_relay.CONTAINERS, state["id"])
     os.makedirs(os.path.join(cdir, "state.d"), exist_ok=True)

@@ -225,15 +225,21 @@ def sweep(host_state=gpuview.HOST_STATE, containers=CONTAINERS, pid_cache=None):
             live.append((cid, cdir, info))
         except (OSError, ValueError, KeyError, IndexError) as exc:
             print("nvml-relay: %s: %s" % (cid, exc), file=sys.stderr)
-    # Every container's view from one reading of the host, taken after all the relays above
-    # (a registration relayed for one container counts in the others' views in this sweep).
-    if live:
-        regs = gpuview.registrations(host_procs, drain)
-    for cid, cdir, info in live:
+    render_views(live, host_state, state, host_procs, drain)
+
+
+def render_views(live, host_state, state, host_procs, drain):
+    """Every view of ``live`` ([(who, cdir, info)]) from one reading of the host's
+    registrations, taken after all the sweep's relays (a registration relayed for one
+    container counts in the others' views in the same sweep)."""
+    if not live:
+        return
+    regs = gpuview.registrations(host_procs, drain)
+    for who, cdir, info in live:
         try:
             render_view(cdir, host_state, info, state=state, regs=regs)
         except (OSError, ValueError, KeyError, IndexError) as exc:
-            print("nvml-relay: %s: %s" % (cid, exc), file=sys.stderr)
+            print("nvml-relay: %s: %s" % (who, exc), file=sys.stderr)
 
 
 # ---- AMD containers ---------------------------------------------------------------------
@@ -306,17 +312,11 @@ def sweep_amd(tracked, seen, host_state=gpuview.AMD_HOST_STATE):
             tracked.pop(pid)  # its processes are dead too: the host's copies drain
             continue
         try:
-            live.append((pid, entry, relay(entry["cdir"], host_procs, entry["cache"])))
+            live.append(("AMD container %d" % pid, entry["cdir"],
+                         relay(entry["cdir"], host_procs, entry["cache"])))
         except (OSError, ValueError, KeyError, IndexError) as exc:
             print("nvml-relay: AMD container %d: %s" % (pid, exc), file=sys.stderr)
-    # Every view from one reading of the host, after all the relays (as sweep() does).
-    if live:
-        regs = gpuview.registrations(host_procs, drain)
-    for pid, entry, info in live:
-        try:
-            render_view(entry["cdir"], host_state, info, state=state, regs=regs)
-        except (OSError, ValueError, KeyError, IndexError) as exc:
-            print("nvml-relay: AMD container %d: %s" % (pid, exc), file=sys.stderr)
+    render_views(live, host_state, state, host_procs, drain)
 
 
 def main():
