@@ -1020,9 +1020,7 @@ def present(runtime, plan, options=None, check_mode=False, yaml_dump=None, yaml_
                              if c["state"] == "removed" and c["key"].startswith("units/")],
             verify=verify_checks(plan, runtime))
     else:
-        written = {c["key"] for c in changes
-                   if c["state"] in ("created", "changed") and c["content"] != c["before"]}
-        written |= {c["key"] for c in changes if _is_secret(c["key"]) and c["state"] == "removed"}
+        written = _written(changes)
         templates = {e for e in ENGINES if "units/%s@.service" % e in written}
         result.update(
             instances=[i["unit"] for i in instances],
@@ -1072,17 +1070,18 @@ def restored(runtime, options=None, check_mode=False, mover=None, yaml_load=None
     mover = mover or os.replace
     entries = _load_snapshot(opts, runtime)
     known = {e["key"] for e in entries}
+    # Files of the set there now that the snapshot does not have are removed too:
+    # (key prefix, directory, their names now).
+    unknown = []
     if runtime in ("systemd", "podman"):
-        entries += [_entry("env/" + name, os.path.join(opts["env_dir"], name), None, None)
-                    for name in _env_files(opts["env_dir"]) if "env/" + name not in known]
+        unknown.append(("env/", opts["env_dir"], _env_files(opts["env_dir"])))
     if runtime == "podman":
-        entries += [_entry("units/" + name, os.path.join(opts["units_dir"], name), None, None)
-                    for name in _container_files(opts["units_dir"])
-                    if "units/" + name not in known]
+        unknown.append(("units/", opts["units_dir"], _container_files(opts["units_dir"])))
     root = opts["project_dir"] if runtime == "compose" else opts["env_dir"]
-    entries += [_entry("%s/%s" % (SECRETS_DIR, name), os.path.join(root, SECRETS_DIR, name),
-                       None, None)
-                for name in _secret_files(root) if "%s/%s" % (SECRETS_DIR, name) not in known]
+    unknown.append((SECRETS_DIR + "/", os.path.join(root, SECRETS_DIR), _secret_files(root)))
+    for prefix, directory, names in unknown:
+        entries += _removals(prefix, directory, names,
+                             {key[len(prefix):] for key in known if key.startswith(prefix)})
     changes = _compare(entries)
     existed = [e for e in entries if e["content"] is not None]
     result = {"changed": any(c["state"] != "unchanged" for c in changes),

@@ -40,21 +40,28 @@ import json
 import re
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _plan
-from ansible_collections.gpufleet.inference.plugins.module_utils._common import scalar_text
+from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
+    ENV_KEY_RE,
+    scalar_text,
+)
+from ansible_collections.gpufleet.inference.plugins.module_utils._render import (
+    DEFAULT_BIND_ADDRESS,
+    SECRETS_DIR,
+    _host_port,
+    _main_command,
+    device_ids,
+)
 
 PREFIX = "gpufleet-"
 NETWORK = "gpufleet"
 NETWORK_FILE = "%s.network" % NETWORK
 DEFAULT_ENV_DIR = "/etc/gpufleet/podman"
-DEFAULT_BIND_ADDRESS = "127.0.0.1"
-SECRETS_DIR = "secrets"
 SERVICE_LABEL = "org.gpufleet.service"
 # compose's restart policies as systemd's Restart= (the service restarts the container).
 RESTART = {"always": "always", "unless-stopped": "always", "on-failure": "on-failure",
            "no": "no"}
 # A first start may wait for an engine to load; images are never pulled here (Pull=never).
 START_TIMEOUT_S = 300
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _PATH_RE = re.compile(r"^/[^\s:%$'\"\\;,]*\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -78,31 +85,33 @@ def _path(value, where):
     return value
 
 
-def exec_word(word, where):
-    """One word of a command line in a unit: quoted, with ``%`` and ``$`` doubled (systemd
-    expands specifiers and variables in the generated service's ExecStart=)."""
-    text = scalar_text(word)
-    if _CONTROL_RE.search(text):
+def _unit_text(words, value, where):
+    """``words`` (texts) as they may stand on a unit line, ``%`` and ``$`` doubled (systemd
+    expands specifiers and variables in the generated service's ExecStart=); ``value`` is
+    what the catalog gave, for the message."""
+    if any(_CONTROL_RE.search(w) for w in words):
         raise ValueError("%s must not hold control characters (a newline would end the "
-                         "unit line); got: %r" % (where, word))
-    text = text.replace("%", "%%").replace("$", "$$")
+                         "unit line); got: %r" % (where, value))
+    return [w.replace("%", "%%").replace("$", "$$") for w in words]
+
+
+def exec_word(word, where):
+    """One word of a command line in a unit: quoted (``\\`` and ``"`` escaped), with ``%``
+    and ``$`` doubled."""
+    text = _unit_text([scalar_text(word)], word, where)[0]
     return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def entrypoint_value(entrypoint, where):
     """``Entrypoint=``: a JSON array (podman run --entrypoint takes one, so each word stays one
-    word). Quadlet takes this value as it is and quotes it in ExecStart=, where systemd still
-    expands ``%`` and ``$``: those are doubled."""
-    words = [scalar_text(w) for w in entrypoint]
-    if any(_CONTROL_RE.search(w) for w in words):
-        raise ValueError("%s must not hold control characters (a newline would end the "
-                         "unit line); got: %r" % (where, entrypoint))
-    return json.dumps(words).replace("%", "%%").replace("$", "$$")
+    word). Quadlet takes this value as it is and quotes it in ExecStart=: only ``%`` and ``$``
+    are doubled."""
+    return _unit_text([json.dumps([scalar_text(w) for w in entrypoint])], entrypoint, where)[0]
 
 
 def env_file_line(name, value, where):
     """``NAME=value`` as Podman's --env-file reads it: the value to the end of the line."""
-    if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+    if not isinstance(name, str) or not ENV_KEY_RE.match(name):
         raise ValueError("%s: %r is not an environment variable name" % (where, name))
     text = scalar_text(value)
     if "\n" in text or "\r" in text or "\x00" in text:
@@ -112,36 +121,23 @@ def env_file_line(name, value, where):
 
 
 def _publish(port, bind_address):
-    address = port.get("address") or bind_address
-    if ":" in address:
-        address = "[%s]" % address
-    return "%s:%d:%d/%s" % (address, port["host"], port["container"], port["protocol"])
+    return "%s:%d/%s" % (_host_port(port.get("address") or bind_address, port["host"]),
+                         port["container"], port["protocol"])
 
 
 def _devices(where):
     if where is None:
         return []
     if where["vendor"] == "nvidia":
-        return ["nvidia.com/gpu=%s" % d for d in _device_ids(where)]
+        return ["nvidia.com/gpu=%s" % d for d in device_ids(where)]
     return ["/dev/kfd", "/dev/dri"] if where["vendor"] == "amd" else ["/dev/dri"]
 
 
-def _device_ids(where):
-    ids = where.get("device_ids")
-    if isinstance(ids, list) and ids:
-        return [str(i) for i in ids]
-    return [i.strip() for i in str(where["device_id"]).split(",") if i.strip()]
-
-
 def _command(service):
-    command = list(service["command"] or [])
-    if service["engine"] == "vllm":
-        port = service["ports"][0]["container"] if service["ports"] else 8000
-        command = ["--model", service["model"], "--port", str(port), *command]
+    """The container's command, as compose's overlay gives it: vLLM's model and port, the
+    catalog's arguments, then the placement's engine arguments."""
     where = service["placement"]
-    if where is not None:
-        command += list(where["engine_args"])
-    return command
+    return _main_command(service) + (list(where["engine_args"]) if where is not None else [])
 
 
 def environment(service):
@@ -161,8 +157,8 @@ def container_units(services_plan, env_dir=DEFAULT_ENV_DIR, bind_address=DEFAULT
     env_file, env_lines, secret_env_file, text}]`` (``secret_env_file`` None without a secret
     environment). The same plan and options always give the same text."""
     services_plan = _plan.check_plan(services_plan)
-    env_dir = _path(env_dir, "podman_units_env_dir")
-    bind_address = _plan.check_bind_address(bind_address, "podman_units_bind_address")
+    env_dir = _path(env_dir, "env_dir")
+    bind_address = _plan.check_bind_address(bind_address, "bind_address")
     units = []
     for service in services_plan["services"]:
         if not service["active"]:

@@ -498,7 +498,19 @@ def cdi_devices(specs):
     return devices
 
 
-def _podman_placement(check, seen, readers):
+def _cdi(readers):
+    """``devices()``: :func:`cdi_devices` of the host's specs, read once per verify and only
+    when a Podman service has a GPU."""
+    cache = {}
+
+    def devices():
+        if "devices" not in cache:
+            cache["devices"] = cdi_devices(readers.cdi_specs())
+        return cache["devices"]
+    return devices
+
+
+def _podman_placement(check, seen, readers, cdi):
     """The Quadlet service is active and its container runs with exactly the GPU device nodes
     the host's CDI spec gives the placement's devices (``nvidia.com/gpu=<device_id>``), or,
     on an AMD GPU, what ROCm needs (as for compose)."""
@@ -516,7 +528,7 @@ def _podman_placement(check, seen, readers):
     have = sorted(d for d in container["devices"] if d and _NVIDIA_NODE_RE.match(d))
     wanted = []
     if check["device_id"]:
-        devices = cdi_devices(readers.cdi_specs())
+        devices = cdi()
         for device_id in check["device_id"].split(","):
             if device_id not in devices:
                 return False, ("%s: the host's CDI specs have no device %s=%s (devices: %s)"
@@ -872,12 +884,13 @@ def verify(runtime, services, readers, clock, sleep, timeout_s=180.0, interval_s
 
     failures = []
     vendor_of = _vendors(readers)
+    cdi = _cdi(readers)
     for check in live:
         if runtime == "compose":
             good, why = _compose_placement(check, seen[check["name"]], vendor_of)
         elif runtime == "podman":
             try:
-                good, why = _podman_placement(check, seen[check["name"]], readers)
+                good, why = _podman_placement(check, seen[check["name"]], readers, cdi)
             except (OSError, ValueError) as exc:
                 good, why = False, "%s: reading its container failed: %s" % (check["name"], exc)
         else:

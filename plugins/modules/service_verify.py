@@ -370,12 +370,16 @@ class Readers:
         return self._run("docker", "ps", "--all", "--quiet", "--no-trunc", "--filter",
                          "label=%s=%s" % (_verify.COMPOSE_PROJECT_LABEL, project))[1]
 
-    def inspect(self, ids):
-        # A container removed since `docker ps`: the others are still printed (rc 1).
-        rc, out, err = self._run("docker", "inspect", *ids, ok_codes=(0, 1))
+    def _inspect(self, tool, *args, missing_rc):
+        # A container that is not there: the rc says so and the others (if any) are printed.
+        rc, out, err = self._run(tool, "inspect", *args, ok_codes=(0, missing_rc))
         if rc != 0 and not out.strip().startswith("["):
-            raise ValueError("docker inspect failed (rc %d): %s" % (rc, (err or out).strip()))
+            raise ValueError("%s inspect failed (rc %d): %s" % (tool, rc, (err or out).strip()))
         return out
+
+    def inspect(self, ids):
+        # A container removed since `docker ps`: rc 1.
+        return self._inspect("docker", *ids, missing_rc=1)
 
     def logs(self, container_id, since=None, until=None):
         # docker logs applies --tail before --until: a window is read whole (its caller
@@ -389,11 +393,7 @@ class Readers:
 
     def podman_inspect(self, name):
         # A container that is not there: rc 125 and "[]" on stdout.
-        rc, out, err = self._run("podman", "inspect", "--type", "container", name,
-                                 ok_codes=(0, 125))
-        if rc != 0 and not out.strip().startswith("["):
-            raise ValueError("podman inspect failed (rc %d): %s" % (rc, (err or out).strip()))
-        return out
+        return self._inspect("podman", "--type", "container", name, missing_rc=125)
 
     @staticmethod
     def cdi_specs():

@@ -138,9 +138,9 @@ def test_bad_values_name_the_field(change, message):
 
 
 @pytest.mark.parametrize("option,value,message", [
-    ("env_dir", "relative/dir", "podman_units_env_dir must be an absolute path"),
-    ("env_dir", "/etc/with space", "podman_units_env_dir must be an absolute path"),
-    ("bind_address", "localhost", "podman_units_bind_address"),
+    ("env_dir", "relative/dir", "env_dir must be an absolute path"),
+    ("env_dir", "/etc/with space", "env_dir must be an absolute path"),
+    ("bind_address", "localhost", "bind_address"),
 ])
 def test_bad_options_name_the_option(option, value, message):
     with pytest.raises(ValueError) as exc:
