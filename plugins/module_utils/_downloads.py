@@ -34,7 +34,12 @@ Choices
   - Images are pulled by ``docker pull`` (the CLI's logins and credential helpers apply);
     its non-TTY output prints one line per layer state, never bytes (moby
     ``pkg/jsonmessage``: progress bars are dropped when the output is not a terminal), so the
-    bytes come from the manifest's layer sizes as layers complete.
+    bytes come from the manifest's layer sizes as layers complete. With the engine
+    ``podman`` the same commands go to the podman CLI (its storage root is ``podman info``'s
+    ``Store.GraphRoot``), image references are named in full (``docker.io/...``, as Docker
+    reads a short name; Podman would resolve it through its search registries) and the
+    progress counts the blobs ``podman pull`` starts to copy (its non-TTY output prints
+    ``Copying blob sha256:<digest>`` once per blob, containers/image ``copy/progress_bars.go``).
   - Ollama models are pulled by the Ollama server (``POST /api/pull``, streamed); from a
     registry other than registry.ollama.ai the model is pulled under that registry's name and
     copied to the catalog's name (``POST /api/copy``), as Ollama names models by host. An
@@ -66,6 +71,9 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._progress_file 
 )
 
 KINDS = ("image", "ollama", "huggingface")
+ENGINES = ("docker", "podman")
+# The storage root of each engine's images (the filesystem their bytes land on).
+ENGINE_ROOT_FORMAT = {"docker": "{{.DockerRootDir}}", "podman": "{{.Store.GraphRoot}}"}
 STATES = ("planned", "present")
 OLLAMA_REGISTRY = "registry.ollama.ai"
 OLLAMA_NAMESPACE = "library"
@@ -79,6 +87,7 @@ SERVER_WAIT_S = 180
 _OLLAMA_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _OLLAMA_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?\Z")
 _LAYER_LINE_RE = re.compile(r"^([0-9a-f]{12}): (.+?)\s*\Z")
+_PODMAN_BLOB_RE = re.compile(r"^Copying blob (?:sha256:)?([0-9a-f]{12})")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
@@ -254,20 +263,30 @@ def free_bytes(path):
     return stat.f_bavail * stat.f_frsize
 
 
-def stream_command(argv, on_line, deadline, clock=time.monotonic, env=None):
-    """Run ``argv``, calling ``on_line`` for each line of its stdout as it comes; returns
-    (rc, stderr). Killed, raising FetchError, when ``clock()`` passes ``deadline``."""
+def stream_command(argv, on_line, deadline, clock=time.monotonic, env=None, from_stderr=False):
+    """Run ``argv``, calling ``on_line`` for each line of its stdout (``from_stderr``: of its
+    stderr, where ``podman pull`` writes its progress) as it comes; returns (rc, stderr).
+    Killed, raising FetchError, when ``clock()`` passes ``deadline``."""
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=env, text=True, errors="replace")
     lines, errors = queue.Queue(), []
+    streamed, other = ((process.stderr, process.stdout) if from_stderr
+                       else (process.stdout, process.stderr))
 
     def pump():
-        for line in process.stdout:
+        for line in streamed:
+            if from_stderr:
+                errors.append(line)
             lines.put(line)
         lines.put(None)
 
+    def drain():
+        text = other.read()
+        if not from_stderr:
+            errors.append(text)
+
     threading.Thread(target=pump, daemon=True).start()
-    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+    reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
         while True:
@@ -297,14 +316,18 @@ class Host:
     timeout); ``docker`` is the docker CLI's path (None: not installed); ``opener`` a urllib
     opener for registries and the hub (proxies from the environment apply), ``local_opener``
     one for the Ollama server (never through a proxy); ``login`` the registry credentials
-    lookup; ``clock``/``sleep`` the time; ``stream`` runs ``docker pull``.
+    lookup; ``clock``/``sleep`` the time; ``stream`` runs ``docker pull``; ``engine`` is
+    ``docker`` or ``podman``, whose CLI ``docker`` is.
     """
 
     def __init__(self, run, docker=None, opener=None, local_opener=None,
                  login=_registry.docker_login, clock=time.monotonic, sleep=time.sleep,
-                 machine=None, stream=stream_command):
+                 machine=None, stream=stream_command, engine="docker"):
+        if engine not in ENGINES:
+            raise ValueError("engine must be one of %s; got: %r" % (", ".join(ENGINES), engine))
         self.run = run
         self.docker = docker
+        self.engine = engine
         self.opener = opener or _registry.build_opener()
         self.local_opener = local_opener or urllib.request.build_opener(
             urllib.request.ProxyHandler({}))
@@ -400,17 +423,18 @@ class _Run:
 
     def docker(self, *args):
         if not self.host.docker:
-            raise FetchError("the docker CLI is not installed (docker_bin)")
+            raise FetchError("the %s CLI is not installed (docker_bin)" % self.host.engine)
         rc, out, err = self.host.run([self.host.docker, *args])
         return rc, out, err
 
     def engine(self):
-        """The engine's DockerRootDir (FetchError when the engine does not answer)."""
+        """The engine's storage root (FetchError when the engine does not answer)."""
         if self._engine is None:
-            rc, out, err = self.docker("info", "--format", "{{.DockerRootDir}}")
+            rc, out, err = self.docker("info", "--format",
+                                       ENGINE_ROOT_FORMAT[self.host.engine])
             if rc != 0 or not out.strip():
-                raise FetchError("the docker engine does not answer: %s"
-                                 % ((err or out).strip() or "rc %d" % rc))
+                raise FetchError("the %s engine does not answer: %s" % (
+                    self.host.engine, (err or out).strip() or "rc %d" % rc))
             self._engine = out.strip()
         return self._engine
 
@@ -568,6 +592,15 @@ class _Run:
         seen, finished, downloaded = set(), set(), set()
         total = entry["bytes"]
 
+        def on_podman_line(line):
+            match = _PODMAN_BLOB_RE.match(line)
+            if not match:
+                return
+            seen.add(match.group(1))
+            self.progress.emit(index, item, "pulling %s: copying blob %d/%d (%s MiB in all)"
+                               % (item["name"], len(seen), len(layers) or len(seen),
+                                  _mib(total)), done_bytes=0, total_bytes=total)
+
         def on_line(line):
             match = _LAYER_LINE_RE.match(line)
             if not match:
@@ -592,11 +625,14 @@ class _Run:
                            done_bytes=0, total_bytes=total)
         started = self.host.clock()
         env = dict(os.environ, LANG="C", LC_ALL="C")
-        rc, err = self.host.stream([self.host.docker, "pull", item["name"]], on_line,
-                                   self.deadline, self.host.clock, env)
+        podman = self.host.engine == "podman"
+        rc, err = self.host.stream([self.host.docker, "pull", item["name"]],
+                                   on_podman_line if podman else on_line,
+                                   self.deadline, self.host.clock, env, from_stderr=podman)
         if rc != 0:
             said = " ".join(line.strip() for line in err.strip().splitlines()[-3:])
-            raise FetchError("docker pull failed (rc %d): %s" % (rc, said or "no message"))
+            raise FetchError("%s pull failed (rc %d): %s"
+                             % (self.host.engine, rc, said or "no message"))
         fetched = sum(layers.get(s, {}).get("size", 0) for s in downloaded)
         entry["fetched_bytes"] = fetched if layers else None
         self.progress.emit(index, item, "pulled %s (%s MiB in %d s)"
@@ -860,6 +896,10 @@ def run(items, options, host, progress=None):
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
         raise ValueError("timeout must be a number of seconds > 0; got: %r" % (timeout,))
     items = check_items(items)
+    if host.engine == "podman":
+        for item in items:
+            if item["kind"] == "image":
+                item["name"] = _registry.qualified(item["name"])
     job = _Run(items, options, host, progress)
     problems = job.plan()
     if problems:

@@ -31,7 +31,10 @@ keys as its options. Here:
   ``$$``, ``%%``, ``\\\\``, ``\\"`` and two spaces reach the container as ``$``, ``%``,
   ``\\``, ``"`` and two spaces;
 * ``Pull=never``: the images are fetched before any file changes (a pull that fails leaves
-  the services as they were), and a service never pulls on its own at boot.
+  the services as they were), and a service never pulls on its own at boot. ``Image=`` is the
+  fully qualified reference (``docker.io/ollama/ollama:...`` for ``ollama/ollama:...``, as
+  Docker reads it): Podman resolves a short name through its search registries, which may
+  differ from host to host or ask a question no service can answer.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from __future__ import annotations
 import json
 import re
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _plan
+from ansible_collections.gpufleet.inference.plugins.module_utils import _plan, _registry
 from ansible_collections.gpufleet.inference.plugins.module_utils._common import (
     ENV_KEY_RE,
     scalar_text,
@@ -152,6 +155,13 @@ def environment(service):
     return env
 
 
+def _image(reference, where):
+    try:
+        return _registry.qualified(reference)
+    except ValueError as exc:
+        raise ValueError("%s: %s" % (where, exc)) from None
+
+
 def container_units(services_plan, env_dir=DEFAULT_ENV_DIR, bind_address=DEFAULT_BIND_ADDRESS):
     """One Quadlet container per active service: ``[{service, file, unit, container,
     env_file, env_lines, secret_env_file, text}]`` (``secret_env_file`` None without a secret
@@ -183,7 +193,7 @@ def container_units(services_plan, env_dir=DEFAULT_ENV_DIR, bind_address=DEFAULT
             "",
             "[Container]",
             "ContainerName=%s" % container_name(name),
-            "Image=%s" % service["image"],
+            "Image=%s" % _image(service["image"], at + ".image"),
             "Pull=never",
             "Network=%s" % NETWORK_FILE,
             "NetworkAlias=%s" % name,

@@ -133,6 +133,20 @@ def parse_reference(reference):
             "tag": tag, "digest": digest or None}
 
 
+def qualified(reference):
+    """The fully qualified form of an image reference: ``docker.io/library/python:3.11`` for
+    ``python:3.11``, as Docker normalises it. Podman resolves a short name through
+    ``unqualified-search-registries`` (and refuses one it would have to ask about without a
+    terminal), so what Podman pulls and runs is named in full."""
+    ref = parse_reference(reference)
+    text = "%s/%s" % (ref["registry"], ref["repository"])
+    if ref["tag"]:
+        text += ":" + ref["tag"]
+    if ref["digest"]:
+        text += "@" + ref["digest"]
+    return text
+
+
 def api_host(registry):
     """The host[:port] whose /v2/ API serves a registry (Docker Hub's is not docker.io)."""
     return DOCKER_HUB_API if registry in DOCKER_HUB_ALIASES else registry

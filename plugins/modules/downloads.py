@@ -147,10 +147,18 @@ options:
       - An env file on the host with a C(HF_TOKEN=...) line (mode 0600). No file, or no value,
         means no token.
     type: path
-  docker_bin:
-    description: The docker CLI (a name on C(PATH) or a path).
+  engine:
+    description:
+      - The container engine that pulls the V(image) items and keeps them.
+      - V(podman) - its storage root is read from C(podman info), and each image reference is
+        named in full (C(ollama/ollama:0.6.2) is pulled as C(docker.io/ollama/ollama:0.6.2), as
+        Docker reads it) so that no search registry is asked.
     type: str
+    choices: [docker, podman]
     default: docker
+  docker_bin:
+    description: The engine's CLI (a name on C(PATH) or a path); O(engine) when not given.
+    type: str
   timeout:
     description: Seconds the whole fetch may take.
     type: int
@@ -173,7 +181,7 @@ attributes:
     support: full
     details: A second run finds everything present and fetches nothing.
 requirements:
-  - The docker CLI on the host for V(image) items.
+  - The docker CLI (or podman, O(engine)) on the host for V(image) items.
 notes:
   - Interrupting the playbook does not undo what was fetched; a re-run fetches only what is
     still missing (a partial Hugging Face file is resumed or fetched again).
@@ -303,7 +311,8 @@ ARGUMENT_SPEC = dict(
     ollama_source_dir=dict(type="path"),
     hf_endpoint=dict(type="str"),
     hf_token_file=dict(type="path", no_log=False),
-    docker_bin=dict(type="str", default="docker"),
+    engine=dict(type="str", default="docker", choices=list(_downloads.ENGINES)),
+    docker_bin=dict(type="str"),
     timeout=dict(type="int", default=3600),
     progress_file=dict(type="path"),
 )
@@ -334,7 +343,7 @@ def main():
             module.warn("hf_token_file %s has mode %o: others can read HF_TOKEN; make it 0600"
                         % (p["hf_token_file"], mode))
     timeout_bin = module.get_bin_path("timeout")
-    docker = module.get_bin_path(p["docker_bin"]) if p["docker_bin"] else None
+    docker = module.get_bin_path(p["docker_bin"] or p["engine"])
 
     def run(argv):
         if timeout_bin:
@@ -350,8 +359,8 @@ def main():
     options.update(state="planned" if module.check_mode else p["state"], hf_token=token)
     progress = _downloads.Progress(p["progress_file"])
     try:
-        result, failure = _downloads.run(p["items"], options, _downloads.Host(run, docker),
-                                         progress)
+        host = _downloads.Host(run, docker, engine=p["engine"])
+        result, failure = _downloads.run(p["items"], options, host, progress)
     except ValueError as exc:
         module.fail_json(msg="downloads: %s" % exc)
     for warning in result.pop("warnings"):

@@ -521,6 +521,8 @@ with open(path) as handle:
     state = json.load(handle)
 state.setdefault("calls", []).append(sys.argv[1:])
 args = sys.argv[1:]
+# Called as podman: its pull prints what podman 5 prints without a terminal (on stderr).
+podman = os.path.basename(sys.argv[0]) == "podman"
 
 
 def save():
@@ -563,6 +565,21 @@ elif args[:1] == ["pull"]:
                          "unknown: manifest unknown\n" %% ref)
         sys.exit(1)
     tag = ref.rsplit(":", 1)[1] if ":" in ref.rsplit("/", 1)[-1] else "latest"
+    if podman:
+        fail = state.get("fail", {}).get(ref)
+        sys.stderr.write("Trying to pull %%s...\nGetting image source signatures\n" %% ref)
+        for count, (digest, diff_id) in enumerate(remote["layers"]):
+            if fail is not None and count == fail["after"]:
+                sys.stderr.write(fail["stderr"] + "\n")
+                sys.exit(125)
+            sys.stderr.write("Copying blob %%s\n" %% digest)
+        sys.stderr.write("Copying config %%s\nWriting manifest to image destination\n"
+                         %% remote["digest"])
+        state["images"][ref] = {"id": "sha256:" + remote["digest"][-64:],
+                                "layers": [d for _g, d in remote["layers"]]}
+        print(state["images"][ref]["id"][7:])
+        save()
+        sys.exit(0)
     print("%%s: Pulling from %%s" %% (tag, remote["repository"]))
     have, chain, todo = chains(), (), []
     for digest, diff_id in remote["layers"]:
@@ -600,10 +617,10 @@ class FakeDocker:
     """The fake docker CLI in ``bin_dir`` and its state (``images`` the engine has by
     reference, ``remote`` what a pull of a reference fetches, ``fail`` pulls that break)."""
 
-    def __init__(self, directory, root_dir="/"):
+    def __init__(self, directory, root_dir="/", name="docker"):
         self.bin_dir = os.path.join(directory, "bin")
         os.makedirs(self.bin_dir, exist_ok=True)
-        self.path = os.path.join(self.bin_dir, "docker")
+        self.path = os.path.join(self.bin_dir, name)
         with open(self.path, "w") as out:
             out.write(FAKE_DOCKER % {"python": sys.executable})
         os.chmod(self.path, os.stat(self.path).st_mode | stat.S_IXUSR | stat.S_IXGRP)

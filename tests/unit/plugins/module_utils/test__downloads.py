@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _downloads
-from tests.support.download_fakes import GATED, HF_FILES, TOKEN, FakeWorld
+from tests.support.download_fakes import GATED, HF_FILES, TOKEN, FakeDocker, FakeWorld
 
 
 class World(FakeWorld):
@@ -190,6 +190,44 @@ def test_a_pull_cut_off_midway_fails_naming_the_image_and_the_next_run_completes
     assert failure is None
     assert [e["present"] for e in result["downloads"]] == [False, False, False]
     assert world.image_ref in world.docker.load()["images"]
+
+
+def test_podman_names_images_in_full_reads_its_storage_root_and_shows_its_blobs(world,
+                                                                                 monkeypatch):
+    podman = FakeDocker(str(world.tmp / "podman"), root_dir=str(world.tmp), name="podman")
+    monkeypatch.setenv("FAKE_DOCKER_STATE", podman.state_file)
+    host = world.host(engine="podman")
+    host.docker = podman.path
+    # A short name is Docker Hub's: podman is asked for the full one (present: no registry).
+    podman.have("docker.io/ollama/ollama:0.6.2", ["sha256:" + "1" * 64])
+    short = dict(world.items()[0], name="ollama/ollama:0.6.2", insecure=False)
+    result, failure = world.run(items=[short], host=host, state="planned")
+    assert failure is None
+    assert (result["downloads"][0]["name"], result["downloads"][0]["present"]) == (
+        "docker.io/ollama/ollama:0.6.2", True)
+    assert ["info", "--format", "{{.Store.GraphRoot}}"] in podman.calls()
+    assert ["image", "inspect", "--format", "{{.Id}}", "docker.io/ollama/ollama:0.6.2"] in (
+        podman.calls())
+
+    podman.remote(world.image_ref, "ollama/ollama", world.image)
+    podman.state["fail"][world.image_ref] = {
+        "after": 2, "stderr": "Error: reading blob sha256:0ec3: unexpected EOF"}
+    podman.save()
+    progress = str(world.tmp / "progress.jsonl")
+    _result, failure = world.run(items=world.items()[:1], host=host, progress_file=progress)
+    assert failure == ('image "%s" (service ollama): podman pull failed (rc 125): Copying blob '
+                       "%s Copying blob %s Error: reading blob sha256:0ec3: unexpected EOF"
+                       % (world.image_ref, world.image["layers"][0]["digest"],
+                          world.image["layers"][1]["digest"]))
+    state = podman.load()
+    del state["fail"][world.image_ref]
+    podman.save()
+    result, failure = world.run(items=world.items()[:1], host=host, progress_file=progress)
+    assert failure is None and result["changed"] is True
+    texts = [json.loads(line)["text"] for line in open(progress)]
+    assert "pulling %s: copying blob 3/3 (%s MiB in all)" % (
+        world.image_ref, "0.0") in texts, texts
+    assert texts[-1].startswith("pulled %s" % world.image_ref)
 
 
 def test_an_ollama_error_line_fails_naming_the_model(world):

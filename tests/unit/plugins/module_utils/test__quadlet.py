@@ -123,6 +123,16 @@ def test_secret_environment_gets_its_own_file():
     assert units_of(plan)["ollama"]["secret_env_file"] is None
 
 
+def test_images_are_named_in_full_as_docker_reads_them():
+    plan = make_plan("dual-gpu", "vllm", change=lambda c: (
+        c["ollama"].update(image="ollama/ollama:0.6.2"),
+        c["vllm"].update(image="registry.lab:5000/vllm/vllm-openai:v0.9.1")))
+    images = {name: dict(keys(unit["text"], "Container"))["Image"]
+              for name, unit in units_of(plan).items()}
+    assert images["ollama"] == "docker.io/ollama/ollama:0.6.2"
+    assert images["vllm"] == "registry.lab:5000/vllm/vllm-openai:v0.9.1"
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda c: c["ollama"]["environment"].update(BAD="a\nb"),
      "services_catalog.ollama.environment.BAD must be one line (Podman's environment file has "

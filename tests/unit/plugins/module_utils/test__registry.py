@@ -53,6 +53,19 @@ def test_parse_reference_refuses(reference, message):
         _registry.parse_reference(reference)
 
 
+@pytest.mark.parametrize("reference, expected", [
+    ("ollama/ollama:0.6.2", "docker.io/ollama/ollama:0.6.2"),
+    ("python", "docker.io/library/python:latest"),
+    ("index.docker.io/vllm/vllm-openai:v0.9.1", "docker.io/vllm/vllm-openai:v0.9.1"),
+    ("registry.lab:5000/ollama/ollama:latest", "registry.lab:5000/ollama/ollama:latest"),
+    ("localhost/a", "localhost/a:latest"),
+    ("o/r:t@sha256:" + "b" * 64, "docker.io/o/r:t@sha256:" + "b" * 64),
+    ("ghcr.io/o/r@sha256:" + "a" * 64, "ghcr.io/o/r@sha256:" + "a" * 64),
+])
+def test_qualified(reference, expected):
+    assert _registry.qualified(reference) == expected
+
+
 def entry(os_name, arch, variant=None):
     platform = {"os": os_name, "architecture": arch}
     if variant:
