@@ -12,8 +12,10 @@ Vocabulary
             ``gpu`` (the device id of its placement: a GPU UUID, a MIG UUID or an index; null
             on the CPU), ``vram_budget_mib``, ``request`` and ``model``; and who runs it, as
             service_verify names it: ``project`` and ``service`` (runtime compose; defaults:
-            the role's compose project, the name) or ``unit`` and ``cuda_visible_devices``
-            (runtime systemd; defaults: ``<engine>@<name>.service``, the ``gpu`` or ``-1``).
+            the role's compose project, the name), ``unit`` and ``cuda_visible_devices``
+            (runtime systemd; defaults: ``<engine>@<name>.service``, the ``gpu`` or ``-1``)
+            or ``unit`` and ``container`` (runtime podman; defaults:
+            ``gpufleet-<name>.service``, ``gpufleet-<name>``).
   verified  the ``services`` of a service_verify run in report mode (``fail_on_problem:
             false``) over :func:`verify_checks`: per service ``healthy``, ``device_ok``,
             ``gpu_processes`` (ITS processes on its GPU, found by cgroup, never by name),
@@ -28,7 +30,12 @@ and a second instance of an engine has the same names.
 
 from __future__ import annotations
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _common, _fileset, _plan
+from ansible_collections.gpufleet.inference.plugins.module_utils import (
+    _common,
+    _fileset,
+    _plan,
+    _quadlet,
+)
 
 # The engines' own endpoints (domain notes): Ollama /api/tags and /api/ps, vLLM /health and
 # /v1/models; the tiny real request is made only where a service asks for it. The first of
@@ -47,7 +54,7 @@ REQUESTS = {
 }
 # service_verify's engines: only Ollama is told apart (its GPU is held while a model is loaded).
 VERIFY_ENGINES = {"ollama": "ollama", "vllm": "vllm", "docling": "other", "http": "other"}
-RUNTIMES = ("compose", "systemd")
+RUNTIMES = ("compose", "systemd", "podman")
 DEFAULT_PROJECT = "gpufleet"
 
 
@@ -102,7 +109,7 @@ def probes(services, host="127.0.0.1"):
 
 def _runtime(runtime):
     if runtime not in RUNTIMES:
-        raise ValueError("runtime must be compose or systemd; got: %r" % (runtime,))
+        raise ValueError("runtime must be one of %s; got: %r" % (", ".join(RUNTIMES), runtime))
     return runtime
 
 
@@ -132,6 +139,9 @@ def verify_checks(services, runtime="compose", project=DEFAULT_PROJECT, host="12
         if runtime == "compose":
             check["project"] = svc.get("project") or project
             check["service"] = svc.get("service") or svc["name"]
+        elif runtime == "podman":
+            check["unit"] = svc.get("unit") or _quadlet.unit_name(svc["name"])
+            check["container"] = svc.get("container") or _quadlet.container_name(svc["name"])
         else:
             check["unit"] = svc.get("unit") or "%s@%s.service" % (svc["engine"], svc["name"])
             cvd = svc.get("cuda_visible_devices")
@@ -146,9 +156,10 @@ def from_plan(services_plan, runtime="compose", project=DEFAULT_PROJECT):
     Every active service that publishes its health port: its published port, the GPU its
     placement gave it (its ``device_id``), the VRAM budget, and who runs it as the compose
     and systemd_units roles verify it (``_fileset.verify_checks``): compose project
-    ``project`` and the service's name, or the systemd unit and its CUDA_VISIBLE_DEVICES.
-    Under ``runtime`` systemd only the Ollama and vLLM instances run (sidecars are containers
-    of the compose path), so only they are checked.
+    ``project`` and the service's name, the systemd unit and its CUDA_VISIBLE_DEVICES, or
+    Podman's generated unit and its container. Under ``runtime`` systemd only the Ollama and
+    vLLM instances run (sidecars are containers of the compose path), so only they are
+    checked.
     """
     _runtime(runtime)
     _plan.check_plan(services_plan)
@@ -177,6 +188,8 @@ def from_plan(services_plan, runtime="compose", project=DEFAULT_PROJECT):
         }
         if runtime == "compose":
             item.update(project=owner["project"], service=owner["service"])
+        elif runtime == "podman":
+            item.update(unit=owner["unit"], container=owner["container"])
         else:
             item.update(unit=owner["unit"], cuda_visible_devices=owner["cuda_visible_devices"])
         if where.get("vram_budget_mib"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
 import math
 import re
 
@@ -527,10 +528,18 @@ REPORT_OPTIONS = {
     "runtime": None,
     "warn_only": [],
 }
-RUNTIMES = ("compose", "systemd")
-# The processes that hold a container's published port on the host: ours only when the
-# services run as containers. The systemd runtime does not stop a compose project.
-CONTAINER_PORT_PROXIES = ("docker-proxy", "rootlessport")
+RUNTIMES = ("compose", "systemd", "podman")
+# The processes that hold a container's published port on the host: Docker's docker-proxy;
+# Podman's conmon (rootful: it keeps the port open for the container) and rootlessport. Ours
+# only where the runtime runs such containers: the systemd runtime stops no container, and the
+# podman runtime no compose project.
+CONTAINER_PORT_PROXIES = ("docker-proxy", "rootlessport", "conmon")
+RUNTIME_PORT_PROXIES = {"compose": CONTAINER_PORT_PROXIES, "systemd": (),
+                        "podman": ("rootlessport", "conmon")}
+# The kind of CDI device an NVIDIA GPU is (nvidia-ctk cdi generate).
+NVIDIA_CDI_KIND = "nvidia.com/gpu"
+_CDI_KIND_RE = re.compile(r"""^(?:kind|"kind")\s*:\s*["']?([A-Za-z0-9.-]+/[A-Za-z0-9._-]+)""",
+                          re.MULTILINE)
 CHECKS = ("ports", "disk", "driver", "toolkit", "runtime", "gpu_memory", "persistence")
 
 
@@ -546,6 +555,25 @@ def service_ports(services_plan):
                 ports.append({"service": service["name"], "port": port["host"],
                               "active": bool(service.get("active"))})
     return ports
+
+
+def cdi_kinds(specs):
+    """``{kind: [paths]}`` of CDI specs given as ``{path: text}`` (YAML or JSON): the
+    top-level ``kind`` of each (CDI ``SPEC.md``), sorted; a file without one is left out."""
+    kinds = {}
+    for path in sorted(specs):
+        text = specs[path] or ""
+        match = _CDI_KIND_RE.search(text)
+        if match is None and text.lstrip().startswith("{"):
+            try:
+                kind = json.loads(text).get("kind")
+            except (ValueError, AttributeError):
+                kind = None
+        else:
+            kind = match.group(1) if match else None
+        if isinstance(kind, str) and kind:
+            kinds.setdefault(kind, []).append(path)
+    return kinds
 
 
 def _check_report_options(options):
@@ -653,15 +681,17 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
         holders = list((host_ports.get(item["port"]) or {}).get("holders") or [])
         report.append(dict(item, held=bool(holders), holders=holders))
     ignore = opts["ignore_port_processes"]
-    if opts["runtime"] == "systemd":
-        ignore = [p for p in ignore if str(p).lower() not in CONTAINER_PORT_PROXIES]
+    ours = RUNTIME_PORT_PROXIES.get(opts["runtime"], CONTAINER_PORT_PROXIES)
+    ignore = [p for p in ignore
+              if str(p).lower() not in CONTAINER_PORT_PROXIES or str(p).lower() in ours]
     conflicts = port_conflicts(report, ignore)
-    if opts["runtime"] == "systemd" and any(
-            h.get("process") in CONTAINER_PORT_PROXIES
+    if opts["runtime"] in ("systemd", "podman") and any(
+            h.get("process") in CONTAINER_PORT_PROXIES and h.get("process") not in ours
             for c in conflicts for h in (host_ports.get(c["port"]) or {}).get("holders") or []):
-        warnings.append("a container publishes a port the systemd instances need: the systemd "
-                        "runtime does not stop containers (take the compose project down "
-                        "first, for example docker compose down in its directory)")
+        warnings.append("a container publishes a port the %s services need: the %s runtime "
+                        "does not stop containers it did not start (take the compose project "
+                        "down first, for example docker compose down in its directory)"
+                        % (opts["runtime"], opts["runtime"]))
     blocking = [c for c in conflicts if c["active"]]
     for conflict in conflicts:
         if not conflict["active"]:
@@ -695,16 +725,24 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
         _check(checks, opts, "driver", bool(drivers),
                "GPU driver %s" % ", ".join(drivers) if drivers
                else "no GPU driver reported a version")
-        if nvidia:
+        if nvidia and opts["runtime"] == "podman":
+            specs = (host_facts.get("cdi") or {}).get(NVIDIA_CDI_KIND) or []
+            _check(checks, opts, "toolkit", bool(specs),
+                   "NVIDIA CDI spec: %s" % ", ".join(specs) if specs else
+                   "no CDI spec describes %s in /etc/cdi or /var/run/cdi: Podman gives a "
+                   "container its GPUs as CDI devices (nvidia-ctk cdi generate "
+                   "--output=/etc/cdi/nvidia.yaml)" % NVIDIA_CDI_KIND)
+        elif nvidia:
             found = [b for b in opts["toolkit_binaries"] if binaries.get(b)]
             _check(checks, opts, "toolkit", bool(found),
                    "NVIDIA container toolkit: %s" % ", ".join(found) if found else
                    "NVIDIA container toolkit not found (none of %s)"
                    % ", ".join(opts["toolkit_binaries"]))
-        runtimes = [b for b in opts["runtime_binaries"] if binaries.get(b)]
+        wanted = (["podman"] if opts["runtime"] == "podman" else opts["runtime_binaries"])
+        runtimes = [b for b in wanted if binaries.get(b)]
         _check(checks, opts, "runtime", bool(runtimes),
                "container runtime: %s" % ", ".join(runtimes) if runtimes else
-               "no container runtime found (none of %s)" % ", ".join(opts["runtime_binaries"]))
+               "no container runtime found (none of %s)" % ", ".join(wanted))
     # GPU memory: budgets against free memory, vLLM's start rule (warn only).
     memory = {"gpus": [], "warnings": []}
     if gpu_profile:

@@ -58,6 +58,8 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._render import 
 PREFIX = "gpufleet-"
 NETWORK = "gpufleet"
 NETWORK_FILE = "%s.network" % NETWORK
+# The unit Quadlet generates for the network (no service may take its name).
+NETWORK_UNIT = "%s-network" % NETWORK
 DEFAULT_ENV_DIR = "/etc/gpufleet/podman"
 SERVICE_LABEL = "org.gpufleet.service"
 # compose's restart policies as systemd's Restart= (the service restarts the container).
@@ -175,6 +177,10 @@ def container_units(services_plan, env_dir=DEFAULT_ENV_DIR, bind_address=DEFAULT
             continue
         name = service["name"]
         at = "services_catalog.%s" % name
+        if unit_name(name) == NETWORK_UNIT + ".service":
+            raise ValueError("%s: Quadlet names the network's unit %s.service, which the "
+                             "container of a service named %r would take too; rename the "
+                             "service" % (at, NETWORK_UNIT, name))
         env = environment(service)
         env_lines = [env_file_line(k, v, at + ".environment") for k, v in env.items()]
         for key in service.get("secret_environment") or []:

@@ -15,20 +15,22 @@ Vocabulary
             that publish a health port (``health_services`` then ``health_verify_checks``).
   running   what runs on the host: with runtime compose the compose service label of each
             running container of the project (``docker ps --format``), one per line; with
-            systemd the unit names of ``systemctl list-units`` (``ollama@<service>.service``).
+            systemd the unit names of ``systemctl list-units`` (``ollama@<service>.service``);
+            with podman those of the services Quadlet generates (``gpufleet-<service>.service``;
+            ``gpufleet-network.service``, the network's, is not a service of the catalog).
 """
 
 from __future__ import annotations
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _plan
+from ansible_collections.gpufleet.inference.plugins.module_utils import _plan, _quadlet
 
-RUNTIMES = ("compose", "systemd")
+RUNTIMES = ("compose", "systemd", "podman")
 
 
 def running_services(lines, runtime="compose"):
     """The service names the lines of ``docker ps`` or ``systemctl list-units`` name, sorted."""
     if runtime not in RUNTIMES:
-        raise ValueError("runtime must be compose or systemd; got: %r" % (runtime,))
+        raise ValueError("runtime must be one of %s; got: %r" % (", ".join(RUNTIMES), runtime))
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
         raise ValueError("running must be the output lines of docker ps or systemctl (a list of "
                          "strings); got: %r" % (lines,))
@@ -43,6 +45,11 @@ def running_services(lines, runtime="compose"):
             if "@" not in unit:
                 continue
             name = unit.split("@", 1)[1]
+        elif runtime == "podman":
+            unit = name[:-len(".service")] if name.endswith(".service") else name
+            if not unit.startswith(_quadlet.PREFIX) or unit == _quadlet.NETWORK_UNIT:
+                continue
+            name = unit[len(_quadlet.PREFIX):]
         names.add(name)
     return sorted(names)
 

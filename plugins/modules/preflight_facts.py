@@ -11,8 +11,9 @@ version_added: 0.1.0
 description:
   - Returns C(ansible_facts.preflight_host) with who holds each port in O(ports) (from
     C(/proc/net/tcp), C(/proc/net/tcp6) and the socket links in C(/proc/*/fd)), free disk space
-    at each of O(paths), which of O(binaries) are on C(PATH), and the persistence mode of each
-    NVIDIA GPU when C(nvidia-smi) is there.
+    at each of O(paths), which of O(binaries) are on C(PATH), the CDI specs in O(cdi_dirs) by
+    the device kind they describe, and the persistence mode of each NVIDIA GPU when
+    C(nvidia-smi) is there.
   - Changes nothing; the preflight role decides what the facts mean.
 author:
   - gpufleet.inference contributors (@gpufleet)
@@ -35,6 +36,13 @@ options:
     elements: str
     default: [docker, podman, nvidia-container-toolkit, nvidia-container-runtime-hook, nvidia-ctk,
               nvidia-smi]
+  cdi_dirs:
+    description:
+      - Where Container Device Interface specs are read from (Podman reads the same two
+        directories); each C(*.yaml) or C(*.json) file there is reported under its C(kind).
+    type: list
+    elements: path
+    default: [/etc/cdi, /var/run/cdi]
   nvidia_smi_timeout:
     description:
       - Seconds C(nvidia-smi) may take to report the persistence mode before it is stopped.
@@ -112,6 +120,10 @@ ansible_facts:
           description: Program name to its path, or V(null) when it is not installed.
           type: dict
           sample: {docker: /usr/bin/docker, podman: null}
+        cdi:
+          description: Each device kind a CDI spec of O(cdi_dirs) describes, to those specs.
+          type: dict
+          sample: {nvidia.com/gpu: [/etc/cdi/nvidia.yaml]}
         nvidia:
           description:
             - C(nvidia_smi) its path or V(null); C(persistence_mode) one entry per GPU
@@ -207,6 +219,7 @@ def main():
                           default=["docker", "podman", "nvidia-container-toolkit",
                                    "nvidia-container-runtime-hook", "nvidia-ctk",
                                    "nvidia-smi"]),
+            cdi_dirs=dict(type="list", elements="path", default=["/etc/cdi", "/var/run/cdi"]),
             nvidia_smi_timeout=dict(type="int", default=10),
             proc_root=dict(type="path", default="/proc"),
         ),
@@ -248,6 +261,15 @@ def main():
             disks.append({"path": path, "checked_path": None, "exists": False, "device": None,
                           "free_bytes": None, "total_bytes": None})
     binaries = {name: module.get_bin_path(name, opt_dirs=SBIN) for name in params["binaries"]}
+    specs = {}
+    for folder in params["cdi_dirs"]:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue  # no such directory: no spec there
+        for name in names:
+            if name.endswith((".yaml", ".yml", ".json")):
+                specs[os.path.join(folder, name)] = read_text(os.path.join(folder, name)) or ""
     smi = binaries.get("nvidia-smi") or module.get_bin_path("nvidia-smi")
     modes, error = persistence(module, smi, params["nvidia_smi_timeout"])
     if error:
@@ -255,7 +277,7 @@ def main():
     for warning in warnings:
         module.warn(warning)
     module.exit_json(changed=False, ansible_facts={"preflight_host": {
-        "ports": ports, "disks": disks, "binaries": binaries,
+        "ports": ports, "disks": disks, "binaries": binaries, "cdi": _preflight.cdi_kinds(specs),
         "nvidia": {"nvidia_smi": smi, "persistence_mode": modes, "error": error},
         "warnings": warnings,
     }})

@@ -81,13 +81,21 @@ WEB = {"name": "web", "engine": "http", "port": 80, "path": "/ok", "gpu": 1,
         {"name": "docling", "url": "http://127.0.0.1:5001/health", "engine": "other",
          "device_id": None, "gpu_index": None, "unit": "docling@docling.service",
          "cuda_visible_devices": "-1"}], id="systemd"),
+    pytest.param([OLLAMA, dict(VLLM, unit="other.service", container="other")], "podman",
+                 "ignored", [
+        {"name": "ollama", "url": "http://127.0.0.1:11434/api/tags", "engine": "ollama",
+         "device_id": "0", "gpu_index": 0, "unit": "gpufleet-ollama.service",
+         "container": "gpufleet-ollama"},
+        {"name": "vllm", "url": "http://127.0.0.1:8000/health", "engine": "vllm",
+         "device_id": GPU1, "gpu_index": None, "unit": "other.service",
+         "container": "other"}], id="podman"),
 ])
 def test_verify_checks(services, runtime, project, expected):
     assert _health.verify_checks(services, runtime, project) == expected
 
 
 @pytest.mark.parametrize("services, runtime, message", [
-    ([OLLAMA], "k8s", "runtime must be compose or systemd; got: 'k8s'"),
+    ([OLLAMA], "k8s", "runtime must be one of compose, systemd, podman; got: 'k8s'"),
     ([dict(OLLAMA, gpu=True)], "compose",
      "services[0].gpu must be a GPU UUID, MIG UUID or index (or null); got: True"),
     ([dict(OLLAMA, port=0)], "compose", "services[0].port must be 1-65535; got: 0"),
@@ -319,6 +327,18 @@ def test_from_plan_systemd_checks_only_the_instances_by_their_units():
     assert [s["unit"] for s in sidecar] == ["ollama@ollama.service", "vllm@vllm.service"]
 
 
+def test_from_plan_podman_checks_every_container_by_its_unit():
+    services = {s["name"]: s for s in _health.from_plan(_plan(_http_vision), "podman")}
+    assert sorted(services) == ["docling", "ollama", "vision", "vllm"]
+    assert [(s["unit"], s["container"], s["gpu"]) for s in services.values()] == [
+        ("gpufleet-%s.service" % n, "gpufleet-%s" % n, services[n]["gpu"]) for n in services]
+    assert services["vllm"]["gpu"] == "GPU-1" and services["docling"]["gpu"] is None
+    assert not any("project" in s or "cuda_visible_devices" in s for s in services.values())
+    checks = _health.verify_checks(list(services.values()), "podman")
+    assert {(c["name"], c["unit"], c["container"]) for c in checks} == {
+        (n, "gpufleet-%s.service" % n, "gpufleet-%s" % n) for n in services}
+
+
 # ---- the host's mode: only the services of the planned (recorded) mode are checked ---------
 
 MODES = yaml.safe_load(pathlib.Path(REPO, "roles/services/defaults/main.yml").read_text())[
@@ -352,7 +372,7 @@ def test_from_plan_checks_the_services_of_the_planned_mode_only(mode, gpus, runt
 
 @pytest.mark.parametrize("plan, runtime, message", [
     ({"services": "x"}, "compose", "services_plan must be the fact"),
-    ({"services": []}, "podman", "runtime must be compose or systemd; got: 'podman'"),
+    ({"services": []}, "docker", "runtime must be one of compose, systemd, podman; got: 'docker'"),
 ])
 def test_from_plan_bad_input(plan, runtime, message):
     with pytest.raises(ValueError, match=message):

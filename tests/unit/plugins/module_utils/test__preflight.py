@@ -393,29 +393,65 @@ def test_report_blocks_on_failed_checks(facts, downloads, warn_only, failed):
 
 
 PROXY = [{"address": "0.0.0.0", "family": "ipv4", "pid": 7, "process": "docker-proxy"}]
-DEFAULT_IGNORE = ["docker-proxy", "rootlessport", "ollama", "*vllm*"]
+CONMON = [{"address": "127.0.0.1", "family": "ipv4", "pid": 8, "process": "conmon"}]
+DEFAULT_IGNORE = ["docker-proxy", "rootlessport", "conmon", "ollama", "*vllm*"]
 
 
-@pytest.mark.parametrize("runtime, failed", [
+@pytest.mark.parametrize("runtime, holders, failed", [
     # A compose re-run: the port is our own container's.
-    ("compose", []),
-    ("", []),
+    ("compose", PROXY, []),
+    ("", PROXY, []),
     # Switching to systemd: the compose project still holds it, and systemd cannot take it.
-    ("systemd", ["port 11434 (ollama) is held by docker-proxy (pid 7) on 0.0.0.0"]),
+    ("systemd", PROXY, ["port 11434 (ollama) is held by docker-proxy (pid 7) on 0.0.0.0"]),
+    # A podman re-run: rootful Podman's conmon keeps the container's port open.
+    ("podman", CONMON, []),
+    ("podman", PROXY, ["port 11434 (ollama) is held by docker-proxy (pid 7) on 0.0.0.0"]),
+    ("systemd", CONMON, ["port 11434 (ollama) is held by conmon (pid 8) on 127.0.0.1"]),
 ])
-def test_a_container_port_blocks_the_systemd_runtime(runtime, failed):
-    report = pf.build_report("box", plan_fixture(), GPUS, host_facts(holders=PROXY), None,
+def test_a_container_port_blocks_a_runtime_that_did_not_start_it(runtime, holders, failed):
+    facts = dict(host_facts(holders=holders), cdi={"nvidia.com/gpu": ["/etc/cdi/nvidia.yaml"]})
+    facts["binaries"]["podman"] = "/usr/bin/podman"
+    report = pf.build_report("box", plan_fixture(), GPUS, facts, None,
                              {"ignore_port_processes": DEFAULT_IGNORE, "runtime": runtime})
     assert report["failed"] == failed
-    said = [w for w in report["warnings"] if "does not stop containers" in w]
+    said = [w for w in report["warnings"] if "does not stop containers it did not start" in w]
     assert len(said) == (1 if failed else 0)
+
+
+@pytest.mark.parametrize("facts, failed", [
+    (dict(host_facts(binaries={"podman": "/usr/bin/podman"}),
+          cdi={"nvidia.com/gpu": ["/etc/cdi/nvidia.yaml"]}), []),
+    # The Docker hook is no use to Podman: its GPUs are CDI devices.
+    (host_facts(binaries={"podman": "/usr/bin/podman",
+                          "nvidia-container-runtime-hook": "/usr/bin/hook"}),
+     ["no CDI spec describes nvidia.com/gpu in /etc/cdi or /var/run/cdi: Podman gives a "
+      "container its GPUs as CDI devices (nvidia-ctk cdi generate "
+      "--output=/etc/cdi/nvidia.yaml)"]),
+    (dict(host_facts(), cdi={"nvidia.com/gpu": ["/var/run/cdi/nvidia.json"]}),
+     ["no container runtime found (none of podman)"]),
+])
+def test_the_podman_runtime_needs_a_cdi_spec_and_podman(facts, failed):
+    report = pf.build_report("box", plan_fixture(), GPUS, facts, None, {"runtime": "podman"})
+    assert report["failed"] == failed
+    if not failed:
+        assert "ok    NVIDIA CDI spec: /etc/cdi/nvidia.yaml" in report["summary"]
+
+
+def test_cdi_kinds_reads_the_kind_of_yaml_and_json_specs():
+    assert pf.cdi_kinds({
+        "/etc/cdi/nvidia.yaml": "---\ncdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices: []\n",
+        "/etc/cdi/amd.json": '{"cdiVersion": "0.6.0", "kind": "amd.com/gpu", "devices": []}',
+        "/var/run/cdi/nvidia.json": '{"kind":"nvidia.com/gpu"}',
+        "/etc/cdi/broken.yaml": "devices: []\n", "/etc/cdi/bad.json": "{not json"}) == {
+        "amd.com/gpu": ["/etc/cdi/amd.json"],
+        "nvidia.com/gpu": ["/etc/cdi/nvidia.yaml", "/var/run/cdi/nvidia.json"]}
 
 
 def test_report_rejects_an_unknown_runtime():
     with pytest.raises(ValueError) as info:
-        pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {"runtime": "podman"})
+        pf.build_report("box", plan_fixture(), GPUS, host_facts(), None, {"runtime": "k8s"})
     assert str(info.value) == \
-        "preflight_runtime must be one of compose, systemd (or empty); got: 'podman'"
+        "preflight_runtime must be one of compose, systemd, podman (or empty); got: 'k8s'"
 
 
 def test_report_rejects_unknown_options():

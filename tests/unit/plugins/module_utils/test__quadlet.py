@@ -123,6 +123,16 @@ def test_secret_environment_gets_its_own_file():
     assert units_of(plan)["ollama"]["secret_env_file"] is None
 
 
+def test_a_service_named_network_would_take_the_networks_unit():
+    def rename(catalog):
+        catalog["network"] = catalog.pop("docling")
+    with pytest.raises(ValueError) as exc:
+        _quadlet.container_units(make_plan("dual-gpu", "vllm", change=rename))
+    assert str(exc.value) == (
+        "services_catalog.network: Quadlet names the network's unit gpufleet-network.service, "
+        "which the container of a service named 'network' would take too; rename the service")
+
+
 def test_images_are_named_in_full_as_docker_reads_them():
     plan = make_plan("dual-gpu", "vllm", change=lambda c: (
         c["ollama"].update(image="ollama/ollama:0.6.2"),

@@ -39,7 +39,12 @@ def seen(name, healthy=True, problems=()):
       "ollama@ollama_research.service loaded active running Ollama ollama_research",
       "docker.service loaded active running Docker"], "systemd",
      ["ollama", "ollama_research", "vllm"]),
-], ids=["compose", "nothing-runs", "systemd"])
+    (["gpufleet-ollama.service loaded active running gpufleet.inference ollama (ollama)",
+      "gpufleet-network.service loaded active exited gpufleet-network.service",
+      "gpufleet-vllm.service loaded active running gpufleet.inference vllm (vllm)",
+      "podman.service loaded active running Podman API Service"], "podman",
+     ["ollama", "vllm"]),
+], ids=["compose", "nothing-runs", "systemd", "podman"])
 def test_running_services(lines, runtime, names):
     assert _status.running_services(lines, runtime) == names
 
@@ -116,7 +121,7 @@ def test_status_with_systemd_units():
      "result (a list of dicts); got: 'nope'"),
     (None, ([], "vllm\n"), "running must be the output lines of docker ps or systemctl (a list "
      "of strings); got: 'vllm\\n'"),
-    (None, ([], [], "h", "k8s"), "runtime must be compose or systemd; got: 'k8s'"),
+    (None, ([], [], "h", "k8s"), "runtime must be one of compose, systemd, podman; got: 'k8s'"),
 ], ids=["plan-without-mode", "verified-not-a-list", "running-a-string", "runtime"])
 def test_status_bad_input(change, args, message):
     plan = mode_plan("chat")
@@ -133,5 +138,6 @@ def test_host_status_filter_is_status_and_names_itself_on_bad_input():
     assert host_status(plan, [seen("vllm")], ["ollama"], "h") == \
         _status.status(plan, [seen("vllm")], ["ollama"], "h")
     with pytest.raises(AnsibleFilterError) as err:
-        host_status(plan, [], [], "h", "podman")
-    assert str(err.value) == "host_status: runtime must be compose or systemd; got: 'podman'"
+        host_status(plan, [], [], "h", "quadlet")
+    assert str(err.value) == ("host_status: runtime must be one of compose, systemd, podman; "
+                              "got: 'quadlet'")
