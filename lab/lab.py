@@ -303,18 +303,30 @@ def amd_state_text(host, hvars):
     return "\n".join(lines) + "\n"
 
 
-# The device nodes a ROCm container is given (/dev/kfd, /dev/dri/renderD<128+n>, card<n>).
-# Character devices with the real majors (226 for DRM; /dev/kfd's is dynamic, 235 here), made
-# with mknod: the engine maps them into containers (HostConfig.Devices); nothing opens them.
+# The device nodes a container is given: a ROCm container /dev/kfd and /dev/dri/card<n>,
+# renderD<128+n>; a CDI container (Podman hosts) /dev/nvidia<n> and /dev/nvidiactl. Character
+# devices with the real majors (226 for DRM, 195 for NVIDIA; /dev/kfd's is dynamic, 235 here):
+# the engine maps them into containers; nothing opens them. Made from a tmpfiles.d file, now
+# and at each boot (gpufleet-lab-devices.service: the host's /dev is new at each start), as a
+# driver makes them.
+DEVICES_CONF = "/etc/tmpfiles.d/gpufleet-lab-devices.conf"
+
+
+def device_nodes_text(nvidia_count, amd_count):
+    """The tmpfiles.d lines of the device nodes (empty: none)."""
+    lines = []
+    if amd_count:
+        lines += ["d /dev/dri 0755 root root -", "c /dev/kfd 0666 root render - 235:0"]
+        for i in range(amd_count):
+            lines += ["c /dev/dri/card%d 0660 root video - 226:%d" % (i, i),
+                      "c /dev/dri/renderD%d 0666 root render - 226:%d" % (128 + i, 128 + i)]
+    if nvidia_count:
+        lines += ["c /dev/nvidia%d 0666 root root - 195:%d" % (i, i) for i in range(nvidia_count)]
+        lines.append("c /dev/nvidiactl 0666 root root - 195:255")
+    return "".join(line + "\n" for line in lines)
+
+
 AMD_NODES = """
-mkdir -p /dev/dri
-[ -c /dev/kfd ] || mknod -m 666 /dev/kfd c 235 0
-for i in %s; do
-  [ -c /dev/dri/card$i ] || mknod -m 660 /dev/dri/card$i c 226 $i
-  r=$((128 + i))
-  [ -c /dev/dri/renderD$r ] || mknod -m 666 /dev/dri/renderD$r c 226 $r
-done
-chgrp render /dev/dri/renderD* /dev/kfd 2>/dev/null || true
 mkdir -p %s && chgrp video %s && chmod 1775 %s
 ln -sf /opt/gpufleet-lab/servers/amd-smi /usr/local/bin/amd-smi
 """
@@ -326,11 +338,6 @@ CDI_SPEC = "/etc/cdi/nvidia.yaml"
 NVIDIA_LIB_DIR = "/usr/lib/x86_64-linux-gnu"
 STANDIN_NVML = "/opt/gpufleet-lab/nvml/libnvidia-ml.so.1"
 CDI_HOOK = "/usr/bin/nvidia-cdi-hook"
-NVIDIA_NODES = """
-for i in %s; do [ -c /dev/nvidia$i ] || mknod -m 666 /dev/nvidia$i c 195 $i; done
-[ -c /dev/nvidiactl ] || mknod -m 666 /dev/nvidiactl c 195 255
-ln -sf /opt/gpufleet-lab/hook/nvidia-cdi-hook %s
-"""
 
 
 def cdi_spec_text(hvars):
@@ -1164,11 +1171,17 @@ def configure(host, hvars):
     if amd:
         write_file(host, AMD_STATE, amd_state_text(host, hvars))
         dexec(host, "getent group render >/dev/null || groupadd -r render\n" + AMD_NODES % (
-            " ".join(str(i) for i in range(len(amd))), AMD_PROCS, AMD_PROCS, AMD_PROCS))
+            AMD_PROCS, AMD_PROCS, AMD_PROCS))
     else:
         dexec(host, f"if [ -e {AMD_STATE} ]; then rm -f {AMD_STATE} /usr/local/bin/amd-smi "
                     "/dev/kfd /dev/dri/card* /dev/dri/renderD*; fi")
     podman = engine_of(hvars) == "podman"
+    nodes = device_nodes_text(len(gpus) if podman else 0, len(amd))
+    if nodes:
+        write_file(host, DEVICES_CONF, nodes)
+        dexec(host, "systemd-tmpfiles --create %s" % DEVICES_CONF)
+    else:
+        dexec(host, "rm -f %s" % DEVICES_CONF)
     if gpus:
         write_file(host, STATE, state_text(host, hvars))
         dexec(
@@ -1186,7 +1199,7 @@ def configure(host, hvars):
         )
         if podman:
             write_file(host, CDI_SPEC, cdi_spec_text(hvars))
-            dexec(host, NVIDIA_NODES % (" ".join(str(i) for i in range(len(gpus))), CDI_HOOK))
+            dexec(host, "ln -sf /opt/gpufleet-lab/hook/nvidia-cdi-hook %s" % CDI_HOOK)
         else:
             dexec(host, "ln -sf /opt/gpufleet-lab/hook/nvidia-container-runtime-hook "
                         "/usr/local/bin/")

@@ -105,7 +105,14 @@ def attach(state, bundle, config, visible, gpus, why, bind_library=True, enter=T
         "uuids": [gpus[i].get("uuid") for i in visible],
     }
     gpuview.atomic_write(os.path.join(cdir, "container.json"), json.dumps(info))
-    nvml_relay.render_view(cdir, info=info)
+    # crun runs the CDI hook in the container's pid namespace, where every host pid looks
+    # dead: the hook must not judge them (nor mark their registrations dead); the relay does,
+    # from the host's namespace, within 0.1 s.
+    host = gpuview.parse_state(gpuview.HOST_STATE)
+    drain = float(gpuview._num(host["globals"].get("drain_delay"), 0))
+    regs = gpuview.registrations(host["globals"]["procs_dir"], drain, check_alive=False,
+                                 mark_dead=False)
+    nvml_relay.render_view(cdir, info=info, state=host, regs=regs)
     in_container(
         pid,
         """

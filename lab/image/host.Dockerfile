@@ -6,6 +6,6 @@ COPY . /
 RUN for s in ollama vllm docling-serve vision-server nvidia-smi; do \
         ln -sf /opt/gpufleet-lab/servers/$s /usr/local/bin/$s; done \
  && echo "$RUNTIME_TAG" > /opt/gpufleet-lab/runtime-image \
- && systemctl enable gpufleet-nvml-relay.service >/dev/null 2>&1
+ && systemctl enable gpufleet-nvml-relay.service gpufleet-lab-devices.service >/dev/null 2>&1
 LABEL org.gpufleet.lab.role=host org.gpufleet.lab.runtime=${RUNTIME_TAG}
 CMD ["/sbin/init"]

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import yaml
 from conftest import ROOT
 
 HOSTS = ("lab-dual", "lab-edge")
@@ -92,6 +93,15 @@ def converge(tmp_path, limit, extra, *args, playbook="playbooks/apply.yml", chec
         assert rc == 0, out
         assert recap[limit][1] == 0, "check mode after a converged run would change:\n" + out
     return first
+
+
+def broken_vllm_catalog():
+    """The default catalog with a vLLM that cannot start: two-way tensor parallelism on the
+    one GPU it is given."""
+    with open(os.path.join(ROOT, "roles", "services", "defaults", "main.yml")) as handle:
+        catalog = yaml.safe_load(handle)["services_catalog"]
+    catalog["vllm"]["command"] = ["--tensor-parallel-size", "2"]
+    return catalog
 
 
 def inspect(host, container):

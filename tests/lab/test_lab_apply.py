@@ -11,12 +11,9 @@ environment, the processes NVML reports on each GPU.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
-import yaml
-from conftest import ROOT
 from dual import (
     DUAL2_GPU0,
     DUAL2_GPU1,
@@ -24,6 +21,7 @@ from dual import (
     active_units,
     apply,
     assert_compose_state,
+    broken_vllm_catalog,
     clear_compose,
     clear_systemd,
     converge,
@@ -36,15 +34,6 @@ from dual import (
 BOX = "lab-dual2"
 GPU0, GPU1 = DUAL2_GPU0, DUAL2_GPU1
 MODES = modes(GPU0, GPU1)
-
-
-def broken_vllm_catalog():
-    """The default catalog with a vLLM that cannot start: two-way tensor parallelism on the
-    one GPU it is given."""
-    with open(os.path.join(ROOT, "roles", "services", "defaults", "main.yml")) as handle:
-        catalog = yaml.safe_load(handle)["services_catalog"]
-    catalog["vllm"]["command"] = ["--tensor-parallel-size", "2"]
-    return catalog
 
 
 def test_compose_rollback_restores_files_and_services(dual2_lab, tmp_path):

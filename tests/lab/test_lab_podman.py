@@ -11,19 +11,26 @@ Container Toolkit's generated spec does.
   the spec's mount with its soname link;
 - memory a process of the container holds shows on the host's NVML under the host pid;
 - an unknown CDI device fails the start with Podman's own error;
-- a Quadlet .container with AddDevice= becomes a systemd service that runs the container.
+- site.yml with gpufleet_runtime podman: each dual-GPU mode as Quadlet units with CDI GPUs,
+  verified; a re-run changes nothing; a failed verify rolls back byte for byte; a reboot
+  brings the units back.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import time
 
 import pytest
 import yaml
 from conftest import _dual_boxes
+from dual import HEALTH, apply, broken_vllm_catalog, modes
 
 HOST = "lab-podman"
 UUIDS = ["GPU-d0a1e2f3-0000-4000-8000-309000000010", "GPU-d0a1e2f3-0000-4000-8000-309000000011"]
+MODES = modes(*UUIDS)
 IMAGE = "registry.lab:5000/ollama/ollama:latest"
 NVML_IN_CONTAINER = (
     "import json, pynvml; pynvml.nvmlInit(); "
@@ -110,17 +117,101 @@ def test_an_unknown_cdi_device_fails_the_start_with_podmans_error(podman):
     assert "unresolvable CDI devices nvidia.com/gpu=GPU-nope" in proc.stdout, proc.stdout
 
 
-def test_a_quadlet_container_runs_as_a_systemd_service(podman):
-    podman.sh("mkdir -p /etc/containers/systemd && cat > /etc/containers/systemd/probe.container",
-              input=("[Container]\nImage=%s\nContainerName=probe\nAddDevice=nvidia.com/gpu=%s\n"
-                     "Pull=never\n" % (IMAGE, UUIDS[0])))
-    try:
-        podman.sh("systemctl daemon-reload && systemctl start probe.service")
-        state = podman.sh("systemctl show -p ActiveState --value probe.service").stdout.strip()
-        assert state == "active"
-        inside = podman_sh(podman, "podman exec probe python3 -c '%s'"
-                           % NVML_IN_CONTAINER).stdout
-        assert json.loads(inside) == [UUIDS[0]]
-    finally:
-        podman.sh("systemctl stop probe.service; rm -f /etc/containers/systemd/probe.container; "
-                  "systemctl daemon-reload", check=False)
+# ---- site.yml with gpufleet_runtime: podman (inventory/lab) ---------------------------------
+
+UNITS_DIR = "/etc/containers/systemd"
+ENV_DIR = "/etc/gpufleet/podman"
+# The Quadlet files and the containers' environment files (not the backups, `*~`).
+PODMAN_FILES = ("$(find %s %s -maxdepth 1 -type f -name '*gpufleet*' ! -name '*~' -o "
+                "-maxdepth 1 -type f -name '*.env' ! -name '*~' | sort)" % (UNITS_DIR, ENV_DIR))
+UNIT_GPU = {"ollama": UUIDS[0], "vision": UUIDS[0], "ollama_research": UUIDS[1],
+            "vllm": UUIDS[1], "docling": None}
+
+
+def running_units(host):
+    out = host.sh("systemctl list-units --plain --no-legend --state=running 'gpufleet-*'").stdout
+    return {line.split()[0] for line in out.splitlines()} - {
+        "gpufleet-nvml-relay.service"}  # the lab's own
+
+
+def assert_mode(host, services, processes=True):
+    """Each service of the mode runs as its Quadlet unit, its container with exactly the device
+    node of its planned GPU, and (for the engines, ``processes``: once the verify loaded their
+    models) its process holds memory there under the service's cgroup; nothing else of ours
+    runs."""
+    assert running_units(host) == {"gpufleet-%s.service" % s for s in services}, services
+    minors = {UUIDS[0]: "/dev/nvidia0", UUIDS[1]: "/dev/nvidia1"}
+    held = json.loads(host.py(HOST_PROCESSES))
+    for name in services:
+        nodes = podman_sh(host, "podman exec gpufleet-%s sh -c 'ls /dev/nvidia[0-9]* "
+                                "2>/dev/null; true'" % name).stdout.split()
+        gpu = UNIT_GPU[name]
+        assert nodes == ([minors[gpu]] if gpu else []), (name, nodes)
+        if gpu is None or not processes:
+            continue
+        units = {host.sh("ps -o unit= -p %d" % pid).stdout.strip()
+                 for uuid, pid, _mib in held if uuid == gpu}
+        assert "gpufleet-%s.service" % name in units, (name, held, units)
+
+
+def test_site_runs_the_modes_as_quadlet_units_rolls_back_and_comes_back_after_a_reboot(
+        podman, tmp_path):
+    """gpufleet_runtime podman (the host's inventory): site.yml writes a Quadlet .container
+    per service with its GPU as a CDI device, starts them through systemd and verifies them;
+    a re-run changes nothing; a mode switch stops the services that leave and waits for their
+    GPU memory; a service that fails its verify rolls the files back byte for byte and the
+    last good services run again; after a reboot the units come back by themselves."""
+    podman_sh(podman, "podman rm -af -t 1 >/dev/null 2>&1; true")
+    rc, out, recap = apply(tmp_path, HOST, {"dual_gpu_mode": "vllm"}, playbook="site.yml")
+    assert rc == 0, out
+    assert_mode(podman, MODES["vllm"])
+    unit = podman.sh("cat %s/gpufleet-vllm.container" % UNITS_DIR).stdout
+    assert "AddDevice=nvidia.com/gpu=%s" % UUIDS[1] in unit, unit
+    assert "Image=registry.lab:5000/vllm/vllm-openai:" in unit, unit
+    # Quadlet's units are generated: started by their [Install] section, never enabled.
+    assert podman.sh("systemctl is-enabled gpufleet-vllm.service", check=False
+                     ).stdout.strip() == "generated"
+
+    rc, out, recap = apply(tmp_path, HOST, {"dual_gpu_mode": "vllm"}, playbook="site.yml")
+    assert rc == 0 and recap[HOST][1] == 0, out  # a re-run changes nothing
+
+    for mode in ("mixed", "ollama"):
+        rc, out, recap = apply(tmp_path, HOST, {"dual_gpu_mode": mode}, playbook="site.yml")
+        assert rc == 0, out
+        assert_mode(podman, MODES[mode])
+    drained = re.search(r"Wait until their GPU memory has drained\] \*+\n(\S+): \[%s\]"
+                        % HOST, out)
+    assert drained and drained.group(1) == "ok", out  # vllm left with mixed -> ollama
+    assert podman.sh("cd %s && ls gpufleet*" % UNITS_DIR).stdout.split() == [
+        "gpufleet-%s.container" % s for s in sorted(MODES["ollama"])] + ["gpufleet.network"]
+
+    before = podman.sh("sha256sum %s" % PODMAN_FILES).stdout
+    assert ENV_DIR + "/ollama.env" in before and "gpufleet.network" in before, before
+    rc, out, recap = apply(tmp_path, HOST, {
+        "dual_gpu_mode": "vllm", "services_catalog": broken_vllm_catalog(),
+        "systemd_units_verify_timeout": 15}, playbook="site.yml")
+    assert rc != 0, out
+    assert re.search(r"systemd_units: .*vllm.*; rolled back to the last good files and instances "
+                     r"\(gpufleet-docling.service, gpufleet-ollama.service, "
+                     r"gpufleet-ollama_research.service, gpufleet-vision.service\)", out), out
+    assert podman.sh("sha256sum %s" % PODMAN_FILES).stdout == before
+    assert_mode(podman, MODES["ollama"], processes=False)  # restarted: no model loaded yet
+
+    reboot_host(podman)
+    podman.wait_http("http://127.0.0.1:%d/api/version" % HEALTH["ollama_research"], timeout=60)
+    assert_mode(podman, MODES["ollama"], processes=False)
+    rc, out, recap = apply(tmp_path, HOST, {}, "--check", playbook="playbooks/status.yml")
+    assert rc == 0, out
+    assert re.search(r"%s: mode ollama, profile dual-gpu: ollama on GPU 0 healthy; vision on GPU 0 "
+                     r"healthy; ollama_research on GPU 1 healthy; docling healthy\"" % HOST,
+                     out), out
+
+
+def reboot_host(host, timeout=120.0):
+    """Restart the host's container (the outer engine): its systemd boots again."""
+    subprocess.run(["docker", "restart", host.name], check=True, capture_output=True, timeout=180)
+    deadline = time.time() + timeout
+    while host.sh("systemctl is-system-running --wait >/dev/null 2>&1; echo up",
+                  check=False).stdout.strip() != "up":
+        assert time.time() < deadline, "%s did not come back" % host.name
+        time.sleep(1)
