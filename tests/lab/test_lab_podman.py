@@ -11,6 +11,7 @@ Container Toolkit's generated spec does.
   the spec's mount with its soname link;
 - memory a process of the container holds shows on the host's NVML under the host pid;
 - an unknown CDI device fails the start with Podman's own error;
+- compose.podman-gpu.yml runs with podman-compose, each service with its CDI GPU;
 - site.yml with gpufleet_runtime podman: each dual-GPU mode as Quadlet units with CDI GPUs,
   verified; a re-run changes nothing; a failed verify rolls back byte for byte; a reboot
   brings the units back.
@@ -115,6 +116,39 @@ def test_an_unknown_cdi_device_fails_the_start_with_podmans_error(podman):
                      % IMAGE, check=False)
     assert proc.returncode != 0
     assert "unresolvable CDI devices nvidia.com/gpu=GPU-nope" in proc.stdout, proc.stdout
+
+
+# What README's "Podman" section tells users of podman-compose to run in the project directory.
+PODMAN_COMPOSE = ("cd /opt/gpufleet && set -a && . ./.env && set +a && podman-compose "
+                  "$(printf -- '--profile %%s ' $(echo $COMPOSE_PROFILES | tr , ' ')) %s")
+
+
+def test_compose_podman_gpu_yml_gives_podman_compose_the_cdi_gpus(podman, tmp_path):
+    """compose_runtime podman renders compose.podman-gpu.yml; Debian's podman-compose (1.3)
+    runs it: it reads COMPOSE_FILE from the environment only (not from .env, as Docker Compose
+    does) and COMPOSE_PROFILES not at all (--profile per profile). Each GPU service gets its
+    CDI GPU."""
+    rc, out, _recap = apply(tmp_path, HOST, {
+        "gpufleet_runtime": "compose", "compose_runtime": "podman", "compose_apply": False,
+        "dual_gpu_mode": "vllm"})
+    assert rc == 0, out
+    env = podman.sh("cat /opt/gpufleet/.env").stdout
+    assert "COMPOSE_FILE=compose.yml:compose.podman-gpu.yml" in env, env
+    try:
+        podman_sh(podman, PODMAN_COMPOSE % "up -d >/dev/null 2>&1")
+        # (vLLM stops at once here: its weights were not fetched; its devices are recorded.)
+        for name, gpu in MODES["vllm"].items():
+            devices = json.loads(podman_sh(podman, "podman inspect gpufleet_%s_1 --format "
+                                                   "'{{json .HostConfig.Devices}}'" % name).stdout)
+            nodes = sorted(d["PathOnHost"] for d in devices or [])
+            assert nodes == (["/dev/nvidia%d" % UUIDS.index(gpu), "/dev/nvidiactl"] if gpu
+                             else []), (name, nodes)
+        inside = podman_sh(podman, "podman exec gpufleet_vision_1 python3 -c '%s'"
+                           % NVML_IN_CONTAINER).stdout
+        assert json.loads(inside) == [UUIDS[0]]
+    finally:
+        podman_sh(podman, PODMAN_COMPOSE % "down -t 1 >/dev/null 2>&1" + "; rm -rf /opt/gpufleet",
+                  check=False)
 
 
 # ---- site.yml with gpufleet_runtime: podman (inventory/lab) ---------------------------------
