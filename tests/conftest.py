@@ -44,6 +44,7 @@ LONG_SCOPE_SECONDS = {
     "lab-dual": 650, "lab-dual2": 850, "lab-dual3": 550, "lab-spark": 700,
     "tests/lab/test_lab_sleep.py": 700, "lab-ws": 250, "tests/lab/test_lab_fleet.py": 180,
     "tests/lab/test_lab_amd.py": 260, "tests/lab/test_lab_multi.py": 120,
+    "tests/lab/test_lab_podman.py": 250,
     # linters and ansible-test sanity
     "tests/static/test_sanity.py": 280, "tests/static/test_lint.py": 90,
     # integration modules that run many playbooks

@@ -98,6 +98,8 @@ CASES = [
     ("systemd-bind-address",
      [role("systemd_units", systemd_units_bind_address="0.0.0.0.0")],
      ["project_files: bind_address must be an IP address", "got: '0.0.0.0.0'"]),
+    ("systemd-unknown-runtime", [role("systemd_units", systemd_units_runtime="docker")],
+     ["systemd_units_runtime", "docker"]),
     ("systemd-user-name", [role("systemd_units", systemd_units_user="gpu fleet")],
      ["systemd_units_user must be an account or group name", "got: gpu fleet"]),
     ("systemd-relative-dir", [role("systemd_units", systemd_units_dir="units")],

@@ -192,8 +192,8 @@ def test_a_pull_cut_off_midway_fails_naming_the_image_and_the_next_run_completes
     assert world.image_ref in world.docker.load()["images"]
 
 
-def test_podman_names_images_in_full_reads_its_storage_root_and_shows_its_blobs(world,
-                                                                                 monkeypatch):
+def test_podman_names_images_in_full_reads_its_storage_root_and_shows_its_blobs(
+        world, monkeypatch):
     podman = FakeDocker(str(world.tmp / "podman"), root_dir=str(world.tmp), name="podman")
     monkeypatch.setenv("FAKE_DOCKER_STATE", podman.state_file)
     host = world.host(engine="podman")
