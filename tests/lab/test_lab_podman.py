@@ -222,8 +222,8 @@ def test_site_runs_the_modes_as_quadlet_units_rolls_back_and_comes_back_after_a_
     before = podman.sh("sha256sum %s" % PODMAN_FILES).stdout
     assert ENV_DIR + "/ollama.env" in before and "gpufleet.network" in before, before
     rc, out, recap = apply(tmp_path, HOST, {
-        "dual_gpu_mode": "vllm", "services_catalog": broken_vllm_catalog(),
-        "systemd_units_verify_timeout": 15}, playbook="site.yml")
+        "gpufleet_runtime": "podman", "services_dual_gpu_mode": "vllm",
+        "services_catalog": broken_vllm_catalog(), "systemd_units_verify_timeout": 15})
     assert rc != 0, out
     assert re.search(r"systemd_units: .*vllm.*; rolled back to the last good files and instances "
                      r"\(gpufleet-docling.service, gpufleet-ollama.service, "
