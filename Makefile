@@ -100,7 +100,7 @@ bench: setup lab-setup
 # pytest-xdist worker, beside the other groups and the other tests (tests/conftest.py); the
 # lab's engine is settled once, before the workers start. The execution environment's build and
 # AWX-style run (about 5 minutes of two cores) is `make test-ee`: CI runs it before `make test`.
-TEST_WORKERS ?= 5
+TEST_WORKERS ?= 4
 EE_TESTS := tests/lab/test_lab_ee.py
 test: setup collections sanity-deps lab-setup
 	DOCKER_HOST=$$(lab/engine.sh ensure) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --durations=25 \

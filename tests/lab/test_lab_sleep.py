@@ -279,9 +279,7 @@ def test_switch_parks_and_wakes_the_same_vllm(spark2, sleep_vars):
 
 
 def test_reboot_in_chat_brings_back_ollama_not_the_sleeping_vllm(spark2, sleep_vars):
-    switch(spark2, "chat", sleep_vars)
-    out, recap = switch(spark2, "chat", sleep_vars)
-    assert recap["changed"] == 0, out
+    switch(spark2, "chat", sleep_vars)  # (a re-run changing nothing: the test above)
     reboot(spark2)
     spark2.wait_http("http://127.0.0.1:11434/api/version", timeout=60)
     time.sleep(3)  # what the engine would restart, it has restarted by now
