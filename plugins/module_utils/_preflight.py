@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import json
 import math
 import re
 
@@ -46,6 +45,7 @@ from ansible_collections.gpufleet.inference.plugins.module_utils._plan import (
     recommend_profile,
 )
 from ansible_collections.gpufleet.inference.plugins.module_utils._render import check_unit_path
+from ansible_collections.gpufleet.inference.plugins.module_utils._verify import CDI_KIND
 
 # /proc/net/tcp: "sl local_address rem_address st ..."; st 0A is LISTEN.
 _TCP_LISTEN = "0A"
@@ -536,10 +536,6 @@ RUNTIMES = ("compose", "systemd", "podman")
 CONTAINER_PORT_PROXIES = ("docker-proxy", "rootlessport", "conmon")
 RUNTIME_PORT_PROXIES = {"compose": CONTAINER_PORT_PROXIES, "systemd": (),
                         "podman": ("rootlessport", "conmon")}
-# The kind of CDI device an NVIDIA GPU is (nvidia-ctk cdi generate).
-NVIDIA_CDI_KIND = "nvidia.com/gpu"
-_CDI_KIND_RE = re.compile(r"""^(?:kind|"kind")\s*:\s*["']?([A-Za-z0-9.-]+/[A-Za-z0-9._-]+)""",
-                          re.MULTILINE)
 CHECKS = ("ports", "disk", "driver", "toolkit", "runtime", "gpu_memory", "persistence")
 
 
@@ -558,19 +554,12 @@ def service_ports(services_plan):
 
 
 def cdi_kinds(specs):
-    """``{kind: [paths]}`` of CDI specs given as ``{path: text}`` (YAML or JSON): the
-    top-level ``kind`` of each (CDI ``SPEC.md``), sorted; a file without one is left out."""
+    """``{kind: [paths]}`` of CDI specs given as ``{path: parsed spec}``
+    (``_verify.parse_cdi_spec``): the top-level ``kind`` of each (CDI ``SPEC.md``), sorted; a
+    spec without one is left out."""
     kinds = {}
     for path in sorted(specs):
-        text = specs[path] or ""
-        match = _CDI_KIND_RE.search(text)
-        if match is None and text.lstrip().startswith("{"):
-            try:
-                kind = json.loads(text).get("kind")
-            except (ValueError, AttributeError):
-                kind = None
-        else:
-            kind = match.group(1) if match else None
+        kind = specs[path].get("kind") if isinstance(specs[path], dict) else None
         if isinstance(kind, str) and kind:
             kinds.setdefault(kind, []).append(path)
     return kinds
@@ -726,12 +715,12 @@ def build_report(host, services_plan, gpus, host_facts, dual_gpu_mode=None, opti
                "GPU driver %s" % ", ".join(drivers) if drivers
                else "no GPU driver reported a version")
         if nvidia and opts["runtime"] == "podman":
-            specs = (host_facts.get("cdi") or {}).get(NVIDIA_CDI_KIND) or []
+            specs = (host_facts.get("cdi") or {}).get(CDI_KIND) or []
             _check(checks, opts, "toolkit", bool(specs),
                    "NVIDIA CDI spec: %s" % ", ".join(specs) if specs else
                    "no CDI spec describes %s in /etc/cdi or /var/run/cdi: Podman gives a "
                    "container its GPUs as CDI devices (nvidia-ctk cdi generate "
-                   "--output=/etc/cdi/nvidia.yaml)" % NVIDIA_CDI_KIND)
+                   "--output=/etc/cdi/nvidia.yaml)" % CDI_KIND)
         elif nvidia:
             found = [b for b in opts["toolkit_binaries"] if binaries.get(b)]
             _check(checks, opts, "toolkit", bool(found),

@@ -40,13 +40,12 @@ def running_services(lines, runtime="compose"):
         if not words:
             continue
         name = words[0]
+        unit = name[:-len(".service")] if name.endswith(".service") else name
         if runtime == "systemd":
-            unit = name[:-len(".service")] if name.endswith(".service") else name
             if "@" not in unit:
                 continue
             name = unit.split("@", 1)[1]
         elif runtime == "podman":
-            unit = name[:-len(".service")] if name.endswith(".service") else name
             if not unit.startswith(_quadlet.PREFIX) or unit == _quadlet.NETWORK_UNIT:
                 continue
             name = unit[len(_quadlet.PREFIX):]

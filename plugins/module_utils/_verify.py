@@ -483,6 +483,22 @@ def _compose_placement(check, seen, vendor_of=None):
                       check["device_id"] or "no GPU"))
 
 
+# Where CDI specs are (the CDI spec's default directories; nvidia-ctk writes /etc/cdi, the
+# toolkit's nvidia-cdi-refresh service /var/run/cdi), and the files read there.
+CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+CDI_SUFFIXES = (".yaml", ".json")
+
+
+def parse_cdi_spec(path, text, yaml_load=None):
+    """One CDI spec file's content: JSON for ``*.json``, else YAML (``yaml_load``, PyYAML's
+    safe loader); ValueError when PyYAML is needed and not given."""
+    if path.endswith(".json"):
+        return json.loads(text)
+    if yaml_load is None:
+        raise ValueError("PyYAML is needed to read the CDI spec %s" % path)
+    return yaml_load(text)
+
+
 def cdi_devices(specs):
     """``{device name: [device node paths]}`` of the NVIDIA CDI specs (kind nvidia.com/gpu)
     among ``specs`` (parsed spec files); each name as ``nvidia-ctk cdi generate`` writes it (an

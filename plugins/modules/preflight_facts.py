@@ -143,8 +143,14 @@ ansible_facts:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.yaml import HAS_YAML
 
-from ansible_collections.gpufleet.inference.plugins.module_utils import _preflight
+from ansible_collections.gpufleet.inference.plugins.module_utils import _preflight, _verify
+
+if HAS_YAML:
+    from ansible.module_utils.common.yaml import yaml_load
+else:
+    yaml_load = None
 
 SBIN = ["/usr/local/sbin", "/usr/sbin", "/sbin"]
 
@@ -219,7 +225,7 @@ def main():
                           default=["docker", "podman", "nvidia-container-toolkit",
                                    "nvidia-container-runtime-hook", "nvidia-ctk",
                                    "nvidia-smi"]),
-            cdi_dirs=dict(type="list", elements="path", default=["/etc/cdi", "/var/run/cdi"]),
+            cdi_dirs=dict(type="list", elements="path", default=list(_verify.CDI_DIRS)),
             nvidia_smi_timeout=dict(type="int", default=10),
             proc_root=dict(type="path", default="/proc"),
         ),
@@ -268,8 +274,13 @@ def main():
         except OSError:
             continue  # no such directory: no spec there
         for name in names:
-            if name.endswith((".yaml", ".yml", ".json")):
-                specs[os.path.join(folder, name)] = read_text(os.path.join(folder, name)) or ""
+            path = os.path.join(folder, name)
+            if not name.endswith(_verify.CDI_SUFFIXES):
+                continue
+            try:
+                specs[path] = _verify.parse_cdi_spec(path, read_text(path) or "", yaml_load)
+            except Exception as exc:
+                warnings.append("CDI spec %s cannot be read: %s" % (path, exc))
     smi = binaries.get("nvidia-smi") or module.get_bin_path("nvidia-smi")
     modes, error = persistence(module, smi, params["nvidia_smi_timeout"])
     if error:

@@ -313,7 +313,6 @@ services:
 """
 
 import glob
-import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -332,9 +331,7 @@ if HAS_YAML:
 else:
     yaml_load = None
 
-# Where CDI specs are (the CDI spec's default directories; nvidia-ctk writes /etc/cdi, the
-# toolkit's nvidia-cdi-refresh service /var/run/cdi).
-CDI_GLOBS = ("/etc/cdi/*.yaml", "/etc/cdi/*.json", "/var/run/cdi/*.yaml", "/var/run/cdi/*.json")
+CDI_GLOBS = tuple("%s/*%s" % (d, s) for d in _verify.CDI_DIRS for s in _verify.CDI_SUFFIXES)
 # Seconds one docker, systemctl or journalctl call may take before it is stopped.
 COMMAND_TIMEOUT_S = 30
 # Seconds the GPU readers (NVML, nvidia-smi) may take; nvidia-smi without the persistence
@@ -401,12 +398,7 @@ class Readers:
         for path in sorted(p for pattern in CDI_GLOBS for p in glob.glob(pattern)):
             with open(path, "rb") as handle:
                 text = handle.read().decode("utf-8", "replace")
-            if path.endswith(".json"):
-                specs.append(json.loads(text))
-            elif yaml_load is None:
-                raise ValueError("PyYAML is needed to read the CDI spec %s" % path)
-            else:
-                specs.append(yaml_load(text))
+            specs.append(_verify.parse_cdi_spec(path, text, yaml_load))
         return specs
 
     def show(self, unit):

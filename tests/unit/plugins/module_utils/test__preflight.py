@@ -9,8 +9,10 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+import yaml
 
 from ansible_collections.gpufleet.inference.plugins.module_utils import _preflight as pf
+from ansible_collections.gpufleet.inference.plugins.module_utils import _verify
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "unit" / "fixtures" / "preflight"
 GB = 1000 * 1000 * 1000
@@ -438,13 +440,21 @@ def test_the_podman_runtime_needs_a_cdi_spec_and_podman(facts, failed):
 
 
 def test_cdi_kinds_reads_the_kind_of_yaml_and_json_specs():
-    assert pf.cdi_kinds({
+    texts = {
         "/etc/cdi/nvidia.yaml": "---\ncdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices: []\n",
         "/etc/cdi/amd.json": '{"cdiVersion": "0.6.0", "kind": "amd.com/gpu", "devices": []}',
         "/var/run/cdi/nvidia.json": '{"kind":"nvidia.com/gpu"}',
-        "/etc/cdi/broken.yaml": "devices: []\n", "/etc/cdi/bad.json": "{not json"}) == {
+        "/etc/cdi/broken.yaml": "devices: []\n", "/etc/cdi/list.yaml": "- kind\n"}
+    specs = {path: _verify.parse_cdi_spec(path, text, yaml.safe_load)
+             for path, text in texts.items()}
+    assert pf.cdi_kinds(specs) == {
         "amd.com/gpu": ["/etc/cdi/amd.json"],
         "nvidia.com/gpu": ["/etc/cdi/nvidia.yaml", "/var/run/cdi/nvidia.json"]}
+    with pytest.raises(ValueError):
+        _verify.parse_cdi_spec("/etc/cdi/bad.json", "{not json")
+    with pytest.raises(ValueError) as err:
+        _verify.parse_cdi_spec("/etc/cdi/x.yaml", "kind: a/b\n")
+    assert str(err.value) == "PyYAML is needed to read the CDI spec /etc/cdi/x.yaml"
 
 
 def test_report_rejects_an_unknown_runtime():
